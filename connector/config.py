@@ -1,0 +1,247 @@
+"""Configuration: one TOML file, overridden by environment variables, validated once at start.
+
+Precedence (highest first): environment ``CAPILLARY_AEP__<SECTION>__<KEY>`` > TOML file > defaults.
+Secrets (the IMS client secret) come from the environment or from a file named by
+``aep.ims.client_secret_file``; they are held as ``SecretStr`` so that reprs, logs and
+exceptions show ``**********``.
+
+A missing or invalid key raises :class:`ConfigError`, whose message names every offending key
+(``aep.ims.client_id: Field required``) so the process fails at start, not at the first record.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+ENV_PREFIX = "CAPILLARY_AEP__"
+
+
+class ConfigError(Exception):
+    """Raised when the configuration cannot be loaded; the message names each bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "capillary-aep-connector"
+    # Topic names, or one entry starting with "^" for a regex subscription.
+    topics: list[str] = Field(default_factory=lambda: ["capillary.events"], min_length=1)
+    auto_offset_reset: Literal["earliest", "latest", "error"] = "earliest"
+    session_timeout_ms: int = Field(45_000, ge=1_000)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    auto_commit_interval_ms: int = Field(1_000, ge=100)
+    consume_batch: int = Field(1_000, ge=1, le=100_000)
+    consume_timeout_s: float = Field(0.1, gt=0, le=5)
+    group_instance_id: str | None = None
+    dlq_topic: str = "capillary.events.dlq"
+    # Raw librdkafka properties merged last into the consumer and producer configs.
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("topics")
+    @classmethod
+    def _check_regex(cls, topics: list[str]) -> list[str]:
+        for t in topics:
+            if t.startswith("^"):
+                try:
+                    re.compile(t)
+                except re.error as exc:
+                    raise ValueError(f"invalid topic regex {t!r}: {exc}") from exc
+        return topics
+
+
+class DecodeConfig(_Section):
+    # Confluent Schema Registry base URL; empty disables the wire-format path (such records go to the DLQ).
+    schema_registry_url: str = ""
+    # Directory with the .avsc files used for Avro single-object encoding; default: the packaged schemas.
+    schemas_dir: str = ""
+
+
+class ImsConfig(_Section):
+    url: str = "https://ims-na1.adobelogin.com"
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    client_secret_file: str = ""
+    scopes: str = "openid,session,AdobeID,read_organizations,additional_info.projectedProductContext"
+    # Refresh this long before the token expires (Adobe suggests ~5 minutes).
+    refresh_margin_s: float = Field(300.0, ge=0)
+    timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _load_secret_file(self) -> ImsConfig:
+        if self.client_secret_file and not self.client_secret.get_secret_value():
+            path = Path(self.client_secret_file)
+            try:
+                secret = path.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"client_secret_file {str(path)!r} cannot be read: {exc.strerror}") from None
+            object.__setattr__(self, "client_secret", SecretStr(secret))
+        return self
+
+
+class AepConfig(_Section):
+    dcs_url: str = "https://dcs.adobedc.net"
+    inlet_id: str = Field(..., min_length=1)
+    org_id: str = Field(..., pattern=r"^[^@\s]+@AdobeOrg$")
+    sandbox: str = "prod"
+    source_name: str = "capillary-aep-connector"
+    authentication_required: bool = True
+    ims: ImsConfig = Field(default_factory=ImsConfig)
+
+    @property
+    def batch_url(self) -> str:
+        return f"{self.dcs_url.rstrip('/')}/collection/batch/{self.inlet_id}"
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> AepConfig:
+        if self.authentication_required:
+            if not self.ims.client_id:
+                raise ValueError("ims.client_id is required when authentication_required is true")
+            if not self.ims.client_secret.get_secret_value():
+                raise ValueError(
+                    "ims.client_secret is required when authentication_required is true "
+                    f"(set {ENV_PREFIX}AEP__IMS__CLIENT_SECRET or aep.ims.client_secret_file)"
+                )
+        return self
+
+
+class RouteConfig(_Section):
+    """Where one class of XDM record goes: dataset, schema and (optional) dataflow."""
+
+    dataset_id: str = Field(..., min_length=1)
+    schema_id: str = Field(..., min_length=1)  # full $id: https://ns.adobe.com/<tenant>/schemas/<id>
+    flow_id: str = ""
+    content_type: str = "application/vnd.adobe.xed-full+json;version=1"
+
+
+class IdentityConfig(_Section):
+    customer_id_namespace: str = "CapillaryCustomerId"
+    external_id_namespace: str = "CapillaryExternalId"
+    card_namespace: str = "LoyaltyCardNumber"
+    email_namespace: str = "Email"
+    phone_namespace: str = "Phone"
+    # "plain": send email/phone as they are; "sha256": normalise and hash into Email_LC_SHA256 / Phone_SHA256.
+    pii_mode: Literal["plain", "sha256"] = "plain"
+    email_sha256_namespace: str = "Email_LC_SHA256"
+    phone_sha256_namespace: str = "Phone_SHA256"
+    authenticated_state: Literal["ambiguous", "authenticated", "loggedOut"] = "ambiguous"
+
+
+class XdmConfig(_Section):
+    tenant_id: str = Field("capillary", pattern=r"^[A-Za-z0-9_]+$")  # fields go under "_<tenant_id>"
+    event: RouteConfig
+    profile: RouteConfig | None = None  # no profile route: profile updates are not produced
+    # Per Capillary event name overrides of the event/profile routes.
+    event_overrides: dict[str, RouteConfig] = Field(default_factory=dict)
+    profile_overrides: dict[str, RouteConfig] = Field(default_factory=dict)
+    unknown_events: Literal["dlq", "passthrough"] = "dlq"
+    # A timestamp later than now (+ skew) is clamped to now ("clamp") or dead-lettered ("reject").
+    future_timestamps: Literal["clamp", "reject"] = "clamp"
+    future_skew_s: float = Field(5.0, ge=0)
+    preflight_validation: bool = True
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+
+
+class BatchConfig(_Section):
+    max_records: int = Field(5_000, ge=1)
+    # Whole request body including the {"messages":[...]} wrapper; AEP rejects > 1 MiB with 413.
+    max_bytes: int = Field(950_000, ge=1_024, le=1_048_576)
+    linger_ms: int = Field(200, ge=0)
+    # Parallel request lanes; a partition always maps to one lane, and a lane has one request in flight.
+    lanes: int = Field(8, ge=1, le=64)
+
+
+class DeliveryConfig(_Section):
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(30.0, gt=0)
+    backoff_initial_s: float = Field(0.2, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    # Received-but-unacknowledged records; above this the assignment is paused (memory bound).
+    max_buffered_records: int = Field(100_000, ge=100)
+    max_buffered_bytes: int = Field(200_000_000, ge=1_000_000)
+    drain_timeout_s: float = Field(30.0, ge=0)
+    # Time a revoke waits for in-flight batches of the revoked partitions before abandoning them.
+    revoke_timeout_s: float = Field(15.0, ge=0)
+    # After this long without a successful delivery while records wait, /readyz reports not ready.
+    unhealthy_after_s: float = Field(120.0, gt=0)
+    gzip: bool = False  # AEP does not document gzip request bodies
+
+
+class MetricsConfig(_Section):
+    listen: str = "127.0.0.1:9400"  # "" disables the metrics/health server
+
+
+class LogConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True, case_sensitive=False
+    )
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    aep: AepConfig
+    xdm: XdmConfig
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    _toml_file: str | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if _TOML_PATH[0]:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_TOML_PATH[0]))
+        return tuple(sources)
+
+
+_TOML_PATH: list[str | None] = [None]
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate the configuration, or raise :class:`ConfigError` naming the bad keys."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            import tomllib
+
+            tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    _TOML_PATH[0] = str(path) if path is not None else None
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+    finally:
+        _TOML_PATH[0] = None
