@@ -33,7 +33,7 @@ class KafkaConfig(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "capillary-aep-connector"
     # Topic names, or one entry starting with "^" for a regex subscription.
-    topics: list[str] = Field(default_factory=lambda: ["capillary.events"], min_length=1)
+    topics: list[str] = Field(default_factory=lambda: [r"^capillary\.events\..*"], min_length=1)
     auto_offset_reset: Literal["earliest", "latest", "error"] = "earliest"
     session_timeout_ms: int = Field(45_000, ge=1_000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
@@ -41,7 +41,7 @@ class KafkaConfig(_Section):
     consume_batch: int = Field(1_000, ge=1, le=100_000)
     consume_timeout_s: float = Field(0.1, gt=0, le=5)
     group_instance_id: str | None = None
-    dlq_topic: str = "capillary.events.dlq"
+    dlq_topic: str = "capillary.dlq"  # outside the default subscription
     # Raw librdkafka properties merged last into the consumer and producer configs.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
 

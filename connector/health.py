@@ -1,0 +1,62 @@
+"""``/metrics``, ``/healthz`` and ``/readyz`` on one small threaded HTTP server.
+
+* ``/healthz``: the process is alive and its loop is not stuck (it went round recently).
+* ``/readyz``: partitions are assigned, the credentials are accepted, the inlet has not been
+  failing for longer than ``delivery.unhealthy_after_s``, and (for authenticated inlets) a token
+  is held.
+
+Both answer a small JSON document saying which check failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], dict[str, bool]]
+
+
+def serve_health(
+    listen: str, registry: CollectorRegistry, liveness: Check, readiness: Check
+) -> ThreadingHTTPServer:
+    host, _, port = listen.rpartition(":")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/readyz"):
+                checks = (liveness if path == "/healthz" else readiness)()
+                ok = all(checks.values())
+                self._send(200 if ok else 503, orjson.dumps({"ok": ok, "checks": checks}), "application/json")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt: str, *args: object) -> None:  # scrapes are not news
+            pass
+
+    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)  # noqa: S104 - configurable
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    log.info("metrics and health on http://%s:%s/metrics", host or "0.0.0.0", server.server_address[1])  # noqa: S104
+    return server
+
+
+def loop_alive(last_loop: Callable[[], float], max_age_s: float) -> Check:
+    return lambda: {"loop_running": time.monotonic() - last_loop() < max_age_s}

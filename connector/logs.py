@@ -1,0 +1,77 @@
+"""Logging: JSON lines when not on a terminal (for log shippers), plain text on a TTY.
+
+A filter masks every registered secret (the IMS client secret, access tokens) wherever it would
+appear in a message or its arguments, as a last line of defence: the code never logs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+_SECRETS: set[str] = set()
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def register_secret(value: str) -> None:
+    if value and len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def register_token(value: str) -> None:
+    """The current access token replaces the previous one (tokens rotate; the set must not grow)."""
+    _TOKEN[0] = value
+
+
+_TOKEN = [""]
+
+
+def redact(text: str) -> str:
+    if _TOKEN[0] and _TOKEN[0] in text:
+        text = text.replace(_TOKEN[0], "**********")
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "**********")
+    return text
+
+
+class _RedactFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SECRETS or _TOKEN[0]:
+            record.msg = redact(record.getMessage())
+            record.args = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(doc, default=str).decode()
+
+
+def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RedactFilter())
+    handler.setFormatter(
+        JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

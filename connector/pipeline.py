@@ -1,0 +1,394 @@
+"""The worker: source → decode → transform → batch → sink, with offsets stored only after delivery.
+
+One thread polls Kafka, decodes, transforms and batches (CPU work is GIL-bound anyway); a small
+pool of sender threads, one per lane, does the HTTP. Everything that touches the consumer (store,
+pause, resume, rebalance callbacks) happens on the polling thread, as librdkafka requires.
+
+Delivery guarantee (at least once): a record's offset is released for commit only when every XDM
+message made from it was accepted by AEP, or the record was confirmed written to the dead-letter
+topic. Duplicates happen after a crash, a revoke whose in-flight batch outlived its deadline, or a
+partial 207 retry; they carry the same deterministic ``_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter as Tally
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from confluent_kafka import KafkaError
+
+from connector.auth import TokenProvider
+from connector.avro_schemas import LocalSchemas
+from connector.batch import Batcher, PendingRecord
+from connector.config import Settings
+from connector.decode import Decoder
+from connector.dlq import DeadLetter, DeadLetterWriter
+from connector.errors import AuthFailure, DecodeError, RegistryUnavailable, TransientError
+from connector.metrics import METRICS
+from connector.offsets import OffsetTracker, TopicPartition
+from connector.registry import RegistryLookup
+from connector.sink import BatchResult, Sink
+from connector.source import Source, producer_config
+from connector.transform import Transformer, TransformError
+
+log = logging.getLogger(__name__)
+
+_AUTH_PROBE_INTERVAL_S = 30.0
+_CLOSE_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class _InFlight:
+    future: Future[BatchResult]
+    cancel: threading.Event
+    tps: frozenset[TopicPartition]
+    records: int
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, *, source_factory: Any = Source) -> None:
+        self.settings = s = settings
+        self.tracker = OffsetTracker()
+        self.batcher = Batcher(s.batch.lanes, s.batch.max_records, s.batch.max_bytes, s.batch.linger_ms / 1000)
+        local = LocalSchemas.load(s.decode.schemas_dir or None)
+        lookup = RegistryLookup(s.decode.schema_registry_url) if s.decode.schema_registry_url else None
+        self.decoder = Decoder(local, lookup)
+        self.transformer = Transformer(s.xdm, org_id=s.aep.org_id, source_name=s.aep.source_name)
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(s.delivery.request_timeout_s, connect=s.delivery.connect_timeout_s),
+            limits=httpx.Limits(max_connections=s.batch.lanes + 1, max_keepalive_connections=s.batch.lanes + 1,
+                                keepalive_expiry=60),
+        )
+        self.tokens = TokenProvider(s.aep.ims, self.client) if s.aep.authentication_required else None
+        self.sink = Sink(s.aep, s.delivery, self.client, self.tokens)
+        self.executor = ThreadPoolExecutor(max_workers=s.batch.lanes, thread_name_prefix="sender")
+        self.inflight: dict[int, _InFlight] = {}
+        self.dlq = DeadLetterWriter(s.kafka.dlq_topic, producer_config(s.kafka))
+        self._source_factory = source_factory
+        self.source: Any = None
+        self.paused = False
+        self.stop_event = threading.Event()
+        self.last_loop = time.monotonic()
+        self.exit_code = 0
+        self._last_auth_probe = 0.0
+        self._topic_counters: dict[str, Any] = {}
+
+    # == lifecycle ===========================================================================
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("received %s: draining and stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C kills at once
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> int:
+        self.source = self._source_factory(
+            self.settings.kafka, self._on_assign, self._on_revoke, self._on_lost
+        )
+        METRICS.up.set(1)
+        self._probe_auth(force=True)
+        log.info("consuming %s as group %s", self.settings.kafka.topics, self.settings.kafka.group_id)
+        try:
+            while not self.stop_event.is_set():
+                self.run_once()
+        except RegistryUnavailable as exc:
+            log.error("%s: stopping without committing the undecoded records", exc)
+            self.exit_code = 3
+        finally:
+            self._shutdown()
+            METRICS.up.set(0)
+        return self.exit_code
+
+    def run_once(self) -> None:
+        msgs = self.source.consume()
+        now = time.monotonic()
+        self.last_loop = now
+        if msgs:
+            self._ingest(msgs, now)
+        self._collect()
+        self._dispatch(now)
+        self.dlq.poll(0)
+        self._store()
+        self._backpressure()
+        if self.sink.auth_failed:
+            self._probe_auth()
+
+    # == ingest: decode → transform → encode → batch ========================================
+    def _ingest(self, msgs: list[Any], now: float) -> None:
+        tracker = self.tracker
+        decoder = self.decoder
+        transform = self.transformer.transform
+        dumps = orjson.dumps
+        max_size = self.batcher.max_record_size
+        consumed: Tally[str] = Tally()
+        transformed: Tally[tuple[str, str]] = Tally()
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                self._consumer_error(err)
+                continue
+            topic = m.topic()
+            tp = (topic, m.partition())
+            offset = m.offset()
+            epoch = tracker.received(tp, offset)
+            if epoch is None:
+                continue
+            consumed[topic] += 1
+            value = m.value()
+            try:
+                events = decoder.decode(value)
+            except DecodeError as exc:
+                self._dead_letter(m, tp, epoch, "decode", "DecodeError", exc.reason, exc.detail)
+                continue
+            except RegistryUnavailable:
+                raise
+            try:
+                out = [x for ev in events for x in transform(ev)]
+            except TransformError as exc:
+                stage = "validate" if exc.reason == "xdm_invalid" else "transform"
+                self._dead_letter(m, tp, epoch, stage, "TransformError", exc.reason, exc.detail)
+                continue
+            if not out:
+                tracker.ack(tp, epoch, offset)  # nothing to send for this record (e.g. filtered)
+                continue
+            bodies = [dumps(x.envelope) for x in out]
+            size = sum(len(b) for b in bodies) + len(bodies)
+            if size > max_size:
+                self._dead_letter(m, tp, epoch, "deliver", "RecordTooLarge", "record_too_large",
+                                  f"{size} bytes of XDM exceed the {max_size}-byte request limit", http_status=413)
+                continue
+            labels = [(x.kind, x.event_type) for x in out]
+            for lab in labels:
+                transformed[lab] += 1
+            ts = m.timestamp()[1]
+            self.batcher.add(
+                PendingRecord(tp, offset, epoch, ts, m.key(), value, m.headers(), bodies, labels, size), now
+            )
+        for topic, n in consumed.items():
+            METRICS.records_consumed.labels(topic).inc(n)
+        for (kind, etype), n in transformed.items():
+            METRICS.records_transformed.labels(kind, etype).inc(n)
+
+    def _consumer_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal() or err.code() == KafkaError._MAX_POLL_EXCEEDED:
+            log.error("fatal consumer error: %s; stopping", err)
+            self.exit_code = 4
+            self.stop_event.set()
+            return
+        log.warning("consumer error: %s", err)
+
+    def _dead_letter(self, m: Any, tp: TopicPartition, epoch: int, stage: str, error_class: str, reason: str,
+                     detail: str, http_status: int | None = None) -> None:
+        letter = DeadLetter(tp[0], tp[1], m.offset(), m.key(), m.value(), m.headers(), stage, error_class, reason,
+                            detail, http_status)
+        self._send_dead_letter(letter, epoch)
+
+    def _send_dead_letter(self, letter: DeadLetter, epoch: int) -> None:
+        tp = (letter.topic, letter.partition)
+        log.warning("dead-lettering %s[%d]@%d at %s: %s %s", tp[0], tp[1], letter.offset, letter.stage,
+                    letter.reason, letter.detail[:200])
+        self.dlq.send(letter, lambda dl: self._ack(tp, epoch, dl.offset))
+
+    def _ack(self, tp: TopicPartition, epoch: int, offset: int) -> None:
+        if self.tracker.ack(tp, epoch, offset):
+            self._topic_counter(tp[0]).inc()
+
+    def _topic_counter(self, topic: str) -> Any:
+        c = self._topic_counters.get(topic)
+        if c is None:
+            c = self._topic_counters[topic] = METRICS.records_acknowledged.labels(topic)
+        return c
+
+    # == dispatch and completion ==============================================================
+    def _dispatch(self, now: float, flush: bool = False) -> None:
+        if self.sink.auth_failed and self.inflight:
+            return
+        for lane_no in range(len(self.batcher.lanes)):
+            if lane_no in self.inflight or not self.batcher.ready(lane_no, now, flush):
+                continue
+            records = self.batcher.take(lane_no, now)
+            cancel = threading.Event()
+            future = self.executor.submit(self.sink.deliver, records, cancel)
+            self.inflight[lane_no] = _InFlight(future, cancel, frozenset(r.tp for r in records), len(records))
+        METRICS.inflight_batches.set(len(self.inflight))
+
+    def _collect(self) -> None:
+        for lane_no, fl in list(self.inflight.items()):
+            if fl.future.done():
+                del self.inflight[lane_no]
+                self._complete(lane_no, fl)
+
+    def _complete(self, lane_no: int, fl: _InFlight) -> None:
+        try:
+            result = fl.future.result()
+        except Exception:  # noqa: BLE001 - a bug in the sender must not lose records
+            log.exception("sender failed; the batch will be sent again")
+            return
+        tracker = self.tracker
+        if result.abandoned:
+            keep = [r for r in result.records if tracker.epoch(r.tp) == r.epoch]
+            self.batcher.requeue_front(lane_no, keep, time.monotonic())
+            return
+        delivered: Tally[tuple[str, str]] = Tally()
+        now_ms = time.time() * 1000
+        latency = METRICS.delivery_latency
+        for i, rec in enumerate(result.records):
+            failure = result.failures.get(i)
+            if failure is None:
+                for lab in rec.labels:
+                    delivered[lab] += 1
+                latency.observe(max(0.0, (now_ms - rec.timestamp_ms) / 1000))
+                self._ack(rec.tp, rec.epoch, rec.offset)
+            elif tracker.epoch(rec.tp) == rec.epoch:
+                letter = DeadLetter(rec.tp[0], rec.tp[1], rec.offset, rec.key, rec.value, rec.headers, "deliver",
+                                    "AepRejected", f"aep_{failure.status}", "", failure.status, failure.message,
+                                    failure.xaction_id)
+                self._send_dead_letter(letter, rec.epoch)
+        for (kind, etype), n in delivered.items():
+            METRICS.records_delivered.labels(kind, etype).inc(n)
+
+    def _store(self) -> None:
+        offsets = self.tracker.take_committable()
+        if offsets:
+            self.source.store(offsets)
+        METRICS.buffered_records.set(self.tracker.pending)
+
+    # == backpressure and auth ================================================================
+    def _backpressure(self) -> None:
+        d = self.settings.delivery
+        pending = self.tracker.pending
+        buffered = self.batcher.queued_bytes()
+        over = pending >= d.max_buffered_records or buffered >= d.max_buffered_bytes or self.sink.auth_failed
+        if over and not self.paused:
+            self.paused = True
+            self.source.pause(self.tracker.assigned())
+            METRICS.paused_partitions.set(len(self.tracker.assigned()))
+            log.info("pausing consumption: %d records buffered%s", pending,
+                     " (credentials rejected)" if self.sink.auth_failed else "")
+        elif self.paused and not self.sink.auth_failed and not self.stop_event.is_set() \
+                and pending < d.max_buffered_records // 2 and buffered < d.max_buffered_bytes // 2:
+            self.paused = False
+            self.source.resume(self.tracker.assigned())
+            METRICS.paused_partitions.set(0)
+            log.info("resuming consumption")
+
+    def _probe_auth(self, force: bool = False) -> None:
+        """Fetch a token at start and, while credentials are rejected, every 30 s."""
+        if self.tokens is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_auth_probe < _AUTH_PROBE_INTERVAL_S:
+            return
+        self._last_auth_probe = now
+        try:
+            self.tokens.token()
+        except AuthFailure as exc:
+            self.sink.auth_failed = True
+            METRICS.auth_failed.set(1)
+            log.error("%s — consumption is paused and nothing is committed until this is fixed", exc)
+        except TransientError as exc:
+            log.warning("IMS not reachable yet: %s", exc)
+        else:
+            if self.sink.auth_failed and not self.inflight:
+                self.sink.auth_failed = False
+                METRICS.auth_failed.set(0)
+
+    # == rebalance ============================================================================
+    def _on_assign(self, parts: list[Any]) -> None:
+        tps = [(p.topic, p.partition) for p in parts]
+        for tp in tps:
+            self.tracker.assign(tp)
+        # librdkafka keeps an application pause across re-assignment: clear it, then re-apply ours.
+        self.source.resume(tps)
+        if self.paused:
+            self.source.pause(tps)
+        METRICS.assigned_partitions.set(len(self.tracker.assigned()))
+        log.info("assigned %s", tps)
+
+    def _on_revoke(self, parts: list[Any]) -> None:
+        tps = {(p.topic, p.partition) for p in parts}
+        tps &= set(self.tracker.assigned())
+        if not tps:
+            return
+        self.batcher.drop_partitions(tps)
+        deadline = time.monotonic() + self.settings.delivery.revoke_timeout_s
+        self._finish_inflight(tps, deadline)
+        offsets = {tp: off for tp in tps if (off := self.tracker.committable(tp)) is not None}
+        self.source.store(offsets)
+        for tp in tps:
+            self.tracker.revoke(tp)
+        METRICS.assigned_partitions.set(len(self.tracker.assigned()))
+        log.info("revoked %s; stored %s", sorted(tps), offsets)
+
+    def _on_lost(self, parts: list[Any]) -> None:
+        tps = {(p.topic, p.partition) for p in parts}
+        self.batcher.drop_partitions(tps)
+        for fl in self.inflight.values():
+            if fl.tps & tps:
+                fl.cancel.set()
+        for tp in tps:
+            self.tracker.revoke(tp)
+        METRICS.assigned_partitions.set(len(self.tracker.assigned()))
+        log.warning("lost %s: their uncommitted records will be re-delivered by the new owner", sorted(tps))
+
+    def _finish_inflight(self, tps: set[TopicPartition] | None, deadline: float) -> None:
+        """Wait (bounded) for in-flight batches and dead letters touching ``tps`` (None: all)."""
+        def touching() -> list[_InFlight]:
+            return [fl for fl in self.inflight.values() if tps is None or fl.tps & tps]
+
+        while (busy := touching()) and time.monotonic() < deadline:
+            wait([fl.future for fl in busy], timeout=min(0.05, max(0.0, deadline - time.monotonic())),
+                 return_when=FIRST_COMPLETED)
+            self._collect()
+            self.dlq.poll(0)
+        while self.dlq.outstanding and time.monotonic() < deadline:
+            self.dlq.poll(0.02)
+        for fl in touching():
+            fl.cancel.set()  # it returns abandoned; records of kept partitions are re-sent
+
+    # == shutdown =============================================================================
+    def _shutdown(self) -> None:
+        d = self.settings.delivery
+        deadline = time.monotonic() + d.drain_timeout_s
+        assigned = self.tracker.assigned()
+        if self.source is not None:
+            self.source.pause(assigned)
+            self.paused = True
+            # Drain: keep serving callbacks so the member stays in the group while batches finish.
+            while (self.tracker.pending or self.dlq.outstanding) and time.monotonic() < deadline \
+                    and self.exit_code == 0:
+                msgs = self.source.poll_callbacks(0.02)
+                now = time.monotonic()
+                if msgs:
+                    self._ingest(msgs, now)
+                self._collect()
+                self._dispatch(now, flush=True)
+                self.dlq.poll(0)
+                self._store()
+                if self.sink.auth_failed:
+                    break
+            for fl in self.inflight.values():
+                fl.cancel.set()
+            self._store()
+            left = self.tracker.pending
+            if left:
+                log.warning("stopping with %d records not acknowledged; they will be re-delivered", left)
+            self.source.commit()
+            closer = threading.Thread(target=self.source.close, daemon=True)
+            closer.start()
+            closer.join(_CLOSE_TIMEOUT_S)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+        log.info("stopped")

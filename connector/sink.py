@@ -1,0 +1,325 @@
+"""Sink stage: deliver one batch to the AEP streaming inlet (``/collection/batch/{inletId}``).
+
+``Sink.deliver`` runs on a sender thread and returns only when every message of the batch is
+resolved — accepted by AEP, or failed permanently (per-message 4xx, a single record over the size
+limit, a single record rejected by a whole-request 400) — or when the batch is cancelled. What
+happens on each answer (the failure matrix, also in the README):
+
+====================  =========================================================================
+answer                action
+====================  =========================================================================
+207/200               per message: accepted → delivered; 4xx → permanent failure (dead letter);
+                      5xx/429 → re-send it and every later message of the request (so the last
+                      write for a customer is always the newest)
+413                   split the request in halves; a single message → permanent failure
+400 (whole request)   bisect to isolate the bad messages; deliver the rest
+401/403               refresh the token and retry once; then ``auth_failed``: keep retrying
+                      slowly, never dead-letter, never acknowledge
+404, other 4xx        configuration problem (unknown inlet…): like auth, retry slowly
+408/429/5xx, timeout,
+connection error      retry with exponential backoff and full jitter, honouring Retry-After
+====================  =========================================================================
+
+Nothing here drops a message: a transient failure is retried until it succeeds or the batch is
+cancelled (revoke or shutdown deadline), and a cancelled batch is never acknowledged.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from connector.auth import TokenProvider
+from connector.batch import PendingRecord, encode_body
+from connector.config import AepConfig, DeliveryConfig
+from connector.errors import AuthFailure, TransientError
+from connector.metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+_RETRY_AFTER_CAP_S = 300.0
+_STALLED_BACKOFF_S = 30.0  # retry pace while credentials or the inlet configuration are rejected
+
+
+@dataclass(slots=True)
+class MessageFailure:
+    status: int
+    message: str
+    xaction_id: str | None = None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    records: list[PendingRecord]
+    # record index → first permanent failure of one of its messages
+    failures: dict[int, MessageFailure] = field(default_factory=dict)
+    abandoned: bool = False
+    requests: int = 0
+
+
+class _Stalled(Exception):
+    """The inlet rejects us for reasons a retry of the same data cannot fix by itself."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Answer:
+    kind: str  # "ok", "too_large", "bad_request", "transient"
+    entries: list[Any] | None = None
+    message: str = ""
+    retry_after: float | None = None
+    status: int = 0
+
+
+class Sink:
+    def __init__(
+        self,
+        aep: AepConfig,
+        delivery: DeliveryConfig,
+        client: httpx.Client,
+        tokens: TokenProvider | None,
+    ) -> None:
+        self._url = aep.batch_url
+        self._delivery = delivery
+        self._client = client
+        self._tokens = tokens
+        self._base_headers = {
+            "Content-Type": "application/json",
+            "x-sandbox-name": aep.sandbox,
+            "x-gw-ims-org-id": aep.org_id,
+        }
+        self.auth_failed = False
+        self.stalled_reason = ""
+        self.failing_since: float | None = None  # monotonic time of the first failure in a row
+        self.last_success: float | None = None
+
+    # -- public ------------------------------------------------------------------------------
+    def deliver(self, records: list[PendingRecord], cancel: threading.Event) -> BatchResult:
+        result = BatchResult(records)
+        items = [(ri, msg) for ri, rec in enumerate(records) for msg in rec.messages]
+        work: list[list[tuple[int, bytes]]] = [items]  # a stack of chunks; head is work[-1]
+        attempt = 0
+        while work:
+            if cancel.is_set():
+                result.abandoned = True
+                return result
+            chunk = work.pop()
+            try:
+                answer = self._post(chunk, result)
+            except _Stalled as exc:
+                self._note_failure()
+                METRICS.retries.labels(exc.reason).inc()
+                log.error("inlet rejects requests (%s): %s; retrying in %ss, nothing is acknowledged meanwhile",
+                          exc.reason, exc, _STALLED_BACKOFF_S)
+                work.append(chunk)
+                if cancel.wait(_STALLED_BACKOFF_S):
+                    result.abandoned = True
+                    return result
+                continue
+
+            if answer.kind == "ok":
+                retry = self._apply_entries(chunk, answer.entries or [], result)
+                self._note_success()
+                if retry:
+                    work.append(retry)
+                    METRICS.retries.labels("message_5xx").inc()
+                    attempt += 1
+                    if cancel.wait(self._backoff(attempt, None)):
+                        result.abandoned = True
+                        return result
+                else:
+                    attempt = 0
+            elif answer.kind in ("too_large", "bad_request"):
+                if len(chunk) == 1:
+                    ri = chunk[0][0]
+                    result.failures.setdefault(ri, MessageFailure(answer.status, answer.message))
+                else:
+                    METRICS.retries.labels("split_413" if answer.kind == "too_large" else "bisect_400").inc()
+                    mid = len(chunk) // 2
+                    work.append(chunk[mid:])
+                    work.append(chunk[:mid])
+            else:  # transient
+                self._note_failure()
+                METRICS.retries.labels(f"http_{answer.status}" if answer.status else "network").inc()
+                work.append(chunk)
+                attempt += 1
+                if cancel.wait(self._backoff(attempt, answer.retry_after)):
+                    result.abandoned = True
+                    return result
+        return result
+
+    @property
+    def failing_for(self) -> float:
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
+
+    # -- one request ---------------------------------------------------------------------------
+    def _post(self, chunk: list[tuple[int, bytes]], result: BatchResult) -> _Answer:
+        body = encode_body(m for _, m in chunk)
+        METRICS.batch_records.observe(len(chunk))
+        METRICS.batch_bytes.observe(len(body))
+        refreshed = False
+        while True:
+            headers = dict(self._base_headers)
+            token = None
+            if self._tokens is not None:
+                try:
+                    token = self._tokens.token()
+                except TransientError as exc:
+                    return _Answer("transient", message=str(exc), retry_after=exc.retry_after)
+                except AuthFailure as exc:
+                    self.auth_failed = True
+                    METRICS.auth_failed.set(1)
+                    raise _Stalled("auth", str(exc)) from None
+                headers["Authorization"] = f"Bearer {token}"
+            start = time.perf_counter()
+            result.requests += 1
+            try:
+                resp = self._client.post(self._url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                METRICS.http_requests.labels("dcs", "error").inc()
+                return _Answer("transient", message=type(exc).__name__)
+            finally:
+                METRICS.http_request_seconds.labels("dcs").observe(time.perf_counter() - start)
+            status = resp.status_code
+            METRICS.http_requests.labels("dcs", f"{status // 100}xx").inc()
+            if status in (200, 207):
+                try:
+                    doc = orjson.loads(resp.content)
+                    entries = doc["responses"]
+                    if not isinstance(entries, list):
+                        raise TypeError
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    return _Answer("transient", message="unparseable 207 body", status=status)
+                if self.auth_failed:
+                    self.auth_failed = False
+                    METRICS.auth_failed.set(0)
+                    log.info("inlet accepts our credentials again")
+                self.stalled_reason = ""
+                return _Answer("ok", entries=entries, status=status)
+            if status in (401, 403):
+                if not refreshed and self._tokens is not None and token is not None:
+                    self._tokens.invalidate(token)
+                    refreshed = True
+                    METRICS.retries.labels("token_refresh").inc()
+                    continue
+                self.auth_failed = True
+                self.stalled_reason = "auth"
+                METRICS.auth_failed.set(1)
+                raise _Stalled("auth", f"inlet answered {status} with a fresh token: check credentials and inlet")
+            if status == 413:
+                return _Answer("too_large", message="request larger than the inlet accepts (413)", status=413)
+            if status == 400:
+                return _Answer("bad_request", message=_problem_message(resp), status=400)
+            if status in (408, 429) or status >= 500:
+                return _Answer("transient", status=status, retry_after=_retry_after(resp.headers.get("Retry-After")))
+            self.stalled_reason = f"http_{status}"
+            raise _Stalled(f"http_{status}", f"inlet answered {status}: {_problem_message(resp)}")
+
+    def _apply_entries(
+        self, chunk: list[tuple[int, bytes]], entries: list[Any], result: BatchResult
+    ) -> list[tuple[int, bytes]]:
+        """Resolve a chunk from its 207 entries; return what must be re-sent."""
+        if len(entries) != len(chunk):
+            entries = _align_by_xaction(entries, len(chunk))
+            if entries is None:
+                log.warning("207 with %d entries for %d messages; re-sending the request", len(entries or []), len(chunk))
+                return chunk
+        first_retry: int | None = None
+        permanent: set[int] = set()
+        for i, entry in enumerate(entries):
+            status = _entry_status(entry)
+            if status is None:
+                continue
+            if status in (408, 429) or status >= 500:
+                if first_retry is None:
+                    first_retry = i
+            else:
+                permanent.add(i)
+                ri = chunk[i][0]
+                msg = str(entry.get("message", ""))[:500] if isinstance(entry, dict) else ""
+                xid = entry.get("xactionId") if isinstance(entry, dict) else None
+                result.failures.setdefault(ri, MessageFailure(status, msg, str(xid) if xid else None))
+        if first_retry is None:
+            return []
+        return [item for i, item in enumerate(chunk) if i >= first_retry and i not in permanent]
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, _RETRY_AFTER_CAP_S)
+        cap = min(self._delivery.backoff_max_s, self._delivery.backoff_initial_s * (2 ** min(attempt, 20)))
+        return random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
+
+    def _note_failure(self) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+
+    def _note_success(self) -> None:
+        self.failing_since = None
+        self.last_success = time.monotonic()
+        METRICS.last_delivery_timestamp.set(time.time())
+
+
+def _entry_status(entry: Any) -> int | None:
+    """None for an accepted message, else its HTTP-like status (both documented styles)."""
+    if not isinstance(entry, dict):
+        return 500
+    raw = entry.get("statusCode", entry.get("status"))
+    if raw is None:
+        return None if "xactionId" in entry or not entry.get("message") else 400
+    try:
+        status = int(raw)
+    except (TypeError, ValueError):
+        return 500
+    return status if status >= 400 else None
+
+
+def _align_by_xaction(entries: list[Any], n: int) -> list[Any] | None:
+    """Map entries to messages by the index after the last '-' or ':' of xactionId (2024 style)."""
+    out: list[Any] = [None] * n
+    for entry in entries:
+        xid = entry.get("xactionId") if isinstance(entry, dict) else None
+        if not isinstance(xid, str):
+            return None
+        tail = xid.rsplit("-", 1)[-1].rsplit(":", 1)[-1]
+        if not tail.isdigit() or int(tail) >= n:
+            return None
+        out[int(tail)] = entry
+    return None if any(e is None for e in out) else out
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _problem_message(resp: httpx.Response) -> str:
+    try:
+        doc = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    if isinstance(doc, dict):
+        report = doc.get("report")
+        if isinstance(report, dict) and report.get("message"):
+            return str(report["message"])[:300]
+        return str(doc.get("title") or doc.get("message") or "")[:300]
+    return ""

@@ -1,0 +1,129 @@
+"""Source stage: the confluent-kafka consumer, configured for at-least-once.
+
+Offsets are never stored automatically (``enable.auto.offset.store=false``): the pipeline stores
+the next offset after the highest contiguous acknowledged record, and librdkafka commits stored
+offsets in the background, on revoke (for the revoked partitions) and on close. Assignment is
+cooperative-sticky, so a rebalance only moves the partitions it has to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+
+from connector.config import KafkaConfig
+from connector.metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+PartitionsCallback = Callable[[list[TopicPartition]], None]
+
+
+def consumer_config(cfg: KafkaConfig) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": cfg.bootstrap_servers,
+        "group.id": cfg.group_id,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": cfg.auto_commit_interval_ms,
+        "auto.offset.reset": cfg.auto_offset_reset,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": cfg.session_timeout_ms,
+        "heartbeat.interval.ms": max(100, cfg.session_timeout_ms // 5),
+        "max.poll.interval.ms": cfg.max_poll_interval_ms,
+        "isolation.level": "read_committed",
+        "statistics.interval.ms": 15_000,
+        "enable.partition.eof": False,
+    }
+    if cfg.group_instance_id:
+        conf["group.instance.id"] = cfg.group_instance_id
+    conf.update(cfg.extra)
+    return conf
+
+
+def producer_config(cfg: KafkaConfig) -> dict[str, Any]:
+    conf: dict[str, Any] = {"bootstrap.servers": cfg.bootstrap_servers}
+    # Pass through connection/security settings only; consumer-only keys would be rejected.
+    for key, value in cfg.extra.items():
+        if key.startswith(("security.", "sasl.", "ssl.", "socket.", "client.")):
+            conf[key] = value
+    return conf
+
+
+def _stats(raw: str) -> None:
+    """librdkafka statistics → per-partition consumer lag (from the broker's high watermark)."""
+    try:
+        stats = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    for topic, tstats in stats.get("topics", {}).items():
+        for pid, pstats in tstats.get("partitions", {}).items():
+            if pid == "-1" or pstats.get("fetch_state") in (None, "none", "stopped"):
+                continue
+            lag = pstats.get("consumer_lag")
+            if isinstance(lag, int) and lag >= 0:
+                METRICS.consumer_lag.labels(topic, pid).set(lag)
+
+
+class Source:
+    """Thin wrapper: subscribe with rebalance callbacks, consume in batches, store offsets."""
+
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        on_assign: PartitionsCallback,
+        on_revoke: PartitionsCallback,
+        on_lost: PartitionsCallback,
+        consumer_factory: Callable[[dict[str, Any]], Any] = Consumer,
+    ) -> None:
+        self.cfg = cfg
+        conf = consumer_config(cfg)
+        conf["stats_cb"] = _stats
+        self.consumer = consumer_factory(conf)
+        self.consumer.subscribe(
+            list(cfg.topics),
+            on_assign=lambda _c, parts: on_assign(parts),
+            on_revoke=lambda _c, parts: on_revoke(parts),
+            on_lost=lambda _c, parts: on_lost(parts),
+        )
+
+    def consume(self) -> list[Any]:
+        return self.consumer.consume(self.cfg.consume_batch, self.cfg.consume_timeout_s)
+
+    def poll_callbacks(self, timeout: float) -> list[Any]:
+        """Serve rebalance callbacks and heartbeats; returns any records that arrived."""
+        return self.consumer.consume(self.cfg.consume_batch, timeout)
+
+    def store(self, offsets: dict[tuple[str, int], int]) -> None:
+        if not offsets:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self.consumer.store_offsets(offsets=tps)
+        except Exception as exc:  # noqa: BLE001 - _STATE for partitions no longer owned
+            log.warning("could not store offsets: %s", exc)
+            return
+        for (t, p), o in offsets.items():
+            METRICS.committed_offset.labels(t, str(p)).set(o)
+
+    def commit(self) -> None:
+        """Synchronously commit what has been stored (used at shutdown)."""
+        try:
+            self.consumer.commit(asynchronous=False)
+        except Exception as exc:  # noqa: BLE001 - _NO_OFFSET when nothing new was stored
+            log.debug("commit: %s", exc)
+
+    def pause(self, tps: list[tuple[str, int]]) -> None:
+        if tps:
+            self.consumer.pause([TopicPartition(t, p) for t, p in tps])
+
+    def resume(self, tps: list[tuple[str, int]]) -> None:
+        if tps:
+            self.consumer.resume([TopicPartition(t, p) for t, p in tps])
+
+    def close(self) -> None:
+        self.consumer.close()

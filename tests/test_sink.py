@@ -1,0 +1,175 @@
+"""The sink's failure matrix, against an in-process inlet (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import httpx
+import orjson
+import pytest
+
+from connector.auth import TokenProvider
+from connector.batch import PendingRecord
+from connector.config import AepConfig, DeliveryConfig, ImsConfig
+from connector.sink import Sink, _retry_after
+
+AEP = AepConfig(dcs_url="http://aep", inlet_id="inlet", org_id="O@AdobeOrg", authentication_required=True,
+                ims=ImsConfig(url="http://ims", client_id="c", client_secret="s"))
+FAST = DeliveryConfig(backoff_initial_s=0.001, backoff_max_s=0.01)
+
+
+def records(n: int) -> list[PendingRecord]:
+    out = []
+    for i in range(n):
+        body = orjson.dumps({"header": {}, "body": {"xdmEntity": {"_id": f"id{i}"}}})
+        out.append(PendingRecord(("t", 0), i, 1, 0, None, b"v", None, [body], [("event", "e")], len(body) + 1))
+    return out
+
+
+def ids(request: httpx.Request) -> list[str]:
+    return [m["body"]["xdmEntity"]["_id"] for m in orjson.loads(request.content)["messages"]]
+
+
+def make_sink(handler: Callable[[httpx.Request], httpx.Response]) -> tuple[Sink, dict[str, int]]:
+    calls = {"token": 0}
+
+    def route(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/ims/token/v3":
+            calls["token"] += 1
+            return httpx.Response(200, json={"access_token": f"tok{calls['token']}", "expires_in": 86399})
+        return handler(request)
+
+    client = httpx.Client(transport=httpx.MockTransport(route))
+    tokens = TokenProvider(AEP.ims, client)
+    return Sink(AEP, FAST, client, tokens), calls
+
+
+def ok_207(request: httpx.Request, fail: dict[str, int] | None = None) -> httpx.Response:
+    fail = fail or {}
+    resp = []
+    for i, _id in enumerate(ids(request)):
+        if _id in fail:
+            resp.append({"statusCode": fail[_id], "message": f"bad {_id}"})
+        else:
+            resp.append({"xactionId": f"b:{i}"})
+    return httpx.Response(207, json={"responses": resp})
+
+
+def test_all_accepted_in_one_request() -> None:
+    sent: list[list[str]] = []
+    sink, calls = make_sink(lambda r: (sent.append(ids(r)), ok_207(r))[1])
+    result = sink.deliver(records(5), threading.Event())
+    assert result.failures == {} and not result.abandoned
+    assert sent == [[f"id{i}" for i in range(5)]]
+    assert calls["token"] == 1
+
+
+def test_per_message_4xx_is_permanent_and_5xx_is_resent_with_the_rest() -> None:
+    sent: list[list[str]] = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        sent.append(ids(r))
+        if len(sent) == 1:
+            return ok_207(r, {"id1": 400, "id2": 503})
+        return ok_207(r)
+
+    sink, _ = make_sink(handler)
+    result = sink.deliver(records(4), threading.Event())
+    assert set(result.failures) == {1}
+    assert result.failures[1].status == 400 and "bad id1" in result.failures[1].message
+    assert sent[1] == ["id2", "id3"]  # the 503 and every later message, not the 4xx
+
+
+def test_v2024_failure_style_status_key() -> None:
+    def handler(r: httpx.Request) -> httpx.Response:
+        return httpx.Response(207, json={"responses": [{"xactionId": "u-0"},
+                                                       {"xactionId": "u-1", "status": 400, "message": "m"}]})
+
+    sink, _ = make_sink(handler)
+    result = sink.deliver(records(2), threading.Event())
+    assert set(result.failures) == {1} and result.failures[1].xaction_id == "u-1"
+
+
+def test_413_splits_until_the_single_oversized_record_is_isolated() -> None:
+    def handler(r: httpx.Request) -> httpx.Response:
+        return httpx.Response(413) if "id3" in ids(r) else ok_207(r)
+
+    sink, _ = make_sink(handler)
+    result = sink.deliver(records(8), threading.Event())
+    assert set(result.failures) == {3} and result.failures[3].status == 413
+
+
+def test_whole_request_400_is_bisected() -> None:
+    def handler(r: httpx.Request) -> httpx.Response:
+        if {"id2", "id6"} & set(ids(r)):
+            return httpx.Response(400, json={"title": "bad", "report": {"message": "unknown xdm format"}})
+        return ok_207(r)
+
+    sink, _ = make_sink(handler)
+    result = sink.deliver(records(8), threading.Event())
+    assert set(result.failures) == {2, 6}
+    assert result.failures[2].message == "unknown xdm format"
+
+
+def test_transient_errors_are_retried_until_success_honouring_retry_after() -> None:
+    answers = [httpx.Response(503, headers={"Retry-After": "0"}), httpx.Response(429), httpx.Response(500)]
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        if answers:
+            return answers.pop(0)
+        return ok_207(r)
+
+    sink, _ = make_sink(handler)
+    result = sink.deliver(records(3), threading.Event())
+    assert result.failures == {} and result.requests == 4
+
+
+def test_connection_errors_are_transient() -> None:
+    state = {"n": 0}
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        state["n"] += 1
+        if state["n"] < 3:
+            raise httpx.ConnectError("refused")
+        return ok_207(r)
+
+    sink, _ = make_sink(handler)
+    assert sink.deliver(records(2), threading.Event()).failures == {}
+
+
+def test_401_refreshes_the_token_once_and_retries() -> None:
+    seen: list[str] = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        seen.append(r.headers["Authorization"])
+        return httpx.Response(401) if len(seen) == 1 else ok_207(r)
+
+    sink, calls = make_sink(handler)
+    assert sink.deliver(records(1), threading.Event()).failures == {}
+    assert seen == ["Bearer tok1", "Bearer tok2"] and calls["token"] == 2
+
+
+def test_persistent_401_stalls_without_failing_records_and_cancel_abandons() -> None:
+    cancel = threading.Event()
+    sink, calls = make_sink(lambda r: httpx.Response(403))
+
+    def cancel_once_stalled() -> None:
+        while not sink.auth_failed:
+            threading.Event().wait(0.005)
+        cancel.set()
+
+    threading.Thread(target=cancel_once_stalled, daemon=True).start()
+    result = sink.deliver(records(2), cancel)
+    assert calls["token"] == 2  # refreshed exactly once
+    assert result.abandoned and result.failures == {}
+    assert sink.auth_failed
+
+
+@pytest.mark.parametrize(("value", "expected"), [("7", 7.0), (None, None), ("soon", None)])
+def test_retry_after_parsing(value: str | None, expected: float | None) -> None:
+    assert _retry_after(value) == expected
+
+
+def test_retry_after_http_date_in_the_past_is_zero() -> None:
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
