@@ -41,9 +41,10 @@ class Draft:
     """What one event contributes to its XDM records; filled by the builders."""
 
     __slots__ = ("data", "event_type", "timestamp", "programs", "entity", "tenant", "loyalty", "person",
-                 "profile_tenant", "program_id", "profile_wanted", "email_update", "mobile_update")
+                 "profile_tenant", "program_id", "profile_wanted", "email_update", "mobile_update", "hash_pii")
 
-    def __init__(self, data: Mapping[str, Any], event_type: str, timestamp: str, programs: ProgramCache) -> None:
+    def __init__(self, data: Mapping[str, Any], event_type: str, timestamp: str, programs: ProgramCache,
+                 hash_pii: bool = False) -> None:
         self.data = data
         self.event_type = event_type
         self.timestamp = timestamp
@@ -58,6 +59,7 @@ class Draft:
         # New contact details from customerUpdated.updatedFields; the transformer applies the PII mode.
         self.email_update: str | None = None
         self.mobile_update: str | None = None
+        self.hash_pii = hash_pii  # pii_mode "sha256": no clear-text email/phone anywhere in the output
 
     def tier_name(self, program_id: str | None, number: int) -> str | None:
         program = self.programs.get(program_id)
@@ -262,7 +264,13 @@ def customer_added(draft: Draft, data: Mapping[str, Any]) -> None:
 
 def customer_updated(draft: Draft, data: Mapping[str, Any]) -> None:
     copy_fields(draft.tenant, data, CUSTOMER_FIELDS)
-    put(draft.tenant, "updatedFields", _UPDATED_FIELDS(data.get("updatedFields")))
+    changes = _UPDATED_FIELDS(data.get("updatedFields"))
+    if changes is not None and draft.hash_pii:
+        for change in changes:
+            if change.get("fieldName", "").lower() in _CONTACT_FIELDS:
+                change.pop("previousValue", None)
+                change.pop("currentValue", None)
+    put(draft.tenant, "updatedFields", changes)
     put(draft.tenant, "customerStatus", _CUSTOMER_STATUS(data.get("customerStatus")))
     _customer_profile(draft, data)
     updated = data.get("updatedFields")
@@ -285,6 +293,7 @@ _UPDATED_FIELDS = _records((
 _CUSTOMER_STATUS = _record((
     ("previousStatus", text), ("previousLabel", text), ("currentStatus", text), ("currentLabel", text), ("reason", text),
 ))
+_CONTACT_FIELDS = frozenset({"email", "mobile", "phone"})
 LOYALTY_STATUS = {"LOYALTY": "active", "NON_LOYALTY": "notEnrolled"}
 
 

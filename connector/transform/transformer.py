@@ -114,7 +114,7 @@ class Transformer:
             self._programs.observe(program_id, details)
             if program_id is None and isinstance(details, Mapping):
                 program_id = id_str(details.get("id"))
-        draft = Draft(data, spec.event_type, timestamp, self._programs)
+        draft = Draft(data, spec.event_type, timestamp, self._programs, self._identity.hashes_pii)
         draft.program_id = program_id
         try:
             spec.build(draft, data)
