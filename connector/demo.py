@@ -234,9 +234,9 @@ def _summary(produced: int, elapsed: float, metrics: dict[str, float], stats: di
           f"(rejected: {stats.get('messages_rejected', 0)}, null/empty values: {stats.get('null_or_empty', 0)})")
     print("  by eventType:")
     for etype, n in sorted(stats.get("accepted_by_event_type", {}).items(), key=lambda kv: -kv[1]):
-        print(f"    {n:6d}  {etype}")
+        print(f"    {n:6d}  {etype if etype != '(none)' else 'profile updates (XDM Individual Profile)'}")
     print(f"  IMS tokens requested             {stats.get('token_requests', 0)}")
-    behind = {tp: (c, e) for tp, (c, e) in offsets.items() if c < e}
+    behind = {tp: (c, e) for tp, (c, e) in offsets.items() if e > max(c, 0)}
     total_committed = sum(max(c, 0) for c, _ in offsets.values())
     print(f"  offsets committed                {total_committed} over {len(offsets)} partitions"
           + ("" if not behind else f"  ✗ behind: {behind}"))

@@ -1,0 +1,165 @@
+"""Running connector processes against the test broker and emulator, and reading what they did."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from connector.emulator import config as em
+from connector.topics import all_topics
+from support import ManagedProcess, free_port, python_module, wait_until
+
+
+class ConnectorProc:
+    def __init__(self, proc: ManagedProcess, metrics_port: int, config: Path) -> None:
+        self.proc = proc
+        self.metrics_port = metrics_port
+        self.config = config
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[s.name] = out.get(s.name, 0.0) + s.value
+        return out
+
+    def metric(self, name: str) -> float:
+        try:
+            return self.metrics().get(name, 0.0)
+        except httpx.HTTPError:
+            return 0.0
+
+    def ready(self) -> dict[str, Any]:
+        r = httpx.get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=5)
+        return {"status": r.status_code, **r.json()}
+
+    def wait_acknowledged(self, n: int, timeout: float = 60) -> None:
+        wait_until(lambda: self.metric("capillary_aep_records_acknowledged_total") >= n or self._died(),
+                   timeout, what=f"{n} acknowledged records")
+        assert self.proc.alive(), self.proc.log_text()[-3000:]
+
+    def _died(self) -> bool:
+        return not self.proc.alive()
+
+    def stop(self, timeout: float = 30) -> int | None:
+        return self.proc.stop(timeout)
+
+
+def write_config(path: Path, *, bootstrap: str, emulator_url: str, prefix: str, group: str,
+                 metrics_port: int, extra: str = "") -> Path:
+    topics_regex = "^" + re.escape(prefix) + ".*"
+    path.write_text(f"""
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+topics = ['{topics_regex}']
+session_timeout_ms = 6000
+auto_commit_interval_ms = 200
+dlq_topic = "{prefix.rstrip('.')}.dlq.x"
+consume_timeout_s = 0.05
+
+[decode]
+schema_registry_url = "{emulator_url}"
+
+[aep]
+dcs_url = "{emulator_url}"
+inlet_id = "{em.DEMO_INLET_ID}"
+org_id = "{em.DEMO_ORG_ID}"
+
+[aep.ims]
+url = "{emulator_url}"
+client_id = "{em.DEMO_CLIENT_ID}"
+
+[xdm.event]
+dataset_id = "{em.DEMO_EVENT_DATASET_ID}"
+schema_id = "{em.DEMO_EVENT_SCHEMA_ID}"
+
+[xdm.profile]
+dataset_id = "{em.DEMO_PROFILE_DATASET_ID}"
+schema_id = "{em.DEMO_PROFILE_SCHEMA_ID}"
+
+[batch]
+linger_ms = 50
+
+[delivery]
+backoff_initial_s = 0.05
+backoff_max_s = 1.0
+drain_timeout_s = 5
+revoke_timeout_s = 5
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+{extra}
+""")
+    return path
+
+
+def start_connector(tmp_path: Path, *, bootstrap: str, emulator_url: str, prefix: str, group: str,
+                    extra: str = "", env: dict[str, str] | None = None, name: str = "connector") -> ConnectorProc:
+    port = free_port()
+    cfg = write_config(tmp_path / f"{name}-{port}.toml", bootstrap=bootstrap, emulator_url=emulator_url,
+                       prefix=prefix, group=group, metrics_port=port, extra=extra)
+    full_env = {"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET, "CAPILLARY_AEP__LOG__FORMAT": "text",
+                **(env or {})}
+    proc = ManagedProcess(python_module("connector", "run", "--config", str(cfg)), env=full_env,
+                          log_path=tmp_path / f"{name}-{port}.log")
+    c = ConnectorProc(proc, port, cfg)
+    wait_until(lambda: not proc.alive() or httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code,
+               30, what="connector health endpoint")
+    assert proc.alive(), proc.log_text()[-3000:]
+    return c
+
+
+def new_group() -> str:
+    return f"g{uuid.uuid4().hex[:10]}"
+
+
+def committed(bootstrap: str, group: str, prefix: str) -> dict[tuple[str, int], int]:
+    """Committed offsets of ``group`` on the test's topics (negative: nothing committed)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(timeout=10).topics
+        tps = [TopicPartition(t, p) for t in all_topics(prefix) if t in meta for p in meta[t].partitions]
+        return {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
+    finally:
+        c.close()
+
+
+def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5, timeout: float = 30) -> list[Any]:
+    """Every record of ``topic``, read until nothing arrives for ``idle_s`` (true end offsets on tansu)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    out: list[Any] = []
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or not meta.partitions:
+            return out
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        start = last = time.monotonic()
+        while time.monotonic() - last < idle_s and time.monotonic() - start < timeout:
+            msgs = c.consume(500, 0.2)
+            for m in msgs:
+                if m.error() is None:
+                    out.append(m)
+            if msgs:
+                last = time.monotonic()
+    finally:
+        c.close()
+    return out
+
+
+def end_offsets(bootstrap: str, prefix: str) -> dict[tuple[str, int], int]:
+    ends: dict[tuple[str, int], int] = {}
+    for topic in all_topics(prefix):
+        for m in read_topic(bootstrap, topic, idle_s=0.8):
+            key = (m.topic(), m.partition())
+            ends[key] = max(ends.get(key, 0), m.offset() + 1)
+    return ends

@@ -1,0 +1,175 @@
+"""End to end on real parts: embedded Kafka broker → connector process → emulator over HTTP."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from connector.config import XdmConfig
+from connector.dlq import H_OFFSET, H_REASON, H_STAGE
+from connector.emulator import config as em
+from connector.produce import produce_events
+from connector.samples import generate_events
+from connector.topics import topic_for
+from connector.transform import Transformer
+from harness import committed, end_offsets, new_group, read_topic, start_connector
+from support import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _transformer() -> Transformer:
+    cfg = XdmConfig.model_validate({
+        "event": {"dataset_id": em.DEMO_EVENT_DATASET_ID, "schema_id": em.DEMO_EVENT_SCHEMA_ID},
+        "profile": {"dataset_id": em.DEMO_PROFILE_DATASET_ID, "schema_id": em.DEMO_PROFILE_SCHEMA_ID},
+    })
+    return Transformer(cfg, org_id=em.DEMO_ORG_ID, source_name="capillary-aep-connector")
+
+
+def expected_envelopes(events: list[dict]) -> dict[str, dict]:
+    t = _transformer()
+    return {m.envelope["body"]["xdmEntity"]["_id"]: m.envelope for ev in events for m in t.transform(ev)}
+
+
+def diff_paths(a: object, b: object, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in diff_paths(a.get(k), b.get(k), f"{path}.{k}")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def expected_ids(events: list[dict]) -> Counter[str]:
+    """The XDM `_id`s the transform makes of ``events`` (what the inlet must receive)."""
+    t = _transformer()
+    return Counter(m.envelope["body"]["xdmEntity"]["_id"] for ev in events for m in t.transform(ev))
+
+
+def test_every_event_arrives_exactly_once_as_a_valid_envelope(broker, emulator, prefix, tmp_path: Path) -> None:
+    events = generate_events(240, seed=11)
+    produce_events(broker, events, "mixed", registry_url=emulator.url, topic_prefix=prefix)
+    want = expected_ids(events)
+    group = new_group()
+    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    c.wait_acknowledged(len(events))
+    wait_until(lambda: sum(emulator.ids().values()) >= sum(want.values()), 30, what="all messages at the inlet")
+    assert c.stop() == 0
+
+    assert Counter(emulator.ids()) == want  # every message, exactly once, nothing else
+    stats = emulator.stats()
+    assert stats["messages_rejected"] == 0 and stats["null_or_empty"] == 0
+    received = {m["envelope"]["body"]["xdmEntity"]["_id"]: m["envelope"] for m in emulator.messages()}
+    # Exactly what the transform makes, except program/tier names the connector could not know yet:
+    # they come from a per-program cache that fills in whatever order the partitions are consumed.
+    def cache_dependent(d: str) -> bool:
+        path = d.split(":")[0].lower()
+        return ": None != " in d and ("tier" in path or "program" in path)
+
+    diffs = diff_paths(received, expected_envelopes(events))
+    assert [d for d in diffs if not cache_dependent(d)] == []
+    for env in received.values():
+        header, entity = env["header"], env["body"]["xdmEntity"]
+        assert header["imsOrgId"] == em.DEMO_ORG_ID
+        assert header["datasetId"] in (em.DEMO_EVENT_DATASET_ID, em.DEMO_PROFILE_DATASET_ID)
+        assert header["schemaRef"] == env["body"]["xdmMeta"]["schemaRef"]
+        primary = [i for ids in entity["identityMap"].values() for i in ids if i.get("primary")]
+        assert len(primary) == 1
+        if header["datasetId"] == em.DEMO_EVENT_DATASET_ID:
+            assert entity["timestamp"].endswith("Z") and entity["eventType"]
+    customers = {str(ev["data"]["customerIdentifiers"]["customerId"]) for ev in events
+                 if "customerIdentifiers" in ev["data"]}
+    seen = {i["id"] for env in received.values() for i in env["body"]["xdmEntity"]["identityMap"]["CapillaryCustomerId"]}
+    assert customers <= seen
+    # Offsets: committed up to the true end of every partition.
+    ends = end_offsets(broker, prefix)
+    got = committed(broker, group, prefix)
+    assert {tp: got.get(tp) for tp in ends} == ends
+
+
+def test_nothing_is_committed_while_the_inlet_fails_and_a_restart_redelivers(
+        broker, emulator, prefix, tmp_path: Path) -> None:
+    events = generate_events(60, seed=12)
+    produce_events(broker, events, "json", topic_prefix=prefix)
+    emulator.faults(status=503)
+    group = new_group()
+    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    wait_until(lambda: emulator.stats()["requests"].get("503", 0) >= 5, 30, what="failing requests")
+    assert c.metric("capillary_aep_records_acknowledged_total") == 0
+    assert c.stop() == 0  # drain times out: nothing acknowledged, nothing committed
+    assert all(off < 0 for off in committed(broker, group, prefix).values())
+    assert sum(emulator.ids().values()) == 0
+
+    emulator.clear_faults()
+    c2 = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    c2.wait_acknowledged(len(events))
+    assert c2.stop() == 0
+    assert Counter(emulator.ids()) == expected_ids(events)
+
+
+def test_after_success_a_restart_delivers_nothing_again(broker, emulator, prefix, tmp_path: Path) -> None:
+    events = generate_events(50, seed=13)
+    produce_events(broker, events, "avro-single", topic_prefix=prefix)
+    group = new_group()
+    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    c.wait_acknowledged(len(events))
+    assert c.stop() == 0
+    first = sum(emulator.ids().values())
+
+    c2 = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    # A fresh event proves the restarted connector is consuming; only it may arrive.
+    late = generate_events(1, seed=99)
+    produce_events(broker, late, "json", topic_prefix=prefix)
+    c2.wait_acknowledged(1)
+    assert c2.stop() == 0
+    assert Counter(emulator.ids()) == expected_ids(events) + expected_ids(late)
+    assert sum(emulator.ids().values()) == first + sum(expected_ids(late).values())
+
+
+def test_corrupt_and_unknown_schema_records_are_dead_lettered_and_the_stream_goes_on(
+        broker, emulator, prefix, tmp_path: Path) -> None:
+    before = generate_events(20, seed=14)
+    after = generate_events(20, seed=15)
+    produce_events(broker, before, "json", topic_prefix=prefix)
+    topic = topic_for("pointsIssued", prefix)
+    p = Producer({"bootstrap.servers": broker})
+    p.produce(topic, key=b"k1", value=b"\x07garbage-bytes", headers=[("trace", b"abc")])
+    p.produce(topic, key=b"k2", value=b"\x00\x00\x00\x27\x0f" + b"\x02\x04")  # schema id 9999
+    p.produce(topic, key=b"k3", value=b'{"eventName": "pointsIssued", "data": ')  # truncated JSON
+    assert p.flush(10) == 0
+    produce_events(broker, after, "avro-registry", registry_url=emulator.url, topic_prefix=prefix)
+    group = new_group()
+    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    c.wait_acknowledged(len(before) + 3 + len(after))
+    assert c.stop() == 0
+
+    assert Counter(emulator.ids()) == expected_ids(before) + expected_ids(after)
+    dlq = read_topic(broker, f"{prefix.rstrip('.')}.dlq.x")
+    letters = {m.key(): dict(m.headers()) for m in dlq}
+    assert set(letters) == {b"k1", b"k2", b"k3"}
+    assert letters[b"k1"][H_REASON] == b"unknown_format" and letters[b"k1"][H_STAGE] == b"decode"
+    assert letters[b"k1"]["trace"] == b"abc"  # original headers kept
+    assert letters[b"k2"][H_REASON] == b"unknown_schema_id"
+    assert letters[b"k3"][H_REASON] == b"invalid_json"
+    assert all(H_OFFSET in h for h in letters.values())
+    ends = end_offsets(broker, prefix)
+    got = committed(broker, group, prefix)
+    assert {tp: got.get(tp) for tp in ends} == ends
+
+
+def test_token_is_fetched_once_and_refreshed_when_the_inlet_rejects_it(
+        broker, emulator, prefix, tmp_path: Path) -> None:
+    first = generate_events(30, seed=16)
+    produce_events(broker, first, "json", topic_prefix=prefix)
+    group = new_group()
+    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    c.wait_acknowledged(len(first))
+    assert emulator.stats()["token_requests"] == 1
+
+    emulator.faults(revoke_tokens=True)  # every token issued so far is now invalid (expired/rotated)
+    second = generate_events(30, seed=17)
+    produce_events(broker, second, "json", topic_prefix=prefix)
+    c.wait_acknowledged(len(first) + len(second))
+    assert c.stop() == 0
+    assert emulator.stats()["token_requests"] == 2
+    assert Counter(emulator.ids()) == expected_ids(first) + expected_ids(second)
