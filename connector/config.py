@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -183,21 +183,13 @@ class LogConfig(_Section):
     format: Literal["auto", "json", "text"] = "auto"
 
 
-class Settings(BaseSettings):
+class FileSettings(BaseSettings):
+    """Settings read from the environment (highest precedence), then the TOML file given to
+    :func:`load_settings`, then defaults."""
+
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True, case_sensitive=False
     )
-
-    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
-    decode: DecodeConfig = Field(default_factory=DecodeConfig)
-    aep: AepConfig
-    xdm: XdmConfig
-    batch: BatchConfig = Field(default_factory=BatchConfig)
-    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
-
-    _toml_file: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -214,6 +206,22 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+S = TypeVar("S", bound=FileSettings)
+
+
+class Settings(FileSettings):
+    """The connector's configuration (``capillary-aep run``)."""
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    aep: AepConfig
+    xdm: XdmConfig
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
 _TOML_PATH: list[str | None] = [None]
 
 
@@ -226,8 +234,10 @@ def _format_errors(exc: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Load and validate the configuration, or raise :class:`ConfigError` naming the bad keys."""
+def load_settings(path: str | Path | None = None, cls: type[S] | None = None, **overrides: Any) -> S:
+    """Load and validate ``cls`` (default :class:`Settings`) from a TOML file and the environment,
+    or raise :class:`ConfigError` naming the bad keys. Other settings classes (e.g. the webhook
+    ingress) use the same loader: subclass :class:`FileSettings`."""
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -240,7 +250,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
     _TOML_PATH[0] = str(path) if path is not None else None
     try:
-        return Settings(**overrides)
+        return (cls or Settings)(**overrides)  # type: ignore[return-value]
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
     finally:

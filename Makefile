@@ -1,0 +1,32 @@
+# One-command entry points. `make demo` and `make test` work on a fresh machine with Python 3.11+.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-unit test-integration check clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## demo: embedded broker + emulator + sample events + the connector, then a summary
+demo: install
+	$(PY) -m connector demo
+
+## test: the whole suite (unit + integration against a real broker, emulator and processes)
+test: install
+	$(PY) -m pytest -q
+
+test-unit: install
+	$(PY) -m pytest -q -m "not integration"
+
+test-integration: install
+	$(PY) -m pytest -q -m integration
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .hypothesis build *.egg-info
