@@ -502,7 +502,9 @@ def wrap(event: dict[str, Any], style: str) -> dict[str, Any]:
         out["eventType"] = f"{event.get('orgId')}_{name}" if style == "wrapped_prefixed" else name
         out["consumerGroupId"] = None
         out["actionType"] = "START"
-        out["timeStamp"] = event["createdAt"] + 14
+        created = event.get("createdAt")
+        # The bus stamps its own time a few ms after createdAt (kept as it is when not an int).
+        out["timeStamp"] = created + 14 if type(created) is int else created
         out["attributes"] = attributes
         return out
     raise ValueError(f"unknown envelope style {style!r}; expected one of {ENVELOPES}")

@@ -84,7 +84,20 @@ class Transformer:
         return self._programs
 
     def transform(self, raw: Mapping[str, Any]) -> list[XdmMessage]:
-        """One Capillary event → its XDM messages; ``TransformError`` if it can never succeed."""
+        """One Capillary event → its XDM messages; ``TransformError`` if it can never succeed.
+
+        Any other exception would be a mapping bug meeting a payload shape nobody foresaw; it is
+        reported as ``invalid_value`` (naming the exception type) so one odd record is dead-lettered
+        instead of stopping the partition.
+        """
+        try:
+            return self._transform(raw)
+        except TransformError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            raise TransformError("invalid_value", f"unexpected payload shape ({type(exc).__name__})") from exc
+
+    def _transform(self, raw: Mapping[str, Any]) -> list[XdmMessage]:
         event = normalize(raw)
         spec = find_spec(event.name)
         if spec is None:
@@ -116,12 +129,7 @@ class Transformer:
                 program_id = id_str(details.get("id"))
         draft = Draft(data, spec.event_type, timestamp, self._programs, self._identity.hashes_pii)
         draft.program_id = program_id
-        try:
-            spec.build(draft, data)
-        except TransformError:
-            raise
-        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a payload shape no mapping expects
-            raise TransformError("invalid_value", f"{name}: {type(exc).__name__}") from None
+        spec.build(draft, data)
 
         record_id = _record_id(event, name, customer)
         entity: dict[str, Any] = {
