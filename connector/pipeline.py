@@ -180,8 +180,8 @@ class Pipeline:
             METRICS.records_transformed.labels(kind, etype).inc(n)
 
     def _consumer_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._PARTITION_EOF:
-            return
+        if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+            return  # EOF is not an error; a regex subscription may match no topic yet
         if err.fatal() or err.code() == KafkaError._MAX_POLL_EXCEEDED:
             log.error("fatal consumer error: %s; stopping", err)
             self.exit_code = 4

@@ -38,6 +38,9 @@ def consumer_config(cfg: KafkaConfig) -> dict[str, Any]:
         "isolation.level": "read_committed",
         "statistics.interval.ms": 15_000,
         "enable.partition.eof": False,
+        # A regex subscription only sees topics created later at the next metadata refresh
+        # (librdkafka's default is 5 minutes).
+        "topic.metadata.refresh.interval.ms": 30_000,
     }
     if cfg.group_instance_id:
         conf["group.instance.id"] = cfg.group_instance_id

@@ -6,13 +6,16 @@ import re
 import time
 import uuid
 from pathlib import Path
+from collections import Counter
 from typing import Any
 
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from connector.config import XdmConfig
 from connector.emulator import config as em
+from connector.transform import Transformer
 from connector.topics import all_topics
 from support import ManagedProcess, free_port, python_module, wait_until
 
@@ -65,6 +68,7 @@ session_timeout_ms = 6000
 auto_commit_interval_ms = 200
 dlq_topic = "{prefix.rstrip('.')}.dlq.x"
 consume_timeout_s = 0.05
+extra = {{ "topic.metadata.refresh.interval.ms" = 2000 }}
 
 [decode]
 schema_registry_url = "{emulator_url}"
@@ -163,3 +167,41 @@ def end_offsets(bootstrap: str, prefix: str) -> dict[tuple[str, int], int]:
             key = (m.topic(), m.partition())
             ends[key] = max(ends.get(key, 0), m.offset() + 1)
     return ends
+
+
+def transformer() -> Transformer:
+    cfg = XdmConfig.model_validate({
+        "event": {"dataset_id": em.DEMO_EVENT_DATASET_ID, "schema_id": em.DEMO_EVENT_SCHEMA_ID},
+        "profile": {"dataset_id": em.DEMO_PROFILE_DATASET_ID, "schema_id": em.DEMO_PROFILE_SCHEMA_ID},
+    })
+    return Transformer(cfg, org_id=em.DEMO_ORG_ID, source_name="capillary-aep-connector")
+
+
+def expected_envelopes(events: list[dict]) -> dict[str, dict]:
+    t = transformer()
+    return {m.envelope["body"]["xdmEntity"]["_id"]: m.envelope for ev in events for m in t.transform(ev)}
+
+
+def diff_paths(a: object, b: object, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in diff_paths(a.get(k), b.get(k), f"{path}.{k}")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def expected_ids(events: list[dict]) -> Counter[str]:
+    """The XDM `_id`s the transform makes of ``events`` (what the inlet must receive)."""
+    t = transformer()
+    return Counter(m.envelope["body"]["xdmEntity"]["_id"] for ev in events for m in t.transform(ev))
+
+
+
+
+def assert_committed_to_end(bootstrap: str, group: str, prefix: str) -> None:
+    ends = end_offsets(bootstrap, prefix)
+    got = committed(bootstrap, group, prefix)
+    assert {tp: got.get(tp) for tp in ends} == ends
+
+
+def missing(received: dict[str, int], want: Counter[str]) -> set[str]:
+    """Messages of ``want`` the inlet never accepted."""
+    return {i for i in want if received.get(i, 0) < 1}

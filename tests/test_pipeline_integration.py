@@ -8,42 +8,15 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from connector.config import XdmConfig
 from connector.dlq import H_OFFSET, H_REASON, H_STAGE
 from connector.emulator import config as em
 from connector.produce import produce_events
 from connector.samples import generate_events
 from connector.topics import topic_for
-from connector.transform import Transformer
-from harness import committed, end_offsets, new_group, read_topic, start_connector
+from harness import committed, diff_paths, end_offsets, expected_envelopes, expected_ids, new_group, read_topic, start_connector
 from support import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _transformer() -> Transformer:
-    cfg = XdmConfig.model_validate({
-        "event": {"dataset_id": em.DEMO_EVENT_DATASET_ID, "schema_id": em.DEMO_EVENT_SCHEMA_ID},
-        "profile": {"dataset_id": em.DEMO_PROFILE_DATASET_ID, "schema_id": em.DEMO_PROFILE_SCHEMA_ID},
-    })
-    return Transformer(cfg, org_id=em.DEMO_ORG_ID, source_name="capillary-aep-connector")
-
-
-def expected_envelopes(events: list[dict]) -> dict[str, dict]:
-    t = _transformer()
-    return {m.envelope["body"]["xdmEntity"]["_id"]: m.envelope for ev in events for m in t.transform(ev)}
-
-
-def diff_paths(a: object, b: object, path: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in diff_paths(a.get(k), b.get(k), f"{path}.{k}")]
-    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
-
-
-def expected_ids(events: list[dict]) -> Counter[str]:
-    """The XDM `_id`s the transform makes of ``events`` (what the inlet must receive)."""
-    t = _transformer()
-    return Counter(m.envelope["body"]["xdmEntity"]["_id"] for ev in events for m in t.transform(ev))
 
 
 def test_every_event_arrives_exactly_once_as_a_valid_envelope(broker, emulator, prefix, tmp_path: Path) -> None:
