@@ -29,7 +29,7 @@ from connector.auth import TokenProvider
 from connector.avro_schemas import LocalSchemas
 from connector.batch import Batcher, PendingRecord
 from connector.config import Settings
-from connector.decode import Decoder
+from connector.decode import SINGLE_OBJECT_MAGIC, WIRE_MAGIC, Decoder
 from connector.dlq import DeadLetter, DeadLetterWriter
 from connector.errors import AuthFailure, DecodeError, RegistryUnavailable, TransientError
 from connector.metrics import METRICS
@@ -80,6 +80,7 @@ class Pipeline:
         self.exit_code = 0
         self._last_auth_probe = 0.0
         self._topic_counters: dict[str, Any] = {}
+        self._decoded_counters: dict[tuple[str, str], Any] = {}
 
     # == lifecycle ===========================================================================
     def install_signal_handlers(self) -> None:
@@ -120,7 +121,8 @@ class Pipeline:
         self.dlq.poll(0)
         self._store()
         self._backpressure()
-        if self.sink.auth_failed:
+        # While idle no sender refreshes the token: renew it here so /readyz stays truthful.
+        if self.sink.auth_failed or (self.tokens is not None and not self.inflight and not self.tokens.valid()):
             self._probe_auth()
 
     # == ingest: decode → transform → encode → batch ========================================
@@ -131,6 +133,7 @@ class Pipeline:
         dumps = orjson.dumps
         max_size = self.batcher.max_record_size
         consumed: Tally[str] = Tally()
+        decoded: Tally[tuple[str, str]] = Tally()
         transformed: Tally[tuple[str, str]] = Tally()
         for m in msgs:
             err = m.error()
@@ -152,6 +155,7 @@ class Pipeline:
                 continue
             except RegistryUnavailable:
                 raise
+            decoded[(topic, _format_of(value))] += 1
             try:
                 out = [x for ev in events for x in transform(ev)]
             except TransformError as exc:
@@ -176,6 +180,11 @@ class Pipeline:
             )
         for topic, n in consumed.items():
             METRICS.records_consumed.labels(topic).inc(n)
+        for key, n in decoded.items():
+            child = self._decoded_counters.get(key)
+            if child is None:
+                child = self._decoded_counters[key] = METRICS.records_decoded.labels(*key)
+            child.inc(n)
         for (kind, etype), n in transformed.items():
             METRICS.records_transformed.labels(kind, etype).inc(n)
 
@@ -314,7 +323,7 @@ class Pipeline:
         self.source.resume(tps)
         if self.paused:
             self.source.pause(tps)
-        METRICS.assigned_partitions.set(len(self.tracker.assigned()))
+        self._partition_gauges()
         log.info("assigned %s", tps)
 
     def _on_revoke(self, parts: list[Any]) -> None:
@@ -325,11 +334,13 @@ class Pipeline:
         self.batcher.drop_partitions(tps)
         deadline = time.monotonic() + self.settings.delivery.revoke_timeout_s
         self._finish_inflight(tps, deadline)
+        self.batcher.drop_partitions(tps)  # abandoned batches may have put some back meanwhile
         offsets = {tp: off for tp in tps if (off := self.tracker.committable(tp)) is not None}
         self.source.store(offsets)
         for tp in tps:
             self.tracker.revoke(tp)
-        METRICS.assigned_partitions.set(len(self.tracker.assigned()))
+        METRICS.forget_partitions(tps)
+        self._partition_gauges()
         log.info("revoked %s; stored %s", sorted(tps), offsets)
 
     def _on_lost(self, parts: list[Any]) -> None:
@@ -340,8 +351,14 @@ class Pipeline:
                 fl.cancel.set()
         for tp in tps:
             self.tracker.revoke(tp)
-        METRICS.assigned_partitions.set(len(self.tracker.assigned()))
+        METRICS.forget_partitions(tps)
+        self._partition_gauges()
         log.warning("lost %s: their uncommitted records will be re-delivered by the new owner", sorted(tps))
+
+    def _partition_gauges(self) -> None:
+        assigned = len(self.tracker.assigned())
+        METRICS.assigned_partitions.set(assigned)
+        METRICS.paused_partitions.set(assigned if self.paused else 0)
 
     def _finish_inflight(self, tps: set[TopicPartition] | None, deadline: float) -> None:
         """Wait (bounded) for in-flight batches and dead letters touching ``tps`` (None: all)."""
@@ -392,3 +409,10 @@ class Pipeline:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.client.close()
         log.info("stopped")
+
+
+def _format_of(value: bytes) -> str:
+    """The encoding label of a value that decoded (so it is not empty), from its framing bytes."""
+    if value[0] == WIRE_MAGIC:
+        return "avro-registry"
+    return "avro-single" if value[:2] == SINGLE_OBJECT_MAGIC else "json"
