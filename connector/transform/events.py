@@ -109,7 +109,7 @@ def _records(fields: Fields) -> Converter:
             return None
         out = []
         for item in items:
-            if isinstance(item, Mapping):
+            if isinstance(item, dict):
                 row: dict[str, Any] = {}
                 copy_fields(row, item, fields)
                 if row:
@@ -121,7 +121,7 @@ def _records(fields: Fields) -> Converter:
 
 def _record(fields: Fields) -> Converter:
     def convert(item: Any) -> dict[str, Any] | None:
-        if not isinstance(item, Mapping):
+        if not isinstance(item, dict):
             return None
         row: dict[str, Any] = {}
         copy_fields(row, item, fields)
@@ -132,7 +132,7 @@ def _record(fields: Fields) -> Converter:
 
 def _customer_ref(ci: Any) -> dict[str, Any] | None:
     """A counterpart customer (transfer partner, merge victim) by Capillary id only: no PII in tenant fields."""
-    if not isinstance(ci, Mapping):
+    if not isinstance(ci, dict):
         return None
     cid = id_str(ci.get("customerId"))
     return {"customerId": cid} if cid is not None else None
@@ -146,14 +146,14 @@ _BILL_KEYS = ("BillId", "billId", "billNumber", "BillNumber", "TransactionId", "
 def triggering_bill(data: Mapping[str, Any]) -> str | None:
     """The bill/transaction id named in ``triggeringActivity.identifiers`` (first of ``_BILL_KEYS``)."""
     ta = data.get("triggeringActivity")
-    if not isinstance(ta, Mapping):
+    if not isinstance(ta, dict):
         return None
     identifiers = ta.get("identifiers")
     if type(identifiers) is not list:
         return None
     found: dict[str, str] = {}
     for item in identifiers:
-        if isinstance(item, Mapping):
+        if isinstance(item, dict):
             key = item.get("key")
             if key in _BILL_KEYS:
                 value = text(item.get("value"))
@@ -186,7 +186,7 @@ def _program_points(items: Any, program_id: str | None, key: str = "programCurre
     """``programCurrentPoints`` of the entry for ``program_id`` (or of the only entry) in a per-program list."""
     if type(items) is not list:
         return None
-    rows = [i for i in items if isinstance(i, Mapping)]
+    rows = [i for i in items if isinstance(i, dict)]
     for row in rows:
         if program_id is not None and id_str(row.get("programId")) == program_id:
             return row.get(key)
@@ -276,13 +276,13 @@ def customer_updated(draft: Draft, data: Mapping[str, Any]) -> None:
     updated = data.get("updatedFields")
     if type(updated) is list:
         for change in updated:
-            if isinstance(change, Mapping):
+            if isinstance(change, dict):
                 target = _STANDARD_FIELD_TARGETS.get(str(change.get("fieldName", "")).strip().lower())
                 value = text(change.get("currentValue"))
                 if target is not None and value is not None:
                     target(draft, value)
     status = data.get("customerStatus")
-    if isinstance(status, Mapping):
+    if isinstance(status, dict):
         put(draft.loyalty, "status", text(status.get("currentLabel")) or text(status.get("currentStatus")))
 
 
@@ -299,7 +299,7 @@ LOYALTY_STATUS = {"LOYALTY": "active", "NON_LOYALTY": "notEnrolled"}
 
 def _customer_profile(draft: Draft, data: Mapping[str, Any]) -> None:
     ci = data.get("customerIdentifiers")
-    ci = ci if isinstance(ci, Mapping) else {}
+    ci = ci if isinstance(ci, dict) else {}
     _set_name(draft, "firstName", text(data.get("firstName")) or text(ci.get("firstName")))
     _set_name(draft, "lastName", text(data.get("lastName")) or text(ci.get("lastName")))
     loyalty_type = text(data.get("loyaltyType")) or text(ci.get("loyaltyType"))
@@ -380,7 +380,7 @@ def points_issued(draft: Draft, data: Mapping[str, Any]) -> None:
     program_id = draft.program_id
     gained = []
     promotions = data.get("promotionalPointsIssued")
-    promotions = [p for p in promotions if isinstance(p, Mapping)] if type(promotions) is list else []
+    promotions = [p for p in promotions if isinstance(p, dict)] if type(promotions) is list else []
     regular = data.get("regularPointsIssued")
     if regular is None and not promotions:
         regular = data.get("totalPointsIssued")
@@ -423,10 +423,10 @@ def points_redeemed(draft: Draft, data: Mapping[str, Any]) -> None:
 
 def _identifier(data: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     ta = data.get("triggeringActivity")
-    identifiers = ta.get("identifiers") if isinstance(ta, Mapping) else None
+    identifiers = ta.get("identifiers") if isinstance(ta, dict) else None
     if type(identifiers) is list:
         for item in identifiers:
-            if isinstance(item, Mapping) and item.get("key") in keys:
+            if isinstance(item, dict) and item.get("key") in keys:
                 return text(item.get("value"))
     return None
 
@@ -494,11 +494,11 @@ def promotion_earned(draft: Draft, data: Mapping[str, Any]) -> None:
 
 def coupon_issue(draft: Draft, data: Mapping[str, Any]) -> None:
     coupons = data.get("coupons")
-    coupons = [c for c in coupons if isinstance(c, Mapping)] if type(coupons) is list else []
+    coupons = [c for c in coupons if isinstance(c, dict)] if type(coupons) is list else []
     copy_fields(draft.tenant, data, (("addedAt", to_iso), ("issualType", text), ("series_info", SERIES_INFO)))
     put(draft.tenant, "coupons", _ISSUED_COUPONS(coupons))
     series = data.get("series_info")
-    series = series if isinstance(series, Mapping) else {}
+    series = series if isinstance(series, dict) else {}
     profile_coupons = []
     for coupon in coupons:
         row: dict[str, Any] = {}
@@ -521,13 +521,13 @@ _ISSUED_COUPONS = _records((("id", id_str), ("code", text), ("valid_till", to_is
 def coupon_redeem(draft: Draft, data: Mapping[str, Any]) -> None:
     copy_fields(draft.tenant, data, (("addedAt", to_iso),))
     coupon = data.get("coupon")
-    coupon = coupon if isinstance(coupon, Mapping) else {}
+    coupon = coupon if isinstance(coupon, dict) else {}
     series = coupon.get("series_info")
-    series = series if isinstance(series, Mapping) else {}
+    series = series if isinstance(series, dict) else {}
     put(draft.tenant, "coupon", _REDEEMED_COUPON(coupon))
     put(draft.tenant, "series_info", SERIES_INFO(series))
     transaction = data.get("transaction")
-    transaction = transaction if isinstance(transaction, Mapping) else {}
+    transaction = transaction if isinstance(transaction, dict) else {}
     bill_id = id_str(transaction.get("bill_id"))
     put(draft.tenant, "transaction", _COUPON_TRANSACTION(transaction))
 
@@ -641,7 +641,7 @@ def loyalty_customer_merge(draft: Draft, data: Mapping[str, Any]) -> None:
             ("promisedPoints", num), ("tierNumber", int_or_none)))),
     ))
     summaries = data.get("survivorCustomerLoyaltySummary")
-    summaries = [s for s in summaries if isinstance(s, Mapping)] if type(summaries) is list else []
+    summaries = [s for s in summaries if isinstance(s, dict)] if type(summaries) is list else []
     if not summaries:
         return
     summary = _default_program_summary(draft, summaries)

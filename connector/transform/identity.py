@@ -63,7 +63,7 @@ class IdentityMapper:
         for linked in linked_customer_ids:
             pairs.append((self._customer_ns, linked))
         instore = ci.get("instore")
-        if not isinstance(instore, Mapping):
+        if not isinstance(instore, dict):
             instore = _EMPTY
         external = text(instore.get("externalId"))
         if external is not None:
@@ -79,18 +79,22 @@ class IdentityMapper:
         if not pairs:
             return None
         state = self._state
-        out: dict[str, list[dict[str, Any]]] = {}
-        seen: set[tuple[str, str]] = set()
-        for ns, value in pairs:
-            if (ns, value) in seen:
-                continue
-            seen.add((ns, value))
-            item: dict[str, Any] = {"id": value, "authenticatedState": state}
-            if not out:
-                item["primary"] = True
-            out.setdefault(ns, []).append(item)
-            if len(seen) == MAX_IDENTITIES:
-                break
+        ns, value = pairs[0]
+        out: dict[str, list[dict[str, Any]]] = {ns: [{"id": value, "authenticatedState": state, "primary": True}]}
+        if len(pairs) > 1:
+            seen = {pairs[0]}
+            for pair in pairs[1:]:
+                if pair in seen:
+                    continue
+                seen.add(pair)
+                item = {"id": pair[1], "authenticatedState": state}
+                bucket = out.get(pair[0])
+                if bucket is None:
+                    out[pair[0]] = [item]
+                else:
+                    bucket.append(item)
+                if len(seen) == MAX_IDENTITIES:
+                    break
         return out
 
     def contact(self, ci: Mapping[str, Any] | None) -> Contact | None:
@@ -98,7 +102,7 @@ class IdentityMapper:
         if self._hash or ci is None:
             return None
         instore = ci.get("instore")
-        if not isinstance(instore, Mapping):
+        if not isinstance(instore, dict):
             return None
         address = email(instore.get("email"))
         digits = phone_digits(instore.get("mobile"))
@@ -116,7 +120,7 @@ def card_numbers(ci: Mapping[str, Any] | None) -> list[str]:
     if ci is None:
         return []
     instore = ci.get("instore")
-    return _cards(ci, instore if isinstance(instore, Mapping) else _EMPTY)
+    return _cards(ci, instore if isinstance(instore, dict) else _EMPTY)
 
 
 def _cards(ci: Mapping[str, Any], instore: Mapping[str, Any]) -> list[str]:

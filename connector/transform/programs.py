@@ -21,6 +21,7 @@ class Program:
     name: str | None = None
     is_default: bool | None = None
     tiers: dict[int, str] = field(default_factory=dict)
+    tiers_source: Any = None  # the last ``tiers`` list parsed: an equal list is not parsed again
 
 
 class ProgramCache:
@@ -30,18 +31,18 @@ class ProgramCache:
 
     def observe(self, program_id: str | None, details: Any) -> Program | None:
         """Record what ``loyaltyProgramDetails`` says about a program; return what is known of it."""
-        if isinstance(details, Mapping):
+        if isinstance(details, dict):
             program_id = program_id or id_str(details.get("id"))
         if program_id is None:
             return None
         program = self._programs.get(program_id)
         if program is None:
-            if not isinstance(details, Mapping):
+            if not isinstance(details, dict):
                 return None
             if len(self._programs) >= self._max:
                 del self._programs[next(iter(self._programs))]
             program = self._programs[program_id] = Program()
-        if isinstance(details, Mapping):
+        if isinstance(details, dict):
             name = text(details.get("name"))
             if name is not None:
                 program.name = name
@@ -49,16 +50,17 @@ class ProgramCache:
             if is_default is not None:
                 program.is_default = is_default
             tiers = details.get("tiers")
-            if type(tiers) is list and tiers:
+            if type(tiers) is list and tiers and tiers != program.tiers_source:
                 names = {}
                 for tier in tiers:
-                    if isinstance(tier, Mapping):
+                    if isinstance(tier, dict):
                         number = int_or_none(tier.get("tierNumber"))
                         tier_name = text(tier.get("tierName"))
                         if number is not None and tier_name is not None:
                             names[number] = tier_name
                 if names:
                     program.tiers = names
+                    program.tiers_source = tiers
         return program
 
     def get(self, program_id: str | None) -> Program | None:

@@ -69,11 +69,23 @@ def _text_to_ms(s: str) -> int | None:
     return ms if 0 < ms <= MAX_MS else None
 
 
+_DAYS: dict[int, str] = {}  # day number → "YYYY-MM-DDT": most timestamps of a stream share a few days
+
+
 def iso_ms(ms: int) -> str:
     """Epoch ms → ``2024-08-19T09:00:34.369Z``."""
-    s, frac = divmod(ms, 1000)
-    t = _gmtime(s)
-    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{frac:03d}Z"
+    seconds, frac = divmod(ms, 1000)
+    day, rest = divmod(seconds, 86400)
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        t = _gmtime(day * 86400)
+        prefix = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        if len(_DAYS) > 4096:
+            _DAYS.clear()
+        _DAYS[day] = prefix
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{prefix}{hours:02d}:{minutes:02d}:{secs:02d}.{frac:03d}Z"
 
 
 def to_iso(value: Any) -> str | None:

@@ -125,7 +125,7 @@ class Transformer:
         details = data.get("loyaltyProgramDetails")
         if details is not None:
             self._programs.observe(program_id, details)
-            if program_id is None and isinstance(details, Mapping):
+            if program_id is None and isinstance(details, dict):
                 program_id = id_str(details.get("id"))
         draft = Draft(data, spec.event_type, timestamp, self._programs, self._identity.hashes_pii)
         draft.program_id = program_id
@@ -141,13 +141,14 @@ class Transformer:
         if identity_map is not None:
             entity["identityMap"] = identity_map
         entity.update(draft.entity)
-        store = _store_code(data)
+        entered_by = _entered_by(data)
+        store = _store_code(entered_by) if entered_by is not None else None
         if store is not None:
             commerce = entity.get("commerce")
             if commerce is None:
                 commerce = entity["commerce"] = {}
             commerce["commerceScope"] = {"storeCode": store}
-        entity[self._tenant_key] = {"capillary": self._lineage(event, name, data, program_id, draft.tenant)}
+        entity[self._tenant_key] = {"capillary": self._lineage(event, name, data, program_id, entered_by, draft.tenant)}
 
         messages = [XdmMessage("event", name, draft.event_type, self._event_routes.get(name, self._event_route).envelope(entity))]
         profile = self._profile(spec, draft, customer, identity_map, record_id) if self._profile_route else None
@@ -161,7 +162,8 @@ class Transformer:
         return messages
 
     def _lineage(
-        self, event: CapillaryEvent, name: str, data: Mapping[str, Any], program_id: str | None, extra: dict[str, Any]
+        self, event: CapillaryEvent, name: str, data: Mapping[str, Any], program_id: str | None,
+        entered_by: Mapping[str, Any] | None, extra: dict[str, Any],
     ) -> dict[str, Any]:
         """Fields XDM has no place for that tie the record back to Capillary, then the event's own extras."""
         top = event.top
@@ -189,7 +191,8 @@ class Transformer:
         activity = _triggering_activity(data.get("triggeringActivity"))
         if activity is not None:
             out["triggeringActivity"] = activity
-        _store_fields(out, data)
+        if entered_by is not None:
+            _store_fields(out, entered_by)
         out.update(extra)
         return out
 
@@ -248,20 +251,20 @@ class Transformer:
 def _customer_identifiers(spec: EventSpec, data: Mapping[str, Any]) -> Mapping[str, Any] | None:
     key = spec.identity_key
     ci = data.get(key or "customerIdentifiers")
-    if isinstance(ci, Mapping):
+    if isinstance(ci, dict):
         return ci
     if key is None:  # CouponIssue: the customer sits on each issued coupon
         coupons = data.get("coupons")
         if type(coupons) is list:
             for coupon in coupons:
-                if isinstance(coupon, Mapping) and isinstance(coupon.get("customerIdentifiers"), Mapping):
+                if isinstance(coupon, dict) and isinstance(coupon.get("customerIdentifiers"), dict):
                     return coupon["customerIdentifiers"]
     return None
 
 
 def _linked_customer_ids(data: Mapping[str, Any]) -> tuple[str, ...]:
     victim = data.get("victimCustomerIdentifiers")
-    if isinstance(victim, Mapping):
+    if isinstance(victim, dict):
         cid = id_str(victim.get("customerId"))
         if cid is not None:
             return (cid,)
@@ -292,37 +295,31 @@ def _record_id(event: CapillaryEvent, name: str, customer: Mapping[str, Any] | N
 def _entered_by(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for key in _ENTERED_BY_KEYS:
         value = data.get(key)
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
             return value
     activity = data.get("triggeringActivity")
-    if isinstance(activity, Mapping):
+    if isinstance(activity, dict):
         value = activity.get("enteredBy")
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
             return value
     return None
 
 
-def _store_code(data: Mapping[str, Any]) -> str | None:
-    entered = _entered_by(data)
-    if entered is None:
-        return None
+def _store_code(entered: Mapping[str, Any]) -> str | None:
     store = entered.get("store")
-    if not isinstance(store, Mapping):
+    if not isinstance(store, dict):
         return None
     return text(store.get("code")) or text(store.get("externalId"))
 
 
-def _store_fields(out: dict[str, Any], data: Mapping[str, Any]) -> None:
-    entered = _entered_by(data)
-    if entered is None:
-        return
+def _store_fields(out: dict[str, Any], entered: Mapping[str, Any]) -> None:
     till = entered.get("till")
-    if isinstance(till, Mapping):
+    if isinstance(till, dict):
         code = text(till.get("code"))
         if code is not None:
             out["tillCode"] = code
     store = entered.get("store")
-    if isinstance(store, Mapping):
+    if isinstance(store, dict):
         for source, target in (("code", "storeCode"), ("name", "storeName"), ("externalId", "storeExternalId")):
             value = text(store.get(source))
             if value is not None:
@@ -330,7 +327,7 @@ def _store_fields(out: dict[str, Any], data: Mapping[str, Any]) -> None:
 
 
 def _triggering_activity(activity: Any) -> dict[str, Any] | None:
-    if not isinstance(activity, Mapping):
+    if not isinstance(activity, dict):
         return None
     out: dict[str, Any] = {}
     name = text(activity.get("name"))

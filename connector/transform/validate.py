@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "xdm"
 MAX_ERRORS = 5  # AEP's synchronous validation also reports at most five violations
 
-Check = Callable[[Any, str, list[str]], None]
 
 _FORMATS: dict[str, re.Pattern[str]] = {
     "date-time": re.compile(
@@ -37,18 +38,14 @@ _FORMATS: dict[str, re.Pattern[str]] = {
 _URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
-class _TooMany(Exception):
-    pass
-
-
-def _error(errors: list[str], message: str) -> None:
-    errors.append(message)
-    if len(errors) >= MAX_ERRORS:
-        raise _TooMany
+# A check returns None when the value is valid, else error messages with paths relative to the value
+# ("/order/priceTotal: expected number"). Paths are only built on failure, so a valid record costs
+# one call per field and no string formatting.
+Check = Callable[[Any], "list[str] | None"]
 
 
 def _is_number(v: Any) -> bool:
-    return (type(v) is int or type(v) is float) and v == v and v not in (float("inf"), float("-inf"))
+    return (type(v) is int or type(v) is float) and v - v == 0  # excludes nan and ±inf
 
 
 _TYPE_TESTS: dict[str, Callable[[Any], bool]] = {
@@ -70,74 +67,94 @@ def _compile(schema: dict[str, Any]) -> Check:
     return _compile_scalar(schema)
 
 
+def _prefixed(key: Any, errors: list[str]) -> list[str]:
+    return [f"/{key}{e}" if e.startswith(("/", ":")) else f"/{key}: {e}" for e in errors]
+
+
 def _compile_object(schema: dict[str, Any]) -> Check:
     props = {name: _compile(sub) for name, sub in schema.get("properties", {}).items()}
     required = tuple(schema.get("required", ()))
     additional = schema.get("additionalProperties", True)
     extra: Check | None = _compile(additional) if isinstance(additional, dict) else None
     closed = additional is False
-    free = not props and extra is None and not closed  # e.g. the tenant namespace
+    if not props and extra is None and not closed:
+        return _check_free  # free-form content, e.g. the tenant namespace
 
-    def check(value: Any, path: str, errors: list[str]) -> None:
+    def check(value: Any) -> list[str] | None:
         if type(value) is not dict:
-            _error(errors, f"{path or '/'}: expected object")
-            return
+            return [": expected object"]
         if not value:
-            _error(errors, f"{path or '/'}: empty object (AEP rejects empty values)")
-            return
+            return [": empty object (AEP rejects empty values)"]
+        errors: list[str] | None = None
         for name in required:
             if name not in value:
-                _error(errors, f"{path}/{name}: required field missing")
-        if free:
-            _check_free(value, path, errors)
-            return
+                errors = (errors or []) + [f"/{name}: required field missing"]
         for key, item in value.items():
-            sub = props.get(key)
-            if sub is not None:
-                sub(item, f"{path}/{key}", errors)
-            elif extra is not None:
-                extra(item, f"{path}/{key}", errors)
-            elif closed:
-                _error(errors, f"{path}/{key}: unknown field")
+            sub = props.get(key, extra)
+            if sub is None:
+                if closed:
+                    errors = (errors or []) + [f"/{key}: unknown field"]
+                continue
+            found = sub(item)
+            if found is not None:
+                errors = (errors or []) + _prefixed(key, found)
+            if errors is not None and len(errors) >= MAX_ERRORS:
+                break
+        return errors
 
     return check
 
 
-def _check_free(value: Any, path: str, errors: list[str]) -> None:
-    """Free-form content (tenant namespace): only AEP's no-null/no-empty rule applies."""
+def _check_free(value: Any) -> list[str] | None:
+    """Free-form content: only AEP's no-null/no-empty rule applies.
+
+    The common clean case is decided by one C-level serialisation and four substring tests; only
+    when a marker shows up (perhaps inside a string) is the value walked to find the real culprit.
+    """
+    try:
+        text = orjson.dumps(value)
+    except TypeError:
+        return [": not JSON-serialisable"]
+    if b"null" not in text and b'""' not in text and b"{}" not in text and b"[]" not in text:
+        return None
+    return _walk_free(value, "") or None
+
+
+def _walk_free(value: Any, path: str) -> list[str]:
     if value is None:
-        _error(errors, f"{path}: null value")
-    elif type(value) is dict:
+        return [f"{path}: null value"]
+    if type(value) is float and not _is_number(value):
+        return [f"{path}: not a finite number"]
+    if type(value) is str:
+        return [] if value else [f"{path}: empty string"]
+    if type(value) is dict:
         if not value:
-            _error(errors, f"{path}: empty object")
-        for key, item in value.items():
-            _check_free(item, f"{path}/{key}", errors)
-    elif type(value) is list:
+            return [f"{path}: empty object"]
+        return [e for key, item in value.items() for e in _walk_free(item, f"{path}/{key}")]
+    if type(value) is list:
         if not value:
-            _error(errors, f"{path}: empty array")
-        for i, item in enumerate(value):
-            _check_free(item, f"{path}/{i}", errors)
-    elif type(value) is str:
-        if not value:
-            _error(errors, f"{path}: empty string")
-    elif type(value) is float and not _is_number(value):
-        _error(errors, f"{path}: not a finite number")
+            return [f"{path}: empty array"]
+        return [e for i, item in enumerate(value) for e in _walk_free(item, f"{path}/{i}")]
+    return []
 
 
 def _compile_array(schema: dict[str, Any]) -> Check:
     items_schema = schema.get("items")
     item_check = _compile(items_schema) if isinstance(items_schema, dict) else None
 
-    def check(value: Any, path: str, errors: list[str]) -> None:
+    def check(value: Any) -> list[str] | None:
         if type(value) is not list:
-            _error(errors, f"{path}: expected array")
-            return
+            return [": expected array"]
         if not value:
-            _error(errors, f"{path}: empty array (AEP rejects empty values)")
-            return
-        if item_check is not None:
-            for i, item in enumerate(value):
-                item_check(item, f"{path}/{i}", errors)
+            return [": empty array (AEP rejects empty values)"]
+        if item_check is None:
+            return None
+        errors: list[str] | None = None
+        for i, item in enumerate(value):
+            found = item_check(item)
+            if found is not None:
+                errors = (errors or []) + _prefixed(i, found)
+        return errors
 
     return check
 
@@ -151,30 +168,48 @@ def _compile_scalar(schema: dict[str, Any]) -> Check:
     fmt_re = _FORMATS.get(fmt) if fmt else None
     bounds = [(k, schema[k]) for k in ("minimum", "maximum", "minLength", "maxLength") if k in schema]
 
-    def check(value: Any, path: str, errors: list[str]) -> None:
+    if kind == "string" and enum is None and pattern is None and fmt_re is None and not bounds and fmt != "uri-reference":
+
+        def plain_string(value: Any) -> list[str] | None:  # most XDM fields: skip the general path
+            if type(value) is str and value:
+                return None
+            return [": null value (AEP rejects nulls)" if value is None else
+                    ": empty string (AEP rejects empty values)" if value == "" else ": expected string"]
+
+        return plain_string
+
+    if kind == "number" and not bounds:
+
+        def plain_number(value: Any) -> list[str] | None:
+            if (type(value) is int or type(value) is float) and value - value == 0:
+                return None
+            return [": null value (AEP rejects nulls)" if value is None else ": expected number"]
+
+        return plain_number
+
+    def check(value: Any) -> list[str] | None:
         if value is None:
-            _error(errors, f"{path}: null value (AEP rejects nulls)")
-            return
+            return [": null value (AEP rejects nulls)"]
         if type_test is not None and not type_test(value):
-            _error(errors, f"{path}: expected {kind}")
-            return
+            return [f": expected {kind}"]
+        errors: list[str] = []
         if type(value) is str:
             if not value:
-                _error(errors, f"{path}: empty string (AEP rejects empty values)")
-                return
+                return [": empty string (AEP rejects empty values)"]
             if fmt_re is not None and not fmt_re.match(value):
-                _error(errors, f"{path}: not a valid {fmt}")
+                errors.append(f": not a valid {fmt}")
             elif fmt == "uri-reference" and ":" in value.split("/", 1)[0] and not _URI_SCHEME.match(value):
-                _error(errors, f"{path}: not a valid uri-reference")
+                errors.append(": not a valid uri-reference")
             if pattern is not None and not pattern.search(value):
-                _error(errors, f"{path}: does not match pattern {pattern.pattern}")
+                errors.append(f": does not match pattern {pattern.pattern}")
         if enum is not None and value not in enum:
-            _error(errors, f"{path}: not one of the allowed values")
+            errors.append(": not one of the allowed values")
         for key, limit in bounds:
-            if key == "minimum" and value < limit or key == "maximum" and value > limit:
-                _error(errors, f"{path}: out of range")
-            elif key == "minLength" and len(value) < limit or key == "maxLength" and len(value) > limit:
-                _error(errors, f"{path}: length out of range")
+            if (key == "minimum" and value < limit) or (key == "maximum" and value > limit):
+                errors.append(": out of range")
+            elif (key == "minLength" and len(value) < limit) or (key == "maxLength" and len(value) > limit):
+                errors.append(": length out of range")
+        return errors or None
 
     return check
 
@@ -203,9 +238,7 @@ class XdmValidator:
 
     def errors(self, kind: Literal["event", "profile"], xdm_entity: Any) -> list[str]:
         """Up to five violations of ``xdm_entity`` against the schema of ``kind`` (empty list: valid)."""
-        errors: list[str] = []
-        try:
-            self._checks[kind](xdm_entity, "", errors)
-        except _TooMany:
-            pass
-        return errors
+        found = self._checks[kind](xdm_entity)
+        if not found:
+            return []
+        return [f"/{e}" if e.startswith(":") else e for e in found[:MAX_ERRORS]]

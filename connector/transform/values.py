@@ -103,7 +103,7 @@ def key_values(items: Any) -> list[dict[str, Any]] | None:
         return None
     out = []
     for item in items:
-        if isinstance(item, Mapping):
+        if isinstance(item, dict):
             key = text(item.get("key"))
             value = text(item.get("value"))
             if key is not None and value is not None:
