@@ -35,7 +35,7 @@ def render(name: str, preflight: bool = True) -> list[dict]:
 
 @pytest.mark.parametrize("name", CASES)
 def test_golden(name: str) -> None:
-    actual = render(name, preflight=False)
+    actual = render(name)
     expected_path = GOLDEN / f"{name}.expected.json"
     if os.environ.get("GOLDEN_REGEN"):
         expected_path.write_text(json.dumps(actual, indent=2, ensure_ascii=False) + "\n")

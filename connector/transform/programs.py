@@ -7,7 +7,6 @@ is a plain dict with a size bound (oldest program forgotten first) rather than a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
