@@ -1,9 +1,9 @@
 """Capillary event → AEP streaming messages (ExperienceEvent first, then the profile update, if any).
 
 Pure: no I/O and no clock except the injected ``now``. The only state is the program/tier cache
-(tier names arrive on some events and are needed on later ones). Output dicts are fresh per call,
-except header sub-objects (``schemaRef``, ``source``), which are shared between messages of one
-route and must be treated as read-only.
+(tier names arrive on some events and are needed on later ones). Output dicts are fresh per call;
+header sub-objects (``schemaRef``, ``source``) are shared between messages of one route, and the
+event and profile messages of one call share their ``identityMap``: treat messages as read-only.
 """
 
 from __future__ import annotations
