@@ -53,23 +53,33 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and not key.startswith("_"):
-                doc[key] = value
+                doc[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             doc["exc"] = redact(self.formatException(record.exc_info))
-        return orjson.dumps(doc, default=str).decode()
+        if record.stack_info:
+            doc["stack"] = redact(self.formatStack(record.stack_info))
+        return orjson.dumps(doc, default=lambda v: redact(str(v))).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines; tracebacks are redacted too (the filter only sees the message)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RedactFilter())
-    handler.setFormatter(
-        JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

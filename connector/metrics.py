@@ -6,6 +6,8 @@ HTTP statuses are grouped by class. Hot paths update per batch (``inc(n)``) with
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -57,7 +59,9 @@ class Metrics:
         self.paused_partitions = Gauge(p + "paused_partitions", "Partitions paused for backpressure", registry=r)
         self.assigned_partitions = Gauge(p + "assigned_partitions", "Partitions assigned", registry=r)
         self.committed_offset = Gauge(
-            p + "committed_offset", "Last offset stored for commit", ["topic", "partition"], registry=r
+            p + "committed_offset",
+            "Next offset to consume, stored for commit (librdkafka commits it within auto_commit_interval_ms)",
+            ["topic", "partition"], registry=r,
         )
         self.consumer_lag = Gauge(
             p + "consumer_lag", "High watermark minus consumed position", ["topic", "partition"], registry=r
@@ -67,6 +71,16 @@ class Metrics:
         )
         self.auth_failed = Gauge(p + "auth_failed", "1 while AEP/IMS reject the credentials", registry=r)
         self.up = Gauge(p + "up", "1 while the pipeline loop runs", registry=r)
+
+    def forget_partitions(self, tps: Iterable[tuple[str, int]]) -> None:
+        """Drop the per-partition series of partitions this member no longer owns: their new owner
+        reports them, and a stale copy would double-count lag across replicas."""
+        for topic, partition in tps:
+            for gauge in (self.consumer_lag, self.committed_offset):
+                try:
+                    gauge.remove(topic, str(partition))
+                except KeyError:
+                    pass
 
 
 METRICS = Metrics()
