@@ -1,6 +1,7 @@
 """``capillary-aep``: the command line.
 
     run              the connector (Kafka → AEP)
+    check            validate the config and reach Kafka, the registry, IMS and the inlet
     emulator         the local AEP + IMS + Schema Registry emulator
     produce-samples  publish sample Capillary events to Kafka
     demo             broker + emulator + samples + connector, then a summary
@@ -38,6 +39,19 @@ def run(config: str | None) -> None:
     from connector.app import run_connector
 
     sys.exit(run_connector(_load(config)))
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="CAPILLARY_AEP_CONFIG",
+              help="TOML configuration file (env CAPILLARY_AEP_CONFIG).")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each dependency.")
+def check(config: str | None, timeout: float) -> None:
+    """Validate the config and reach Kafka, the Schema Registry, IMS and the inlet (exit 0: all good)."""
+    from connector.check import render, run_checks
+
+    report, code = render(run_checks(config, timeout))
+    click.echo(report)
+    sys.exit(code)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
