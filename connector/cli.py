@@ -1,6 +1,7 @@
 """``capillary-aep``: the command line.
 
     run              the connector (Kafka → AEP)
+    ingest           the Capillary webhook ingress (HTTP → Kafka)
     check            validate the config and reach Kafka, the registry, IMS and the inlet
     emulator         the local AEP + IMS + Schema Registry emulator
     produce-samples  publish sample Capillary events to Kafka
@@ -54,6 +55,22 @@ def check(config: str | None, timeout: float) -> None:
     sys.exit(code)
 
 
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="CAPILLARY_INGEST_CONFIG",
+              help="TOML configuration file (env CAPILLARY_INGEST_CONFIG).")
+def ingest(config: str | None) -> None:
+    """Run the Capillary webhook ingress (POST /capillary/events → Kafka) until SIGTERM/SIGINT."""
+    from connector.ingest.app import run_ingest
+    from connector.ingest.config import IngestSettings
+
+    try:
+        settings = load_settings(config, IngestSettings)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(run_ingest(settings))
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def emulator(args: tuple[str, ...]) -> None:
@@ -92,6 +109,54 @@ def demo(count: int, workdir: str, timeout: float) -> None:
     from connector.demo import run_demo
 
     sys.exit(run_demo(count, Path(workdir), timeout))
+
+
+@main.group()
+def dlq() -> None:
+    """Dead-letter topic tools."""
+
+
+def _parse_time(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    from datetime import datetime, timezone
+
+    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+@dlq.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="CAPILLARY_AEP_CONFIG")
+@click.option("--reason", multiple=True, help="Only letters with this dlq.reason (repeatable).")
+@click.option("--stage", multiple=True, type=click.Choice(["decode", "transform", "validate", "deliver"]))
+@click.option("--since", default=None, help="Dead-lettered at or after (ISO 8601 or epoch ms).")
+@click.option("--until", default=None, help="Dead-lettered before (ISO 8601 or epoch ms).")
+@click.option("--to-topic", default=None, help="Publish here instead of each letter's source topic.")
+@click.option("--direct", is_flag=True, help="Deliver straight to AEP instead of re-publishing to Kafka.")
+@click.option("--limit", type=int, default=None)
+@click.option("--from-beginning", is_flag=True, help="Ignore the replay progress committed by earlier runs.")
+@click.option("--dry-run", is_flag=True, help="Only count what would be replayed.")
+def replay(config: str | None, reason: tuple[str, ...], stage: tuple[str, ...], since: str | None,
+           until: str | None, to_topic: str | None, direct: bool, limit: int | None, from_beginning: bool,
+           dry_run: bool) -> None:
+    """Re-publish (or deliver) dead letters once their cause is fixed."""
+    from connector.replay import ReplayFilter, direct_delivery
+    from connector.replay import replay as run_replay
+
+    settings = _load(config)
+    flt = ReplayFilter(frozenset(reason), frozenset(stage), _parse_time(since), _parse_time(until))
+    report = run_replay(settings, flt, to_topic=to_topic, dry_run=dry_run, from_beginning=from_beginning,
+                        limit=limit, direct=direct_delivery(settings) if direct else None)
+    click.echo(f"read {report.read} dead letters from {settings.kafka.dlq_topic}; {report.matched} matched")
+    for r, n in sorted(report.by_reason.items()):
+        click.echo(f"  {n:6d}  {r}")
+    if not dry_run:
+        click.echo(f"replayed {report.replayed}, failed {report.failed}")
+    sys.exit(1 if report.failed else 0)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,15 @@ class KafkaConfig(_Section):
     # Raw librdkafka properties merged last into the consumer and producer configs.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _dlq_outside_subscription(self) -> KafkaConfig:
+        # A dead-letter topic the connector also consumes would feed its poison back to itself forever.
+        for t in self.topics:
+            hit = re.match(t, self.dlq_topic) if t.startswith("^") else t == self.dlq_topic
+            if hit:
+                raise ValueError(f"dlq_topic {self.dlq_topic!r} is matched by the subscription {t!r}")
+        return self
+
     @field_validator("topics")
     @classmethod
     def _check_regex(cls, topics: list[str]) -> list[str]:

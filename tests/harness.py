@@ -56,6 +56,11 @@ class ConnectorProc:
         return self.proc.stop(timeout)
 
 
+def dlq_topic(prefix: str) -> str:
+    """The test's dead-letter topic: outside its subscription (``<prefix>.*``)."""
+    return "dlq." + prefix.rstrip(".")
+
+
 def write_config(path: Path, *, bootstrap: str, emulator_url: str, prefix: str, group: str,
                  metrics_port: int, extra: str = "") -> Path:
     topics_regex = "^" + re.escape(prefix) + ".*"
@@ -66,7 +71,7 @@ group_id = "{group}"
 topics = ['{topics_regex}']
 session_timeout_ms = 6000
 auto_commit_interval_ms = 200
-dlq_topic = "{prefix.rstrip('.')}.dlq.x"
+dlq_topic = "{dlq_topic(prefix)}"
 consume_timeout_s = 0.05
 extra = {{ "topic.metadata.refresh.interval.ms" = 2000 }}
 

@@ -17,15 +17,12 @@ import pytest
 from connector.produce import ensure_topics, produce_events
 from connector.topics import all_topics
 from connector.samples import generate_events
-from harness import (assert_committed_to_end, committed, expected_ids, missing, new_group, read_topic,
+from harness import (assert_committed_to_end, dlq_topic, committed, expected_ids, missing, new_group, read_topic,
                      start_connector)
 from support import wait_until
 
 pytestmark = pytest.mark.integration
 
-
-def dlq_of(prefix: str) -> str:
-    return f"{prefix.rstrip('.')}.dlq.x"
 
 
 def test_chaos_transient_faults_lose_nothing_and_dead_letter_nothing(
@@ -67,7 +64,7 @@ def test_chaos_transient_faults_lose_nothing_and_dead_letter_nothing(
     received = emulator.ids()
     assert missing(received, want) == set()
     assert set(received) == set(want)
-    assert read_topic(broker, dlq_of(prefix), idle_s=0.5) == []  # no transient failure dead-lettered
+    assert read_topic(broker, dlq_topic(prefix), idle_s=0.5) == []  # no transient failure dead-lettered
     dups = sum(received.values()) - len(want)
     assert dups <= len(want)  # bounded: retries re-send at most a request's remainder
     assert_committed_to_end(broker, group, prefix)
@@ -122,7 +119,7 @@ def test_tokens_expiring_every_few_seconds_fail_no_delivery(broker, tmp_path: Pa
         assert c.stop() == 0
         stats = em.stats()
         assert missing(em.ids(), expected_ids(produced)) == set()
-        assert read_topic(broker, dlq_of(prefix), idle_s=0.5) == []
+        assert read_topic(broker, dlq_topic(prefix), idle_s=0.5) == []
         # Proactive refresh at half the 2 s lifetime: about one token per second of running, not one per request.
         elapsed = time.monotonic() - start
         assert 3 <= stats["token_requests"] <= elapsed * 2 + 5
@@ -145,7 +142,7 @@ def test_wrong_credentials_stop_consumption_and_drain_nothing(broker, emulator, 
     assert c.metric("capillary_aep_records_dead_lettered_total") == 0
     assert c.stop() == 0
     assert all(off < 0 for off in committed(broker, group, prefix).values())
-    assert read_topic(broker, dlq_of(prefix), idle_s=0.5) == []
+    assert read_topic(broker, dlq_topic(prefix), idle_s=0.5) == []
     log = c.proc.log_text()
     assert "wrong-secret-value" not in log
     assert "rejected the client credentials" in log

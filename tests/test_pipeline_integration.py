@@ -13,7 +13,7 @@ from connector.emulator import config as em
 from connector.produce import produce_events
 from connector.samples import generate_events
 from connector.topics import topic_for
-from harness import committed, diff_paths, end_offsets, expected_envelopes, expected_ids, new_group, read_topic, start_connector
+from harness import dlq_topic, committed, diff_paths, end_offsets, expected_envelopes, expected_ids, new_group, read_topic, start_connector
 from support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -117,7 +117,7 @@ def test_corrupt_and_unknown_schema_records_are_dead_lettered_and_the_stream_goe
     assert c.stop() == 0
 
     assert Counter(emulator.ids()) == expected_ids(before) + expected_ids(after)
-    dlq = read_topic(broker, f"{prefix.rstrip('.')}.dlq.x")
+    dlq = read_topic(broker, dlq_topic(prefix))
     letters = {m.key(): dict(m.headers()) for m in dlq}
     assert set(letters) == {b"k1", b"k2", b"k3"}
     assert letters[b"k1"][H_REASON] == b"unknown_format" and letters[b"k1"][H_STAGE] == b"decode"

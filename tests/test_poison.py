@@ -18,7 +18,7 @@ from connector.dlq import H_AEP_MESSAGE, H_HTTP_STATUS, H_REASON, H_STAGE, H_XAC
 from connector.produce import ensure_topics, produce_events
 from connector.samples import generate_events
 from connector.topics import all_topics, topic_for
-from harness import assert_committed_to_end, expected_ids, missing, new_group, read_topic, start_connector
+from harness import dlq_topic, assert_committed_to_end, expected_ids, missing, new_group, read_topic, start_connector
 from support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -77,7 +77,7 @@ def test_poison_zoo(broker, tmp_path: Path, prefix) -> None:
         assert missing(received, want) == set()
 
         letters = {}
-        for m in read_topic(broker, f"{prefix.rstrip('.')}.dlq.x"):
+        for m in read_topic(broker, dlq_topic(prefix)):
             h = dict(m.headers())
             letters[m.key()] = h
         by_reason = {k: (h[H_STAGE].decode(), h[H_REASON].decode()) for k, h in letters.items()}
