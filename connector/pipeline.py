@@ -38,6 +38,7 @@ from connector.registry import RegistryLookup
 from connector.sink import BatchResult, Sink
 from connector.source import Source, producer_config
 from connector.transform import Transformer, TransformError
+from connector.transform.events import SPECS
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class Pipeline:
                 child = self._decoded_counters[key] = METRICS.records_decoded.labels(*key)
             child.inc(n)
         for (kind, etype), n in transformed.items():
-            METRICS.records_transformed.labels(kind, etype).inc(n)
+            METRICS.records_transformed.labels(kind, _event_type_label(etype)).inc(n)
 
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
@@ -266,7 +267,7 @@ class Pipeline:
                                     failure.xaction_id)
                 self._send_dead_letter(letter, rec.epoch)
         for (kind, etype), n in delivered.items():
-            METRICS.records_delivered.labels(kind, etype).inc(n)
+            METRICS.records_delivered.labels(kind, _event_type_label(etype)).inc(n)
 
     def _store(self) -> None:
         offsets = self.tracker.take_committable()
@@ -409,6 +410,14 @@ class Pipeline:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.client.close()
         log.info("stopped")
+
+
+# Label values must stay bounded: passthrough events (any name) share "other".
+_EVENT_TYPES = frozenset(spec.event_type for spec in SPECS.values()) | {"profile"}
+
+
+def _event_type_label(event_type: str) -> str:
+    return event_type if event_type in _EVENT_TYPES else "other"
 
 
 def _format_of(value: bytes) -> str:
