@@ -71,8 +71,28 @@ def _prefixed(key: Any, errors: list[str]) -> list[str]:
     return [f"/{key}{e}" if e.startswith(("/", ":")) else f"/{key}: {e}" for e in errors]
 
 
+_STRING, _NUMBER, _BOOLEAN, _ENUM = 1, 2, 3, 4
+
+
+def _simple_code(schema: dict[str, Any]) -> int | None:
+    """Scalars the object loop checks inline, without a call: most XDM leaves are one of these."""
+    kind = schema.get("type")
+    if any(k in schema for k in ("pattern", "format", "minimum", "maximum", "minLength", "maxLength")):
+        return None
+    if kind == "string":
+        return _ENUM if "enum" in schema else _STRING
+    if kind == "number" and "enum" not in schema:
+        return _NUMBER
+    if kind == "boolean":
+        return _BOOLEAN
+    return None
+
+
 def _compile_object(schema: dict[str, Any]) -> Check:
-    props = {name: _compile(sub) for name, sub in schema.get("properties", {}).items()}
+    properties = schema.get("properties", {})
+    props = {name: _compile(sub) for name, sub in properties.items()}
+    simple = {name: code for name, sub in properties.items() if (code := _simple_code(sub)) is not None}
+    enums = {name: frozenset(sub["enum"]) for name, sub in properties.items() if simple.get(name) == _ENUM}
     required = tuple(schema.get("required", ()))
     additional = schema.get("additionalProperties", True)
     extra: Check | None = _compile(additional) if isinstance(additional, dict) else None
@@ -90,6 +110,21 @@ def _compile_object(schema: dict[str, Any]) -> Check:
             if name not in value:
                 errors = (errors or []) + [f"/{name}: required field missing"]
         for key, item in value.items():
+            code = simple.get(key)
+            if code is not None:
+                kind = type(item)
+                if code == _STRING:
+                    if kind is str and item:
+                        continue
+                elif code == _NUMBER:
+                    if (kind is int or kind is float) and item - item == 0:
+                        continue
+                elif code == _BOOLEAN:
+                    if kind is bool:
+                        continue
+                elif kind is str and item in enums[key]:
+                    continue
+                # invalid: fall through to the full check for the message
             sub = props.get(key, extra)
             if sub is None:
                 if closed:
