@@ -180,7 +180,9 @@ class DeliveryConfig(_Section):
     revoke_timeout_s: float = Field(15.0, ge=0)
     # After this long without a successful delivery while records wait, /readyz reports not ready.
     unhealthy_after_s: float = Field(120.0, gt=0)
-    gzip: bool = False  # AEP does not document gzip request bodies
+    # gzip request bodies (Content-Encoding: gzip). AEP does not document it [UNCERTAIN]: off by
+    # default; batch.max_bytes still applies to the uncompressed body.
+    gzip: bool = False
 
 
 class MetricsConfig(_Section):

@@ -31,7 +31,8 @@ def ids(request: httpx.Request) -> list[str]:
     return [m["body"]["xdmEntity"]["_id"] for m in orjson.loads(request.content)["messages"]]
 
 
-def make_sink(handler: Callable[[httpx.Request], httpx.Response]) -> tuple[Sink, dict[str, int]]:
+def make_sink(handler: Callable[[httpx.Request], httpx.Response],
+              delivery: DeliveryConfig = FAST) -> tuple[Sink, dict[str, int]]:
     calls = {"token": 0}
 
     def route(request: httpx.Request) -> httpx.Response:
@@ -42,7 +43,7 @@ def make_sink(handler: Callable[[httpx.Request], httpx.Response]) -> tuple[Sink,
 
     client = httpx.Client(transport=httpx.MockTransport(route))
     tokens = TokenProvider(AEP.ims, client)
-    return Sink(AEP, FAST, client, tokens), calls
+    return Sink(AEP, delivery, client, tokens), calls
 
 
 def ok_207(request: httpx.Request, fail: dict[str, int] | None = None) -> httpx.Response:
@@ -173,3 +174,20 @@ def test_retry_after_parsing(value: str | None, expected: float | None) -> None:
 
 def test_retry_after_http_date_in_the_past_is_zero() -> None:
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+def test_gzip_bodies_are_marked_and_decode_to_the_same_batch() -> None:
+    import gzip
+
+    seen: list[bytes] = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        assert r.headers["Content-Encoding"] == "gzip"
+        plain = gzip.decompress(r.content)
+        seen.append(plain)
+        return httpx.Response(207, json={"responses": [{"xactionId": f"b:{i}"} for i in
+                                                       range(len(orjson.loads(plain)["messages"]))]})
+
+    sink, _ = make_sink(handler, DeliveryConfig(gzip=True, backoff_initial_s=0.001))
+    assert sink.deliver(records(3), threading.Event()).failures == {}
+    assert len(orjson.loads(seen[0])["messages"]) == 3
