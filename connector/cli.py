@@ -111,6 +111,26 @@ def demo(count: int, workdir: str, timeout: float) -> None:
     sys.exit(run_demo(count, Path(workdir), timeout))
 
 
+@main.command()
+@click.argument("file", type=click.File("rb"))
+@click.option("--config", "-c", type=click.Path(dir_okay=False), default=None,
+              help="Use this configuration's routes and identity settings (default: placeholders).")
+def transform(file: object, config: str | None) -> None:
+    """Dry run: print the XDM envelopes FILE's events would become (JSON lines or Avro; - for stdin)."""
+    from connector.dryrun import dry_run
+    from connector.samples import sample_xdm_config
+    from connector.transform import Transformer
+
+    if config:
+        settings = _load(config)
+        transformer = Transformer(settings.xdm, org_id=settings.aep.org_id, source_name=settings.aep.source_name)
+    else:
+        transformer = Transformer(sample_xdm_config(), org_id="EXAMPLE0RG@AdobeOrg", source_name="dry-run")
+    out = click.get_binary_stream("stdout")
+    sent, rejected = dry_run(file.read(), transformer, out, sys.stderr)  # type: ignore[attr-defined]
+    click.echo(f"{sent} envelopes, {rejected} records would be dead-lettered", err=True)
+
+
 @main.group()
 def dlq() -> None:
     """Dead-letter topic tools."""

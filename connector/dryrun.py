@@ -1,0 +1,69 @@
+"""``capillary-aep transform FILE``: a dry run. Reads Capillary events and prints, one JSON line
+each, the streaming envelopes the connector would send — or why a record would be dead-lettered.
+
+Input: JSON lines, a JSON array, an Avro object container file, or a file of single-object-encoded
+Avro records (one per line is not possible for binary, so one record per file). ``-`` reads stdin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from io import BytesIO
+from typing import IO, Any
+
+import orjson
+from fastavro import reader as avro_reader
+
+from connector.avro_schemas import LocalSchemas
+from connector.decode import Decoder
+from connector.errors import DecodeError
+from connector.transform import Transformer, TransformError
+
+AVRO_CONTAINER_MAGIC = b"Obj\x01"
+
+
+def read_events(data: bytes, decoder: Decoder) -> Iterator[tuple[int, Any]]:
+    """(record number, event dict or a DecodeError) for every record of ``data``."""
+    if data.startswith(AVRO_CONTAINER_MAGIC):
+        for n, record in enumerate(avro_reader(BytesIO(data)), 1):
+            yield n, record
+        return
+    stripped = data.lstrip()
+    if stripped[:1] in (b"\x00", b"\xc3") or stripped.startswith(b"["):
+        try:
+            for ev in decoder.decode(data):
+                yield 1, ev
+        except DecodeError as exc:
+            yield 1, exc
+        return
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            for ev in decoder.decode(line):
+                yield n, ev
+        except DecodeError as exc:
+            yield n, exc
+
+
+def dry_run(data: bytes, transformer: Transformer, out: IO[bytes], err: IO[str],
+            schemas: LocalSchemas | None = None) -> tuple[int, int]:
+    """Write envelopes to ``out`` and rejections to ``err``; returns (messages, rejected records)."""
+    decoder = Decoder(schemas or LocalSchemas.load())
+    sent = rejected = 0
+    for n, item in read_events(data, decoder):
+        if isinstance(item, DecodeError):
+            rejected += 1
+            err.write(f"record {n}: dead letter (decode/{item.reason}): {item.detail}\n")
+            continue
+        try:
+            messages = transformer.transform(item)
+        except TransformError as exc:
+            rejected += 1
+            stage = "validate" if exc.reason == "xdm_invalid" else "transform"
+            err.write(f"record {n}: dead letter ({stage}/{exc.reason}): {exc.detail}\n")
+            continue
+        for m in messages:
+            out.write(orjson.dumps(m.envelope) + b"\n")
+            sent += 1
+    return sent, rejected
