@@ -1,0 +1,159 @@
+"""The deployment files agree with the code: compose commands parse with the CLI, the compose
+connector config matches the emulator, dashboards and rules refer to scraped jobs and documented
+alerts. (Syntax is checked by .ci/checks with promtool and docker-compose.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+from connector.cli import main
+from connector.config import load_settings
+from connector.emulator import config as em
+from connector.emulator.__main__ import parser as emulator_parser
+from support import ROOT
+
+DEPLOY = ROOT / "deploy"
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    return [r for g in doc["groups"] for r in g["rules"]]
+
+
+def dashboard_exprs() -> list[str]:
+    exprs = []
+    for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json")):
+        doc = json.loads(path.read_text())
+        exprs += [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+    return exprs
+
+
+def rule_exprs() -> list[str]:
+    return [r["expr"] for r in _alert_rules()]
+
+
+def test_compose_uses_the_official_images_and_builds_the_rest_from_the_dockerfile() -> None:
+    services = _compose()["services"]
+    images = {name: s.get("image", "") for name, s in services.items()}
+    assert images["kafka"].startswith("apache/kafka:")
+    assert images["schema-registry"].startswith("confluentinc/cp-schema-registry:")
+    assert images["prometheus"].startswith("prom/prometheus:")
+    assert images["grafana"].startswith("grafana/grafana:")
+    for name in ("connector", "emulator", "producer", "ingest"):
+        assert services[name]["build"]["dockerfile"] == "Dockerfile", name
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
+
+
+def test_compose_connector_scales_and_every_dependency_waits_on_a_condition() -> None:
+    services = _compose()["services"]
+    connector = services["connector"]
+    assert "container_name" not in connector and "ports" not in connector  # --scale would collide
+    for name, svc in services.items():
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert cond["condition"] in ("service_healthy", "service_completed_successfully"), (name, dep)
+            assert "healthcheck" in services[dep], f"{name} waits on {dep}, which has no healthcheck"
+    long_running = set(services) - {"producer"}
+    assert all("healthcheck" in services[s] for s in long_running)
+
+
+def test_compose_commands_parse_with_the_cli() -> None:
+    services = _compose()["services"]
+    for name in ("connector", "producer"):
+        args = [str(a).replace("${SAMPLE_EVENTS:-2000}", "2000") for a in services[name]["command"]]
+        command = main.commands[args[0]]
+        with click.Context(main) as ctx:
+            command.make_context(args[0], args[1:], parent=ctx)  # raises on an unknown option
+    emulator = services["emulator"]["command"]
+    assert emulator[0] == "emulator"
+    ns = emulator_parser().parse_args(emulator[1:])
+    assert (ns.host, ns.port) == ("0.0.0.0", 8080)
+    ingest = services["ingest"]
+    assert ingest["command"][0] == "ingest"
+    if "ingest" not in main.commands:
+        pytest.skip("`capillary-aep ingest` is not in this checkout yet")
+
+
+def test_compose_connector_config_targets_the_emulator_and_exposes_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    compose = _compose()["services"]["connector"]
+    mount = next(v for v in compose["volumes"] if v.startswith("./deploy/connector.compose.toml:"))
+    target = mount.split(":")[1]
+    assert target in compose["command"]
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "x")
+    s = load_settings(DEPLOY / "connector.compose.toml")
+    assert (s.aep.inlet_id, s.aep.org_id, s.aep.ims.client_id) == (em.DEMO_INLET_ID, em.DEMO_ORG_ID,
+                                                                   em.DEMO_CLIENT_ID)
+    assert (s.xdm.event.dataset_id, s.xdm.event.schema_id) == (em.DEMO_EVENT_DATASET_ID, em.DEMO_EVENT_SCHEMA_ID)
+    assert s.xdm.profile is not None
+    assert (s.xdm.profile.dataset_id, s.xdm.profile.schema_id) == (em.DEMO_PROFILE_DATASET_ID,
+                                                                   em.DEMO_PROFILE_SCHEMA_ID)
+    assert s.aep.dcs_url == s.aep.ims.url == "http://emulator:8080"
+    assert s.kafka.bootstrap_servers == "kafka:9092"
+    assert s.metrics.listen == "0.0.0.0:9400"
+    assert not re.match(s.kafka.topics[0], s.kafka.dlq_topic)  # never consume the dead letters back
+    assert compose["environment"]["CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET"].startswith("${")  # from the env
+
+
+def test_scrape_jobs_cover_every_job_the_rules_and_dashboard_name() -> None:
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    named = set(re.findall(r'job=~?"([^"]+)"', "\n".join(rule_exprs() + dashboard_exprs())))
+    for value in named:
+        assert any(re.fullmatch(value, job) for job in jobs), value
+    services = _compose()["services"]
+    listen = tomllib.loads((DEPLOY / "connector.compose.toml").read_text())["metrics"]["listen"]
+    port = int(listen.rpartition(":")[2])
+    assert jobs["capillary-aep"]["dns_sd_configs"][0] == {"names": ["connector"], "type": "A", "port": port,
+                                                          "refresh_interval": "15s"}
+    assert jobs["capillary-aep-ingest"]["dns_sd_configs"][0]["port"] == 8090
+    assert services["ingest"]["environment"]["CAPILLARY_AEP__INGEST__LISTEN"].endswith(":8090")
+    assert "alerts.yml" in prom["rule_files"]
+
+
+def test_grafana_provisioning_matches_the_dashboard_datasource() -> None:
+    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = ds["datasources"][0]["uid"]
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
+    doc = json.loads((DEPLOY / "grafana" / "dashboards" / "capillary-aep.json").read_text())
+    for panel in doc["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == uid, panel["title"]
+    grafana = _compose()["services"]["grafana"]
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "capillary-aep.yml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    assert f"./deploy/grafana/dashboards:{path}:ro" in grafana["volumes"]
+
+
+def test_dashboard_shows_what_operators_ask_for() -> None:
+    exprs = "\n".join(dashboard_exprs())
+    for needle in (
+        "sum by (kind, event_type) (rate(capillary_aep_records_delivered_total",  # throughput by event type
+        "histogram_quantile(0.5, sum by (le) (rate(capillary_aep_delivery_latency_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (rate(capillary_aep_delivery_latency_seconds_bucket",
+        "capillary_aep_consumer_lag",
+        "sum by (stage, reason) (rate(capillary_aep_records_dead_lettered_total",  # DLQ by reason
+        "sum by (endpoint, status) (rate(capillary_aep_http_requests_total",  # status mix
+        "sum by (reason) (rate(capillary_aep_retries_total",
+        "capillary_aep_inflight_batches",
+    ):
+        assert needle in exprs, needle
+
+
+def test_every_alert_has_a_runbook_section_and_a_severity() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    headings = set(re.findall(r"^### (\w+)$", doc, re.M))
+    for rule in _alert_rules():
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["alert"] in headings, rule["alert"]
+        assert rule["annotations"]["runbook"] == f"docs/operations.md#{rule['alert'].lower()}"

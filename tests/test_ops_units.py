@@ -1,0 +1,223 @@
+"""Operability pieces in isolation: the metric catalogue, the health server, log redaction, and the
+verdicts of ``capillary-aep check`` that need no broker."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
+
+from connector import check, logs
+from connector.cli import main
+from connector.config import load_settings
+from connector.demo import connector_toml
+from connector.emulator import config as em
+from connector.health import serve_health
+from connector.metrics import Metrics
+from connector.pipeline import _event_type_label, _format_of
+from connector.produce import SampleEncoder
+from connector.avro_schemas import default_schemas
+from support import ROOT, free_port
+
+_BOUNDED_LABELS = {"topic", "partition", "format", "kind", "event_type", "stage", "reason", "endpoint", "status",
+                   "outcome"}
+
+
+def _families(metrics: Metrics) -> dict[str, str]:
+    """Exported family name → type (counters as their ``_total`` sample name)."""
+    out = {}
+    for fam in metrics.registry.collect():
+        name = fam.name + "_total" if fam.type == "counter" else fam.name + "_info" if fam.type == "info" else fam.name
+        out[name] = fam.type
+    return out
+
+
+def test_metric_names_follow_prometheus_conventions_and_labels_are_bounded() -> None:
+    fams = _families(Metrics())
+    assert fams, "no metrics declared"
+    for name, kind in fams.items():
+        assert name.startswith("capillary_aep_"), name
+        assert re.fullmatch(r"[a-z0-9_]+", name), name
+        if kind == "counter":
+            assert name.endswith("_total"), name
+        else:
+            assert not name.endswith("_total"), name
+        assert not re.search(r"_(milliseconds|ms|kilobytes|kb)(_|$)", name), f"{name}: use base units"
+    for collector in Metrics().registry._collector_to_names:  # noqa: SLF001 - label names are not public
+        assert set(collector._labelnames) <= _BOUNDED_LABELS, collector._name  # noqa: SLF001
+
+
+def test_every_metric_is_documented_and_every_documented_metric_exists() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    table = {m for m in re.findall(r"^\| `(capillary_aep_[a-z0-9_]+)`", doc, re.M)}
+    assert table == set(_families(Metrics()))
+
+
+def test_forget_partitions_drops_only_the_revoked_series() -> None:
+    m = Metrics(CollectorRegistry())
+    for p in (0, 1):
+        m.consumer_lag.labels("t", str(p)).set(5)
+        m.committed_offset.labels("t", str(p)).set(7)
+    m.forget_partitions([("t", 0), ("gone", 3)])  # an unknown partition is not an error
+    samples = {(s.name, s.labels["partition"]) for fam in m.registry.collect() for s in fam.samples
+               if s.name in ("capillary_aep_consumer_lag", "capillary_aep_committed_offset")}
+    assert samples == {("capillary_aep_consumer_lag", "1"), ("capillary_aep_committed_offset", "1")}
+
+
+def test_format_label_comes_from_the_framing_bytes() -> None:
+    assert _format_of(b'{"eventName": "x"}') == "json"
+    assert _format_of(b"[{}]") == "json"
+    assert _format_of(b"\x00\x00\x00\x00\x01rest") == "avro-registry"
+    single = SampleEncoder(default_schemas()).encode(_sample_event(), "avro-single")
+    assert single[:2] == b"\xc3\x01" and _format_of(single) == "avro-single"
+
+
+def _sample_event() -> dict:
+    from connector.samples import generate_events
+
+    return generate_events(1, seed=3)[0]
+
+
+def test_event_type_label_is_bounded() -> None:
+    assert _event_type_label("commerce.purchases") == "commerce.purchases"
+    assert _event_type_label("profile") == "profile"
+    assert _event_type_label("loyalty.someNewEventNobodyKnows") == "other"
+
+
+# -- health server ------------------------------------------------------------------------------------
+@pytest.fixture()
+def health() -> Iterator[tuple[str, dict[str, bool]]]:
+    state = {"partitions_assigned": False, "loop_running": True}
+    registry = CollectorRegistry()
+    Metrics(registry).up.set(1)
+    server = serve_health(f"127.0.0.1:{free_port()}", registry,
+                          lambda: {"loop_running": state["loop_running"]}, lambda: dict(state))
+    yield f"http://127.0.0.1:{server.server_address[1]}", state
+    server.shutdown()
+    server.server_close()
+
+
+def test_healthz_and_readyz_answer_json_verdicts(health: tuple[str, dict[str, bool]]) -> None:
+    url, state = health
+    live, ready = httpx.get(url + "/healthz"), httpx.get(url + "/readyz")
+    assert (live.status_code, live.json()) == (200, {"ok": True, "checks": {"loop_running": True}})
+    assert ready.status_code == 503
+    assert ready.json() == {"ok": False, "checks": {"partitions_assigned": False, "loop_running": True}}
+    state["partitions_assigned"] = True
+    assert httpx.get(url + "/readyz").status_code == 200
+    state["loop_running"] = False
+    assert httpx.get(url + "/healthz").status_code == 503
+    metrics = httpx.get(url + "/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain") and "capillary_aep_up 1.0" in metrics.text
+    assert httpx.get(url + "/nope").status_code == 404
+
+
+# -- logs ---------------------------------------------------------------------------------------------
+@pytest.fixture()
+def root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logs.register_token("")
+
+
+def _log_lines(fmt: str, emit: object) -> str:
+    buf = io.StringIO()
+    real, sys.stderr = sys.stderr, buf
+    try:
+        logs.setup_logging("INFO", fmt)
+    finally:
+        sys.stderr = real
+    emit()  # type: ignore[operator]
+    return buf.getvalue()
+
+
+def test_logs_are_json_off_a_tty_and_secrets_are_masked_everywhere(root_logging: None) -> None:
+    secret, token = "s3cr3t-Value-981", "eyJtoken-Abc-777"
+    logs.register_secret(secret)
+    logs.register_token(token)
+    log = logging.getLogger("ops.test")
+
+    def emit() -> None:
+        log.info("secret %s in args", secret, extra={"detail": f"token={token}", "n": 3})
+        try:
+            raise ValueError(f"boom {secret}")
+        except ValueError:
+            log.exception("failed with %s", token)
+
+    out = _log_lines("auto", emit)  # a StringIO is not a TTY: JSON
+    assert secret not in out and token not in out
+    first, second = (json.loads(line) for line in out.strip().splitlines())
+    assert first["level"] == "INFO" and first["logger"] == "ops.test" and first["ts"].endswith("Z")
+    assert first["msg"] == "secret ********** in args"
+    assert first["detail"] == "token=**********" and first["n"] == 3
+    assert second["msg"] == "failed with **********" and "boom **********" in second["exc"]
+
+    text = _log_lines("text", emit)
+    assert "boom **********" in text and secret not in text and token not in text
+    assert not text.lstrip().startswith("{")
+
+
+# -- check verdicts -----------------------------------------------------------------------------------
+def test_subscription_verdicts() -> None:
+    ok = check._subscription([r"^capillary\.events\..*"], ["capillary.events.a", "other"], "capillary.dlq")
+    assert ok.status == "pass" and "1 topic(s)" in ok.detail
+    assert check._subscription([r"^capillary\..*"], ["capillary.events.a"], "capillary.dlq").status == "fail"
+    assert check._subscription(["a", "b"], ["a"], "dlq").detail == "topic(s) not found: b"
+    none = check._subscription([r"^x\..*"], ["capillary.events.a"], "dlq")
+    assert none.status == "fail" and "matches no topic" in none.detail
+
+
+@pytest.mark.parametrize(("status", "body", "verdict", "says"), [
+    (400, '{"title": "Bad Request", "report": {"message": "at least one message"}}', "pass", "nothing written"),
+    (207, '{"responses": []}', "pass", "credentials accepted"),
+    (401, "", "fail", "credentials rejected"),
+    (403, "", "fail", "credentials rejected"),
+    (404, "", "fail", "inlet not found"),
+    (400, '{"report": {"message": "inlet [x] not found"}}', "fail", "inlet not found"),
+    (503, "busy", "fail", "unexpected HTTP 503"),
+])
+def test_inlet_probe_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int, body: str,
+                              verdict: str, says: str) -> None:
+    settings = _settings(tmp_path, monkeypatch)
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, text=body)
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        result = check._inlet(settings, client, "tok", ims_failed=False)
+    assert (result.status, says in result.detail) == (verdict, True), result.detail
+    assert seen[0].content == b'{"messages":[]}' and seen[0].headers["authorization"] == "Bearer tok"
+
+
+def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202 - Settings
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(connector_toml("127.0.0.1:1", "http://127.0.0.1:1", 9400))
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", em.DEMO_CLIENT_SECRET)
+    return load_settings(cfg)
+
+
+def test_check_with_an_invalid_config_names_the_key_and_exits_2(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[aep]\ninlet_id = "x"\norg_id = "nope"\n')
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "another-Secret-55")
+    result = CliRunner().invoke(main, ["check", "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert result.output.startswith("✗ config")
+    assert "aep.org_id" in result.output and "xdm: Field required" in result.output
+    assert "another-Secret-55" not in result.output
+    assert "1 of 1 checks failed." in result.output
