@@ -29,6 +29,7 @@ from typing import Literal
 import httpx
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+from pydantic_settings import SettingsError
 
 from connector.auth import TokenProvider
 from connector.config import ConfigError, Settings, load_settings
@@ -55,7 +56,7 @@ class Result:
 def run_checks(config: str | None, timeout: float = 10.0) -> list[Result]:
     try:
         settings = load_settings(config)
-    except ConfigError as exc:
+    except (ConfigError, SettingsError) as exc:  # SettingsError: an env value that is not valid JSON
         return [Result("config", "fail", str(exc))]
     secret = settings.aep.ims.client_secret.get_secret_value()
     register_secret(secret)
@@ -138,7 +139,8 @@ def _dlq(admin: AdminClient, meta: ClusterMetadata, s: Settings, timeout: float)
         if leaderless:
             return Result("dlq", "fail", f"{name}: partition(s) {leaderless} have no leader: not writable")
         return Result("dlq", "pass", f"{name} exists ({len(topic.partitions)} partition(s))")
-    future = admin.create_topics([NewTopic(name, 1, 1)], validate_only=True, request_timeout=timeout)[name]
+    # -1/-1: the broker's default partitions and replication, as its auto-creation would use.
+    future = admin.create_topics([NewTopic(name, -1, -1)], validate_only=True, request_timeout=timeout)[name]
     try:
         future.result(timeout)
     except KafkaException as exc:

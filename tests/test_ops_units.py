@@ -221,3 +221,11 @@ def test_check_with_an_invalid_config_names_the_key_and_exits_2(tmp_path: Path,
     assert "aep.org_id" in result.output and "xdm: Field required" in result.output
     assert "another-Secret-55" not in result.output
     assert "1 of 1 checks failed." in result.output
+
+
+def test_check_reports_an_environment_value_that_is_not_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(connector_toml("127.0.0.1:1", "http://127.0.0.1:1", 9400))
+    monkeypatch.setenv("CAPILLARY_AEP__KAFKA__TOPICS", r'["^a\."]')  # \. is not a JSON escape
+    result = CliRunner().invoke(main, ["check", "--config", str(cfg)])
+    assert result.exit_code == 2 and result.output.startswith("✗ config") and '"kafka"' in result.output
