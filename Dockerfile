@@ -1,29 +1,29 @@
-# syntax=docker/dockerfile:1
 # capillary-aep: one image for the connector (`run`, the default), `check`, the webhook ingress
 # (`ingest`), the AEP/IMS emulator (`emulator`) and the sample producer (`produce-samples`).
 ARG PYTHON_VERSION=3.12
 
-# -- build: the project wheel and wheels of every dependency ------------------------------------------
+# -- build: the project wheel and the wheels of its dependencies, installed into a venv ---------------
 FROM python:${PYTHON_VERSION}-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # README.md* : optional (pyproject names it; the glob keeps the build working without it).
 COPY pyproject.toml README.md* ./
 COPY connector ./connector
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels . \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-index --find-links=/wheels capillary-aep-connector
 
-# -- runtime: slim, non-root, installed from the wheels only -------------------------------------------
+# -- runtime: slim, non-root, only the venv (no compiler, no wheels, no sources) -----------------------
 FROM python:${PYTHON_VERSION}-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH \
     CAPILLARY_AEP_CONFIG=/etc/capillary-aep/connector.toml
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels capillary-aep-connector \
- && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin capillary
+COPY --from=build /opt/venv /opt/venv
 # The Avro schemas are not inside the package: avro_schemas.DEFAULT_DIR is `schemas/` next to it.
 COPY schemas /opt/capillary-aep/schemas
 RUN ln -s /opt/capillary-aep/schemas \
       "$(python -c 'import connector.avro_schemas as m; print(m.DEFAULT_DIR)')" \
- && capillary-aep --version
+ && capillary-aep --version \
+ && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin capillary
 WORKDIR /opt/capillary-aep
 USER 10001:10001
 # Metrics, /healthz and /readyz (metrics.listen must be 0.0.0.0:9400 in the config, as in
