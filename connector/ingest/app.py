@@ -1,0 +1,319 @@
+"""The webhook ingress: a Starlette app under uvicorn (httptools, uvloop), like the emulator.
+
+``POST /capillary/events`` runs, cheapest check first: authentication (401) → declared size (413)
+→ admission against the in-flight caps (429) → body read → validation (400/413) → produce and wait
+for the broker (200, or 503 with ``Retry-After``). ``/healthz``, ``/readyz`` and ``/metrics`` sit
+on the same port, unauthenticated, as on the connector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from importlib.util import find_spec
+from typing import Any
+
+import orjson
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from connector.ingest.auth import Authenticator
+from connector.ingest.config import IngestSettings
+from connector.ingest.metrics import IngestMetrics
+from connector.ingest.producer import DeliveryFailed, ProducerBridge
+from connector.ingest.validate import Door, Record, Rejected
+
+log = logging.getLogger(__name__)
+EVENTS_PATH = "/capillary/events"
+_JSON = "application/json"
+
+
+_Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+
+class Gate:
+    """Caps on admitted-and-unanswered requests and their body bytes: over either → 429, never a queue.
+    A body of unknown length (chunked) is charged ``max_body_bytes`` up front."""
+
+    def __init__(self, max_requests: int, max_bytes: int) -> None:
+        self.max_requests, self.max_bytes = max_requests, max_bytes
+        self.requests = self.bytes = 0
+
+    def admit(self, nbytes: int) -> bool:
+        if self.requests >= self.max_requests or self.bytes + nbytes > self.max_bytes:
+            return False
+        self.requests += 1
+        self.bytes += nbytes
+        return True
+
+    def release(self, nbytes: int) -> None:
+        self.requests -= 1
+        self.bytes -= nbytes
+
+
+class _EveryFewSeconds:
+    """Log a kind of client error at most once per interval, with how many were not logged."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, kind: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        last, skipped = self._last.get(kind, (0.0, 0))
+        if now - last < self.interval_s:
+            self._last[kind] = (last, skipped + 1)
+            return
+        self._last[kind] = (now, 0)
+        log.warning(msg + (f" ({skipped} similar not logged)" if skipped else ""), *args)
+
+
+class Ingress:
+    """``POST /capillary/events`` as a plain ASGI app (the hot path skips Starlette's request and
+    response objects and middleware: about a third of the per-request cost), plus the state it uses:
+    auth, validation, admission, the producer and the metrics."""
+
+    def __init__(self, settings: IngestSettings, metrics: IngestMetrics | None = None) -> None:
+        cfg = settings.ingest
+        self.cfg = cfg
+        self.metrics = m = metrics or IngestMetrics()
+        self.auth = Authenticator(cfg)
+        self.door = Door(cfg, settings.max_message_bytes)
+        self.gate = Gate(cfg.max_inflight_requests, cfg.max_inflight_bytes)
+        m.inflight_requests.set_function(lambda: self.gate.requests)
+        m.inflight_bytes.set_function(lambda: self.gate.bytes)
+        self.producer = ProducerBridge(settings.producer_config(), cfg.produce_timeout_s, m)
+        self.started = False
+        self.stopping = False
+        self._log = _EveryFewSeconds()
+        self._status = m.status
+        self._events = {label: m.events.labels(label) for label in (*self.door.labels, "other")}
+        self._observe_request = m.request_seconds.observe
+        self._observe_produce = m.produce_seconds.observe
+        self._retry_after = [(b"retry-after", str(cfg.retry_after_s).encode())]
+        self._challenge = [(b"www-authenticate", self.auth.challenge.encode())] if self.auth.challenge else []
+        limit = cfg.max_body_bytes
+        self._too_large = _doc({"error": "body_too_large", "detail": f"the body is larger than {limit} bytes"})
+        self._overloaded = _doc({"error": "overloaded", "detail": "too many requests in flight; retry later"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        try:
+            status, body, headers = await self._respond(scope, receive)
+        except Exception:
+            log.exception("unexpected error handling a webhook request")
+            status, body, headers = 500, b'{"error":"internal_error"}', []
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                                *headers]})
+        await send({"type": "http.response.body", "body": body})
+        self._status[status].inc()
+        self._observe_request(time.perf_counter() - started)
+
+    async def _respond(self, scope: Scope, receive: Receive) -> _Answer:
+        auth_value = declared = None
+        auth_header = self.auth.header
+        for name, value in scope["headers"]:
+            if name == auth_header:
+                auth_value = value
+            elif name == b"content-length":
+                declared = value
+        failure = self.auth.check(auth_value)
+        if failure is not None:
+            self.metrics.auth_failures.labels(failure).inc()
+            self._log("auth", "401 for %s: %s credentials", _peer(scope), failure)
+            return 401, _doc({"error": "unauthorized", "detail": f"{failure} credentials"}), self._challenge
+        limit = self.cfg.max_body_bytes
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return 413, self._too_large, []
+        charge = int(declared) if declared is not None else limit
+        if self.stopping or not self.gate.admit(charge):
+            return 429, self._overloaded, self._retry_after
+        try:
+            body = await _read_body(receive, limit)
+            if body is None:
+                return 413, self._too_large, []
+            try:
+                records = self.door.parse(body)
+            except Rejected as exc:
+                for err in exc.errors or [{"reason": exc.reason}]:
+                    self.metrics.rejected_events.labels(err["reason"]).inc()
+                self._log("rejected", "%d for %s: %s", exc.status, _peer(scope), exc.detail)
+                return exc.status, _doc(exc.body()), []
+            if not records:
+                return 200, b'{"accepted":0}', []
+            produce_started = time.perf_counter()
+            try:
+                await self.producer.deliver(records)
+            except DeliveryFailed as exc:
+                self.metrics.produce_failures.labels(exc.cause).inc()
+                if exc.permanent:
+                    return 413, _doc({"error": "event_too_large", "detail": f"the broker refused it: {exc.detail}"}), []
+                self._log("produce", "503: %s", exc)
+                detail = f"not every event is acknowledged by Kafka ({exc.cause}); retry later"
+                return 503, _doc({"error": "kafka_unavailable", "detail": detail}), self._retry_after
+            self._observe_produce(time.perf_counter() - produce_started)
+            self._count(records)
+            return 200, b'{"accepted":%d}' % len(records), []
+        except ClientDisconnect:
+            return 400, b'{"error":"client_disconnected"}', []  # nobody is listening; nothing was produced
+        finally:
+            self.gate.release(charge)
+
+    def _count(self, records: list[Record]) -> None:
+        if len(records) == 1:
+            self._events[records[0].label].inc()
+            return
+        for label, n in Counter(r.label for r in records).items():
+            self._events[label].inc(n)
+
+    async def healthz(self, request: Request) -> Response:
+        return _checks({"producer_polled": time.monotonic() - self.producer.last_poll < 10})
+
+    async def readyz(self, request: Request) -> Response:
+        return _checks({"started": self.started and not self.stopping, **self.producer.ready()})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or ``None`` once it exceeds ``limit`` (chunked bodies have no Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "?"
+
+
+def _doc(doc: Any) -> bytes:
+    return orjson.dumps(doc)
+
+
+def _checks(checks: dict[str, bool]) -> Response:
+    ok = all(checks.values())
+    return Response(_doc({"ok": ok, "checks": checks}), status_code=200 if ok else 503, media_type=_JSON)
+
+
+def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -> ASGIApp:
+    """The ASGI app: POST /capillary/events straight to :class:`Ingress`, everything else (health,
+    metrics, 404/405, lifespan) through Starlette."""
+    ingress = Ingress(settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ingress.producer.start(asyncio.get_running_loop())
+        ingress.started = True
+        host, port = settings.ingest.host_port
+        log.info("capillary webhook ingress on http://%s:%d%s (auth: %s) → kafka %s", host, port, EVENTS_PATH,
+                 settings.ingest.auth_mode, settings.kafka.bootstrap_servers)
+        yield
+        ingress.stopping = True
+        left = await ingress.producer.close(settings.ingest.produce_timeout_s)
+        if left:
+            log.warning("%d record(s) of unanswered requests were not delivered at shutdown", left)
+        log.info("capillary webhook ingress stopped")
+
+    starlette = Starlette(routes=[
+        Route(EVENTS_PATH, ingress, methods=["POST"]),
+        Route("/healthz", ingress.healthz, methods=["GET"]),
+        Route("/readyz", ingress.readyz, methods=["GET"]),
+        Route("/metrics", ingress.metrics_endpoint, methods=["GET"]),
+    ], lifespan=lifespan)
+    starlette.state.ingress = ingress
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == EVENTS_PATH and scope["method"] == "POST":
+            await ingress(scope, receive, send)
+        else:
+            await starlette(scope, receive, send)
+
+    app.ingress = ingress  # type: ignore[attr-defined]
+    return app
+
+
+class _Server(uvicorn.Server):
+    """Return normally after a graceful SIGTERM/SIGINT shutdown (uvicorn would re-raise the signal)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, self.handle_exit) for s in sigs}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def uvicorn_config(settings: IngestSettings, metrics: IngestMetrics | None = None) -> uvicorn.Config:
+    host, port = settings.ingest.host_port
+    return uvicorn.Config(
+        create_app(settings, metrics),
+        host=host,
+        port=port,
+        loop="uvloop" if find_spec("uvloop") else "asyncio",
+        http="httptools" if find_spec("httptools") else "h11",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        # In-flight requests get their answer (at most one produce deadline) before the producer closes.
+        timeout_graceful_shutdown=int(settings.ingest.produce_timeout_s) + 2,
+        server_header=False,
+    )
+
+
+def serve(settings: IngestSettings) -> int:
+    """Run until SIGTERM/SIGINT: stop accepting, answer what is in flight, flush, return 0."""
+    config = uvicorn_config(settings)
+    # Freeze the start-up heap and run the cyclic GC less often: each request allocates many
+    # short-lived objects and none of them form cycles worth collecting early.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
+    server = _Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def run_ingest(settings: IngestSettings) -> int:
+    """Process wiring for ``capillary-aep ingest``: logging with the secrets masked, then serve."""
+    from prometheus_client import disable_created_metrics
+
+    from connector.logs import register_secret, setup_logging
+
+    disable_created_metrics()  # process-wide: *_created series only double the scrape
+    setup_logging(settings.log.level, settings.log.format)
+    register_secret(settings.ingest.auth_token.get_secret_value())
+    register_secret(settings.ingest.basic_password.get_secret_value())
+    if settings.ingest.auth_mode == "none":
+        log.warning("ingest.auth_mode is 'none': anyone who can reach %s can write to Kafka", settings.ingest.listen)
+    return serve(settings)

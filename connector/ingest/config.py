@@ -1,0 +1,142 @@
+"""``IngestSettings``: the webhook ingress configuration (TOML file + ``CAPILLARY_AEP__*`` env).
+
+Sections: ``[kafka]`` (the connector's :class:`KafkaConfig`; the ingress uses ``bootstrap_servers``
+and ``extra``), ``[ingest]`` and ``[log]``. Secrets (token, basic password) come from the
+environment or from a file and are held as ``SecretStr``. The producer guarantees (``acks=all``,
+idempotence) cannot be weakened through ``kafka.extra``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from connector.config import ENV_PREFIX, FileSettings, KafkaConfig, LogConfig, _Section
+from connector.topics import TOPIC_PREFIX
+
+# librdkafka properties the ingress owns: weakening them would make a 200 a lie.
+PROTECTED_PRODUCER_KEYS = frozenset({
+    "acks", "request.required.acks", "enable.idempotence", "message.timeout.ms", "delivery.timeout.ms",
+    "transactional.id",
+})
+
+
+def _read_secret(path: str, key: str) -> SecretStr:
+    try:
+        return SecretStr(Path(path).read_text().strip())
+    except OSError as exc:
+        raise ValueError(f"{key} {path!r} cannot be read: {exc.strerror}") from None
+
+
+class IngestConfig(_Section):
+    listen: str = "127.0.0.1:8090"
+    # "bearer": `Authorization: Bearer <token>`; "header": <auth_header>: <token> (e.g. X-Api-Key);
+    # "basic": HTTP basic auth; "none": no authentication (only behind something that does it).
+    auth_mode: Literal["bearer", "header", "basic", "none"] = "bearer"
+    auth_header: str = Field("Authorization", min_length=1, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    auth_token: SecretStr = SecretStr("")
+    auth_token_file: str = ""
+    basic_username: str = ""
+    basic_password: SecretStr = SecretStr("")
+    basic_password_file: str = ""
+    topic_prefix: str = TOPIC_PREFIX
+    # Event name → topic, overriding the family default (prefix + customer/transaction/points/...).
+    topics: dict[str, str] = Field(default_factory=dict)
+    # Deadline for the broker to acknowledge every record of a request; past it → 503.
+    produce_timeout_s: float = Field(10.0, gt=0, le=300)
+    max_inflight_requests: int = Field(1024, ge=1)
+    max_inflight_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    retry_after_s: int = Field(5, ge=1, le=3600)
+    linger_ms: float = Field(2.0, ge=0, le=1000)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen must be host:port, got {value!r}")
+        return value
+
+    @field_validator("topics")
+    @classmethod
+    def _check_topics(cls, topics: dict[str, str]) -> dict[str, str]:
+        for name, topic in topics.items():
+            if not topic or len(topic) > 249 or not all(c.isalnum() or c in "._-" for c in topic):
+                raise ValueError(f"topic for {name!r} is not a valid Kafka topic name: {topic!r}")
+        return topics
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> IngestConfig:
+        env = f"{ENV_PREFIX}INGEST__"
+        if self.auth_token_file and not self.auth_token.get_secret_value():
+            object.__setattr__(self, "auth_token", _read_secret(self.auth_token_file, "auth_token_file"))
+        if self.basic_password_file and not self.basic_password.get_secret_value():
+            object.__setattr__(self, "basic_password", _read_secret(self.basic_password_file, "basic_password_file"))
+        if self.auth_mode in ("bearer", "header") and not self.auth_token.get_secret_value():
+            raise ValueError(f"auth_token is required when auth_mode is {self.auth_mode!r} "
+                             f"(set {env}AUTH_TOKEN or ingest.auth_token_file)")
+        if self.auth_mode == "basic":
+            if not self.basic_username:
+                raise ValueError("basic_username is required when auth_mode is 'basic'")
+            if not self.basic_password.get_secret_value():
+                raise ValueError("basic_password is required when auth_mode is 'basic' "
+                                 f"(set {env}BASIC_PASSWORD or ingest.basic_password_file)")
+            if ":" in self.basic_username:
+                raise ValueError("basic_username cannot contain ':'")
+        if self.max_body_bytes > self.max_inflight_bytes:
+            raise ValueError("max_body_bytes cannot exceed max_inflight_bytes (such a request could never be taken)")
+        return self
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host or "0.0.0.0", int(port)  # noqa: S104 - configurable
+
+
+class IngestSettings(FileSettings):
+    """The webhook ingress configuration (``capillary-aep ingest``)."""
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _check_extra(self) -> IngestSettings:
+        bad = sorted(PROTECTED_PRODUCER_KEYS & set(self.kafka.extra))
+        if bad:
+            raise ValueError(f"kafka.extra: {', '.join(bad)} cannot be set for the ingress "
+                             "(it always produces with acks=all, idempotence on, message.timeout.ms = "
+                             "ingest.produce_timeout_s)")
+        return self
+
+    def producer_config(self) -> dict[str, str | int | float | bool]:
+        """librdkafka settings: durable (acks=all, idempotent), Java-compatible key hashing so a
+        customer's records land in the same partition as those of Capillary's own (Java) producers,
+        and a local queue bounded like the ingress itself."""
+        ingest = self.ingest
+        conf: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.kafka.bootstrap_servers,
+            "client.id": "capillary-aep-ingest",
+            "linger.ms": ingest.linger_ms,
+            "partitioner": "murmur2_random",
+            "queue.buffering.max.kbytes": max(16_384, 2 * ingest.max_inflight_bytes // 1024),
+            "queue.buffering.max.messages": 500_000,
+            "socket.keepalive.enable": True,
+        }
+        conf.update(self.kafka.extra)
+        conf.update({
+            "acks": "all",
+            "enable.idempotence": True,
+            # A record not acknowledged by the deadline is given up (its request has had its 503), so
+            # the local queue never holds more than one deadline's worth of records.
+            "message.timeout.ms": max(1, int(ingest.produce_timeout_s * 1000)),
+        })
+        return conf
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest record value the producer accepts (librdkafka ``message.max.bytes`` minus framing)."""
+        return int(self.kafka.extra.get("message.max.bytes", 1_000_000)) - 512
