@@ -30,6 +30,7 @@ from connector.ingest.validate import Record
 log = logging.getLogger(__name__)
 _KAFKA_LOG = logging.getLogger("librdkafka")
 
+_DEADLINE = KafkaError(KafkaError._TIMED_OUT, "no acknowledgement within the produce deadline")
 _BUSY_POLL_S = 0.001
 _IDLE_POLL_S = 0.1
 
@@ -134,13 +135,14 @@ class ProducerBridge:
             async with asyncio.timeout(self.timeout_s):
                 err = await req.future
         except TimeoutError:
-            raise DeliveryFailed("timeout", f"not acknowledged within {self.timeout_s:g}s") from None
+            err = _DEADLINE
         finally:
             self._waiting.discard(req)
         now = time.monotonic()
         if err is None:
             self.last_success = now
             if self.brokers_down:
+                log.info("kafka: deliveries succeed again")
                 self.brokers_down = False
                 self._metrics.broker_up.set(1)
             return
@@ -153,6 +155,8 @@ class ProducerBridge:
             self._rebuild("fatal")
         elif now - self.last_success > self._stall_s and now - self._created > self._stall_s:
             self._rebuild("stalled")
+        if err is _DEADLINE:
+            raise DeliveryFailed("timeout", f"not acknowledged within {self.timeout_s:g}s")
         raise DeliveryFailed("delivery_error", err.name())
 
     def _schedule_pump(self, delay: float) -> None:
@@ -188,7 +192,8 @@ class ProducerBridge:
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            log.warning("kafka: all brokers are down")
+            if not self.brokers_down:  # librdkafka repeats it at every reconnect attempt: log the change
+                log.warning("kafka: all brokers are down")
             self.brokers_down = True
             self.reachable = False
             self._metrics.broker_up.set(0)
