@@ -130,9 +130,11 @@ class Capillary:
         for t in self.threads:
             t.join(10)
 
-    def ok_ids(self, since: float = 0.0, until: float = float("inf")) -> set[str]:
+    def ok_ids(self, since: float = 0.0, until: float = float("inf"), sent_since: float = 0.0) -> set[str]:
+        """Events of requests answered 200 within [since, until) and sent at or after ``sent_since``."""
         with self.lock:
-            return {i for a in self.answers if a.status == 200 and since <= a.done < until for i in a.ids}
+            return {i for a in self.answers
+                    if a.status == 200 and since <= a.done < until and a.sent >= sent_since for i in a.ids}
 
 
 def read_events(bootstrap: str, ingress: Ingress) -> dict[str, list[Any]]:
@@ -175,7 +177,10 @@ def test_broker_stall_and_restart_lose_nothing_and_never_lie(tmp_path: Path) -> 
 
         wait_until(over_the_cap, 30, what="a 429 over the in-flight cap")
         assert httpx.get(f"{ingress.url}/readyz", timeout=5).status_code == 503  # deliveries failing
+        thawing = time.monotonic()
         broker.signal(signal.SIGCONT)
+        # A frozen broker acknowledges nothing sent after it froze (0.1 s for the signal to take effect).
+        assert capillary.ok_ids(since=frozen + 0.1, until=thawing, sent_since=frozen + 0.1) == set()
 
         # C: thawed; retries land. Pause, and check every 200 so far against what Kafka holds.
         thawed = time.monotonic()
@@ -193,7 +198,7 @@ def test_broker_stall_and_restart_lose_nothing_and_never_lie(tmp_path: Path) -> 
         wait_until(lambda: capillary.count(503, since=stopped) >= 2 * CAP, 30, what="503s while the broker is down")
         wait_until(lambda: httpx.get(f"{ingress.url}/readyz", timeout=5).status_code == 503, 30, what="not ready")
         restarting = time.monotonic()
-        assert capillary.ok_ids(since=stopped, until=restarting) == set()  # no broker, so no 200 can be true
+        assert capillary.ok_ids(since=stopped, until=restarting) == set()  # no broker: no 200 can be true
 
         # E: the broker is back (empty: memory only); Capillary's retries land.
         broker, _ = start_broker(tmp_path, port=port)

@@ -114,14 +114,17 @@ class IngestSettings(FileSettings):
 
     def producer_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka settings: durable (acks=all, idempotent), Java-compatible key hashing so a
-        customer's records land in the same partition as those of Capillary's own (Java) producers,
-        and a local queue bounded like the ingress itself."""
+        customer's records land in the same partition as those of Java producers (Kafka's default
+        partitioner), lz4, and a local queue bounded like the ingress itself. ``kafka.extra``
+        overrides anything but the guarantees."""
         ingest = self.ingest
         conf: dict[str, str | int | float | bool] = {
             "bootstrap.servers": self.kafka.bootstrap_servers,
             "client.id": "capillary-aep-ingest",
             "linger.ms": ingest.linger_ms,
             "partitioner": "murmur2_random",
+            # JSON events compress ~5x; lz4 costs the ingress ~1 us a record and saves the broker more.
+            "compression.type": "lz4",
             "queue.buffering.max.kbytes": max(16_384, 2 * ingest.max_inflight_bytes // 1024),
             "queue.buffering.max.messages": 500_000,
             "socket.keepalive.enable": True,
