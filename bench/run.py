@@ -1,0 +1,641 @@
+"""The connector benchmark: one command, on loopback, with the embedded broker and the emulator.
+
+    python bench/run.py [--mode all|rate|peer|latency|steady|ceiling|drain|emulator|smoke]
+                        [--events 200000] [--drain-events 1000000] [--steady-rate 5000]
+                        [--steady-seconds 20] [--latency-ms 50] [--no-peer] [--json FILE]
+
+Modes (``all`` runs every one of them, sharing one broker and one backlog):
+
+* ``rate``     pre-produce N events (the realistic type mix; Avro with registry framing and JSON),
+               run one connector process until every event is acknowledged; then the Quix Streams
+               peer (``bench/peer_quix.py``) on the same events with the same emulator.
+* ``latency``  the same backlog with the emulator adding ``--latency-ms`` to every inlet request.
+* ``steady``   a fresh topic fed at ``--steady-rate`` events/s for ``--steady-seconds``; p50/p99 of
+               record birth (``createdAt`` = the producer's send time) → the inlet's receipt of the
+               request carrying it (emulator clock, same host).
+* ``ceiling``  the connector's pipeline in-process with the HTTP send disabled (``bench/ceiling.py``),
+               so the report can print end-to-end / ceiling.
+* ``drain``    peak RSS (and rate) while draining a ``--drain-events`` backlog (ours only unless
+               ``--drain-peer``).
+* ``emulator`` the emulator timed alone (``python -m connector.emulator.bench``), to show it is not
+               the bottleneck.
+* ``peer``     only the peer on the backlog.
+* ``smoke``    CI: a small backlog (default 20k), ours only; fails if the run fails or loses
+               events (acknowledged ≠ produced, messages missing at the inlet, offsets not committed),
+               never on speed.
+
+Every run is bounded in time (``--run-timeout``) and count, and every child process (broker,
+emulators, workers) is stopped by pid when the bench ends, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    CONNECTOR_ENV,
+    PY,
+    ROOT,
+    Emulator,
+    EventFactory,
+    PacedProducer,
+    Procs,
+    RunResult,
+    Watcher,
+    busy_box,
+    connector_toml,
+    cpu_seconds,
+    free_port,
+    iso_to_ms,
+    machine,
+    peak_rss_mb,
+    percentile,
+    produce_backlog,
+    wait_for,
+)
+
+from connector.demo import scrape  # noqa: E402
+from connector.topics import all_topics  # noqa: E402
+
+MODES = ("all", "rate", "peer", "latency", "steady", "ceiling", "drain", "emulator", "smoke")
+MB = 1_000_000
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# == workers ===============================================================================
+class Worker:
+    """One worker process under test (ours or the peer)."""
+
+    name = ""
+
+    def __init__(self, ctx: Context, group: str, prefix: str, emulator: Emulator) -> None:
+        self.ctx, self.group, self.prefix, self.emulator = ctx, group, prefix, emulator
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.launch = 0.0
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def acked(self) -> int:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        return self.ctx.procs.stop(self.proc, timeout=60) if self.proc is not None else None
+
+    def checks(self, res: RunResult, stats: dict[str, Any]) -> None:
+        """Loss checks after a run (the emulator counters are for this run only)."""
+
+    def wait_acked(self, n: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return False
+            try:
+                if self.acked() >= n:
+                    return True
+            except (httpx.HTTPError, OSError, ValueError):
+                pass
+            time.sleep(0.25)
+        return False
+
+
+class Ours(Worker):
+    name = "ours"
+
+    def start(self) -> None:
+        self.metrics_port = free_port()
+        cfg = self.ctx.workdir / f"connector-{self.group}.toml"
+        cfg.write_text(connector_toml(bootstrap=self.ctx.bootstrap, emulator_url=self.emulator.url,
+                                      prefix=self.prefix, group=self.group, metrics_port=self.metrics_port))
+        self.launch = time.monotonic()
+        self.proc = self.ctx.procs.start(f"ours-{self.group}", [PY, "-m", "connector", "run", "--config", str(cfg)],
+                                         env=CONNECTOR_ENV)
+        if self.ctx.args.profile:
+            # Sampling profiler attached from outside (its own process): collapsed stacks per thread,
+            # written when the connector exits. Figures of a profiled run are not comparable.
+            out = self.ctx.workdir / f"py-spy-{self.group}.txt"
+            self.ctx.procs.start(f"py-spy-{self.group}", [_py_spy(), "record", "--pid", str(self.proc.pid),
+                                                          "--format", "raw", "--threads", "--rate", "200",
+                                                          "--nonblocking", "-o", str(out)],
+                                 stop_signal=signal.SIGINT)
+            say(f"  profiling with py-spy → {out}")
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+    def acked(self) -> int:
+        return int(self.metrics().get("capillary_aep_records_acknowledged_total", 0))
+
+    def checks(self, res: RunResult, stats: dict[str, Any]) -> None:
+        m = self.metrics()
+        dead = int(m.get("capillary_aep_records_dead_lettered_total", 0))
+        delivered = int(m.get("capillary_aep_records_delivered_total", 0))
+        res.extra["dead_lettered"] = dead
+        res.extra["retries"] = int(m.get("capillary_aep_retries_total", 0))
+        if dead:
+            res.problems.append(f"{dead} records dead-lettered")
+        if stats["messages_accepted"] < delivered:
+            res.problems.append(f"inlet accepted {stats['messages_accepted']} messages, connector delivered {delivered}")
+
+
+class Peer(Worker):
+    name = "peer"
+
+    def start(self) -> None:
+        self.progress = self.ctx.workdir / f"peer-{self.group}.json"
+        self.progress.unlink(missing_ok=True)
+        args = [PY, str(ROOT / "bench" / "peer_quix.py"), "--bootstrap", self.ctx.bootstrap,
+                "--registry", self.emulator.url, "--dcs", self.emulator.url, "--ims", self.emulator.url,
+                "--group", self.group, "--topics", ",".join(all_topics(self.prefix)),
+                "--progress", str(self.progress), "--commit-interval", str(self.ctx.args.peer_commit_interval)]
+        self.launch = time.monotonic()
+        self.proc = self.ctx.procs.start(f"peer-{self.group}", args)
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return orjson.loads(self.progress.read_bytes())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return {"records": 0, "messages": 0, "failed": 0}
+
+    def acked(self) -> int:
+        return int(self.status()["records"])
+
+    def checks(self, res: RunResult, stats: dict[str, Any]) -> None:
+        st = self.status()
+        if st["failed"]:
+            res.problems.append(f"{st['failed']} messages rejected by the inlet")
+        if stats["messages_accepted"] < st["messages"]:
+            res.problems.append(f"inlet accepted {stats['messages_accepted']} messages, peer sent {st['messages']}")
+
+
+WORKERS = {"ours": Ours, "peer": Peer}
+
+
+def _py_spy() -> str:
+    local = Path(PY).parent / "py-spy"
+    return str(local) if local.exists() else "py-spy"
+
+
+# == the bench context =====================================================================
+class Context:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.procs = Procs(workdir)
+        self.bootstrap = ""
+        self.emulator: Emulator | None = None
+        self.factory: EventFactory | None = None
+        self.backlogs: dict[str, int] = {}  # prefix → records produced
+        self.run_id = uuid.uuid4().hex[:6]
+
+    def setup(self) -> None:
+        from common import start_broker
+
+        say(f"work directory {self.workdir}")
+        self.bootstrap = start_broker(self.procs)
+        say(f"broker (tansu) on {self.bootstrap}")
+        self.emulator = Emulator(self.procs, "emulator")
+        say(f"emulator on {self.emulator.url} (--no-store-bodies)")
+        pool = min(self.args.template_pool, max(self.args.events, 1000))
+        t0 = time.monotonic()
+        self.factory = EventFactory(self.emulator.url, pool, seed=self.args.seed, json_share=self.args.json_share)
+        say(f"{pool} event templates encoded in {time.monotonic() - t0:.1f}s: {self.factory.encodings}")
+
+    def backlog(self, name: str, n: int) -> str:
+        prefix = f"bench.{self.run_id}.{name}."
+        if prefix not in self.backlogs:
+            assert self.factory is not None
+            say(f"producing a backlog of {n:,} events to {prefix}* ...")
+            took = produce_backlog(self.bootstrap, self.factory, n, prefix, partitions=self.args.partitions)
+            say(f"  produced in {took:.1f}s ({n / took:,.0f}/s)")
+            self.backlogs[prefix] = n
+        return prefix
+
+    def group(self, worker: str, scenario: str) -> str:
+        return f"bench-{self.run_id}-{scenario}-{worker}"
+
+
+# == scenarios =============================================================================
+def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: int, emulator: Emulator,
+                latency_ms: float = 0.0) -> RunResult:
+    res = RunResult(worker_name, scenario, n)
+    emulator.reset()
+    if latency_ms:
+        emulator.faults(latency_ms=latency_ms)
+    w: Worker = WORKERS[worker_name](ctx, ctx.group(worker_name, scenario), prefix, emulator)
+    say(f"{scenario}: {worker_name} draining {n:,} events"
+        + (f" with {latency_ms:.0f} ms added inlet latency" if latency_ms else "") + " ...")
+    w.start()
+    assert w.proc is not None
+    res.launch = w.launch
+    watcher = Watcher(emulator, w.proc.pid)
+    watcher.start()
+    try:
+        done = w.wait_acked(n, ctx.args.run_timeout)
+        if done:
+            res.peak_rss_mb = peak_rss_mb(w.proc.pid)
+            time.sleep(0.15)  # let the watcher see the final count
+        else:
+            res.problems.append("worker exited early" if not w.alive() else
+                                f"not all acknowledged within {ctx.args.run_timeout:.0f}s (got {w.acked()})")
+    finally:
+        watcher.stop()
+    stats = emulator.stats()
+    first, last = watcher.first_ack(), watcher.last_ack()
+    if done and first and last:
+        res.first_ack, cpu_first = first
+        res.last_ack, res.cpu_s, _ = last
+        res.cpu_steady_s = res.cpu_s - cpu_first
+    res.requests = stats["batch_requests"]
+    res.messages = stats["messages_accepted"]
+    res.bytes = stats["bytes_received"]
+    res.max_request_bytes = stats["max_request_bytes"]
+    res.duplicates = stats["duplicate_ids"]
+    if done:
+        w.checks(res, stats)
+    if latency_ms:
+        emulator.faults(latency_ms=0)
+    if ctx.args.verify_commits and worker_name == "ours" and done:
+        time.sleep(1.5)  # auto.commit.interval (1 s) so the stored offsets reach the broker
+    code = w.stop()
+    res.extra["exit_code"] = code
+    if code not in (0, None) and worker_name == "ours":
+        res.problems.append(f"connector exited with {code}")
+    if ctx.args.verify_commits and worker_name == "ours" and done:
+        behind = committed_behind(ctx.bootstrap, w.group, prefix)
+        res.extra["partitions_not_committed_to_end"] = len(behind)
+        if behind:
+            res.problems.append(f"committed offsets behind the end on {len(behind)} partitions: {behind}")
+    res.ok = done and not res.problems
+    say(f"  {worker_name}: {summary_line(res)}")
+    return res
+
+
+def run_steady(ctx: Context, worker_name: str, emulator: Emulator) -> RunResult:
+    """A fresh topic fed at a steady rate; latency from record birth to the inlet."""
+    assert ctx.factory is not None
+    rate, seconds = ctx.args.steady_rate, ctx.args.steady_seconds
+    total = int(rate * seconds)
+    res = RunResult(worker_name, "steady", total)
+    prefix = f"bench.{ctx.run_id}.steady-{worker_name}."
+    from connector.produce import ensure_topics
+
+    ensure_topics(ctx.bootstrap, all_topics(prefix), ctx.args.partitions)
+    emulator.reset()
+    w: Worker = WORKERS[worker_name](ctx, ctx.group(worker_name, "steady"), prefix, emulator)
+    say(f"steady: {worker_name} at {rate:,.0f} events/s for {seconds:.0f}s ...")
+    w.start()
+    assert w.proc is not None
+    res.launch = w.launch
+    warmup = 500
+    base = 10_000_000  # record indexes of this scenario (distinct eventIds from the backlogs)
+    produce_backlog(ctx.bootstrap, ctx.factory, warmup, prefix, ctx.args.partitions, start=base)
+    if not w.wait_acked(warmup, 120):
+        res.problems.append("warm-up records not acknowledged")
+        w.stop()
+        res.ok = False
+        return res
+    emulator.reset()
+    cpu0 = cpu_seconds(w.proc.pid)
+    producer = PacedProducer(ctx.bootstrap, ctx.factory, prefix, rate, seconds, base + warmup)
+    producer.start()
+    producer.join(seconds + 60)
+    done = w.wait_acked(warmup + producer.produced, 60)
+    res.cpu_steady_s = cpu_seconds(w.proc.pid) - cpu0
+    res.peak_rss_mb = peak_rss_mb(w.proc.pid)
+    if not done:
+        res.problems.append(f"not all acknowledged 60 s after the producer stopped (got {w.acked()})")
+    stats = emulator.stats()
+    res.requests, res.messages, res.bytes = stats["batch_requests"], stats["messages_accepted"], stats["bytes_received"]
+    res.max_request_bytes, res.duplicates = stats["max_request_bytes"], stats["duplicate_ids"]
+    res.extra["producer_behind_s"] = round(producer.behind_s, 3)
+    res.extra["produced"] = producer.produced
+    if done:
+        w.checks(res, stats)
+    code = w.stop()
+    res.extra["exit_code"] = code
+    lat: list[float] = []
+    start_ms = producer.started_ms
+    for m in emulator.messages():
+        entity = m["envelope"]["body"]["xdmEntity"]
+        ts = entity.get("timestamp")
+        if "eventType" not in entity or not isinstance(ts, str):
+            continue
+        born = iso_to_ms(ts)
+        if born >= start_ms:
+            lat.append(m["receivedTimeMs"] - born)
+    lat.sort()
+    res.latency_samples = len(lat)
+    if lat:
+        res.p50_ms, res.p99_ms = percentile(lat, 0.5), percentile(lat, 0.99)
+        res.p999_ms, res.max_ms = percentile(lat, 0.999), lat[-1]
+    if len(lat) < 0.9 * producer.produced:
+        res.problems.append(f"only {len(lat)} latency samples for {producer.produced} events")
+    # Throughput figures of a paced run are the producer's; report the window anyway.
+    res.first_ack, res.last_ack = 0.0, float(seconds)
+    res.ok = done and not res.problems
+    say(f"  {worker_name}: p50 {res.p50_ms} ms, p99 {res.p99_ms} ms, p99.9 {res.p999_ms} ms, max {res.max_ms} ms "
+        f"over {len(lat):,} events; {res.mean_request_messages:.0f} msgs/request; "
+        f"CPU {res.cpu_steady_s / seconds * 100:.0f}% of a core; problems: {res.problems or 'none'}")
+    return res
+
+
+def run_ceiling(ctx: Context, prefix: str, n: int) -> RunResult:
+    assert ctx.emulator is not None
+    res = RunResult("ceiling", "ceiling", n)
+    group = ctx.group("ceiling", "ceiling")
+    cfg = ctx.workdir / f"ceiling-{group}.toml"
+    # Authentication off and an unused inlet address: the ceiling never sends a request.
+    cfg.write_text(connector_toml(bootstrap=ctx.bootstrap, emulator_url=ctx.emulator.url, prefix=prefix,
+                                  group=group, metrics_port=None, authenticated=False,
+                                  dcs_url="http://127.0.0.1:9"))
+    say(f"ceiling: the pipeline in-process without HTTP on {n:,} events ...")
+    res.launch = time.monotonic()
+    out = subprocess.run([PY, str(ROOT / "bench" / "ceiling.py"), "--config", str(cfg), "--events", str(n),
+                          "--timeout", str(ctx.args.run_timeout)],
+                         capture_output=True, text=True, timeout=ctx.args.run_timeout + 60, cwd=str(ROOT))
+    (ctx.workdir / "ceiling.log").write_text(out.stderr)
+    try:
+        doc = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        res.ok = False
+        res.problems.append(f"ceiling run failed: {out.stderr[-500:]}")
+        return res
+    if doc.get("last_ack") is None:
+        res.ok = False
+        res.problems.append(f"ceiling run did not finish: {doc}")
+        return res
+    res.first_ack, res.last_ack = doc["first_ack"], doc["last_ack"]
+    res.cpu_s, res.cpu_steady_s = doc["cpu"], doc["cpu"] - doc["cpu_first"]
+    res.peak_rss_mb = doc["peak_rss_mb"]
+    res.requests, res.messages, res.bytes, res.max_request_bytes = (doc["requests"], doc["messages"], doc["bytes"],
+                                                                     doc["max_bytes"])
+    say(f"  ceiling: {summary_line(res)}")
+    return res
+
+
+def run_emulator_alone(ctx: Context) -> dict[str, Any]:
+    say("emulator alone: python -m connector.emulator.bench --requests 200 --concurrency 4 ...")
+    out = subprocess.run([PY, "-m", "connector.emulator.bench", "--requests", "200", "--concurrency", "4"],
+                         capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    text = out.stdout + out.stderr
+    (ctx.workdir / "emulator-bench.log").write_text(text)
+    doc: dict[str, Any] = {"ok": out.returncode == 0, "output": text.strip().splitlines()[-2:]}
+    m = re.search(r"([\d,]+) messages/s, ([\d.]+) requests/s", text)
+    if m:
+        doc["messages_per_s"] = int(m.group(1).replace(",", ""))
+        doc["requests_per_s"] = float(m.group(2))
+    m = re.search(r"= ([\d.]+) us/message; one core would sustain ~([\d,]+)", text)
+    if m:
+        doc["cpu_us_per_message"] = float(m.group(1))
+        doc["one_core_messages_per_s"] = int(m.group(2).replace(",", ""))
+    say(f"  emulator alone: {doc.get('messages_per_s')} messages/s, {doc.get('cpu_us_per_message')} µs CPU/message")
+    return doc
+
+
+def committed_behind(bootstrap: str, group: str, prefix: str) -> dict[str, tuple[int, int]]:
+    """Partitions whose committed offset is short of the end (ends read back: tansu's high
+    watermark is approximate)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(timeout=10).topics
+        tps = [TopicPartition(t, p) for t in all_topics(prefix) if t in meta for p in meta[t].partitions]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
+    finally:
+        c.close()
+    r = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}-ends", "enable.auto.commit": False})
+    ends = dict.fromkeys(committed, 0)
+    try:
+        r.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in committed])
+        idle = time.monotonic()
+        deadline = idle + 120
+        while time.monotonic() - idle < 1.5 and time.monotonic() < deadline:
+            msgs = r.consume(5000, 0.2)
+            if msgs:
+                idle = time.monotonic()
+            for m in msgs:
+                if m.error() is None:
+                    key = (m.topic(), m.partition())
+                    ends[key] = max(ends[key], m.offset() + 1)
+    finally:
+        r.close()
+    return {f"{t}[{p}]": (committed[(t, p)], e) for (t, p), e in ends.items() if e > max(committed[(t, p)], 0)}
+
+
+# == report ================================================================================
+def summary_line(r: RunResult) -> str:
+    return (f"{r.steady_rate:,.0f} events/s steady ({r.rate_with_startup:,.0f} with start-up), "
+            f"{r.cpu_per_1k:.3f} CPU s/1k, peak RSS {r.peak_rss_mb:.0f} MB, "
+            f"{r.mean_request_messages:.0f} msgs / {r.mean_request_kb:.0f} KB per request "
+            f"(max {r.max_request_bytes / 1000:.0f} KB), {r.requests_per_s:.1f} req/s; "
+            f"problems: {r.problems or 'none'}")
+
+
+def fmt(v: float | None, digits: int = 0) -> str:
+    if v is None or v != v:  # noqa: PLR0124 - NaN
+        return "—"
+    return f"{v:,.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def report(results: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str, str, str]] = []
+    R = results.get("runs", {})  # noqa: N806
+
+    def get(key: str) -> RunResult | None:
+        return R.get(key)
+
+    def add(label: str, ours: float | None, peer: float | None, target: str, digits: int = 0) -> None:
+        rows.append((label, fmt(ours, digits), fmt(peer, digits), ratio(ours, peer), target))
+
+    for scen, label in (("rate", f"backlog {results['args']['events']:,}"),
+                        ("smoke", f"smoke backlog {results['args']['events']:,}")):
+        o, p = get(f"{scen}/ours"), get(f"{scen}/peer")
+        if not o and not p:
+            continue
+        v = (lambda r, attr: getattr(r, attr) if r else None)  # noqa: E731
+        add(f"{label}: steady events/s (first→last ack)", v(o, "steady_rate"), v(p, "steady_rate"),
+            "≥ 50,000 and ≥ 2.5× peer")
+        add(f"{label}: events/s incl. start-up", v(o, "rate_with_startup"), v(p, "rate_with_startup"), "")
+        add(f"{label}: CPU s per 1k events", v(o, "cpu_per_1k"), v(p, "cpu_per_1k"), "", 3)
+        add(f"{label}: peak RSS MB", v(o, "peak_rss_mb"), v(p, "peak_rss_mb"), "")
+        add(f"{label}: mean request, messages", v(o, "mean_request_messages"), v(p, "mean_request_messages"), "")
+        add(f"{label}: mean request, KB", v(o, "mean_request_kb"), v(p, "mean_request_kb"), "≥ 500")
+        add(f"{label}: max request, KB", o.max_request_bytes / 1000 if o else None,
+            p.max_request_bytes / 1000 if p else None, "≤ 1,048")
+        add(f"{label}: requests/s", v(o, "requests_per_s"), v(p, "requests_per_s"), "", 1)
+    c, o = get("ceiling"), get("rate/ours") or get("smoke/ours")
+    if c:
+        add("ceiling (no HTTP): steady events/s", c.steady_rate, None, "")
+        if o:
+            rows.append(("end-to-end / ceiling", f"{o.steady_rate / c.steady_rate:.2f}" if c.steady_rate else "—",
+                         "", "", "≥ 0.75"))
+    o, p = get("latency/ours"), get("latency/peer")
+    if o or p:
+        ms = results["args"]["latency_ms"]
+        add(f"+{ms:.0f} ms inlet latency: steady events/s", o.steady_rate if o else None,
+            p.steady_rate if p else None, "≥ 40,000")
+        add(f"+{ms:.0f} ms inlet latency: mean request, KB", o.mean_request_kb if o else None,
+            p.mean_request_kb if p else None, "")
+    o, p = get("steady/ours"), get("steady/peer")
+    if o or p:
+        r = results["args"]["steady_rate"]
+        add(f"steady {r:,.0f}/s: p50 record→inlet ms", o.p50_ms if o else None, p.p50_ms if p else None, "")
+        add(f"steady {r:,.0f}/s: p99 record→inlet ms", o.p99_ms if o else None, p.p99_ms if p else None, "< 250")
+        secs = results["args"]["steady_seconds"]
+        add(f"steady {r:,.0f}/s: worker CPU, % of a core", o.cpu_steady_s / secs * 100 if o else None,
+            p.cpu_steady_s / secs * 100 if p else None, "")
+    o, p = get("drain/ours"), get("drain/peer")
+    if o or p:
+        n = results["args"]["drain_events"]
+        add(f"drain {n:,}: peak RSS MB", o.peak_rss_mb if o else None, p.peak_rss_mb if p else None, "< 250")
+        add(f"drain {n:,}: steady events/s", o.steady_rate if o else None, p.steady_rate if p else None, "")
+        add(f"drain {n:,}: mean request, KB", o.mean_request_kb if o else None, p.mean_request_kb if p else None,
+            "≥ 500")
+    e = results.get("emulator_alone")
+    if e:
+        o = get("rate/ours") or get("smoke/ours")
+        need = o.messages / (o.last_ack - o.first_ack) if o and o.last_ack > o.first_ack else None
+        rows.append(("emulator alone: messages/s (ours needed)", fmt(e.get("messages_per_s")),
+                     fmt(need), "", "emulator ≫ need"))
+    w = [max(len(r[i]) for r in rows + [("row", "ours", "peer", "ours/peer", "target")]) for i in range(5)]
+    head = ("row", "ours", "peer", "ours/peer", "target")
+    lines = ["| " + " | ".join(h.ljust(w[i]) for i, h in enumerate(head)) + " |",
+             "|" + "|".join("-" * (w[i] + 2) for i in range(5)) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join((r[i].ljust(w[i]) if i == 0 else r[i].rjust(w[i])) for i in range(5)) + " |")
+    return "\n".join(lines)
+
+
+# == main ==================================================================================
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=MODES, default="all")
+    ap.add_argument("--events", type=int, default=None, help="backlog size (default 200000; smoke 20000)")
+    ap.add_argument("--drain-events", type=int, default=1_000_000)
+    ap.add_argument("--drain-peer", action="store_true", help="also run the peer on the drain backlog")
+    ap.add_argument("--steady-rate", type=float, default=5000)
+    ap.add_argument("--steady-seconds", type=float, default=20)
+    ap.add_argument("--latency-ms", type=float, default=50)
+    ap.add_argument("--no-peer", action="store_true", help="ours only")
+    ap.add_argument("--peer-commit-interval", type=float, default=1.0)
+    ap.add_argument("--partitions", type=int, default=4, help="partitions per topic (6 topics)")
+    ap.add_argument("--json-share", type=float, default=0.5, help="share of events encoded as JSON (rest Avro)")
+    ap.add_argument("--template-pool", type=int, default=50_000, help="distinct encoded events to cycle through")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--run-timeout", type=float, default=None, help="bound per worker run (default from N)")
+    ap.add_argument("--json", default=None, help="write every figure to this JSON file")
+    ap.add_argument("--profile", action="store_true",
+                    help="attach py-spy to our connector (collapsed stacks in the work directory)")
+    ap.add_argument("--workdir", default=None, help="logs and configs (default: a new temp directory)")
+    args = ap.parse_args(argv)
+    if args.events is None:
+        args.events = 20_000 if args.mode == "smoke" else 200_000
+    if args.run_timeout is None:
+        args.run_timeout = max(120.0, max(args.events, args.drain_events if args.mode in ("all", "drain") else 0)
+                               / 2000)
+    args.verify_commits = args.mode == "smoke"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="capillary-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ctx = Context(args, workdir)
+    mode = args.mode
+    peers = [] if args.no_peer or mode == "smoke" else ["peer"]
+    results: dict[str, Any] = {"machine": machine(), "box_before": busy_box(), "command": " ".join(sys.argv),
+                               "args": {k: v for k, v in vars(args).items()}, "runs": {}}
+    say(f"machine: {results['machine']}; load: {results['box_before']}")
+    started = time.monotonic()
+    ok = True
+    try:
+        if mode == "emulator":
+            results["emulator_alone"] = run_emulator_alone(ctx)
+        else:
+            ctx.setup()
+            assert ctx.emulator is not None
+            runs: dict[str, RunResult] = results["runs"]
+            if mode in ("all", "rate", "peer", "latency", "ceiling", "smoke"):
+                prefix = ctx.backlog("backlog", args.events)
+                if mode in ("all", "ceiling"):
+                    runs["ceiling"] = run_ceiling(ctx, prefix, args.events)
+                if mode in ("all", "rate", "smoke"):
+                    scen = "smoke" if mode == "smoke" else "rate"
+                    runs[f"{scen}/ours"] = run_backlog(ctx, "ours", scen, prefix, args.events, ctx.emulator)
+                if mode in ("all", "rate", "peer") and (peers or mode == "peer"):
+                    runs["rate/peer"] = run_backlog(ctx, "peer", "rate", prefix, args.events, ctx.emulator)
+                if mode in ("all", "latency"):
+                    for wn in ["ours", *peers]:
+                        runs[f"latency/{wn}"] = run_backlog(ctx, wn, "latency", prefix, args.events, ctx.emulator,
+                                                            latency_ms=args.latency_ms)
+            if mode in ("all", "steady"):
+                em2 = Emulator(ctx.procs, "emulator-steady", store_bodies=True)
+                say(f"emulator for the steady runs on {em2.url} (--store-bodies: per-message receipt times)")
+                for wn in ["ours", *peers]:
+                    runs[f"steady/{wn}"] = run_steady(ctx, wn, em2)
+                ctx.procs.stop(em2.proc)
+            if mode in ("all", "drain"):
+                prefix = ctx.backlog("drain", args.drain_events)
+                for wn in ["ours", *(peers if args.drain_peer else [])]:
+                    runs[f"drain/{wn}"] = run_backlog(ctx, wn, "drain", prefix, args.drain_events, ctx.emulator)
+            ctx.procs.stop_all()
+            if mode == "all":
+                results["emulator_alone"] = run_emulator_alone(ctx)
+            ok = all(r.ok for r in runs.values())
+    finally:
+        ctx.procs.stop_all()
+    results["box_after"] = busy_box()
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    table = report(results)
+    print("\n== capillary-aep-connector benchmark ==")
+    print(f"machine: {results['machine']}")
+    print(f"box load before/after: {results['box_before']} / {results['box_after']} "
+          "(calib_ms ≈ 80-100 on an idle core)")
+    print(f"command: {results['command']}   wall time: {results['wall_s']}s   logs: {workdir}")
+    print(table)
+    for key, r in results["runs"].items():
+        if r.problems:
+            print(f"✗ {key}: {'; '.join(r.problems)}")
+    if args.json:
+        out = {**results, "runs": {k: r.as_dict() for k, r in results["runs"].items()}, "table": table}
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        print(f"figures written to {args.json}")
+    print("✓ all runs complete, no events lost" if ok else "✗ a run failed or lost events (see above)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
