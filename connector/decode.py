@@ -71,6 +71,10 @@ class Decoder:
             if writer is None:
                 raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not in the registry")
             reader = self._readers.get(writer.get("name")) if isinstance(writer, dict) else None
+            if reader is not None and reader == writer:
+                # fastavro drops a reader schema equal to the writer's, but only after comparing the
+                # two (deeply) on every record: as costly as decoding. Decide once per schema id.
+                reader = None
             schemas = self._by_id[schema_id] = (writer, reader)
         return self._read(value, 5, *schemas)
 
