@@ -621,7 +621,8 @@ def scenario_outage(ctx: Ctx) -> Result:
         t_paused = sampler.now()
         time.sleep(max(0.0, t_down + outage / 2 - sampler.now()))
         received.update(em.ids())  # nothing is accepted during the 503s: this count is final
-        token_requests += em.stats().get("token_requests", 0)
+        first = em.stats()
+        token_requests += first.get("token_requests", 0)
         em.proc.stop()  # phase 2: nothing listens (connection refused), IMS and registry gone too
         time.sleep(max(0.0, t_down + outage - sampler.now()))
         t_up = sampler.now()
@@ -660,7 +661,8 @@ def scenario_outage(ctx: Ctx) -> Result:
         r.extra.update(outage_s=t_up - t_down, paused_after_s=t_paused - t_down, resumed_after_s=t_resumed - t_up,
                        buffered_max_outage=buf_outage, rss_outage_early_mb=rss_early, rss_outage_late_mb=rss_late,
                        produced_during_outage=int(rate * (t_up - t_down)), cap=cap,
-                       dcs_answers=dict(sorted(stats.get("requests", {}).items())))
+                       dcs_answers_down=dict(sorted(first.get("requests", {}).items())),
+                       dcs_answers_after=dict(sorted(stats.get("requests", {}).items())))
     finally:
         stream.finish(5)
         sampler.finish()
@@ -847,8 +849,8 @@ def main(argv: list[str] | None = None) -> int:
     events = args.events or (20_000 if args.quick else 100_000)
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
 
-    def on_term(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
+    def on_term(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # same path as Ctrl-C: stop the children, report what finished
 
     signal.signal(signal.SIGTERM, on_term)
     print(f"# fault scenarios {'(quick) ' if args.quick else ''}— {machine()}", flush=True)
