@@ -50,7 +50,7 @@ class IngestConfig(_Section):
     max_inflight_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     retry_after_s: int = Field(5, ge=1, le=3600)
-    linger_ms: float = Field(2.0, ge=0, le=1000)
+    linger_ms: float = Field(10.0, ge=0, le=1000)
 
     @field_validator("listen")
     @classmethod
