@@ -3,9 +3,8 @@ broker has acknowledged every record (``acks=all``, idempotent) or raises :class
 
 Everything runs on the event loop: ``produce()`` only enqueues, and a timer (every millisecond
 while requests wait) calls ``poll(0)``, which runs the delivery callbacks right there, so futures
-are resolved without any cross-thread hand-off. A poll thread was measured to be several times
-slower: confluent-kafka takes the GIL back for every single delivery report, and with the loop busy
-each of those waits for a GIL switch. The only thread is a metadata probe for ``/readyz``.
+are resolved without any cross-thread hand-off. (A poll thread would take the GIL back from the
+busy loop for every single delivery report.) The only thread is a metadata probe for ``/readyz``.
 
 The producer is rebuilt, and every request still waiting on the old one answered 503, when
 librdkafka reports a fatal error (e.g. ProducerFenced after a stall) or when deliveries fail while
@@ -161,8 +160,7 @@ class ProducerBridge:
 
     def _schedule_pump(self, delay: float) -> None:
         """Serve delivery reports on the loop itself: every millisecond while requests wait, every
-        100 ms otherwise. (A poll thread would need the GIL back for every single delivery report,
-        which under load costs far more than these timer ticks.)"""
+        100 ms otherwise (error callbacks, broker state)."""
         assert self._loop is not None
         due = self._loop.time() + delay
         if self._pump_handle is not None:
