@@ -6,7 +6,8 @@ HTTP statuses are grouped by class. Hot paths update per batch (``inc(n)``) with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -84,3 +85,28 @@ class Metrics:
 
 
 METRICS = Metrics()
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for each amount, as one update per bucket: the exported series are
+    the same, the cost is per batch instead of a lock round trip and a bucket scan per record.
+
+    Uses the unlabelled histogram's bucket values (prometheus-client internals, stable since 0.4);
+    falls back to ``observe`` if they are not there."""
+    if not amounts:
+        return
+    try:
+        bounds = histogram._upper_bounds  # noqa: SLF001
+        buckets = histogram._buckets  # noqa: SLF001
+        total = histogram._sum  # noqa: SLF001
+    except AttributeError:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    counts = [0] * len(bounds)
+    for amount in amounts:
+        counts[bisect_left(bounds, amount)] += 1  # the first bucket with amount <= bound, as observe()
+    total.inc(sum(amounts))
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)

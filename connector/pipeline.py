@@ -32,7 +32,7 @@ from connector.config import Settings
 from connector.decode import SINGLE_OBJECT_MAGIC, WIRE_MAGIC, Decoder
 from connector.dlq import DeadLetter, DeadLetterWriter
 from connector.errors import AuthFailure, DecodeError, RegistryUnavailable, TransientError
-from connector.metrics import METRICS
+from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
 from connector.registry import RegistryLookup
 from connector.sink import BatchResult, Sink
@@ -128,14 +128,18 @@ class Pipeline:
 
     # == ingest: decode → transform → encode → batch ========================================
     def _ingest(self, msgs: list[Any], now: float) -> None:
-        tracker = self.tracker
-        decoder = self.decoder
+        # The hot loop: per record only what must be per record. Metric labels are collected in
+        # lists and counted once per consume() batch (Counter counts a list in C).
+        received = self.tracker.received
+        ack = self.tracker.ack
+        decode = self.decoder.decode
         transform = self.transformer.transform
         dumps = orjson.dumps
+        add = self.batcher.add
         max_size = self.batcher.max_record_size
-        consumed: Tally[str] = Tally()
-        decoded: Tally[tuple[str, str]] = Tally()
-        transformed: Tally[tuple[str, str]] = Tally()
+        consumed: list[str] = []
+        decoded: list[tuple[str, str]] = []
+        transformed: list[tuple[str, str]] = []
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -144,49 +148,46 @@ class Pipeline:
             topic = m.topic()
             tp = (topic, m.partition())
             offset = m.offset()
-            epoch = tracker.received(tp, offset)
+            epoch = received(tp, offset)
             if epoch is None:
                 continue
-            consumed[topic] += 1
+            consumed.append(topic)
             value = m.value()
             try:
-                events = decoder.decode(value)
+                events = decode(value)
             except DecodeError as exc:
                 self._dead_letter(m, tp, epoch, "decode", "DecodeError", exc.reason, exc.detail)
                 continue
             except RegistryUnavailable:
                 raise
-            decoded[(topic, _format_of(value))] += 1
+            decoded.append((topic, _format_of(value)))
             try:
-                out = [x for ev in events for x in transform(ev)]
+                out = transform(events[0]) if len(events) == 1 else [x for ev in events for x in transform(ev)]
             except TransformError as exc:
                 stage = "validate" if exc.reason == "xdm_invalid" else "transform"
                 self._dead_letter(m, tp, epoch, stage, "TransformError", exc.reason, exc.detail)
                 continue
             if not out:
-                tracker.ack(tp, epoch, offset)  # nothing to send for this record (e.g. filtered)
+                ack(tp, epoch, offset)  # nothing to send for this record (e.g. filtered)
                 continue
             bodies = [dumps(x.envelope) for x in out]
-            size = sum(len(b) for b in bodies) + len(bodies)
+            size = sum(map(len, bodies)) + len(bodies)
             if size > max_size:
                 self._dead_letter(m, tp, epoch, "deliver", "RecordTooLarge", "record_too_large",
                                   f"{size} bytes of XDM exceed the {max_size}-byte request limit", http_status=413)
                 continue
             labels = [(x.kind, x.event_type) for x in out]
-            for lab in labels:
-                transformed[lab] += 1
-            ts = m.timestamp()[1]
-            self.batcher.add(
-                PendingRecord(tp, offset, epoch, ts, m.key(), value, m.headers(), bodies, labels, size), now
-            )
-        for topic, n in consumed.items():
+            transformed += labels
+            add(PendingRecord(tp, offset, epoch, m.timestamp()[1], m.key(), value, m.headers(), bodies, labels, size),
+                now)
+        for topic, n in Tally(consumed).items():
             METRICS.records_consumed.labels(topic).inc(n)
-        for key, n in decoded.items():
+        for key, n in Tally(decoded).items():
             child = self._decoded_counters.get(key)
             if child is None:
                 child = self._decoded_counters[key] = METRICS.records_decoded.labels(*key)
             child.inc(n)
-        for (kind, etype), n in transformed.items():
+        for (kind, etype), n in Tally(transformed).items():
             METRICS.records_transformed.labels(kind, _event_type_label(etype)).inc(n)
 
     def _consumer_error(self, err: KafkaError) -> None:
@@ -251,22 +252,29 @@ class Pipeline:
             keep = [r for r in result.records if tracker.epoch(r.tp) == r.epoch]
             self.batcher.requeue_front(lane_no, keep, time.monotonic())
             return
-        delivered: Tally[tuple[str, str]] = Tally()
-        now_ms = time.time() * 1000
-        latency = METRICS.delivery_latency
+        # Per record: the offset acknowledgement. Metrics are updated once per batch.
+        ack = tracker.ack
+        failures = result.failures
+        delivered: list[tuple[str, str]] = []
+        born: list[int] = []
+        acked: list[str] = []
         for i, rec in enumerate(result.records):
-            failure = result.failures.get(i)
+            failure = failures.get(i) if failures else None
             if failure is None:
-                for lab in rec.labels:
-                    delivered[lab] += 1
-                latency.observe(max(0.0, (now_ms - rec.timestamp_ms) / 1000))
-                self._ack(rec.tp, rec.epoch, rec.offset)
+                delivered += rec.labels
+                born.append(rec.timestamp_ms)
+                if ack(rec.tp, rec.epoch, rec.offset):
+                    acked.append(rec.tp[0])
             elif tracker.epoch(rec.tp) == rec.epoch:
                 letter = DeadLetter(rec.tp[0], rec.tp[1], rec.offset, rec.key, rec.value, rec.headers, "deliver",
                                     "AepRejected", f"aep_{failure.status}", "", failure.status, failure.message,
                                     failure.xaction_id)
                 self._send_dead_letter(letter, rec.epoch)
-        for (kind, etype), n in delivered.items():
+        now_ms = time.time() * 1000
+        observe_many(METRICS.delivery_latency, [max(0.0, (now_ms - ts) / 1000) for ts in born])
+        for topic, n in Tally(acked).items():
+            self._topic_counter(topic).inc(n)
+        for (kind, etype), n in Tally(delivered).items():
             METRICS.records_delivered.labels(kind, _event_type_label(etype)).inc(n)
 
     def _store(self) -> None:
