@@ -25,8 +25,10 @@ import httpx
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# ``bench/stages.py --ab REV`` points this at an exported older tree to time the code before a change.
+CODE_ROOT = Path(os.environ.get("BENCH_CODE_ROOT") or ROOT)
+if str(CODE_ROOT) not in sys.path:
+    sys.path.insert(0, str(CODE_ROOT))
 
 from connector.emulator import config as em  # noqa: E402
 from connector.topics import all_topics, topic_for  # noqa: E402

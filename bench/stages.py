@@ -223,12 +223,20 @@ def main() -> int:
     ap.add_argument("--profile", choices=["pyinstrument", "cprofile"], default=None,
                     help="profile one pipeline pass instead of timing the stages")
     ap.add_argument("--stub-transform", action="store_true", help="with --profile: replace the transform by a lookup")
+    ap.add_argument("--ab", metavar="REV", default=None,
+                    help="compare the pipeline at git revision REV with the working tree: alternating runs "
+                         "in subprocesses (--rounds each), best and median per side")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--pipeline-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     import logging
     import tempfile
 
     logging.basicConfig(level=logging.WARNING)
-    print(f"box: {busy_box()}", flush=True)
+    if args.ab:
+        return ab(args)
+    if not args.pipeline_only:
+        print(f"box: {busy_box()}", flush=True)
     msgs, registry = build(args.events)
     s = settings(Path(tempfile.mkdtemp(prefix="stages-")))
     n = len(msgs)
@@ -266,6 +274,16 @@ def main() -> int:
     from fastavro import parse_schema
 
     from connector.transform import Transformer
+
+    if args.pipeline_only:
+        tr0 = Transformer(s.xdm, org_id=em.DEMO_ORG_ID, source_name=s.aep.source_name)
+        dec0 = Decoder(LocalSchemas.load(), lambda sid: parse_schema(orjson.loads(registry.schemas[sid - 1])))
+        stub0 = {ev["eventId"]: tr0.transform(ev) for m in msgs for ev in dec0.decode(m._value)}  # noqa: SLF001
+        passes = [msgs[i:i + 5000] for i in range(0, n, 5000) if len(msgs[i:i + 5000]) == 5000]
+        whole = min(run_pipeline(s, part, registry) / len(part) for _ in range(args.repeat) for part in passes)
+        stubbed = min(run_pipeline(s, part, registry, stub0) / len(part) for _ in range(args.repeat) for part in passes)
+        print(orjson.dumps({"whole": whole, "stubbed": stubbed}).decode())
+        return 0
 
     decoder = Decoder(LocalSchemas.load(), lambda sid: parse_schema(orjson.loads(registry.schemas[sid - 1])))
     avro = [m._value for m in msgs if m._value[0] == 0]  # noqa: SLF001
@@ -339,6 +357,46 @@ def main() -> int:
     print(f"  → single-core ceiling of the whole loop: {1 / rows['pipeline (whole loop, no HTTP)']:,.0f} events/s")
     print(f"box: {busy_box()}")
     return 0
+
+
+def ab(args: argparse.Namespace) -> int:
+    """Interleaved A/B of the pipeline: REV (exported with ``git archive``) against the working tree."""
+    import shutil
+    import statistics
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    old = Path(tempfile.mkdtemp(prefix=f"stages-ab-{args.ab}-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(root), "archive", args.ab, "connector", "schemas"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        sides = {f"{args.ab}": str(old), "working tree": ""}
+        got: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
+        print(f"box: {busy_box()}", flush=True)
+        for r in range(args.rounds):
+            for name, code_root in (sides.items() if r % 2 == 0 else reversed(sides.items())):
+                env = {**__import__("os").environ, "BENCH_CODE_ROOT": code_root}
+                out = subprocess.run([sys.executable, __file__, "--pipeline-only", "--events", str(args.events),
+                                      "--repeat", str(args.repeat)], capture_output=True, text=True, env=env,
+                                     timeout=900)
+                line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+                if out.returncode or not line:
+                    print(out.stderr[-2000:])
+                    return 1
+                got[name].append(orjson.loads(line[-1]))
+                print(f"  round {r + 1} {name:<14} " + "  ".join(f"{k} {v * 1e6:6.1f}" for k, v in got[name][-1].items()),
+                      flush=True)
+        print(f"µs of CPU per event, {args.rounds} alternating rounds (best / median):")
+        for key, label in (("whole", "pipeline (whole loop, no HTTP)"), ("stubbed", "pipeline, transform stubbed")):
+            cells = [f"{name}: {min(x[key] for x in got[name]) * 1e6:6.1f} / "
+                     f"{statistics.median(x[key] for x in got[name]) * 1e6:6.1f}" for name in sides]
+            print(f"  {label:<34} " + "   ".join(cells))
+        print(f"box: {busy_box()}")
+        return 0
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":
