@@ -240,24 +240,28 @@ class Sink:
             if entries is None:
                 log.warning("207 with %d entries for %d messages; re-sending the request", len(entries or []), len(chunk))
                 return chunk
-        first_retry: int | None = None
+        # Per partition: the first message to retry. A message is re-sent with every later message
+        # of the same partition (so a customer's last write stays the newest); other partitions'
+        # accepted messages are not sent again.
+        records = result.records
+        first_retry: dict[tuple[str, int], int] = {}
         permanent: set[int] = set()
         for i, entry in enumerate(entries):
             status = _entry_status(entry)
             if status is None:
                 continue
+            ri = chunk[i][0]
             if status in (408, 429) or status >= 500:
-                if first_retry is None:
-                    first_retry = i
+                first_retry.setdefault(records[ri].tp, i)
             else:
                 permanent.add(i)
-                ri = chunk[i][0]
                 msg = str(entry.get("message", ""))[:500] if isinstance(entry, dict) else ""
                 xid = entry.get("xactionId") if isinstance(entry, dict) else None
                 result.failures.setdefault(ri, MessageFailure(status, msg, str(xid) if xid else None))
-        if first_retry is None:
+        if not first_retry:
             return []
-        return [item for i, item in enumerate(chunk) if i >= first_retry and i not in permanent]
+        return [item for i, item in enumerate(chunk)
+                if i not in permanent and i >= first_retry.get(records[item[0]].tp, len(chunk))]
 
     # -- helpers -------------------------------------------------------------------------------
     def _backoff(self, attempt: int, retry_after: float | None) -> float:

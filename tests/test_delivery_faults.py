@@ -66,7 +66,7 @@ def test_chaos_transient_faults_lose_nothing_and_dead_letter_nothing(
     assert set(received) == set(want)
     assert read_topic(broker, dlq_topic(prefix), idle_s=0.5) == []  # no transient failure dead-lettered
     dups = sum(received.values()) - len(want)
-    assert dups <= len(want)  # bounded: retries re-send at most a request's remainder
+    assert dups <= len(want)  # bounded: a retry re-sends only the rest of the failing partitions
     assert_committed_to_end(broker, group, prefix)
 
 

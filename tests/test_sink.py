@@ -191,3 +191,18 @@ def test_gzip_bodies_are_marked_and_decode_to_the_same_batch() -> None:
     sink, _ = make_sink(handler, DeliveryConfig(gzip=True, backoff_initial_s=0.001))
     assert sink.deliver(records(3), threading.Event()).failures == {}
     assert len(orjson.loads(seen[0])["messages"]) == 3
+
+
+def test_transient_message_failure_resends_only_later_messages_of_its_partition() -> None:
+    recs = records(6)
+    for i, r in enumerate(recs):
+        r.tp = ("t", i % 2)  # id0, id2, id4 on partition 0; id1, id3, id5 on partition 1
+    sent: list[list[str]] = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        sent.append(ids(r))
+        return ok_207(r, {"id2": 503}) if len(sent) == 1 else ok_207(r)
+
+    sink, _ = make_sink(handler)
+    assert sink.deliver(recs, threading.Event()).failures == {}
+    assert sent[1] == ["id2", "id4"]  # partition 1 was fully accepted: not sent again
