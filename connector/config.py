@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings.exceptions import SettingsError
 
 ENV_PREFIX = "CAPILLARY_AEP__"
 
@@ -264,5 +265,7 @@ def load_settings(path: str | Path | None = None, cls: type[S] | None = None, **
         return (cls or Settings)(**overrides)  # type: ignore[return-value]
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
+    except SettingsError as exc:  # e.g. an environment value that should be JSON and is not
+        raise ConfigError(f"invalid configuration: {exc}") from None
     finally:
         _TOML_PATH[0] = None
