@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest

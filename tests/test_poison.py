@@ -19,7 +19,6 @@ from connector.produce import ensure_topics, produce_events
 from connector.samples import generate_events
 from connector.topics import all_topics, topic_for
 from harness import dlq_topic, assert_committed_to_end, expected_ids, missing, new_group, read_topic, start_connector
-from support import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import signal
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from importlib.util import find_spec
 from typing import Any
 
 import orjson
 import uvicorn
+
+from connector.asgi import GracefulServer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -101,22 +101,7 @@ class EmulatorHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
 
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown (exit status -15 or a
-    KeyboardInterrupt); the emulator returns normally instead."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        sigs = (signal.SIGINT, signal.SIGTERM)
-        previous = {s: signal.signal(s, self.handle_exit) for s in sigs}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+_Server = GracefulServer
 
 
 def uvicorn_config(cfg: EmulatorConfig, host: str = "127.0.0.1", port: int = 8080) -> uvicorn.Config:

@@ -12,16 +12,16 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from importlib.util import find_spec
 from typing import Any
 
 import orjson
 import uvicorn
+
+from connector.asgi import GracefulServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -257,21 +257,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
     return app
 
 
-class _Server(uvicorn.Server):
-    """Return normally after a graceful SIGTERM/SIGINT shutdown (uvicorn would re-raise the signal)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        sigs = (signal.SIGINT, signal.SIGTERM)
-        previous = {s: signal.signal(s, self.handle_exit) for s in sigs}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+_Server = GracefulServer
 
 
 def uvicorn_config(settings: IngestSettings, metrics: IngestMetrics | None = None) -> uvicorn.Config:
