@@ -74,6 +74,15 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_mb(pid: int) -> float:
+    """The process's current resident set (VmRSS), in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -351,6 +360,7 @@ class Watcher(threading.Thread):
         self.pid = pid
         self.interval = interval
         self.samples: list[tuple[float, int, float]] = []  # (monotonic, messages accepted, worker cpu s)
+        self.rss: list[tuple[float, float]] = []  # (monotonic, worker RSS MB), once a second
         self._stop_evt = threading.Event()
         self.http = httpx.Client(base_url=emulator.url, timeout=10)
 
@@ -364,6 +374,11 @@ class Watcher(threading.Thread):
                 accepted, cpu = -1, 0.0
             if accepted >= 0:
                 self.samples.append((t, accepted, cpu))
+            if self.pid and (not self.rss or t - self.rss[-1][0] >= 1.0):
+                try:
+                    self.rss.append((t, rss_mb(self.pid)))
+                except OSError:
+                    pass
             self._stop_evt.wait(max(0.0, t + self.interval - time.monotonic()))
 
     def stop(self) -> None:
@@ -483,7 +498,8 @@ def topics_regex(prefix: str) -> str:
 
 
 def connector_toml(*, bootstrap: str, emulator_url: str, prefix: str, group: str, metrics_port: int | None,
-                   authenticated: bool = True, dcs_url: str | None = None, extra: str = "") -> str:
+                   authenticated: bool = True, dcs_url: str | None = None, registry_url: str | None = None,
+                   extra: str = "") -> str:
     """The connector's configuration for a bench run: only what a deployment must set (addresses,
     ids, the subscription); every tuning knob keeps its default."""
     listen = f"127.0.0.1:{metrics_port}" if metrics_port else ""
@@ -496,7 +512,7 @@ dlq_topic = "bench-dlq.{group}"
 session_timeout_ms = 10000
 
 [decode]
-schema_registry_url = "{emulator_url}"
+schema_registry_url = "{registry_url or emulator_url}"
 
 [aep]
 dcs_url = "{dcs_url or emulator_url}"

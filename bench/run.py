@@ -86,16 +86,21 @@ class Worker:
     """One worker process under test (ours or the peer)."""
 
     name = ""
+    poll_interval = 0.25
 
     def __init__(self, ctx: Context, group: str, prefix: str, emulator: Emulator) -> None:
         self.ctx, self.group, self.prefix, self.emulator = ctx, group, prefix, emulator
         self.proc: subprocess.Popen[bytes] | None = None
         self.launch = 0.0
+        self.baseline_messages = 0  # messages sent before the emulator's counters were last reset
 
     def start(self) -> None:
         raise NotImplementedError
 
     def acked(self) -> int:
+        raise NotImplementedError
+
+    def sent_messages(self) -> int:
         raise NotImplementedError
 
     def alive(self) -> bool:
@@ -117,21 +122,24 @@ class Worker:
                     return True
             except (httpx.HTTPError, OSError, ValueError):
                 pass
-            time.sleep(0.25)
+            time.sleep(self.poll_interval)
         return False
 
 
 class Ours(Worker):
     name = "ours"
+    poll_interval = 1.0  # a /metrics scrape costs the connector CPU: not more than once a second
 
     def start(self) -> None:
         self.metrics_port = free_port()
         cfg = self.ctx.workdir / f"connector-{self.group}.toml"
+        assert self.ctx.emulator is not None
         cfg.write_text(connector_toml(bootstrap=self.ctx.bootstrap, emulator_url=self.emulator.url,
-                                      prefix=self.prefix, group=self.group, metrics_port=self.metrics_port))
+                                      prefix=self.prefix, group=self.group, metrics_port=self.metrics_port,
+                                      registry_url=self.ctx.emulator.url, extra=self.ctx.args.ours_toml))
         self.launch = time.monotonic()
         self.proc = self.ctx.procs.start(f"ours-{self.group}", [PY, "-m", "connector", "run", "--config", str(cfg)],
-                                         env=CONNECTOR_ENV)
+                                         env={**CONNECTOR_ENV, **dict(kv.split("=", 1) for kv in self.ctx.args.ours_env)})
         if self.ctx.args.profile:
             # Sampling profiler attached from outside (its own process): collapsed stacks per thread,
             # written when the connector exits. Figures of a profiled run are not comparable.
@@ -148,12 +156,18 @@ class Ours(Worker):
     def acked(self) -> int:
         return int(self.metrics().get("capillary_aep_records_acknowledged_total", 0))
 
+    def sent_messages(self) -> int:
+        return int(self.metrics().get("capillary_aep_records_delivered_total", 0))
+
     def checks(self, res: RunResult, stats: dict[str, Any]) -> None:
         m = self.metrics()
         dead = int(m.get("capillary_aep_records_dead_lettered_total", 0))
-        delivered = int(m.get("capillary_aep_records_delivered_total", 0))
+        delivered = int(m.get("capillary_aep_records_delivered_total", 0)) - self.baseline_messages
         res.extra["dead_lettered"] = dead
         res.extra["retries"] = int(m.get("capillary_aep_retries_total", 0))
+        n = m.get("capillary_aep_http_request_duration_seconds_count", 0)
+        if n:
+            res.extra["mean_request_ms"] = round(m["capillary_aep_http_request_duration_seconds_sum"] / n * 1000, 1)
         if dead:
             res.problems.append(f"{dead} records dead-lettered")
         if stats["messages_accepted"] < delivered:
@@ -167,7 +181,7 @@ class Peer(Worker):
         self.progress = self.ctx.workdir / f"peer-{self.group}.json"
         self.progress.unlink(missing_ok=True)
         args = [PY, str(ROOT / "bench" / "peer_quix.py"), "--bootstrap", self.ctx.bootstrap,
-                "--registry", self.emulator.url, "--dcs", self.emulator.url, "--ims", self.emulator.url,
+                "--registry", self.ctx.emulator.url, "--dcs", self.emulator.url, "--ims", self.emulator.url,
                 "--group", self.group, "--topics", ",".join(all_topics(self.prefix)),
                 "--progress", str(self.progress), "--commit-interval", str(self.ctx.args.peer_commit_interval)]
         self.launch = time.monotonic()
@@ -182,12 +196,16 @@ class Peer(Worker):
     def acked(self) -> int:
         return int(self.status()["records"])
 
+    def sent_messages(self) -> int:
+        return int(self.status()["messages"])
+
     def checks(self, res: RunResult, stats: dict[str, Any]) -> None:
         st = self.status()
         if st["failed"]:
             res.problems.append(f"{st['failed']} messages rejected by the inlet")
-        if stats["messages_accepted"] < st["messages"]:
-            res.problems.append(f"inlet accepted {stats['messages_accepted']} messages, peer sent {st['messages']}")
+        sent = st["messages"] - self.baseline_messages
+        if stats["messages_accepted"] < sent:
+            res.problems.append(f"inlet accepted {stats['messages_accepted']} messages, peer sent {sent}")
 
 
 WORKERS = {"ours": Ours, "peer": Peer}
@@ -273,8 +291,11 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
     res.bytes = stats["bytes_received"]
     res.max_request_bytes = stats["max_request_bytes"]
     res.duplicates = stats["duplicate_ids"]
-    if done:
-        w.checks(res, stats)
+    if watcher.rss:
+        t0 = res.launch
+        step = max(1, len(watcher.rss) // 12)
+        res.extra["rss_curve_mb"] = [(round(t - t0), round(mb)) for t, mb in watcher.rss[::step]]
+    _checks(w, res, stats)
     if latency_ms:
         emulator.faults(latency_ms=0)
     if ctx.args.verify_commits and worker_name == "ours" and done:
@@ -289,8 +310,20 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
         if behind:
             res.problems.append(f"committed offsets behind the end on {len(behind)} partitions: {behind}")
     res.ok = done and not res.problems
-    say(f"  {worker_name}: {summary_line(res)}")
+    say(f"  {worker_name}: {summary_line(res)}"
+        + (f"; mean inlet request {res.extra['mean_request_ms']} ms" if "mean_request_ms" in res.extra else ""))
+    if "rss_curve_mb" in res.extra:
+        say(f"    RSS (s, MB): {res.extra['rss_curve_mb']}")
     return res
+
+
+def _checks(w: Worker, res: RunResult, stats: dict[str, Any]) -> None:
+    if not w.alive():
+        return
+    try:
+        w.checks(res, stats)
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        res.problems.append(f"could not read the worker's counters: {exc}")
 
 
 def run_steady(ctx: Context, worker_name: str, emulator: Emulator) -> RunResult:
@@ -317,6 +350,7 @@ def run_steady(ctx: Context, worker_name: str, emulator: Emulator) -> RunResult:
         w.stop()
         res.ok = False
         return res
+    w.baseline_messages = w.sent_messages()
     emulator.reset()
     cpu0 = cpu_seconds(w.proc.pid)
     producer = PacedProducer(ctx.bootstrap, ctx.factory, prefix, rate, seconds, base + warmup)
@@ -332,8 +366,7 @@ def run_steady(ctx: Context, worker_name: str, emulator: Emulator) -> RunResult:
     res.max_request_bytes, res.duplicates = stats["max_request_bytes"], stats["duplicate_ids"]
     res.extra["producer_behind_s"] = round(producer.behind_s, 3)
     res.extra["produced"] = producer.produced
-    if done:
-        w.checks(res, stats)
+    _checks(w, res, stats)
     code = w.stop()
     res.extra["exit_code"] = code
     lat: list[float] = []
@@ -358,7 +391,9 @@ def run_steady(ctx: Context, worker_name: str, emulator: Emulator) -> RunResult:
     res.ok = done and not res.problems
     say(f"  {worker_name}: p50 {res.p50_ms} ms, p99 {res.p99_ms} ms, p99.9 {res.p999_ms} ms, max {res.max_ms} ms "
         f"over {len(lat):,} events; {res.mean_request_messages:.0f} msgs/request; "
-        f"CPU {res.cpu_steady_s / seconds * 100:.0f}% of a core; problems: {res.problems or 'none'}")
+        f"CPU {res.cpu_steady_s / seconds * 100:.0f}% of a core"
+        + (f"; mean inlet request {res.extra['mean_request_ms']} ms" if "mean_request_ms" in res.extra else "")
+        + f"; problems: {res.problems or 'none'}")
     return res
 
 
@@ -555,6 +590,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--run-timeout", type=float, default=None, help="bound per worker run (default from N)")
     ap.add_argument("--json", default=None, help="write every figure to this JSON file")
+    ap.add_argument("--ours-toml", default="", help="extra TOML appended to our connector's config (experiments)")
+    ap.add_argument("--ours-env", action="append", default=[], metavar="K=V",
+                    help="extra environment for our connector (experiments; repeatable)")
     ap.add_argument("--profile", action="store_true",
                     help="attach py-spy to our connector (collapsed stacks in the work directory)")
     ap.add_argument("--workdir", default=None, help="logs and configs (default: a new temp directory)")
