@@ -1,7 +1,7 @@
 """The connector benchmark: one command, on loopback, with the embedded broker and the emulator.
 
     python bench/run.py [--mode all|rate|peer|latency|steady|ceiling|drain|emulator|smoke]
-                        [--events 200000] [--drain-events 1000000] [--steady-rate 5000]
+                        [--events 200000] [--drain-events 1000000] [--steady-rate 5000,2500]
                         [--steady-seconds 20] [--latency-ms 50] [--no-peer] [--json FILE]
 
 Modes (``all`` runs every one of them, sharing one broker and one backlog):
@@ -326,24 +326,25 @@ def _checks(w: Worker, res: RunResult, stats: dict[str, Any]) -> None:
         res.problems.append(f"could not read the worker's counters: {exc}")
 
 
-def run_steady(ctx: Context, worker_name: str, emulator: Emulator) -> RunResult:
-    """A fresh topic fed at a steady rate; latency from record birth to the inlet."""
+def run_steady(ctx: Context, worker_name: str, emulator: Emulator, rate: float, base: int) -> RunResult:
+    """A fresh topic fed at a steady rate; latency from record birth to the inlet. ``base``: the
+    first record index (distinct eventIds per run)."""
     assert ctx.factory is not None
-    rate, seconds = ctx.args.steady_rate, ctx.args.steady_seconds
+    seconds = ctx.args.steady_seconds
     total = int(rate * seconds)
-    res = RunResult(worker_name, "steady", total)
-    prefix = f"bench.{ctx.run_id}.steady-{worker_name}."
+    scenario = f"steady{rate:.0f}"
+    res = RunResult(worker_name, scenario, total)
+    prefix = f"bench.{ctx.run_id}.{scenario}-{worker_name}."
     from connector.produce import ensure_topics
 
     ensure_topics(ctx.bootstrap, all_topics(prefix), ctx.args.partitions)
     emulator.reset()
-    w: Worker = WORKERS[worker_name](ctx, ctx.group(worker_name, "steady"), prefix, emulator)
+    w: Worker = WORKERS[worker_name](ctx, ctx.group(worker_name, scenario), prefix, emulator)
     say(f"steady: {worker_name} at {rate:,.0f} events/s for {seconds:.0f}s ...")
     w.start()
     assert w.proc is not None
     res.launch = w.launch
     warmup = 500
-    base = 10_000_000  # record indexes of this scenario (distinct eventIds from the backlogs)
     produce_backlog(ctx.bootstrap, ctx.factory, warmup, prefix, ctx.args.partitions, start=base)
     if not w.wait_acked(warmup, 120):
         res.problems.append("warm-up records not acknowledged")
@@ -356,11 +357,18 @@ def run_steady(ctx: Context, worker_name: str, emulator: Emulator) -> RunResult:
     producer = PacedProducer(ctx.bootstrap, ctx.factory, prefix, rate, seconds, base + warmup)
     producer.start()
     producer.join(seconds + 60)
-    done = w.wait_acked(warmup + producer.produced, 60)
-    res.cpu_steady_s = cpu_seconds(w.proc.pid) - cpu0
+    res.cpu_steady_s = cpu_seconds(w.proc.pid) - cpu0  # over the paced window
+    try:
+        behind = warmup + producer.produced - w.acked()
+    except (httpx.HTTPError, OSError, ValueError):
+        behind = -1
+    res.extra["backlog_when_producer_stopped"] = behind
+    if behind > rate * 2:
+        res.extra["fell_behind"] = True  # saturated: latency grew through the run
+    done = w.wait_acked(warmup + producer.produced, max(60.0, behind / 1000 + 60))
     res.peak_rss_mb = peak_rss_mb(w.proc.pid)
     if not done:
-        res.problems.append(f"not all acknowledged 60 s after the producer stopped (got {w.acked()})")
+        res.problems.append(f"not all acknowledged after the producer stopped (got {w.acked()})")
     stats = emulator.stats()
     res.requests, res.messages, res.bytes = stats["batch_requests"], stats["messages_accepted"], stats["bytes_received"]
     res.max_request_bytes, res.duplicates = stats["max_request_bytes"], stats["duplicate_ids"]
@@ -541,14 +549,24 @@ def report(results: dict[str, Any]) -> str:
             p.steady_rate if p else None, "≥ 40,000")
         add(f"+{ms:.0f} ms inlet latency: mean request, KB", o.mean_request_kb if o else None,
             p.mean_request_kb if p else None, "")
-    o, p = get("steady/ours"), get("steady/peer")
-    if o or p:
-        r = results["args"]["steady_rate"]
+    for r in results["args"]["steady_rates"]:
+        o, p = get(f"steady{r:.0f}/ours"), get(f"steady{r:.0f}/peer")
+        if not o and not p:
+            continue
+        sat = {k: " (fell behind)" if x is not None and x.extra.get("fell_behind") else ""
+               for k, x in (("o", o), ("p", p))}
         add(f"steady {r:,.0f}/s: p50 record→inlet ms", o.p50_ms if o else None, p.p50_ms if p else None, "")
-        add(f"steady {r:,.0f}/s: p99 record→inlet ms", o.p99_ms if o else None, p.p99_ms if p else None, "< 250")
+        add(f"steady {r:,.0f}/s: p99 record→inlet ms", o.p99_ms if o else None, p.p99_ms if p else None,
+            "< 250" if r == 5000 else "")
         secs = results["args"]["steady_seconds"]
         add(f"steady {r:,.0f}/s: worker CPU, % of a core", o.cpu_steady_s / secs * 100 if o else None,
             p.cpu_steady_s / secs * 100 if p else None, "")
+        if sat["o"] or sat["p"]:
+            def kept(x: RunResult | None) -> str:
+                return "—" if x is None else "no" if x.extra.get("fell_behind") else "yes"
+
+            rows.append((f"steady {r:,.0f}/s: kept up with the producer?", kept(o), kept(p), "",
+                         "no = saturated, latency grows"))
     o, p = get("drain/ours"), get("drain/peer")
     if o or p:
         n = results["args"]["drain_events"]
@@ -579,7 +597,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--events", type=int, default=None, help="backlog size (default 200000; smoke 20000)")
     ap.add_argument("--drain-events", type=int, default=1_000_000)
     ap.add_argument("--drain-peer", action="store_true", help="also run the peer on the drain backlog")
-    ap.add_argument("--steady-rate", type=float, default=5000)
+    ap.add_argument("--steady-rate", default="5000,2500",
+                    help="events/s of the steady mode; a comma list runs each (default 5000,2500)")
     ap.add_argument("--steady-seconds", type=float, default=20)
     ap.add_argument("--latency-ms", type=float, default=50)
     ap.add_argument("--no-peer", action="store_true", help="ours only")
@@ -603,6 +622,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.run_timeout = max(120.0, max(args.events, args.drain_events if args.mode in ("all", "drain") else 0)
                                / 2000)
     args.verify_commits = args.mode == "smoke"
+    args.steady_rates = [float(x) for x in str(args.steady_rate).split(",") if x.strip()]
     return args
 
 
@@ -642,8 +662,11 @@ def main(argv: list[str] | None = None) -> int:
             if mode in ("all", "steady"):
                 em2 = Emulator(ctx.procs, "emulator-steady", store_bodies=True)
                 say(f"emulator for the steady runs on {em2.url} (--store-bodies: per-message receipt times)")
-                for wn in ["ours", *peers]:
-                    runs[f"steady/{wn}"] = run_steady(ctx, wn, em2)
+                base = 10_000_000  # record indexes of the steady runs (distinct eventIds from the backlogs)
+                for r in args.steady_rates:
+                    for wn in ["ours", *peers]:
+                        runs[f"steady{r:.0f}/{wn}"] = run_steady(ctx, wn, em2, r, base)
+                        base += 1_000_000
                 ctx.procs.stop(em2.proc)
             if mode in ("all", "drain"):
                 prefix = ctx.backlog("drain", args.drain_events)
