@@ -112,10 +112,10 @@ class Procs:
         self.procs: list[tuple[subprocess.Popen[bytes], int, Any]] = []
 
     def start(self, name: str, args: list[str], *, env: dict[str, str] | None = None,
-              stop_signal: int = signal.SIGTERM) -> subprocess.Popen[bytes]:
+              stop_signal: int = signal.SIGTERM, cwd: Path | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})}, cwd=str(ROOT))
+                                env={**os.environ, **(env or {})}, cwd=str(cwd or ROOT))
         self.procs.append((proc, stop_signal, log))
         return proc
 

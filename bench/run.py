@@ -139,7 +139,8 @@ class Ours(Worker):
                                       registry_url=self.ctx.emulator.url, extra=self.ctx.args.ours_toml))
         self.launch = time.monotonic()
         self.proc = self.ctx.procs.start(f"ours-{self.group}", [PY, "-m", "connector", "run", "--config", str(cfg)],
-                                         env={**CONNECTOR_ENV, **dict(kv.split("=", 1) for kv in self.ctx.args.ours_env)})
+                                         env={**CONNECTOR_ENV, **dict(kv.split("=", 1) for kv in self.ctx.args.ours_env)},
+                                         cwd=self.ctx.ours_code)
         if self.ctx.args.profile:
             # Sampling profiler attached from outside (its own process): collapsed stacks per thread,
             # written when the connector exits. Figures of a profiled run are not comparable.
@@ -227,6 +228,9 @@ class Context:
         self.factory: EventFactory | None = None
         self.backlogs: dict[str, int] = {}  # prefix → records produced
         self.run_id = uuid.uuid4().hex[:6]
+        self.ours_code: Path | None = None  # --ours-code: run our connector from an exported older tree
+        if args.ours_code:
+            self.ours_code = export_tree(args.ours_code, workdir)
 
     def setup(self) -> None:
         from common import start_broker
@@ -253,6 +257,18 @@ class Context:
 
     def group(self, worker: str, scenario: str) -> str:
         return f"bench-{self.run_id}-{scenario}-{worker}"
+
+
+def export_tree(rev: str, workdir: Path) -> Path:
+    """``connector/`` and ``schemas/`` of git revision ``rev``, exported under the work directory;
+    ``python -m connector`` started there runs that code (the current directory comes first)."""
+    out = workdir / f"code-{rev}"
+    if not out.exists():
+        out.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "connector", "schemas"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
 
 
 # == scenarios =============================================================================
@@ -612,6 +628,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ours-toml", default="", help="extra TOML appended to our connector's config (experiments)")
     ap.add_argument("--ours-env", action="append", default=[], metavar="K=V",
                     help="extra environment for our connector (experiments; repeatable)")
+    ap.add_argument("--ours-code", default=None, metavar="REV",
+                    help="run our connector from git revision REV (before/after comparisons; not the ceiling)")
     ap.add_argument("--profile", action="store_true",
                     help="attach py-spy to our connector (collapsed stacks in the work directory)")
     ap.add_argument("--workdir", default=None, help="logs and configs (default: a new temp directory)")
