@@ -1,3 +1,4 @@
 from connector.cli import main
 
-main(prog_name="capillary-aep")
+if __name__ == "__main__":  # not when a spawned worker process imports it
+    main(prog_name="capillary-aep")

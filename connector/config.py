@@ -186,6 +186,19 @@ class DeliveryConfig(_Section):
     gzip: bool = False
 
 
+class ProcessingConfig(_Section):
+    # Processes that decode, transform and encode (the CPU-bound stages): "auto" = one per CPU
+    # available (0 on a single CPU); 0 = on the consumer thread. See connector/workers.py.
+    workers: int | Literal["auto"] = "auto"
+
+    @field_validator("workers")
+    @classmethod
+    def _check_workers(cls, value: int | str) -> int | str:
+        if value != "auto" and not 0 <= int(value) <= 32:
+            raise ValueError("must be \"auto\" or an integer from 0 to 32")
+        return value
+
+
 class MetricsConfig(_Section):
     listen: str = "127.0.0.1:9400"  # "" disables the metrics/health server
 
@@ -230,6 +243,7 @@ class Settings(FileSettings):
     xdm: XdmConfig
     batch: BatchConfig = Field(default_factory=BatchConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -26,23 +26,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import orjson
 from confluent_kafka import KafkaError
 
 from connector.auth import TokenProvider
-from connector.avro_schemas import LocalSchemas
 from connector.batch import Batcher, PendingRecord
 from connector.config import Settings
-from connector.decode import SINGLE_OBJECT_MAGIC, WIRE_MAGIC, Decoder
 from connector.dlq import DeadLetter, DeadLetterWriter
-from connector.errors import AuthFailure, DecodeError, RegistryUnavailable, TransientError
+from connector.errors import AuthFailure, RegistryUnavailable, TransientError
 from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
-from connector.registry import RegistryLookup
 from connector.sink import BatchResult, Sink
 from connector.source import Source, producer_config
-from connector.transform import Transformer, TransformError
 from connector.transform.events import SPECS
+from connector.workers import (
+    EMPTY,
+    OK,
+    Outcome,
+    ProcessorSpec,
+    RecordProcessor,
+    WorkerCrashed,
+    WorkerPool,
+    resolve_workers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +84,14 @@ class Pipeline:
         self.settings = s = settings
         self.tracker = OffsetTracker()
         self.batcher = Batcher(s.batch.lanes, s.batch.max_records, s.batch.max_bytes, s.batch.linger_ms / 1000)
-        local = LocalSchemas.load(s.decode.schemas_dir or None)
-        lookup = RegistryLookup(s.decode.schema_registry_url) if s.decode.schema_registry_url else None
-        self.decoder = Decoder(local, lookup)
-        self.transformer = Transformer(s.xdm, org_id=s.aep.org_id, source_name=s.aep.source_name)
+        self.spec = ProcessorSpec(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, self.batcher.max_record_size,
+                                  s.log.level, s.log.format)
+        self.processor = RecordProcessor(self.spec)  # on this thread when there are no workers
+        self.decoder, self.transformer = self.processor.decoder, self.processor.transformer
+        self.workers = resolve_workers(s.processing.workers)
+        self.pool: WorkerPool | None = None  # started by run()
+        self._chunks: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # seq → records at a worker
+        self._max_chunks = 2 * self.workers  # chunks out at once: one being worked on, one queued, per worker
         self.client = httpx.Client(
             timeout=httpx.Timeout(s.delivery.request_timeout_s, connect=s.delivery.connect_timeout_s),
             limits=httpx.Limits(max_connections=s.batch.lanes + 1, max_keepalive_connections=s.batch.lanes + 1,
@@ -123,6 +132,9 @@ class Pipeline:
             self.settings.kafka, self._on_assign, self._on_revoke, self._on_lost
         )
         METRICS.up.set(1)
+        if self.workers:
+            self.pool = WorkerPool(self.workers, self.spec)
+            log.info("decoding and transforming in %d worker processes (pids %s)", self.workers, self.pool.pids)
         self._probe_auth(force=True)
         # Everything built so far (modules, compiled validator, schemas, clients) lives as long as the
         # process: keep it out of the cyclic GC's full collections, which otherwise walk it all
@@ -135,17 +147,30 @@ class Pipeline:
         except RegistryUnavailable as exc:
             log.error("%s: stopping without committing the undecoded records", exc)
             self.exit_code = 3
+        except WorkerCrashed as exc:
+            log.error("%s: stopping without committing the records they had", exc)
+            self.exit_code = 5
         finally:
             self._shutdown()
             METRICS.up.set(0)
         return self.exit_code
 
     def run_once(self) -> None:
-        msgs = self.source.consume()
+        pool = self.pool
+        if pool is None:
+            msgs = self.source.consume()
+        elif pool.outstanding >= self._max_chunks:
+            msgs = []  # workers are behind: wait for them rather than queue more
+            self._collect_outcomes(0.01)
+        else:
+            # With chunks at the workers, do not sit in the consumer's wait while answers are due.
+            msgs = self.source.consume(0.0 if pool.outstanding else None)
         now = time.monotonic()
         self.last_loop = now
         if msgs:
             self._ingest(msgs, now)
+        if pool is not None and pool.outstanding:
+            self._collect_outcomes(0.0 if msgs else 0.005)
         self._collect()
         self._dispatch(now)
         self.dlq.poll(0)
@@ -155,20 +180,13 @@ class Pipeline:
         if self.sink.auth_failed or (self.tokens is not None and not self.inflight and not self.tokens.valid()):
             self._probe_auth()
 
-    # == ingest: decode → transform → encode → batch ========================================
+    # == ingest: decode → transform → encode (here or in workers) → batch ======================
     def _ingest(self, msgs: list[Any], now: float) -> None:
-        # The hot loop: per record only what must be per record. Metric labels are collected in
-        # lists and counted once per consume() batch (Counter counts a list in C).
+        """Track what was consumed, then process it: on this thread, or in the worker owning each
+        partition (its outcomes come back through ``_collect_outcomes``)."""
         received = self.tracker.received
-        ack = self.tracker.ack
-        decode = self.decoder.decode
-        transform = self.transformer.transform
-        dumps = orjson.dumps
-        add = self.batcher.add
-        max_size = self.batcher.max_record_size
         consumed: list[str] = []
-        decoded: list[tuple[str, str]] = []
-        transformed: list[tuple[str, str]] = []
+        entries: list[tuple[Any, TopicPartition, int]] = []
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -176,41 +194,59 @@ class Pipeline:
                 continue
             topic = m.topic()
             tp = (topic, m.partition())
-            offset = m.offset()
-            epoch = received(tp, offset)
+            epoch = received(tp, m.offset())
             if epoch is None:
                 continue
             consumed.append(topic)
-            value = m.value()
-            try:
-                events = decode(value)
-            except DecodeError as exc:
-                self._dead_letter(m, tp, epoch, "decode", "DecodeError", exc.reason, exc.detail)
-                continue
-            except RegistryUnavailable:
-                raise
-            decoded.append((topic, _format_of(value)))
-            try:
-                out = transform(events[0]) if len(events) == 1 else [x for ev in events for x in transform(ev)]
-            except TransformError as exc:
-                stage = "validate" if exc.reason == "xdm_invalid" else "transform"
-                self._dead_letter(m, tp, epoch, stage, "TransformError", exc.reason, exc.detail)
-                continue
-            if not out:
-                ack(tp, epoch, offset)  # nothing to send for this record (e.g. filtered)
-                continue
-            bodies = [dumps(x.envelope) for x in out]
-            size = sum(map(len, bodies)) + len(bodies)
-            if size > max_size:
-                self._dead_letter(m, tp, epoch, "deliver", "RecordTooLarge", "record_too_large",
-                                  f"{size} bytes of XDM exceed the {max_size}-byte request limit", http_status=413)
-                continue
-            labels = [(x.kind, x.event_type) for x in out]
-            transformed += labels
-            add(PendingRecord(tp, offset, epoch, m.timestamp()[1], m.key(), value, m.headers(), bodies, labels, size),
-                now)
+            entries.append((m, tp, epoch))
         for topic, n in Tally(consumed).items():
             METRICS.records_consumed.labels(topic).inc(n)
+        if not entries:
+            return
+        pool = self.pool
+        if pool is None:
+            self._integrate(entries, self.processor.run([e[0].value() for e in entries]), now)
+            return
+        by_worker: dict[int, list[tuple[Any, TopicPartition, int]]] = {}
+        owner = pool.owner
+        for e in entries:
+            by_worker.setdefault(owner(e[1]), []).append(e)
+        for worker_no, chunk in by_worker.items():
+            self._chunks[pool.submit(worker_no, [e[0].value() for e in chunk])] = chunk
+
+    def _collect_outcomes(self, timeout: float) -> None:
+        if self.pool is not None:
+            self.pool.collect(timeout, self._on_outcomes)
+
+    def _on_outcomes(self, seq: int, outcomes: list[Outcome]) -> None:
+        self._integrate(self._chunks.pop(seq), outcomes, time.monotonic())
+
+    def _integrate(self, entries: list[tuple[Any, TopicPartition, int]], outcomes: list[Outcome],
+                   now: float) -> None:
+        # The hot loop: per record only what must be per record. Metric labels are collected in
+        # lists and counted once per chunk (Counter counts a list in C).
+        epoch_of = self.tracker.epoch
+        ack = self.tracker.ack
+        add = self.batcher.add
+        decoded: list[tuple[str, str]] = []
+        transformed: list[tuple[str, str]] = []
+        for (m, tp, epoch), o in zip(entries, outcomes):
+            if epoch_of(tp) != epoch:
+                continue  # revoked while a worker had it: the next owner reads it again
+            kind = o[0]
+            if kind == OK:
+                decoded.append((tp[0], o[1]))
+                transformed += o[3]
+                add(PendingRecord(tp, m.offset(), epoch, m.timestamp()[1], m.key(), m.value(), m.headers(), o[2],
+                                  o[3], o[4]), now)
+            elif kind == EMPTY:
+                decoded.append((tp[0], o[1]))
+                ack(tp, epoch, m.offset())  # nothing to send for this record (e.g. filtered)
+            else:
+                _, stage, error_class, reason, detail, http_status, fmt = o
+                if fmt is not None:
+                    decoded.append((tp[0], fmt))
+                self._dead_letter(m, tp, epoch, stage, error_class, reason, detail, http_status)
         for key, n in Tally(decoded).items():
             child = self._decoded_counters.get(key)
             if child is None:
@@ -273,7 +309,7 @@ class Pipeline:
     def _complete(self, lane_no: int, fl: _InFlight) -> None:
         try:
             result = fl.future.result()
-        except Exception:  # noqa: BLE001 - a bug in the sender must not lose records
+        except Exception:
             log.exception("sender failed; the batch will be sent again")
             return
         tracker = self.tracker
@@ -424,10 +460,11 @@ class Pipeline:
             # Drain: keep serving callbacks so the member stays in the group while batches finish.
             while (self.tracker.pending or self.dlq.outstanding) and time.monotonic() < deadline \
                     and self.exit_code == 0:
-                msgs = self.source.poll_callbacks(0.02)
+                msgs = self.source.poll_callbacks(0.02 if self.pool is None or not self.pool.outstanding else 0.0)
                 now = time.monotonic()
                 if msgs:
                     self._ingest(msgs, now)
+                self._collect_outcomes(0.02)
                 self._collect()
                 self._dispatch(now, flush=True)
                 self.dlq.poll(0)
@@ -445,6 +482,8 @@ class Pipeline:
             closer.start()
             closer.join(_CLOSE_TIMEOUT_S)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.close()
         self.client.close()
         log.info("stopped")
 
@@ -455,10 +494,3 @@ _EVENT_TYPES = frozenset(spec.event_type for spec in SPECS.values()) | {"profile
 
 def _event_type_label(event_type: str) -> str:
     return event_type if event_type in _EVENT_TYPES else "other"
-
-
-def _format_of(value: bytes) -> str:
-    """The encoding label of a value that decoded (so it is not empty), from its framing bytes."""
-    if value[0] == WIRE_MAGIC:
-        return "avro-registry"
-    return "avro-single" if value[:2] == SINGLE_OBJECT_MAGIC else "json"

@@ -101,9 +101,10 @@ class Source:
             on_lost=lambda _c, parts: on_lost(parts),
         )
 
-    def consume(self) -> list[Any]:
+    def consume(self, timeout: float | None = None) -> list[Any]:
         """Up to ``consume_batch`` records: what is already fetched, at once; when nothing is, the
-        first record to arrive within ``consume_timeout_s`` and whatever came with it.
+        first record to arrive within ``timeout`` (default ``consume_timeout_s``) and whatever
+        came with it.
 
         ``consume(n, timeout)`` alone waits for ``n`` records or the whole timeout, which at a
         moderate rate adds the timeout to every record's latency; under a backlog both return full
@@ -113,7 +114,7 @@ class Source:
         msgs = c.consume(n, 0)
         if msgs:
             return msgs
-        first = c.poll(self.cfg.consume_timeout_s)
+        first = c.poll(self.cfg.consume_timeout_s if timeout is None else timeout)
         if first is None:
             return []
         return [first, *c.consume(n - 1, 0)] if n > 1 else [first]

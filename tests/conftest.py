@@ -13,6 +13,18 @@ import pytest
 from support import ManagedProcess, free_port, python_module, start_broker, wait_until
 
 
+@pytest.fixture(autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    """Kill (by process group) whatever a test started and did not stop, e.g. after a failed assert.
+    Session fixtures (broker, emulator) are set up before this snapshot and are left alone."""
+    before = len(ManagedProcess.started)
+    yield
+    for proc in ManagedProcess.started[before:]:
+        if proc.alive():
+            proc.kill()
+    del ManagedProcess.started[before:]
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One embedded Kafka-compatible broker for the session; tests isolate by topic prefix and group."""

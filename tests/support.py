@@ -50,7 +50,12 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class ManagedProcess:
-    """A child process in its own session, stopped by pid (and its group) at the end of a test."""
+    """A child process in its own session, stopped by pid (and its group) at the end of a test.
+
+    Every instance is listed in ``started`` so that a test that fails before stopping its processes
+    still leaves none behind (``conftest.py`` kills what a test started and left running)."""
+
+    started: list[ManagedProcess] = []
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class ManagedProcess:
             cwd=str(cwd or ROOT),
         )
         self.pid = self.proc.pid
+        ManagedProcess.started.append(self)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
