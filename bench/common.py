@@ -58,29 +58,87 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last!r})")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (the connector's transform workers are its children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:  # exited meanwhile
+        pass
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
-    """user+system CPU of a process and all its threads (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """user+system CPU of a process, its threads and its descendants (live and reaped), from /proc."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / CLK_TCK
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's resident-set high-water mark (VmHWM), in MB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return _status_kb(pid, "VmRSS:")
 
 
 def rss_mb(pid: int) -> float:
-    """The process's current resident set (VmRSS), in MB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    """Memory of the process and its descendants: the sum of their PSS (shared pages counted once,
+    split between the processes sharing them), in MB. For one process it is its RSS less its share
+    of shared libraries; for the connector it includes its transform workers."""
+    return sum(_pss_kb(p) for p in process_tree(pid)) / 1024
+
+
+class MemoryPeak(threading.Thread):
+    """Samples :func:`rss_mb` of a process tree every ``interval`` s; ``peak`` is the highest."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True, name="memory")
+        self.pid, self.interval, self.peak = pid, interval, 0.0
+        self.curve: list[tuple[float, float]] = []  # (monotonic, MB)
+        self._stop_evt = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_evt.is_set():
+            self.sample()
+            self._stop_evt.wait(self.interval)
+
+    def sample(self) -> float:
+        mb = rss_mb(self.pid)
+        if mb > 0:
+            self.peak = max(self.peak, mb)
+            self.curve.append((time.monotonic(), mb))
+        return self.peak
+
+    def stop(self) -> float:
+        self._stop_evt.set()
+        self.join(5)
+        return self.sample()
 
 
 def machine() -> dict[str, Any]:

@@ -64,7 +64,7 @@ from common import (  # noqa: E402
     free_port,
     iso_to_ms,
     machine,
-    peak_rss_mb,
+    MemoryPeak,
     percentile,
     produce_backlog,
     wait_for,
@@ -286,16 +286,19 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
     res.launch = w.launch
     watcher = Watcher(emulator, w.proc.pid)
     watcher.start()
+    memory = MemoryPeak(w.proc.pid)
+    memory.start()
     try:
         done = w.wait_acked(n, ctx.args.run_timeout)
         if done:
-            res.peak_rss_mb = peak_rss_mb(w.proc.pid)
+            res.peak_rss_mb = memory.stop()
             time.sleep(0.15)  # let the watcher see the final count
         else:
             res.problems.append("worker exited early" if not w.alive() else
                                 f"not all acknowledged within {ctx.args.run_timeout:.0f}s (got {w.acked()})")
     finally:
         watcher.stop()
+        memory.stop()
     stats = emulator.stats()
     first, last = watcher.first_ack(), watcher.last_ack()
     if done and first and last:
@@ -329,7 +332,7 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
     say(f"  {worker_name}: {summary_line(res)}"
         + (f"; mean inlet request {res.extra['mean_request_ms']} ms" if "mean_request_ms" in res.extra else ""))
     if "rss_curve_mb" in res.extra:
-        say(f"    RSS (s, MB): {res.extra['rss_curve_mb']}")
+        say(f"    memory (s, MB PSS): {res.extra['rss_curve_mb']}")
     return res
 
 
@@ -370,6 +373,8 @@ def run_steady(ctx: Context, worker_name: str, emulator: Emulator, rate: float, 
     w.baseline_messages = w.sent_messages()
     emulator.reset()
     cpu0 = cpu_seconds(w.proc.pid)
+    memory = MemoryPeak(w.proc.pid)
+    memory.start()
     producer = PacedProducer(ctx.bootstrap, ctx.factory, prefix, rate, seconds, base + warmup)
     producer.start()
     producer.join(seconds + 60)
@@ -382,7 +387,7 @@ def run_steady(ctx: Context, worker_name: str, emulator: Emulator, rate: float, 
     if behind > rate * 2:
         res.extra["fell_behind"] = True  # saturated: latency grew through the run
     done = w.wait_acked(warmup + producer.produced, max(60.0, behind / 1000 + 60))
-    res.peak_rss_mb = peak_rss_mb(w.proc.pid)
+    res.peak_rss_mb = memory.stop()
     if not done:
         res.problems.append(f"not all acknowledged after the producer stopped (got {w.acked()})")
     stats = emulator.stats()
@@ -508,7 +513,7 @@ def committed_behind(bootstrap: str, group: str, prefix: str) -> dict[str, tuple
 # == report ================================================================================
 def summary_line(r: RunResult) -> str:
     return (f"{r.steady_rate:,.0f} events/s steady ({r.rate_with_startup:,.0f} with start-up), "
-            f"{r.cpu_per_1k:.3f} CPU s/1k, peak RSS {r.peak_rss_mb:.0f} MB, "
+            f"{r.cpu_per_1k:.3f} CPU s/1k, peak memory {r.peak_rss_mb:.0f} MB, "
             f"{r.mean_request_messages:.0f} msgs / {r.mean_request_kb:.0f} KB per request "
             f"(max {r.max_request_bytes / 1000:.0f} KB), {r.requests_per_s:.1f} req/s; "
             f"problems: {r.problems or 'none'}")
@@ -546,7 +551,7 @@ def report(results: dict[str, Any]) -> str:
             "≥ 50,000 and ≥ 2.5× peer")
         add(f"{label}: events/s incl. start-up", v(o, "rate_with_startup"), v(p, "rate_with_startup"), "")
         add(f"{label}: CPU s per 1k events", v(o, "cpu_per_1k"), v(p, "cpu_per_1k"), "", 3)
-        add(f"{label}: peak RSS MB", v(o, "peak_rss_mb"), v(p, "peak_rss_mb"), "")
+        add(f"{label}: peak memory MB (PSS)", v(o, "peak_rss_mb"), v(p, "peak_rss_mb"), "")
         add(f"{label}: mean request, messages", v(o, "mean_request_messages"), v(p, "mean_request_messages"), "")
         add(f"{label}: mean request, KB", v(o, "mean_request_kb"), v(p, "mean_request_kb"), "≥ 500")
         add(f"{label}: max request, KB", o.max_request_bytes / 1000 if o else None,
@@ -586,7 +591,7 @@ def report(results: dict[str, Any]) -> str:
     o, p = get("drain/ours"), get("drain/peer")
     if o or p:
         n = results["args"]["drain_events"]
-        add(f"drain {n:,}: peak RSS MB", o.peak_rss_mb if o else None, p.peak_rss_mb if p else None, "< 250")
+        add(f"drain {n:,}: peak memory MB (PSS)", o.peak_rss_mb if o else None, p.peak_rss_mb if p else None, "< 250")
         add(f"drain {n:,}: steady events/s", o.steady_rate if o else None, p.steady_rate if p else None, "")
         add(f"drain {n:,}: mean request, KB", o.mean_request_kb if o else None, p.mean_request_kb if p else None,
             "≥ 500")

@@ -174,8 +174,10 @@ class DeliveryConfig(_Section):
     backoff_initial_s: float = Field(0.2, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
     # Received-but-unacknowledged records; above this the assignment is paused (memory bound).
-    max_buffered_records: int = Field(100_000, ge=100)
-    max_buffered_bytes: int = Field(200_000_000, ge=1_000_000)
+    # 20k is two full requests per lane at the default 8 lanes: enough to keep every lane busy
+    # (bench/run.py --mode drain), and what bounds RSS under a backlog.
+    max_buffered_records: int = Field(20_000, ge=100)
+    max_buffered_bytes: int = Field(64_000_000, ge=1_000_000)
     drain_timeout_s: float = Field(30.0, ge=0)
     # Time a revoke waits for in-flight batches of the revoked partitions before abandoning them.
     revoke_timeout_s: float = Field(15.0, ge=0)

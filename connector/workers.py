@@ -197,7 +197,10 @@ class WorkerPool:
     answers as they come (per worker in submission order)."""
 
     def __init__(self, workers: int, spec: ProcessorSpec) -> None:
-        self._ctx = mp.get_context("spawn")  # never fork a process that runs librdkafka threads
+        # Never fork a process that runs librdkafka threads: workers are forked from a fresh server
+        # process that imported this module once, so they start fast and share its pages.
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload([__name__])
         self._spec = spec
         self._workers = [_Worker(i, self._ctx, spec) for i in range(workers)]
         self._owner: dict[Any, int] = {}
