@@ -19,6 +19,7 @@ orchestrator instead of silently spinning).
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import logging
 import multiprocessing as mp
@@ -26,6 +27,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +50,7 @@ EMPTY = 1  # (EMPTY, format): the event maps to nothing; acknowledge
 DEAD = 2  # (DEAD, stage, error_class, reason, detail, http_status, format or None): dead-letter it
 Outcome = tuple[Any, ...]
 
+_PIPE_BYTES = 4 << 20  # a chunk each way fits: neither side waits for the other to read
 _MAX_CRASHES = 3
 _CRASH_WINDOW_S = 60.0
 _STOP_TIMEOUT_S = 5.0
@@ -130,6 +133,7 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
     # while the parent drains. A parent that dies closes the pipe, and the worker ends on EOF.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.setswitchinterval(0.001)  # the receiving thread gets the GIL back quickly after each read
     from connector.logs import setup_logging
 
     setup_logging(spec.log_level, spec.log_format)
@@ -159,6 +163,21 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
             return
 
 
+def _grow_pipe(conn: Connection) -> None:
+    """Linux pipes hold 64 KB: a 500 KB chunk would make the writer wait for the reader's GIL-bound
+    thread many times over (seen as the consumer thread blocked in send). Ask for more; the
+    system cap (/proc/sys/fs/pipe-max-size, 1 MB by default) applies to unprivileged users."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_size is None:
+        return
+    for size in (_PIPE_BYTES, 1 << 20):
+        try:
+            fcntl.fcntl(conn.fileno(), set_size, size)
+            return
+        except OSError:
+            continue
+
+
 class _Worker:
     __slots__ = ("inbox", "no", "outbox", "outstanding", "process")
 
@@ -166,6 +185,8 @@ class _Worker:
         self.no = no
         in_r, self.inbox = ctx.Pipe(duplex=False)
         self.outbox, out_w = ctx.Pipe(duplex=False)
+        _grow_pipe(self.inbox)
+        _grow_pipe(self.outbox)
         self.process = ctx.Process(target=_worker_main, args=(in_r, out_w, spec), name=f"transform-{no}",
                                    daemon=True)
         self.process.start()
