@@ -6,13 +6,15 @@ batch → offsets) with the HTTP send disabled.
 It runs :class:`connector.pipeline.Pipeline` unchanged except that ``Sink.deliver`` builds the
 request body (``encode_body``, as the real sink does) and reports every record accepted, without a
 network round trip. It stops by itself once ``N`` records are acknowledged and prints one JSON line
-with monotonic timestamps (comparable with the parent's), CPU seconds and peak RSS.
+with monotonic timestamps (comparable with the parent's), CPU seconds and peak memory (PSS), both
+including the transform worker processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -21,6 +23,9 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import MemoryPeak, cpu_seconds  # noqa: E402
 
 from connector.batch import encode_body  # noqa: E402
 from connector.config import load_settings  # noqa: E402
@@ -43,6 +48,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     started = time.monotonic()
     pipeline = Pipeline(load_settings(args.config))
+    memory = MemoryPeak(os.getpid())
+    memory.start()
     sent = {"requests": 0, "messages": 0, "bytes": 0, "max_bytes": 0}
     lock = threading.Lock()
 
@@ -65,11 +72,11 @@ def main() -> int:
             now = time.monotonic()
             if n > 0 and out["first_ack"] is None:
                 out["first_ack"] = now
-                out["cpu_first"] = time.process_time()
+                out["cpu_first"] = cpu_seconds(os.getpid())  # with the transform workers
             if n >= args.events:
                 out["last_ack"] = now
-                out["cpu"] = time.process_time()
-                out["peak_rss_mb"] = _hwm_mb()
+                out["cpu"] = cpu_seconds(os.getpid())
+                out["peak_rss_mb"] = memory.stop()
                 pipeline.stop_event.set()
                 return
             if now > deadline:
@@ -85,14 +92,6 @@ def main() -> int:
     out.update(exit_code=code, acknowledged=acknowledged(), **sent)
     print(orjson.dumps(out).decode(), flush=True)
     return 0 if code == 0 and not out["timed_out"] else 1
-
-
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 if __name__ == "__main__":
