@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-import orjson
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from fastavro import parse_schema
 
 from connector.errors import RegistryUnavailable
 
@@ -26,15 +23,18 @@ _ATTEMPTS = 3
 
 
 class RegistryLookup:
-    """Callable ``schema_id → parsed fastavro schema | None`` backed by a Schema Registry."""
+    """Callable ``schema_id → writer schema JSON text | None`` backed by a Schema Registry.
+
+    The text is returned as the registry serves it: the decoder parses it once per schema id, for
+    fastavro and for cavro (which needs the plain schema, not fastavro's parsed form).
+    """
 
     def __init__(self, url: str, client: SchemaRegistryClient | None = None) -> None:
         self.url = url
         self._client = client or SchemaRegistryClient({"url": url})
 
-    def __call__(self, schema_id: int) -> Any:
-        schema_str = self._fetch(schema_id)
-        return None if schema_str is None else parse_schema(orjson.loads(schema_str))
+    def __call__(self, schema_id: int) -> str | None:
+        return self._fetch(schema_id)
 
     def _fetch(self, schema_id: int) -> str | None:
         delay = 0.2
