@@ -243,11 +243,9 @@ def main() -> int:
 
     if args.profile:
         if args.stub_transform:
-            from fastavro import parse_schema
-
             from connector.transform import Transformer
 
-            dec = Decoder(LocalSchemas.load(), lambda sid: parse_schema(orjson.loads(registry.schemas[sid - 1])))
+            dec = Decoder(LocalSchemas.load(), lambda sid: registry.schemas[sid - 1])
             tr0 = Transformer(s.xdm, org_id=em.DEMO_ORG_ID, source_name=s.aep.source_name)
             stub0 = {ev["eventId"]: tr0.transform(ev) for m in msgs for ev in dec.decode(m._value)}  # noqa: SLF001
         else:
@@ -277,7 +275,7 @@ def main() -> int:
 
     if args.pipeline_only:
         tr0 = Transformer(s.xdm, org_id=em.DEMO_ORG_ID, source_name=s.aep.source_name)
-        dec0 = Decoder(LocalSchemas.load(), lambda sid: parse_schema(orjson.loads(registry.schemas[sid - 1])))
+        dec0 = Decoder(LocalSchemas.load(), lambda sid: registry.schemas[sid - 1])
         stub0 = {ev["eventId"]: tr0.transform(ev) for m in msgs for ev in dec0.decode(m._value)}  # noqa: SLF001
         passes = [msgs[i:i + 5000] for i in range(0, n, 5000) if len(msgs[i:i + 5000]) == 5000]
         whole = min(run_pipeline(s, part, registry) / len(part) for _ in range(args.repeat) for part in passes)
@@ -285,7 +283,7 @@ def main() -> int:
         print(orjson.dumps({"whole": whole, "stubbed": stubbed}).decode())
         return 0
 
-    decoder = Decoder(LocalSchemas.load(), lambda sid: parse_schema(orjson.loads(registry.schemas[sid - 1])))
+    decoder = Decoder(LocalSchemas.load(), lambda sid: registry.schemas[sid - 1])
     avro = [m._value for m in msgs if m._value[0] == 0]  # noqa: SLF001
     js = [m._value for m in msgs if m._value[0] != 0]  # noqa: SLF001
     decoded = [ev for m in msgs for ev in decoder.decode(m._value)]  # noqa: SLF001
