@@ -16,8 +16,9 @@ one exists, so producers on an older or newer schema version keep working.
 Two Avro readers are used. fastavro's ``schemaless_reader`` interprets the schema for every record
 (about 40-60 µs for a 400-byte Capillary event), so when a writer schema needs no resolution (it has
 the same Parsing Canonical Form as the local reader schema of its name, or there is no local reader)
-the record is read by ``cavro`` instead: a schema compiled once per schema id / fingerprint, about
-three times cheaper, returning the same dicts. fastavro stays the reference reader:
+the record is read by ``cavro`` instead: the schema compiled once (per process, by schema text,
+then kept per schema id / fingerprint), about three times cheaper, returning the same dicts.
+fastavro stays the reference reader:
 
 * for writer→reader resolution (a writer schema that differs from the local reader's);
 * for schemas where the two libraries are not known to agree: any ``logicalType`` (cavro leaves
@@ -32,6 +33,7 @@ three times cheaper, returning the same dicts. fastavro stays the reference read
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from io import BytesIO
 from typing import Any
 
@@ -70,12 +72,11 @@ class Decoder:
         self._by_id: dict[int, _Plan] = {}  # schema id → plan
         self._by_fp: dict[bytes, _Plan] = {}  # single-object fingerprint → plan
         self._readers: dict[str, Any] = {}  # full record name → fastavro parsed local schema
-        self._reader_forms: dict[str, str] = {}  # full record name → its Parsing Canonical Form
+        self._reader_forms: dict[str, str | None] = {}  # full record name → Parsing Canonical Form
         if local is not None:
             for name in local.event_names():
                 parsed = local.parsed(name)
                 self._readers[parsed["name"]] = parsed
-                self._reader_forms[parsed["name"]] = to_parsing_canonical_form(parsed)
 
     def decode(self, value: bytes | None) -> list[dict[str, Any]]:
         if not value:
@@ -114,23 +115,31 @@ class Decoder:
                 raise DecodeError("unknown_fingerprint", f"fingerprint {fp.hex()} matches no local schema")
             # The writer is the local schema itself: nothing to resolve.
             writer = self._local.parsed(name)
-            plan = self._by_fp[fp] = (_compile(orjson.loads(self._local.schema_json(name))), writer, None)
+            plan = self._by_fp[fp] = (_compiled(self._local.schema_json(name)), writer, None)
         return self._read(value, 10, plan)
 
     def _plan(self, found: Any) -> _Plan:
         """Decide once per schema id how its records are read."""
-        plain = _plain_schema(found)
-        writer = parse_schema(plain)  # a schema fastavro rejects raises, as it always has
+        text = _schema_text(found)
+        writer, form = _parsed_writer(text)  # a schema fastavro rejects raises, as it always has
         name = writer.get("name") if isinstance(writer, dict) else None
         reader = self._readers.get(name) if name is not None else None
-        if reader is not None and self._reader_forms[name] == to_parsing_canonical_form(writer):
+        if reader is not None and self._reader_form(name) == form:
             # Same canonical form: resolution would be the identity (only docs, defaults or aliases
             # can differ). fastavro would also drop a reader equal to the writer, but only after a
             # deep comparison on every record.
             reader = None
         if reader is not None:
             return (None, writer, reader)  # resolution: fastavro
-        return (_compile(plain), writer, None)
+        return (_compiled(text), writer, None)
+
+    def _reader_form(self, name: str) -> str | None:
+        """The local reader's Parsing Canonical Form; None if it has logical types: the form leaves
+        them out, so rather than compare them, writers of such a reader are always resolved by fastavro."""
+        if name not in self._reader_forms:
+            reader = self._readers[name]
+            self._reader_forms[name] = None if _has_logical_type(reader) else to_parsing_canonical_form(reader)
+        return self._reader_forms[name]
 
     @staticmethod
     def _read(value: bytes, start: int, plan: _Plan) -> dict[str, Any]:
@@ -177,14 +186,37 @@ def _read_fastavro(value: bytes, start: int, writer: Any, reader: Any) -> dict[s
     return record
 
 
-def _plain_schema(schema: Any) -> Any:
-    """The writer schema as plain JSON data: JSON text is parsed, fastavro's own keys are dropped."""
-    if isinstance(schema, (str, bytes)):
-        try:
-            return orjson.loads(schema)
-        except orjson.JSONDecodeError:
-            return schema  # a bare primitive type name
-    return _without_fastavro_keys(schema)
+# Schemas prepared once per process, by schema text, and shared by every Decoder in it (they are
+# never modified): a fresh Decoder, or a fresh id for a schema already seen, costs no parse.
+_PREPARED_SCHEMAS = 512
+
+
+def _schema_text(schema: Any) -> str:
+    """The writer schema as JSON text (fastavro's own keys dropped from a parsed schema)."""
+    if isinstance(schema, str):
+        return schema
+    if isinstance(schema, bytes):
+        return schema.decode()
+    return orjson.dumps(_without_fastavro_keys(schema)).decode()
+
+
+def _plain_schema(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text  # a bare primitive type name
+
+
+@lru_cache(maxsize=_PREPARED_SCHEMAS)
+def _parsed_writer(text: str) -> tuple[Any, str]:
+    """fastavro's parsed schema and the Parsing Canonical Form of one writer schema."""
+    writer = parse_schema(_plain_schema(text))
+    return writer, to_parsing_canonical_form(writer)
+
+
+@lru_cache(maxsize=_PREPARED_SCHEMAS)
+def _compiled(text: str) -> Any | None:
+    return _compile(_plain_schema(text))
 
 
 def _without_fastavro_keys(node: Any) -> Any:
@@ -193,6 +225,14 @@ def _without_fastavro_keys(node: Any) -> Any:
     if isinstance(node, list):
         return [_without_fastavro_keys(v) for v in node]
     return node
+
+
+def _has_logical_type(node: Any) -> bool:
+    if isinstance(node, dict):
+        return "logicalType" in node or any(_has_logical_type(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_logical_type(v) for v in node)
+    return False
 
 
 def _compile(schema: Any) -> Any | None:

@@ -352,3 +352,31 @@ def test_the_other_decode_reasons_are_unchanged(schemas: LocalSchemas) -> None:
     with pytest.raises(RegistryUnavailable):
         Decoder(schemas, down).decode(b"\x00\x00\x00\x00\x01\x02")
     assert Decoder(schemas).decode(b'[{"a": 1}, {"b": 2}]') == [{"a": 1}, {"b": 2}]
+
+
+def test_a_reader_with_logical_types_is_always_resolved_by_fastavro() -> None:
+    """The canonical form leaves logical types out: equal forms do not make such a reader
+    irrelevant, so fastavro resolves (and, as it happens, keeps the writer's plain long)."""
+    reader = {"type": "record", "name": "stamped", "namespace": "com.capillary.events",
+              "fields": [{"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+    writer = copy.deepcopy(reader)
+    del writer["fields"][0]["type"]["logicalType"]
+    decoder = Decoder(LocalSchemas({"stamped": reader}), {6: json.dumps(writer)}.get)
+    body = _encode(writer, {"at": 1_700_000_000_000})
+    [record] = decoder.decode(b"\x00\x00\x00\x00\x06" + body)
+    assert _same(record, _reference(body, parse_schema(writer), parse_schema(reader)))
+    assert decoder._by_id[6][0] is None and decoder._by_id[6][2] is not None
+
+
+def test_a_fresh_decoder_reuses_the_schemas_prepared_in_this_process(
+    schemas: LocalSchemas, events: list[dict[str, Any]], encoder: SampleEncoder
+) -> None:
+    texts = _registry_texts(encoder)
+    frames = [encoder.encode(e, "avro-registry") for e in events[:200]]
+    first = Decoder(schemas, texts.get)
+    for v in frames:
+        first.decode(v)
+    second = Decoder(schemas, texts.get)
+    for v in frames:
+        second.decode(v)
+    assert all(second._by_id[sid][0] is first._by_id[sid][0] for sid in second._by_id)
