@@ -133,7 +133,7 @@ class Pipeline:
         )
         METRICS.up.set(1)
         if self.workers:
-            self.pool = WorkerPool(self.workers, self.spec)
+            self.pool = WorkerPool(self.workers, self.spec, self.processor.registry_lookup)
             log.info("decoding and transforming in %d worker processes (pids %s)", self.workers, self.pool.pids)
         self._probe_auth(force=True)
         # Everything built so far (modules, compiled validator, schemas, clients) lives as long as the

@@ -83,13 +83,16 @@ def format_of(value: bytes) -> str:
 class RecordProcessor:
     """Values → outcomes. Raises :class:`RegistryUnavailable` (transient: nothing may be decided)."""
 
-    def __init__(self, spec: ProcessorSpec) -> None:
+    def __init__(self, spec: ProcessorSpec, registry_lookup: Callable[[int], str | None] | None = None) -> None:
         from connector.avro_schemas import LocalSchemas
-        from connector.registry import RegistryLookup
         from connector.transform import Transformer
 
-        lookup = RegistryLookup(spec.decode.schema_registry_url) if spec.decode.schema_registry_url else None
-        self.decoder = Decoder(LocalSchemas.load(spec.decode.schemas_dir or None), lookup)
+        if registry_lookup is None and spec.decode.schema_registry_url:
+            from connector.registry import RegistryLookup  # I/O: only on the consumer's side
+
+            registry_lookup = RegistryLookup(spec.decode.schema_registry_url)
+        self.registry_lookup = registry_lookup
+        self.decoder = Decoder(LocalSchemas.load(spec.decode.schemas_dir or None), registry_lookup)
         self.transformer = Transformer(spec.xdm, org_id=spec.org_id, source_name=spec.source_name)
         self.max_record_size = spec.max_record_size
 
@@ -137,7 +140,10 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
     from connector.logs import setup_logging
 
     setup_logging(spec.log_level, spec.log_format)
-    processor = RecordProcessor(spec)
+    # Writer schemas come with the chunks that need them (the parent asks the registry): a worker
+    # does no I/O, and a registry outage is handled where the consumer is.
+    schemas: dict[int, str | None] = {}
+    processor = RecordProcessor(spec, schemas.get if spec.decode.schema_registry_url else None)
     # Chunks are read on a thread so the parent's send never waits for us to finish a chunk while
     # we wait for it to read our answer (two blocked writers on two full pipes).
     chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -152,7 +158,11 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
     threading.Thread(target=receive, name="receive", daemon=True).start()
     gc.freeze()
     while (raw := chunks.get()) is not None:
-        seq, values = pickle.loads(raw)
+        seq, values, new_schemas = pickle.loads(raw)
+        if new_schemas:
+            schemas.update(new_schemas)
+        if seq == 0:
+            continue  # schemas only (sent to a restarted worker)
         try:
             answer: tuple[int, Any] = (seq, processor.run(values))
         except RegistryUnavailable as exc:
@@ -179,7 +189,7 @@ def _grow_pipe(conn: Connection) -> None:
 
 
 class _Worker:
-    __slots__ = ("inbox", "no", "outbox", "outstanding", "process")
+    __slots__ = ("inbox", "known", "no", "outbox", "outstanding", "process")
 
     def __init__(self, no: int, ctx: Any, spec: ProcessorSpec) -> None:
         self.no = no
@@ -193,6 +203,7 @@ class _Worker:
         in_r.close()
         out_w.close()
         self.outstanding: dict[int, bytes] = {}  # seq → pickled chunk, until answered
+        self.known: set[int] = set()  # schema ids this worker was sent
 
     def send(self, seq: int, payload: bytes) -> None:
         self.outstanding[seq] = payload
@@ -217,7 +228,8 @@ class WorkerPool:
     """N worker processes; ``submit`` a chunk to the worker that owns its partitions, ``collect``
     answers as they come (per worker in submission order)."""
 
-    def __init__(self, workers: int, spec: ProcessorSpec) -> None:
+    def __init__(self, workers: int, spec: ProcessorSpec,
+                 registry_lookup: Callable[[int], str | None] | None = None) -> None:
         # Never fork a process that runs librdkafka threads: workers are forked from a fresh server
         # process that imported this module once, so they start fast and share its pages.
         self._ctx = mp.get_context("forkserver")
@@ -228,6 +240,8 @@ class WorkerPool:
         self._load = [0] * workers  # partitions per worker, to place new partitions
         self._seq = 0
         self._crashes: list[float] = []
+        self._lookup = registry_lookup
+        self._schemas: dict[int, str] = {}  # schema id → writer schema text, as found in the registry
 
     def __len__(self) -> int:
         return len(self._workers)
@@ -245,10 +259,36 @@ class WorkerPool:
         return no
 
     def submit(self, worker_no: int, values: list[bytes | None]) -> int:
+        """Queue a chunk at a worker; raises :class:`RegistryUnavailable` before sending anything
+        if a writer schema it needs cannot be fetched."""
+        w = self._workers[worker_no]
+        new_schemas = self._schemas_for(w, values) if self._lookup is not None else None
         self._seq += 1
-        payload = pickle.dumps((self._seq, values), protocol=pickle.HIGHEST_PROTOCOL)
-        self._workers[worker_no].send(self._seq, payload)
+        payload = pickle.dumps((self._seq, values, new_schemas), protocol=pickle.HIGHEST_PROTOCOL)
+        w.send(self._seq, payload)
         return self._seq
+
+    def _schemas_for(self, w: _Worker, values: list[bytes | None]) -> dict[int, str | None] | None:
+        """Writer schemas of the chunk's wire-format records that ``w`` has not been sent yet (None:
+        not in the registry, asked again with the next chunk that needs it)."""
+        out: dict[int, str | None] | None = None
+        known = w.known
+        for v in values:
+            if v and v[0] == 0 and len(v) >= 5:
+                sid = int.from_bytes(v[1:5], "big")
+                if sid in known or (out is not None and sid in out):
+                    continue
+                text = self._schemas.get(sid)
+                if text is None:
+                    text = self._lookup(sid)  # type: ignore[misc]
+                    if text is not None:
+                        self._schemas[sid] = text
+                if out is None:
+                    out = {}
+                out[sid] = text
+        if out:
+            known.update(sid for sid, text in out.items() if text is not None)
+        return out
 
     @property
     def outstanding(self) -> int:
@@ -291,6 +331,12 @@ class WorkerPool:
                   w.no, code, len(w.outstanding))
         fresh = _Worker(w.no, self._ctx, self._spec)
         self._workers[w.no] = fresh
+        if self._schemas:  # what its predecessor had been sent, before the chunks that rely on it
+            fresh.known.update(self._schemas)
+            try:
+                fresh.inbox.send_bytes(pickle.dumps((0, [], self._schemas), protocol=pickle.HIGHEST_PROTOCOL))
+            except OSError:
+                pass  # died already: seen at the next collect()
         for seq, payload in w.outstanding.items():
             fresh.send(seq, payload)
 

@@ -15,6 +15,7 @@ import pytest
 
 from connector.avro_schemas import LocalSchemas
 from connector.config import load_settings
+from connector.errors import RegistryUnavailable
 from connector.produce import SampleEncoder
 from connector.samples import generate_events
 from connector.workers import DEAD, EMPTY, OK, ProcessorSpec, RecordProcessor, WorkerCrashed, WorkerPool, \
@@ -113,7 +114,10 @@ def test_workers_that_keep_dying_stop_the_connector(spec: ProcessorSpec) -> None
         with pytest.raises(WorkerCrashed):
             for _ in range(10):
                 pool.submit(0, _values(5, poison=False))
-                os.kill(pool.pids[0], signal.SIGKILL)
+                try:
+                    os.kill(pool.pids[0], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # it answered and was killed last round, before anyone noticed: seen next round
                 deadline = time.monotonic() + 30
                 while pool.outstanding and time.monotonic() < deadline:
                     pool.collect(0.2, lambda *_: None)
@@ -142,3 +146,50 @@ def test_resolve_workers() -> None:
     auto = resolve_workers("auto")
     cpus = len(os.sched_getaffinity(0))
     assert auto == (0 if cpus < 2 else min(cpus, 8))
+
+
+def test_writer_schemas_are_fetched_by_the_parent_once_and_follow_a_restarted_worker(spec: ProcessorSpec) -> None:
+    """Workers do no I/O: the pool asks the registry for each schema id once and ships the text with
+    the first chunk that needs it (and to a worker's successor); an unknown id is a dead letter;
+    an unreachable registry raises in the parent before anything is sent."""
+    schemas = LocalSchemas.load()
+    events = [ev for ev in generate_events(30, seed=9, now_ms=int(time.time() * 1000))]
+    ids = {name: i for i, name in enumerate(sorted({ev["eventName"] for ev in events}), start=10)}
+
+    def wire(ev: dict[str, Any], sid: int | None = None) -> bytes:
+        name = ev["eventName"]
+        return b"\x00" + (sid or ids[name]).to_bytes(4, "big") + schemas.encode(name, ev)
+
+    asked: list[int] = []
+    down = [False]
+
+    def lookup(sid: int) -> str | None:
+        if down[0]:
+            raise RegistryUnavailable("registry down")
+        asked.append(sid)
+        name = next((n for n, i in ids.items() if i == sid), None)
+        return schemas.schema_json(name) if name else None
+
+    registry_spec = ProcessorSpec(spec.decode.model_copy(update={"schema_registry_url": "http://127.0.0.1:9"}),
+                                  spec.xdm, spec.org_id, spec.source_name, spec.max_record_size)
+    values = [wire(ev) for ev in events] + [wire(events[0], sid=999)]
+    pool = WorkerPool(1, registry_spec, registry_lookup=lookup)
+    try:
+        first = _collect_all(pool, 1) if pool.submit(0, values) else None
+        assert first is not None
+        outcomes = next(iter(first.values()))
+        assert [o[0] for o in outcomes[:-1]] == [OK] * len(events)
+        assert outcomes[-1][0] == DEAD and outcomes[-1][3] == "unknown_schema_id"
+        assert sorted(asked) == sorted(set(ids.values()) | {999})
+        asked.clear()
+        os.kill(pool.pids[0], signal.SIGKILL)
+        seq = pool.submit(0, values[:-1])
+        again = _collect_all(pool, 1)
+        assert [o[0] for o in again[seq]] == [OK] * len(events)
+        assert asked == []  # known ids are not fetched again, also not for the restarted worker
+        down[0] = True
+        with pytest.raises(RegistryUnavailable):
+            pool.submit(0, [wire(events[0], sid=998)])
+        assert pool.outstanding == 0
+    finally:
+        pool.close()
