@@ -55,6 +55,7 @@ _AUTH_PROBE_INTERVAL_S = 30.0
 _SWITCH_INTERVAL_S = 0.001
 _M_ARENA_MAX = -8  # glibc mallopt parameter
 _CLOSE_TIMEOUT_S = 10.0
+_FULL_CHUNK = 256  # records: a chunk worth queueing behind the one a worker is on
 
 
 @dataclass(slots=True)
@@ -91,7 +92,7 @@ class Pipeline:
         self.workers = resolve_workers(s.processing.workers)
         self.pool: WorkerPool | None = None  # started by run()
         self._chunks: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # seq → records at a worker
-        self._max_chunks = 2 * self.workers  # chunks out at once: one being worked on, one queued, per worker
+        self._waiting: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # worker → records for its next chunk
         self.client = httpx.Client(
             timeout=httpx.Timeout(s.delivery.request_timeout_s, connect=s.delivery.connect_timeout_s),
             limits=httpx.Limits(max_connections=s.batch.lanes + 1, max_keepalive_connections=s.batch.lanes + 1,
@@ -157,14 +158,8 @@ class Pipeline:
 
     def run_once(self) -> None:
         pool = self.pool
-        if pool is None:
-            msgs = self.source.consume()
-        elif pool.outstanding >= self._max_chunks:
-            msgs = []  # workers are behind: wait for them rather than queue more
-            self._collect_outcomes(0.01)
-        else:
-            # With chunks at the workers, do not sit in the consumer's wait while answers are due.
-            msgs = self.source.consume(0.0 if pool.outstanding else None)
+        # With chunks at the workers, do not sit in the consumer's wait while answers are due.
+        msgs = self.source.consume(0.0 if pool is not None and pool.outstanding else None)
         now = time.monotonic()
         self.last_loop = now
         if msgs:
@@ -207,16 +202,31 @@ class Pipeline:
         if pool is None:
             self._integrate(entries, self.processor.run([e[0].value() for e in entries]), now)
             return
-        by_worker: dict[int, list[tuple[Any, TopicPartition, int]]] = {}
+        waiting = self._waiting
         owner = pool.owner
         for e in entries:
-            by_worker.setdefault(owner(e[1]), []).append(e)
-        for worker_no, chunk in by_worker.items():
-            self._chunks[pool.submit(worker_no, [e[0].value() for e in chunk])] = chunk
+            waiting.setdefault(owner(e[1]), []).append(e)
+        self._feed_workers()
+
+    def _feed_workers(self) -> None:
+        """Send each worker the records waiting for it, as one chunk, when it is idle, or when it
+        is busy with one chunk and a full one is ready. Under load, records pile up while a worker
+        works, so chunks grow with the rate (fewer, cheaper hand-offs); at a trickle, each goes at
+        once (latency)."""
+        pool = self.pool
+        assert pool is not None
+        for worker_no in list(self._waiting):
+            chunk = self._waiting[worker_no]
+            busy = pool.busy(worker_no)
+            if busy == 0 or (busy == 1 and len(chunk) >= _FULL_CHUNK):
+                del self._waiting[worker_no]
+                self._chunks[pool.submit(worker_no, [e[0].value() for e in chunk])] = chunk
 
     def _collect_outcomes(self, timeout: float) -> None:
         if self.pool is not None:
             self.pool.collect(timeout, self._on_outcomes)
+            if self._waiting:
+                self._feed_workers()
 
     def _on_outcomes(self, seq: int, outcomes: list[Outcome]) -> None:
         self._integrate(self._chunks.pop(seq), outcomes, time.monotonic())

@@ -294,6 +294,10 @@ class WorkerPool:
     def outstanding(self) -> int:
         return sum(len(w.outstanding) for w in self._workers)
 
+    def busy(self, worker_no: int) -> int:
+        """Chunks sent to a worker and not answered yet."""
+        return len(self._workers[worker_no].outstanding)
+
     def collect(self, timeout: float, on_answer: Callable[[int, list[Outcome]], None]) -> int:
         """Hand every available answer to ``on_answer(seq, outcomes)``; wait up to ``timeout`` for
         the first one. Raises :class:`RegistryUnavailable` or :class:`WorkerCrashed`."""
