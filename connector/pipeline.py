@@ -56,6 +56,7 @@ _SWITCH_INTERVAL_S = 0.001
 _M_ARENA_MAX = -8  # glibc mallopt parameter
 _CLOSE_TIMEOUT_S = 10.0
 _FULL_CHUNK = 256  # records: a chunk worth queueing behind the one a worker is on
+_MAX_CHUNK = 1_000  # records per chunk: bounds the memory of a hand-off on both sides
 
 
 @dataclass(slots=True)
@@ -158,8 +159,12 @@ class Pipeline:
 
     def run_once(self) -> None:
         pool = self.pool
-        # With chunks at the workers, do not sit in the consumer's wait while answers are due.
-        msgs = self.source.consume(0.0 if pool is not None and pool.outstanding else None)
+        if pool is not None and sum(map(len, self._waiting.values())) >= _MAX_CHUNK * len(pool):
+            msgs = []  # the workers are the bottleneck: wait for them instead of reading further ahead
+            self._collect_outcomes(0.01)
+        else:
+            # With chunks at the workers, do not sit in the consumer's wait while answers are due.
+            msgs = self.source.consume(0.0 if pool is not None and pool.outstanding else None)
         now = time.monotonic()
         self.last_loop = now
         if msgs:
@@ -219,7 +224,11 @@ class Pipeline:
             chunk = self._waiting[worker_no]
             busy = pool.busy(worker_no)
             if busy == 0 or (busy == 1 and len(chunk) >= _FULL_CHUNK):
-                del self._waiting[worker_no]
+                if len(chunk) > _MAX_CHUNK:
+                    self._waiting[worker_no] = chunk[_MAX_CHUNK:]
+                    chunk = chunk[:_MAX_CHUNK]
+                else:
+                    del self._waiting[worker_no]
                 self._chunks[pool.submit(worker_no, [e[0].value() for e in chunk])] = chunk
 
     def _collect_outcomes(self, timeout: float) -> None:
