@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import gc
 import logging
+import math
 import multiprocessing as mp
 import os
 import pickle
@@ -349,13 +350,35 @@ class WorkerPool:
             w.stop(_STOP_TIMEOUT_S)
 
 
-def resolve_workers(setting: int | str) -> int:
+def resolve_workers(setting: int | str, cgroup_root: str = "/sys/fs/cgroup") -> int:
     """``"auto"``: one worker per CPU this process may use, none on a single CPU (the consumer
-    thread then does the work itself, with no pickling)."""
+    thread then does the work itself, with no pickling). A container's CPU quota counts: Docker's
+    ``--cpus`` and Kubernetes CPU limits leave every host CPU in the affinity mask."""
     if setting != "auto":
         return int(setting)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
     return 0 if cpus < 2 else min(cpus, 8)
+
+
+def _cgroup_cpu_quota(root: str) -> float | None:
+    """CPUs' worth of the cgroup's CFS quota (v2 ``cpu.max``, v1 ``cfs_quota_us``), None if unlimited."""
+    try:
+        with open(f"{root}/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(f"{root}/cpu/cpu.cfs_quota_us") as f:
+            quota_us = int(f.read())
+        with open(f"{root}/cpu/cpu.cfs_period_us") as f:
+            period_us = int(f.read())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None

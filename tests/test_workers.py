@@ -193,3 +193,18 @@ def test_writer_schemas_are_fetched_by_the_parent_once_and_follow_a_restarted_wo
         assert pool.outstanding == 0
     finally:
         pool.close()
+
+
+def test_auto_workers_follow_a_container_cpu_quota(tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # cgroup v2: 1.5 CPUs
+    assert resolve_workers("auto", str(tmp_path)) == (0 if cpus < 2 else 2)
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # one CPU: work on the consumer thread
+    assert resolve_workers("auto", str(tmp_path)) == 0
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert resolve_workers("auto", str(tmp_path)) == (0 if cpus < 2 else min(cpus, 8))
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")  # cgroup v1: one CPU
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert resolve_workers("auto", str(tmp_path)) == 0
