@@ -72,6 +72,10 @@ class Metrics:
         )
         self.auth_failed = Gauge(p + "auth_failed", "1 while AEP/IMS reject the credentials", registry=r)
         self.up = Gauge(p + "up", "1 while the pipeline loop runs", registry=r)
+        self.transform_workers = Gauge(
+            p + "transform_workers", "Worker processes decoding and transforming (0: the consumer thread)", registry=r)
+        self.worker_restarts = Counter(
+            p + "worker_restarts_total", "Transform worker processes that died and were restarted", registry=r)
 
     def forget_partitions(self, tps: Iterable[tuple[str, int]]) -> None:
         """Drop the per-partition series of partitions this member no longer owns: their new owner

@@ -134,6 +134,7 @@ class Pipeline:
             self.settings.kafka, self._on_assign, self._on_revoke, self._on_lost
         )
         METRICS.up.set(1)
+        METRICS.transform_workers.set(self.workers)
         if self.workers:
             self.pool = WorkerPool(self.workers, self.spec, self.processor.registry_lookup)
             log.info("decoding and transforming in %d worker processes (pids %s)", self.workers, self.pool.pids)

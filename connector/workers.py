@@ -41,6 +41,7 @@ import orjson
 from connector.config import DecodeConfig, XdmConfig
 from connector.decode import SINGLE_OBJECT_MAGIC, WIRE_MAGIC, Decoder
 from connector.errors import DecodeError, RegistryUnavailable
+from connector.metrics import METRICS
 from connector.transform import TransformError
 
 log = logging.getLogger(__name__)
@@ -334,6 +335,7 @@ class WorkerPool:
                                 f"(last exit code {code})")
         log.error("transform worker %d died (exit code %s); restarting it and re-sending %d chunks",
                   w.no, code, len(w.outstanding))
+        METRICS.worker_restarts.inc()
         fresh = _Worker(w.no, self._ctx, self._spec)
         self._workers[w.no] = fresh
         if self._schemas:  # what its predecessor had been sent, before the chunks that rely on it

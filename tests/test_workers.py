@@ -16,6 +16,7 @@ import pytest
 from connector.avro_schemas import LocalSchemas
 from connector.config import load_settings
 from connector.errors import RegistryUnavailable
+from connector.metrics import METRICS
 from connector.produce import SampleEncoder
 from connector.samples import generate_events
 from connector.workers import DEAD, EMPTY, OK, ProcessorSpec, RecordProcessor, WorkerCrashed, WorkerPool, \
@@ -93,9 +94,11 @@ def test_a_killed_worker_is_restarted_and_its_chunks_are_answered_once(spec: Pro
     try:
         seqs = [pool.submit(0, values) for _ in range(6)]
         victim = pool.pids[0]
+        restarts = METRICS.worker_restarts._value.get()
         os.kill(victim, signal.SIGKILL)
         got = _collect_all(pool, len(seqs))
         assert pool.pids[0] != victim
+        assert METRICS.worker_restarts._value.get() == restarts + 1
     finally:
         pool.close()
     # The program cache (tier names seen earlier) may differ between the killed worker and its
