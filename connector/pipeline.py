@@ -482,9 +482,14 @@ class Pipeline:
                     and self.exit_code == 0:
                 msgs = self.source.poll_callbacks(0.02 if self.pool is None or not self.pool.outstanding else 0.0)
                 now = time.monotonic()
-                if msgs:
-                    self._ingest(msgs, now)
-                self._collect_outcomes(0.02)
+                try:
+                    if msgs:
+                        self._ingest(msgs, now)
+                    self._collect_outcomes(0.02)
+                except (RegistryUnavailable, WorkerCrashed) as exc:
+                    log.error("%s: stopping the drain; what is not acknowledged is not committed", exc)
+                    self.exit_code = 3 if isinstance(exc, RegistryUnavailable) else 5
+                    break
                 self._collect()
                 self._dispatch(now, flush=True)
                 self.dlq.poll(0)
