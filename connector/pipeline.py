@@ -232,6 +232,16 @@ class Pipeline:
                     del self._waiting[worker_no]
                 self._chunks[pool.submit(worker_no, [e[0].value() for e in chunk])] = chunk
 
+    def _drop_waiting(self, tps: set[TopicPartition]) -> None:
+        """Records of revoked partitions not yet sent to a worker: not worth transforming (those at
+        a worker are dropped when their outcomes come back, by epoch)."""
+        for worker_no, chunk in list(self._waiting.items()):
+            keep = [e for e in chunk if e[1] not in tps]
+            if keep:
+                self._waiting[worker_no] = keep
+            else:
+                del self._waiting[worker_no]
+
     def _collect_outcomes(self, timeout: float) -> None:
         if self.pool is not None:
             self.pool.collect(timeout, self._on_outcomes)
@@ -329,7 +339,7 @@ class Pipeline:
     def _complete(self, lane_no: int, fl: _InFlight) -> None:
         try:
             result = fl.future.result()
-        except Exception:
+        except Exception:  # a bug in the sender must not lose records
             log.exception("sender failed; the batch will be sent again")
             return
         tracker = self.tracker
@@ -426,6 +436,7 @@ class Pipeline:
         if not tps:
             return
         self.batcher.drop_partitions(tps)
+        self._drop_waiting(tps)
         deadline = time.monotonic() + self.settings.delivery.revoke_timeout_s
         self._finish_inflight(tps, deadline)
         self.batcher.drop_partitions(tps)  # abandoned batches may have put some back meanwhile
@@ -440,6 +451,7 @@ class Pipeline:
     def _on_lost(self, parts: list[Any]) -> None:
         tps = {(p.topic, p.partition) for p in parts}
         self.batcher.drop_partitions(tps)
+        self._drop_waiting(tps)
         for fl in self.inflight.values():
             if fl.tps & tps:
                 fl.cancel.set()

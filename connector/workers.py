@@ -40,7 +40,7 @@ import orjson
 
 from connector.config import DecodeConfig, XdmConfig
 from connector.decode import SINGLE_OBJECT_MAGIC, WIRE_MAGIC, Decoder
-from connector.errors import DecodeError, RegistryUnavailable
+from connector.errors import DecodeError
 from connector.metrics import METRICS
 from connector.transform import TransformError
 
@@ -165,10 +165,7 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
             schemas.update(new_schemas)
         if seq == 0:
             continue  # schemas only (sent to a restarted worker)
-        try:
-            answer: tuple[int, Any] = (seq, processor.run(values))
-        except RegistryUnavailable as exc:
-            answer = (seq, str(exc))
+        answer = (seq, processor.run(values))  # no lookup here can fail: schemas come with the chunks
         try:
             outbox.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, OSError):
@@ -302,7 +299,7 @@ class WorkerPool:
 
     def collect(self, timeout: float, on_answer: Callable[[int, list[Outcome]], None]) -> int:
         """Hand every available answer to ``on_answer(seq, outcomes)``; wait up to ``timeout`` for
-        the first one. Raises :class:`RegistryUnavailable` or :class:`WorkerCrashed`."""
+        the first one. Raises :class:`WorkerCrashed`."""
         busy = {w.outbox: w for w in self._workers if w.outstanding}
         if not busy:
             return 0
@@ -319,8 +316,6 @@ class WorkerPool:
                     break
                 seq, result = pickle.loads(raw)
                 w.outstanding.pop(seq, None)
-                if isinstance(result, str):
-                    raise RegistryUnavailable(result)
                 on_answer(seq, result)
                 n += 1
         return n
