@@ -101,7 +101,7 @@ class FakeSource:
         self.on_assign = on_assign
         return self
 
-    def consume(self) -> list[Msg]:
+    def consume(self, _timeout: float | None = None) -> list[Msg]:
         if not self.assigned:
             self.assigned = True
             tps = {(m._topic, m._partition) for m in self.msgs}

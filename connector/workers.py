@@ -121,7 +121,12 @@ class RecordProcessor:
             if not msgs:
                 append((EMPTY, fmt))
                 continue
-            bodies = [dumps(x.envelope) for x in msgs]
+            try:
+                bodies = [dumps(x.envelope) for x in msgs]
+            except TypeError as exc:  # a value JSON cannot carry (pre-flight validation off)
+                append((DEAD, "transform", "TransformError", "invalid_value", f"not JSON-serialisable: {exc}",
+                        None, fmt))
+                continue
             size = sum(map(len, bodies)) + len(bodies)
             if size > max_size:
                 append((DEAD, "deliver", "RecordTooLarge", "record_too_large",

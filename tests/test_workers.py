@@ -211,3 +211,24 @@ def test_auto_workers_follow_a_container_cpu_quota(tmp_path: Path) -> None:
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")  # cgroup v1: one CPU
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert resolve_workers("auto", str(tmp_path)) == 0
+
+
+def test_a_message_json_cannot_carry_is_dead_lettered_not_a_crash(spec: ProcessorSpec) -> None:
+    from connector.transform.transformer import XdmMessage
+
+    processor = RecordProcessor(spec)
+    values = _values(3, poison=False)
+    real = processor.transformer.transform
+    calls = iter([False, True, False])
+
+    def transform(event: Any) -> list[Any]:
+        out = real(event)
+        if next(calls):  # what a bytes field passed through with validation off would give
+            out = [XdmMessage("event", "x", "x", {"body": {"raw": b"\x00\x01"}})]
+        return out
+
+    processor.transformer.transform = transform  # type: ignore[method-assign]
+    outcomes = processor.run(values)
+    assert [o[0] for o in outcomes] == [OK, DEAD, OK]
+    assert outcomes[1][1:4] == ("transform", "TransformError", "invalid_value")
+    assert "not JSON-serialisable" in outcomes[1][4]

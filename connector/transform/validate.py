@@ -9,6 +9,12 @@ Schema interpreter on the hot path); a record costs a few microseconds.
 Checked: ``type``, ``required``, closed objects (unknown fields), ``enum``, ``pattern``, the
 formats AEP enforces (``date-time``, ``date``, ``email``, ``uri-reference``), length and range
 bounds, and AEP's "no null or empty values" rule. Messages name paths, never values (no PII).
+
+Two implementations of one rule set: the checks below are the specification and write the
+messages; a Rust validator (jsonschema-rs) compiled from the same compact schema, translated so
+that it is never more lenient (``_strict_schema``), answers the common question "valid?" about four
+times faster. Only a record it rejects (or cannot read) goes through the Python checks, which then
+decide and explain. ``tests/test_validate_fast.py`` holds the two to the same verdicts.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import jsonschema_rs
 import orjson
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "xdm"
@@ -262,17 +269,82 @@ def load_schema(kind: Literal["event", "profile"], tenant_id: str, schema_dir: P
     return schema
 
 
+# == the fast path ===========================================================================
+# Python's ``\s`` (str.isspace), spelled out: Rust's Unicode White_Space differs (\x1c-\x1f).
+_SPACES = "".join(f"\\u{c:04x}" for c in (*range(0x09, 0x0E), *range(0x1C, 0x21), 0x85, 0xA0, 0x1680,
+                                            *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000))
+_URI_REFERENCE_PATTERN = rf"^(?:[A-Za-z][A-Za-z0-9+.-]*:[^{_SPACES}]*|[^:/{_SPACES}]*(?:/[^{_SPACES}]*)?)$"
+# Free-form content (the tenant namespace): any JSON but null and empty values, at any depth.
+# Integers orjson can write (64 bits), as the Python check serialises it.
+_FREE_DEFS = {"free": {"type": ["string", "number", "boolean", "object", "array"], "minLength": 1,
+                       "minProperties": 1, "minItems": 1, "minimum": -(2**63), "maximum": 2**64 - 1,
+                       "additionalProperties": {"$ref": "#/$defs/free"}, "items": {"$ref": "#/$defs/free"}}}
+
+
+def _ecma_pattern(python_regex: str) -> str:
+    """One of ``_FORMATS`` for ``re.match`` → an anchored ECMA-262 pattern at least as strict."""
+    body = python_regex.removesuffix(r"\Z").replace(r"\d", "[0-9]")
+    return "^(?:" + body.replace(r"[^@\s]", f"[^@{_SPACES}]") + ")$"
+
+
+def _strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A compact-schema node as standard JSON Schema with AEP's extra rules spelled out (no nulls,
+    non-empty strings, objects and arrays) and the enforced formats as patterns."""
+    node = {k: v for k, v in schema.items() if k not in ("$comment", "$schema", "title", "description", "format")}
+    kind = schema.get("type")
+    fmt = schema.get("format")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties", {})
+        additional = schema.get("additionalProperties", True)
+        if not properties and additional is True:
+            return {"$ref": "#/$defs/free"}
+        node.update(type="object", minProperties=1,
+                    properties={name: _strict_schema(sub) for name, sub in properties.items()})
+        if isinstance(additional, dict):
+            node["additionalProperties"] = _strict_schema(additional)
+    elif kind == "array":
+        node["minItems"] = max(1, schema.get("minItems", 1))
+        if isinstance(schema.get("items"), dict):
+            node["items"] = _strict_schema(schema["items"])
+    elif kind is None:
+        node["not"] = {"type": "null"}
+    if kind == "string":
+        node["minLength"] = max(1, schema.get("minLength", 1))
+        if fmt == "uri-reference":
+            node["allOf"] = [{"pattern": _URI_REFERENCE_PATTERN}]
+        elif fmt in _FORMATS:
+            node["allOf"] = [{"pattern": _ecma_pattern(_FORMATS[fmt].pattern)}]
+    return node
+
+
+def _fast_check(schema: dict[str, Any]) -> Callable[[Any], bool]:
+    strict = _strict_schema(schema)
+    strict["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    strict["$defs"] = _FREE_DEFS
+    return jsonschema_rs.validator_for(strict, validate_formats=False).is_valid  # type: ignore[no-any-return]
+
+
 class XdmValidator:
-    def __init__(self, event_schema: dict[str, Any], profile_schema: dict[str, Any]) -> None:
+    def __init__(self, event_schema: dict[str, Any], profile_schema: dict[str, Any], *, fast: bool = True) -> None:
         self._checks: dict[str, Check] = {"event": _compile(event_schema), "profile": _compile(profile_schema)}
+        self._fast: dict[str, Callable[[Any], bool]] = (
+            {"event": _fast_check(event_schema), "profile": _fast_check(profile_schema)} if fast else {})
 
     @classmethod
-    def load(cls, tenant_id: str, schema_dir: str | Path | None = None) -> XdmValidator:
+    def load(cls, tenant_id: str, schema_dir: str | Path | None = None, *, fast: bool = True) -> XdmValidator:
         directory = Path(schema_dir) if schema_dir is not None else SCHEMA_DIR
-        return cls(load_schema("event", tenant_id, directory), load_schema("profile", tenant_id, directory))
+        return cls(load_schema("event", tenant_id, directory), load_schema("profile", tenant_id, directory),
+                   fast=fast)
 
     def errors(self, kind: Literal["event", "profile"], xdm_entity: Any) -> list[str]:
         """Up to five violations of ``xdm_entity`` against the schema of ``kind`` (empty list: valid)."""
+        fast = self._fast.get(kind)
+        if fast is not None:
+            try:
+                if fast(xdm_entity):
+                    return []
+            except Exception:  # noqa: BLE001, S110 - a value it cannot read (say, a 65-bit int): ask the checks
+                pass
         found = self._checks[kind](xdm_entity)
         if not found:
             return []
