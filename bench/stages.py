@@ -165,7 +165,8 @@ def settings(tmp: Path) -> Any:
 
     cfg = tmp / "stages.toml"
     cfg.write_text(connector_toml(bootstrap="127.0.0.1:9", emulator_url="http://127.0.0.1:9",
-                                  prefix=TOPIC_PREFIX, group="stages", metrics_port=None, authenticated=False))
+                                  prefix=TOPIC_PREFIX, group="stages", metrics_port=None, authenticated=False,
+                                  extra="[processing]\nworkers = 0\n"))  # the loop on this thread
     return load_settings(cfg)
 
 
@@ -182,7 +183,7 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
     for sid, text in enumerate(registry.schemas, start=1):
         if sid not in parsed:
             parsed[sid] = parse_schema(orjson.loads(text))
-    p.decoder._registry_lookup = parsed.get  # noqa: SLF001
+    p.processor.decoder._registry_lookup = parsed.get  # noqa: SLF001
 
     def deliver(records: list[Any], _cancel: Any) -> BatchResult:
         encode_body(m for r in records for m in r.messages)
@@ -191,7 +192,7 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
     p.sink.deliver = deliver  # type: ignore[method-assign]
     if stub is not None:
         # The transform replaced by a lookup of its output: what is left is the pipeline's own cost.
-        p.transformer.transform = lambda ev: stub[ev["eventId"]]  # type: ignore[method-assign]
+        p.processor.transformer.transform = lambda ev: stub[ev["eventId"]]  # type: ignore[method-assign]
     p.source = src.factory(s.kafka, p._on_assign, p._on_revoke, p._on_lost)  # noqa: SLF001
     n = len(msgs)
     t0 = time.process_time()

@@ -47,6 +47,15 @@ from connector.errors import DecodeError
 
 WIRE_MAGIC = 0
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+
+
+def format_of(value: bytes) -> str:
+    """The encoding label of a value that decoded (so it is not empty), from its framing bytes."""
+    if value[0] == WIRE_MAGIC:
+        return "avro-registry"
+    return "avro-single" if value[:2] == SINGLE_OBJECT_MAGIC else "json"
+
+
 _JSON_STARTS = frozenset(b"{[ \t\r\n")
 
 # schema id → writer schema, or None if the registry does not know the id. The schema may be given

@@ -12,10 +12,8 @@ partial 207 retry; they carry the same deterministic ``_id``.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
-import os
 import signal
 import sys
 import threading
@@ -35,6 +33,7 @@ from connector.dlq import DeadLetter, DeadLetterWriter
 from connector.errors import AuthFailure, RegistryUnavailable, TransientError
 from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
+from connector.registry import RegistryLookup
 from connector.sink import BatchResult, Sink
 from connector.source import Source, producer_config
 from connector.transform.events import SPECS
@@ -47,13 +46,13 @@ from connector.workers import (
     WorkerCrashed,
     WorkerPool,
     resolve_workers,
+    tune_malloc,
 )
 
 log = logging.getLogger(__name__)
 
 _AUTH_PROBE_INTERVAL_S = 30.0
 _SWITCH_INTERVAL_S = 0.001
-_M_ARENA_MAX = -8  # glibc mallopt parameter
 _CLOSE_TIMEOUT_S = 10.0
 _FULL_CHUNK = 256  # records: a chunk worth queueing behind the one a worker is on
 _MAX_CHUNK = 1_000  # records per chunk: bounds the memory of a hand-off on both sides
@@ -67,30 +66,20 @@ class _InFlight:
     records: int
 
 
-def _limit_malloc_arenas() -> None:
-    """glibc gives each thread that allocates its own malloc arena (up to 8 per core); with eight
-    sender threads and librdkafka's, freed memory stays spread over them. Two arenas cost nothing
-    measurable here and save ~25 MB of RSS (bench/run.py --mode drain). MALLOC_ARENA_MAX wins."""
-    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_ARENA_MAX, 2)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 class Pipeline:
     def __init__(self, settings: Settings, *, source_factory: Any = Source) -> None:
-        _limit_malloc_arenas()
+        tune_malloc()
         self.settings = s = settings
         self.tracker = OffsetTracker()
         self.batcher = Batcher(s.batch.lanes, s.batch.max_records, s.batch.max_bytes, s.batch.linger_ms / 1000)
         self.spec = ProcessorSpec(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, self.batcher.max_record_size,
                                   s.log.level, s.log.format)
-        self.processor = RecordProcessor(self.spec)  # on this thread when there are no workers
-        self.decoder, self.transformer = self.processor.decoder, self.processor.transformer
         self.workers = resolve_workers(s.processing.workers)
+        # Writer schemas are fetched here, on the consumer's side, in both modes (workers do no I/O).
+        self.registry_lookup = RegistryLookup(s.decode.schema_registry_url) if s.decode.schema_registry_url else None
+        # Decode → transform → encode on this thread when there are no workers; with workers the
+        # consumer process keeps no transformer (its validator and schemas would be unused memory).
+        self.processor = RecordProcessor(self.spec, self.registry_lookup) if self.workers == 0 else None
         self.pool: WorkerPool | None = None  # started by run()
         self._chunks: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # seq → records at a worker
         self._waiting: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # worker → records for its next chunk
@@ -136,7 +125,7 @@ class Pipeline:
         METRICS.up.set(1)
         METRICS.transform_workers.set(self.workers)
         if self.workers:
-            self.pool = WorkerPool(self.workers, self.spec, self.processor.registry_lookup)
+            self.pool = WorkerPool(self.workers, self.spec, self.registry_lookup)
             log.info("decoding and transforming in %d worker processes (pids %s)", self.workers, self.pool.pids)
         self._probe_auth(force=True)
         # Everything built so far (modules, compiled validator, schemas, clients) lives as long as the
@@ -206,6 +195,7 @@ class Pipeline:
             return
         pool = self.pool
         if pool is None:
+            assert self.processor is not None
             self._integrate(entries, self.processor.run([e[0].value() for e in entries]), now)
             return
         waiting = self._waiting

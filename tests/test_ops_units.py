@@ -24,7 +24,7 @@ from connector.emulator import config as em
 from connector.health import serve_health
 from connector.metrics import Metrics
 from connector.pipeline import _event_type_label
-from connector.workers import format_of as _format_of
+from connector.decode import format_of as _format_of
 from connector.produce import SampleEncoder
 from connector.avro_schemas import default_schemas
 from support import ROOT, free_port

@@ -232,3 +232,18 @@ def test_a_message_json_cannot_carry_is_dead_lettered_not_a_crash(spec: Processo
     assert [o[0] for o in outcomes] == [OK, DEAD, OK]
     assert outcomes[1][1:4] == ("transform", "TransformError", "invalid_value")
     assert "not JSON-serialisable" in outcomes[1][4]
+
+
+def test_with_workers_the_consumer_process_keeps_no_transformer(tmp_path: Path) -> None:
+    from connector.pipeline import Pipeline
+
+    for workers, has_processor in ((2, False), (0, True)):
+        path = write_config(tmp_path / f"c{workers}.toml", bootstrap="127.0.0.1:9", emulator_url="http://127.0.0.1:9",
+                            prefix="w.", group="g", metrics_port=9, extra=f"[processing]\nworkers = {workers}\n")
+        p = Pipeline(load_settings(path, aep={"authentication_required": False}))
+        try:
+            assert (p.processor is not None) is has_processor
+            assert p.registry_lookup is not None  # writer schemas are fetched here in both modes
+        finally:
+            p.executor.shutdown(wait=False)
+            p.client.close()
