@@ -328,7 +328,7 @@ def make_producer(bootstrap: str) -> Any:
     from confluent_kafka import Producer
 
     return Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                     "linger.ms": int(os.environ.get("BENCH_LINGER","20")), "batch.num.messages": 10_000, "compression.type": "none",
+                     "linger.ms": 20, "batch.num.messages": 10_000, "compression.type": "none",
                      "queue.buffering.max.messages": 500_000})
 
 
