@@ -78,7 +78,11 @@ class ProcessorSpec:
 
 
 class RecordProcessor:
-    """Values → outcomes. Raises :class:`RegistryUnavailable` (transient: nothing may be decided)."""
+    """Values → outcomes. Raises :class:`RegistryUnavailable` (transient: nothing may be decided).
+
+    ``registry_lookup`` (schema id → writer schema) is the caller's: the pipeline's registry client
+    on the consumer's side, the schemas shipped with the chunks in a worker. None: no registry, so
+    registry-framed records are dead-lettered."""
 
     def __init__(self, spec: ProcessorSpec, registry_lookup: Callable[[int], str | None] | None = None) -> None:
         # Imported here, not at the top: the consumer process with workers never decodes, and the
@@ -87,12 +91,6 @@ class RecordProcessor:
         from connector.decode import Decoder, format_of
         from connector.transform import Transformer
 
-        if registry_lookup is None and spec.decode.schema_registry_url:
-            # I/O: only on the consumer's side (workers get the schemas with their chunks)
-            from connector.registry import RegistryLookup
-
-            registry_lookup = RegistryLookup(spec.decode.schema_registry_url)
-        self.registry_lookup = registry_lookup
         self.decoder = Decoder(LocalSchemas.load(spec.decode.schemas_dir or None), registry_lookup)
         self.transformer = Transformer(spec.xdm, org_id=spec.org_id, source_name=spec.source_name)
         self.max_record_size = spec.max_record_size
