@@ -76,6 +76,9 @@ class Metrics:
             p + "transform_workers", "Worker processes decoding and transforming (0: the consumer thread)", registry=r)
         self.worker_restarts = Counter(
             p + "worker_restarts_total", "Transform worker processes that died and were restarted", registry=r)
+        self.partition_moves = Counter(
+            p + "partition_moves_total", "Partitions moved between transform workers to even out their load",
+            registry=r)
 
     def forget_partitions(self, tps: Iterable[tuple[str, int]]) -> None:
         """Drop the per-partition series of partitions this member no longer owns: their new owner

@@ -33,6 +33,7 @@ from connector.dlq import DeadLetter, DeadLetterWriter
 from connector.errors import AuthFailure, RegistryUnavailable, TransientError
 from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
+from connector.placement import HELD, Placement
 from connector.registry import RegistryLookup
 from connector.sink import BatchResult, Sink
 from connector.source import Source, producer_config
@@ -56,6 +57,7 @@ _SWITCH_INTERVAL_S = 0.001
 _CLOSE_TIMEOUT_S = 10.0
 _FULL_CHUNK = 256  # records: a chunk worth queueing behind the one a worker is on
 _MAX_CHUNK = 1_000  # records per chunk: bounds the memory of a hand-off on both sides
+_PLACEMENT_INTERVAL_S = 1.0  # how often the workers' loads are compared (see connector.placement)
 
 
 @dataclass(slots=True)
@@ -81,6 +83,8 @@ class Pipeline:
         # consumer process keeps no transformer (its validator and schemas would be unused memory).
         self.processor = RecordProcessor(self.spec, self.registry_lookup) if self.workers == 0 else None
         self.pool: WorkerPool | None = None  # started by run()
+        self.placement = Placement(max(1, self.workers))
+        self._next_placement = 0.0
         self._chunks: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # seq → records at a worker
         self._waiting: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # worker → records for its next chunk
         self.client = httpx.Client(
@@ -161,6 +165,9 @@ class Pipeline:
             self._ingest(msgs, now)
         if pool is not None and pool.outstanding:
             self._collect_outcomes(0.0 if msgs else 0.005)
+        if pool is not None and now >= self._next_placement:
+            self._next_placement = now + _PLACEMENT_INTERVAL_S
+            self._balance_workers()
         self._collect()
         self._dispatch(now)
         self.dlq.poll(0)
@@ -199,9 +206,10 @@ class Pipeline:
             self._integrate(entries, self.processor.run([e[0].value() for e in entries]), now)
             return
         waiting = self._waiting
-        owner = pool.owner
+        owner = self.placement.owner
         for e in entries:
             waiting.setdefault(owner(e[1]), []).append(e)
+        self.placement.count(e[1] for e in entries)
         self._feed_workers()
 
     def _feed_workers(self) -> None:
@@ -212,6 +220,8 @@ class Pipeline:
         pool = self.pool
         assert pool is not None
         for worker_no in list(self._waiting):
+            if worker_no == HELD:
+                continue
             chunk = self._waiting[worker_no]
             busy = pool.busy(worker_no)
             if busy == 0 or (busy == 1 and len(chunk) >= _FULL_CHUNK):
@@ -222,9 +232,49 @@ class Pipeline:
                     del self._waiting[worker_no]
                 self._chunks[pool.submit(worker_no, [e[0].value() for e in chunk])] = chunk
 
+    def _balance_workers(self) -> None:
+        """Move one partition from the busiest worker to the least busy one if the load is uneven
+        (``connector.placement``): hold its records until the old worker is done with it."""
+        move = self.placement.plan()
+        if move is None:
+            return
+        tp, src, dst = move
+        self.placement.hold(tp, dst)
+        # Records of tp waiting for the old worker are held too, ahead of any that arrive later.
+        self._shift_waiting(tp, src, HELD)
+        log.debug("moving %s[%d] from transform worker %d to %d", tp[0], tp[1], src, dst)
+        self._release_moved()
+
+    def _release_moved(self) -> None:
+        """Partitions on the move whose old worker has answered every chunk holding them: theirs
+        are the records held, in order, and every later one."""
+        pool = self.pool
+        assert pool is not None
+        for tp, (src, _dst) in list(self.placement.moving.items()):
+            if any(e[1] == tp for seq in pool.pending(src) for e in self._chunks[seq]):
+                continue
+            self._shift_waiting(tp, HELD, self.placement.release(tp))
+            METRICS.partition_moves.inc()
+
+    def _shift_waiting(self, tp: TopicPartition, src: int, dst: int) -> None:
+        """Move tp's waiting records from one list to the end of another, in order."""
+        chunk = self._waiting.get(src)
+        if not chunk:
+            return
+        mine = [e for e in chunk if e[1] == tp]
+        if not mine:
+            return
+        rest = [e for e in chunk if e[1] != tp]
+        if rest:
+            self._waiting[src] = rest
+        else:
+            del self._waiting[src]
+        self._waiting.setdefault(dst, []).extend(mine)
+
     def _drop_waiting(self, tps: set[TopicPartition]) -> None:
         """Records of revoked partitions not yet sent to a worker: not worth transforming (those at
         a worker are dropped when their outcomes come back, by epoch)."""
+        self.placement.forget(tps)
         for worker_no, chunk in list(self._waiting.items()):
             keep = [e for e in chunk if e[1] not in tps]
             if keep:
@@ -234,7 +284,8 @@ class Pipeline:
 
     def _collect_outcomes(self, timeout: float) -> None:
         if self.pool is not None:
-            self.pool.collect(timeout, self._on_outcomes)
+            if self.pool.collect(timeout, self._on_outcomes) and self.placement.moving:
+                self._release_moved()
             if self._waiting:
                 self._feed_workers()
 

@@ -259,8 +259,6 @@ class WorkerPool:
         self._ctx.set_forkserver_preload([__name__, "connector.decode", "connector.transform.validate"])
         self._spec = spec
         self._workers = [_Worker(i, self._ctx, spec) for i in range(workers)]
-        self._owner: dict[Any, int] = {}
-        self._load = [0] * workers  # partitions per worker, to place new partitions
         self._seq = 0
         self._crashes: list[float] = []
         self._lookup = registry_lookup
@@ -272,14 +270,6 @@ class WorkerPool:
     @property
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process.pid is not None]
-
-    def owner(self, key: Any) -> int:
-        """The worker serving a partition: fixed once chosen, new ones go to the least loaded."""
-        no = self._owner.get(key)
-        if no is None:
-            no = self._owner[key] = min(range(len(self._load)), key=self._load.__getitem__)
-            self._load[no] += 1
-        return no
 
     def submit(self, worker_no: int, values: list[bytes | None]) -> int:
         """Queue a chunk at a worker; raises :class:`RegistryUnavailable` before sending anything
@@ -316,6 +306,10 @@ class WorkerPool:
     @property
     def outstanding(self) -> int:
         return sum(len(w.outstanding) for w in self._workers)
+
+    def pending(self, worker_no: int) -> list[int]:
+        """Sequence numbers of the chunks a worker has not answered yet."""
+        return list(self._workers[worker_no].outstanding)
 
     def busy(self, worker_no: int) -> int:
         """Chunks sent to a worker and not answered yet."""

@@ -77,16 +77,6 @@ def test_outcomes_in_a_worker_equal_the_in_process_ones(spec: ProcessorSpec) -> 
     assert got[seqs[0]] + got[seqs[1]] == local
 
 
-def test_partitions_stick_to_one_worker_and_spread_over_all(spec: ProcessorSpec) -> None:
-    pool = WorkerPool(2, spec)
-    try:
-        owners = [pool.owner(("t", p)) for p in range(6)]
-        assert sorted(owners) == [0, 0, 0, 1, 1, 1]
-        assert [pool.owner(("t", p)) for p in range(6)] == owners
-    finally:
-        pool.close()
-
-
 def test_a_killed_worker_is_restarted_and_its_chunks_are_answered_once(spec: ProcessorSpec) -> None:
     values = _values(40, seed=5)
     want = RecordProcessor(spec).run(values)
