@@ -6,9 +6,10 @@ the pipeline ~15 µs) and they hold the GIL, so threads cannot share them. With 
 XDM messages back (pickled bytes: a few µs per record), while offsets, batching, HTTP and the DLQ
 stay on the parent, where the consumer lives.
 
-Order and state: a partition is always served by the same worker and each worker answers its
-chunks in order, so per-partition order is kept; the transform's program cache is per worker (as it
-is per replica). A chunk's outcomes carry everything the parent needs to batch or dead-letter the
+Order and state: a partition is served by one worker at a time (``connector.placement`` moves it
+only once its old worker has answered every chunk holding it) and each worker answers its chunks
+in order, so per-partition order is kept; the transform's program cache is per worker (as it is
+per replica). A chunk's outcomes carry everything the parent needs to batch or dead-letter the
 record; the parent drops outcomes of partitions revoked meanwhile (epochs, see ``offsets``).
 
 A worker that dies (OOM kill, a crash in a C extension) is restarted and its outstanding chunks are
@@ -256,7 +257,8 @@ class WorkerPool:
         # Never fork a process that runs librdkafka threads: workers are forked from a fresh server
         # process that imported this module once, so they start fast and share its pages.
         self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload([__name__, "connector.decode", "connector.transform.validate"])
+        self._ctx.set_forkserver_preload([__name__, "connector.decode", "connector.transform.validate",
+                                          "connector.preload"])
         self._spec = spec
         self._workers = [_Worker(i, self._ctx, spec) for i in range(workers)]
         self._seq = 0
