@@ -126,3 +126,14 @@ def test_envelope_does_not_change_the_output(raw: dict[str, Any], style: str) ->
     transformer = TRANSFORMERS[("plain", "dlq")]
     flat = [m.envelope for m in transformer.transform(raw)]
     assert [m.envelope for m in transformer.transform(wrap(raw, style))] == flat
+
+
+@given(st.integers(0, 253_402_300_799_999), st.integers(0, 999))
+def test_iso_ms_matches_the_calendar_also_from_its_cache(ms: int, other_ms: int) -> None:
+    from datetime import datetime, timezone
+
+    from connector.transform.times import iso_ms
+
+    for value in (ms, ms - ms % 1000 + other_ms):  # the second call hits the per-second cache
+        want = datetime.fromtimestamp(value // 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        assert iso_ms(value) == f"{want}.{value % 1000:03d}Z"
