@@ -30,8 +30,9 @@ CODE_ROOT = Path(os.environ.get("BENCH_CODE_ROOT") or ROOT)
 if str(CODE_ROOT) not in sys.path:
     sys.path.insert(0, str(CODE_ROOT))
 
-from connector.emulator import config as em  # noqa: E402
-from connector.topics import all_topics, topic_for  # noqa: E402
+from connector import demo
+from connector.emulator import config as em
+from connector.topics import all_topics, topic_for
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -551,58 +552,15 @@ def iso_to_ms(text: str) -> int:
 
 
 # == worker configurations =================================================================
-def topics_regex(prefix: str) -> str:
-    return "^" + re.escape(prefix) + ".*"
-
-
 def connector_toml(*, bootstrap: str, emulator_url: str, prefix: str, group: str, metrics_port: int | None,
                    authenticated: bool = True, dcs_url: str | None = None, registry_url: str | None = None,
                    extra: str = "") -> str:
     """The connector's configuration for a bench run: only what a deployment must set (addresses,
     ids, the subscription); every tuning knob keeps its default."""
-    listen = f"127.0.0.1:{metrics_port}" if metrics_port else ""
-    return f"""# Written by bench/run.py
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-topics = ['{topics_regex(prefix)}']
-dlq_topic = "bench-dlq.{group}"
-session_timeout_ms = 10000
-
-[decode]
-schema_registry_url = "{registry_url or emulator_url}"
-
-[aep]
-dcs_url = "{dcs_url or emulator_url}"
-inlet_id = "{em.DEMO_INLET_ID}"
-org_id = "{em.DEMO_ORG_ID}"
-sandbox = "prod"
-authentication_required = {"true" if authenticated else "false"}
-
-[aep.ims]
-url = "{emulator_url}"
-client_id = "{em.DEMO_CLIENT_ID}"
-
-[xdm]
-tenant_id = "capillary"
-
-[xdm.event]
-dataset_id = "{em.DEMO_EVENT_DATASET_ID}"
-schema_id = "{em.DEMO_EVENT_SCHEMA_ID}"
-flow_id = "{em.DEMO_EVENT_FLOW_ID}"
-
-[xdm.profile]
-dataset_id = "{em.DEMO_PROFILE_DATASET_ID}"
-schema_id = "{em.DEMO_PROFILE_SCHEMA_ID}"
-flow_id = "{em.DEMO_PROFILE_FLOW_ID}"
-
-[metrics]
-listen = "{listen}"
-
-[log]
-format = "json"
-{extra}
-"""
+    return demo.connector_toml(bootstrap=bootstrap, emulator_url=emulator_url, metrics_port=metrics_port,
+                               group=group, prefix=prefix, dlq_topic=f"bench-dlq.{group}", session_timeout_ms=10000,
+                               authenticated=authenticated, registry_url=registry_url, dcs_url=dcs_url,
+                               extra=f'[log]\nformat = "json"\n{extra}', origin="bench/run.py")
 
 
 CONNECTOR_ENV = {"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET}

@@ -12,6 +12,7 @@ drain and commit), checks the committed offsets, prints a summary and stops ever
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -74,21 +75,32 @@ class _Procs:
                     proc.wait(5)
 
 
-def connector_toml(bootstrap: str, emulator_url: str, metrics_port: int) -> str:
-    return f"""# Written by `capillary-aep demo`.
+def connector_toml(*, bootstrap: str, emulator_url: str, metrics_port: int | None, group: str = GROUP_ID,
+                   prefix: str | None = None, dlq_topic: str | None = None, session_timeout_ms: int = 6000,
+                   kafka: str = "", authenticated: bool = True, registry_url: str | None = None,
+                   dcs_url: str | None = None, extra: str = "", origin: str = "`capillary-aep demo`") -> str:
+    """The connector's configuration against the local stack (the emulator as inlet, IMS and
+    Schema Registry, the demo ids): for the demo, the tests and the bench. ``prefix`` subscribes
+    to ``<prefix>.*`` instead of the default topics; ``kafka`` adds lines to ``[kafka]``; ``extra``
+    adds tables at the end (``[batch]``, ``[processing]``, ...)."""
+    topics = f"topics = ['^{re.escape(prefix)}.*']\n" if prefix is not None else ""
+    dlq = f'dlq_topic = "{dlq_topic}"\n' if dlq_topic else ""
+    listen = f"127.0.0.1:{metrics_port}" if metrics_port else ""
+    return f"""# Written by {origin}.
 [kafka]
 bootstrap_servers = "{bootstrap}"
-group_id = "{GROUP_ID}"
-session_timeout_ms = 6000
-
+group_id = "{group}"
+session_timeout_ms = {session_timeout_ms}
+{topics}{dlq}{kafka}
 [decode]
-schema_registry_url = "{emulator_url}"
+schema_registry_url = "{registry_url or emulator_url}"
 
 [aep]
-dcs_url = "{emulator_url}"
+dcs_url = "{dcs_url or emulator_url}"
 inlet_id = "{em.DEMO_INLET_ID}"
 org_id = "{em.DEMO_ORG_ID}"
 sandbox = "prod"
+authentication_required = {"true" if authenticated else "false"}
 
 [aep.ims]
 url = "{emulator_url}"
@@ -108,11 +120,9 @@ dataset_id = "{em.DEMO_PROFILE_DATASET_ID}"
 schema_id = "{em.DEMO_PROFILE_SCHEMA_ID}"
 flow_id = "{em.DEMO_PROFILE_FLOW_ID}"
 
-[batch]
-linger_ms = 100
-
 [metrics]
-listen = "127.0.0.1:{metrics_port}"
+listen = "{listen}"
+{extra}
 """
 
 
@@ -262,7 +272,8 @@ def run_demo(count: int, workdir: Path, timeout: float) -> int:
         ingest_code = ingest.wait(30)
 
         config = workdir / "connector.toml"
-        config.write_text(connector_toml(bootstrap, emulator_url, mport))
+        config.write_text(connector_toml(bootstrap=bootstrap, emulator_url=emulator_url, metrics_port=mport,
+                                         extra="[batch]\nlinger_ms = 100\n"))
         env = {**os.environ, "CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET,
                "CAPILLARY_AEP__LOG__FORMAT": "json"}
         print(f"• starting the connector (metrics on http://127.0.0.1:{mport}/metrics)")

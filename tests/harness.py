@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from support import ManagedProcess, free_port, python_module, wait_until
 
 from connector.config import XdmConfig
+from connector.demo import connector_toml
 from connector.emulator import config as em
-from connector.transform import Transformer
 from connector.topics import all_topics
-from support import ManagedProcess, free_port, python_module, wait_until
+from connector.transform import Transformer
 
 
 class ConnectorProc:
@@ -63,39 +63,13 @@ def dlq_topic(prefix: str) -> str:
 
 def write_config(path: Path, *, bootstrap: str, emulator_url: str, prefix: str, group: str,
                  metrics_port: int, extra: str = "") -> Path:
-    topics_regex = "^" + re.escape(prefix) + ".*"
-    path.write_text(f"""
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-topics = ['{topics_regex}']
-session_timeout_ms = 6000
-auto_commit_interval_ms = 200
-dlq_topic = "{dlq_topic(prefix)}"
-consume_timeout_s = 0.05
-extra = {{ "topic.metadata.refresh.interval.ms" = 2000 }}
-
-[decode]
-schema_registry_url = "{emulator_url}"
-
-[aep]
-dcs_url = "{emulator_url}"
-inlet_id = "{em.DEMO_INLET_ID}"
-org_id = "{em.DEMO_ORG_ID}"
-
-[aep.ims]
-url = "{emulator_url}"
-client_id = "{em.DEMO_CLIENT_ID}"
-
-[xdm.event]
-dataset_id = "{em.DEMO_EVENT_DATASET_ID}"
-schema_id = "{em.DEMO_EVENT_SCHEMA_ID}"
-
-[xdm.profile]
-dataset_id = "{em.DEMO_PROFILE_DATASET_ID}"
-schema_id = "{em.DEMO_PROFILE_SCHEMA_ID}"
-
-[batch]
+    """The local stack's config (``connector.demo``) tuned for tests: short timeouts and backoffs."""
+    path.write_text(connector_toml(
+        bootstrap=bootstrap, emulator_url=emulator_url, metrics_port=metrics_port, group=group, prefix=prefix,
+        dlq_topic=dlq_topic(prefix), origin="tests/harness.py",
+        kafka='auto_commit_interval_ms = 200\nconsume_timeout_s = 0.05\n'
+              'extra = { "topic.metadata.refresh.interval.ms" = 2000 }\n',
+        extra=f"""[batch]
 linger_ms = 50
 
 [delivery]
@@ -103,11 +77,7 @@ backoff_initial_s = 0.05
 backoff_max_s = 1.0
 drain_timeout_s = 5
 revoke_timeout_s = 5
-
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-{extra}
-""")
+{extra}"""))
     return path
 
 
@@ -176,8 +146,10 @@ def end_offsets(bootstrap: str, prefix: str) -> dict[tuple[str, int], int]:
 
 def transformer() -> Transformer:
     cfg = XdmConfig.model_validate({
-        "event": {"dataset_id": em.DEMO_EVENT_DATASET_ID, "schema_id": em.DEMO_EVENT_SCHEMA_ID},
-        "profile": {"dataset_id": em.DEMO_PROFILE_DATASET_ID, "schema_id": em.DEMO_PROFILE_SCHEMA_ID},
+        "event": {"dataset_id": em.DEMO_EVENT_DATASET_ID, "schema_id": em.DEMO_EVENT_SCHEMA_ID,
+                  "flow_id": em.DEMO_EVENT_FLOW_ID},
+        "profile": {"dataset_id": em.DEMO_PROFILE_DATASET_ID, "schema_id": em.DEMO_PROFILE_SCHEMA_ID,
+                    "flow_id": em.DEMO_PROFILE_FLOW_ID},
     })
     return Transformer(cfg, org_id=em.DEMO_ORG_ID, source_name="capillary-aep-connector")
 

@@ -92,7 +92,7 @@ def test_decoded_records_are_counted_per_topic_and_format(broker, emulator, pref
 def _check(tmp_path: Path, broker: str, emulator_url: str, prefix: str, timeout: float = 5,
            **env: str) -> subprocess.CompletedProcess:
     cfg = tmp_path / "check.toml"
-    cfg.write_text(connector_toml(broker, emulator_url, free_port()))
+    cfg.write_text(connector_toml(bootstrap=broker, emulator_url=emulator_url, metrics_port=free_port()))
     full = {**os.environ, "CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET,
             "CAPILLARY_AEP__KAFKA__TOPICS": json.dumps(["^" + prefix.replace(".", r"\.") + ".*"]),
             "CAPILLARY_AEP__KAFKA__DLQ_TOPIC": dlq_topic(prefix), **env}

@@ -206,7 +206,7 @@ def test_inlet_probe_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s
 
 def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202 - Settings
     cfg = tmp_path / "c.toml"
-    cfg.write_text(connector_toml("127.0.0.1:1", "http://127.0.0.1:1", 9400))
+    cfg.write_text(connector_toml(bootstrap="127.0.0.1:1", emulator_url="http://127.0.0.1:1", metrics_port=9400))
     monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", em.DEMO_CLIENT_SECRET)
     return load_settings(cfg)
 
@@ -226,7 +226,7 @@ def test_check_with_an_invalid_config_names_the_key_and_exits_2(tmp_path: Path,
 
 def test_check_reports_an_environment_value_that_is_not_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text(connector_toml("127.0.0.1:1", "http://127.0.0.1:1", 9400))
+    cfg.write_text(connector_toml(bootstrap="127.0.0.1:1", emulator_url="http://127.0.0.1:1", metrics_port=9400))
     monkeypatch.setenv("CAPILLARY_AEP__KAFKA__TOPICS", r'["^a\."]')  # \. is not a JSON escape
     result = CliRunner().invoke(main, ["check", "--config", str(cfg)])
     assert result.exit_code == 2 and result.output.startswith("✗ config") and '"kafka"' in result.output

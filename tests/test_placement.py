@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
+from harness import write_config
 
 from connector.config import load_settings
 from connector.placement import HELD, Placement
 from connector.samples import generate_events
-from harness import write_config
 
 
 def test_new_partitions_spread_over_the_workers_and_stick() -> None:
@@ -92,7 +92,7 @@ def test_repeated_plans_converge_on_random_skewed_traffic() -> None:
 # == the pipeline: moves under load keep every partition in order ==============================
 
 class _Msg:
-    __slots__ = ("_tp", "_off", "_value")
+    __slots__ = ("_off", "_tp", "_value")
 
     def __init__(self, tp: tuple[str, int], off: int, value: bytes) -> None:
         self._tp, self._off, self._value = tp, off, value
@@ -154,7 +154,7 @@ def _pipeline(tmp_path: Path, parts: list[tuple[str, int]]) -> tuple[Any, dict[t
                         prefix="w.", group="g", metrics_port=9, extra="[processing]\nworkers = 2\n")
     p = Pipeline(load_settings(path, aep={"authentication_required": False}))
     p.source = _Source([], 200)
-    p._on_assign([type("TP", (), {"topic": t, "partition": n})() for t, n in parts])  # noqa: SLF001
+    p._on_assign([type("TP", (), {"topic": t, "partition": n})() for t, n in parts])
     seen: dict[tuple[str, int], list[int]] = {tp: [] for tp in parts}
     add = p.batcher.add
 
@@ -180,13 +180,13 @@ def test_a_moving_partition_waits_until_its_old_worker_answered(tmp_path: Path) 
     events = [orjson.dumps(ev) for ev in generate_events(40, seed=2)]
     try:
         assert p.placement.owner(a) == 0 and p.placement.owner(b) == 1
-        p._ingest([_Msg(a, i, events[i]) for i in range(10)], time.monotonic())  # noqa: SLF001
+        p._ingest([_Msg(a, i, events[i]) for i in range(10)], time.monotonic())
         assert p.pool.busy(0) == 1  # at worker 0, not collected yet
         p.placement.plan = lambda: (a, 0, 1)  # type: ignore[method-assign]
-        p._balance_workers()  # noqa: SLF001
-        p._ingest([_Msg(a, i, events[i]) for i in range(10, 20)], time.monotonic())  # noqa: SLF001
+        p._balance_workers()
+        p._ingest([_Msg(a, i, events[i]) for i in range(10, 20)], time.monotonic())
         assert p.pool.busy(1) == 0, "records of a moving partition went to its new worker too early"
-        assert len(p._waiting[HELD]) == 10  # noqa: SLF001
+        assert len(p._waiting[HELD]) == 10
         p.placement.plan = lambda: None  # type: ignore[method-assign]
         deadline = time.monotonic() + 30
         while len(seen[a]) < 20:
@@ -224,7 +224,7 @@ def test_partitions_moved_between_workers_under_load_stay_in_order(tmp_path: Pat
         deadline = time.monotonic() + 120
         while src.stored != offsets:
             p.run_once()
-            p._dispatch(time.monotonic(), flush=src.pos == len(msgs))  # noqa: SLF001
+            p._dispatch(time.monotonic(), flush=src.pos == len(msgs))
             assert time.monotonic() < deadline, f"not finished: stored {src.stored}, want {offsets}"
     finally:
         _close(p)
