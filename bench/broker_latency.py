@@ -23,7 +23,17 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PY, Emulator, EventFactory, PacedProducer, Procs, all_topics, busy_box, start_broker  # noqa: E402
+from common import (
+    PY,
+    Emulator,
+    EventFactory,
+    PacedProducer,
+    Procs,
+    all_topics,
+    busy_box,
+    cpu_seconds,
+    start_broker,
+)
 
 _CONSUMER = r"""
 import sys, time, orjson
@@ -62,6 +72,7 @@ def main() -> int:
     procs = Procs(Path(tempfile.mkdtemp(prefix="broker-latency-")))
     try:
         bootstrap = start_broker(procs)
+        broker_pid = procs.procs[-1][0].pid
         emulator = Emulator(procs)
         factory = EventFactory(emulator.url, 5000)
         prefix = "latency.probe."
@@ -77,7 +88,17 @@ def main() -> int:
         time.sleep(8)  # past the group join (about session.timeout.ms / 2 on tansu)
         producer = PacedProducer(bootstrap, factory, prefix, args.rate, args.seconds, 0)
         producer.start()
-        producer.join()
+        # The broker's CPU per window at a constant rate: tansu keeps everything in memory, and its
+        # cost per record grows with what it holds (42% of a core at the start of a 40 s run at
+        # 5k/s, ~100% at its end on the machine of docs/benchmarks.md).
+        windows: list[float] = []  # share of a core per window
+        last, since = cpu_seconds(broker_pid), time.monotonic()
+        while producer.is_alive():
+            producer.join(5.0)
+            now, at = cpu_seconds(broker_pid), time.monotonic()
+            if at - since > 1.0:  # not the stub after the producer's end
+                windows.append((now - last) / (at - since))
+            last, since = now, at
         lat = sorted(orjson.loads(consumer.communicate(timeout=120)[0].strip().splitlines()[-1]))
         if len(lat) < producer.produced:
             print(f"only {len(lat)} of {producer.produced} records read back")
@@ -89,6 +110,7 @@ def main() -> int:
         print(f"broker alone at {args.rate:,.0f} events/s for {args.seconds:.0f}s ({len(lat):,} records, "
               f"fetch.wait.max.ms {args.fetch_wait_ms}): p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms, "
               f"max {lat[-1]:.0f} ms; producer behind its schedule by at most {producer.behind_s * 1000:.0f} ms")
+        print("broker CPU, % of a core per 5 s window: " + " ".join(f"{100 * c:.0f}" for c in windows))
         return 0
     finally:
         procs.stop_all()
