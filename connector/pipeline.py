@@ -273,7 +273,8 @@ class Pipeline:
 
     def _drop_waiting(self, tps: set[TopicPartition]) -> None:
         """Records of revoked partitions not yet sent to a worker: not worth transforming (those at
-        a worker are dropped when their outcomes come back, by epoch)."""
+        a worker are dropped when their outcomes come back, by epoch). Their placement is forgotten
+        too, a move under way included."""
         self.placement.forget(tps)
         for worker_no, chunk in list(self._waiting.items()):
             keep = [e for e in chunk if e[1] not in tps]

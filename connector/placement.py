@@ -28,7 +28,7 @@ HELD = -1  # the owner of a partition that is moving: its records wait for the m
 # held records, and would make partitions flap between workers on noise.
 _MIN_GAP = 0.10
 _MIN_GAIN = 0.02
-_MIN_RECORDS = 200  # records per interval below which the load is too small to judge
+_MIN_RECORDS = 200  # recent records (decayed counts) below which the load is too small to judge
 
 
 class Placement:
@@ -106,10 +106,9 @@ class Placement:
     def forget(self, keys: Iterable[Any]) -> None:
         """Partitions revoked or lost: placed anew if they come back."""
         for key in keys:
-            if key in self._moving:
-                self.release(key)
-                self.moves -= 1  # not a move: it left
             no = self._owner.pop(key, None)
+            if no == HELD:
+                no = self._moving.pop(key)[0]  # counted on the worker it was leaving
             if no is not None:
                 self._partitions[no] -= 1
             self.recent.pop(key, None)
