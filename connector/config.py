@@ -180,9 +180,17 @@ class DeliveryConfig(_Section):
     # (bench/run.py --mode drain), and what bounds RSS under a backlog.
     max_buffered_records: int = Field(20_000, ge=100)
     max_buffered_bytes: int = Field(64_000_000, ge=1_000_000)
-    drain_timeout_s: float = Field(30.0, ge=0)
+    # SIGTERM: time to finish in-flight batches and dead letters; the process then ends within this
+    # plus the consumer close (at most 5 s): 20 + 5 fits Kubernetes' default 30 s grace period.
+    drain_timeout_s: float = Field(20.0, ge=0)
     # Time a revoke waits for in-flight batches of the revoked partitions before abandoning them.
     revoke_timeout_s: float = Field(15.0, ge=0)
+    # A record whose message keeps failing (per-message 5xx/429) in rounds where the inlet accepted
+    # other messages is dead-lettered after this many; 0 = retry for ever.
+    max_message_retries: int = Field(20, ge=0)
+    # Log and count (capillary_aep_stalled_partitions) a partition whose commit point has not moved
+    # for this long while later records of it are acknowledged.
+    stall_warning_s: float = Field(60.0, gt=0)
     # After this long without a successful delivery while records wait, /readyz reports not ready.
     unhealthy_after_s: float = Field(120.0, gt=0)
     # gzip request bodies (Content-Encoding: gzip). AEP does not document it [UNCERTAIN]: off by

@@ -85,3 +85,31 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class RateLimitedLog:
+    """At most one log line per key and interval for retry loops that may spin many times a
+    second: the first occurrence is logged at once, later ones are counted and the count is
+    carried on the next line that gets through."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float, level: int = logging.WARNING,
+                 clock: Any = time.monotonic) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._level = level
+        self._clock = clock
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def note(self, key: str, msg: str, *args: Any) -> bool:
+        now = self._clock()
+        if now < self._next.get(key, float("-inf")):
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._next[key] = now + self._interval_s
+        skipped = self._suppressed.pop(key, 0)
+        if skipped:
+            msg += " (%d more like this in the last %.0fs)"
+            args = (*args, skipped, self._interval_s)
+        self._logger.log(self._level, msg, *args)
+        return True

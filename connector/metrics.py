@@ -56,6 +56,24 @@ class Metrics:
             p + "token_refreshes_total", "IMS token requests by outcome", ["outcome"], registry=r
         )
         self.inflight_batches = Gauge(p + "inflight_batches", "Requests in flight", registry=r)
+        self.inflight_limit = Gauge(
+            p + "inflight_limit", "Requests allowed in flight: the lanes, lowered while the inlet answers 429 (AIMD)",
+            registry=r)
+        self.message_retries = Counter(
+            p + "message_retries_total", "XDM messages sent again after a per-message 5xx/429 or a failed request",
+            registry=r)
+        self.sender_errors = Counter(
+            p + "sender_errors_total", "Batches whose sender thread raised (the batch is queued again)", registry=r)
+        self.stalled_partitions = Gauge(
+            p + "stalled_partitions",
+            "Partitions whose commit point has not moved for delivery.stall_warning_s while later records are "
+            "acknowledged", registry=r)
+        self.dlq_errors = Counter(
+            p + "dlq_errors_total", "Dead-letter writes that failed, by error and whether a retry can succeed",
+            ["error", "retriable"], registry=r)
+        self.dlq_truncated = Counter(
+            p + "dlq_truncated_total", "Dead letters written without (part of) the original value: too large",
+            registry=r)
         self.buffered_records = Gauge(p + "buffered_records", "Records received and not yet acknowledged", registry=r)
         self.paused_partitions = Gauge(p + "paused_partitions", "Partitions paused for backpressure", registry=r)
         self.assigned_partitions = Gauge(p + "assigned_partitions", "Partitions assigned", registry=r)

@@ -93,7 +93,7 @@ class Pipeline:
                                 keepalive_expiry=60),
         )
         self.tokens = TokenProvider(s.aep.ims, self.client) if s.aep.authentication_required else None
-        self.sink = Sink(s.aep, s.delivery, self.client, self.tokens)
+        self.sink = Sink(s.aep, s.delivery, self.client, self.tokens, s.batch.lanes)
         self.executor = ThreadPoolExecutor(max_workers=s.batch.lanes, thread_name_prefix="sender")
         self.inflight: dict[int, _InFlight] = {}
         self.dlq = DeadLetterWriter(s.kafka.dlq_topic, producer_config(s.kafka))

@@ -9,15 +9,19 @@ happens on each answer (the failure matrix, also in the README):
 answer                action
 ====================  =========================================================================
 207/200               per message: accepted → delivered; 4xx → permanent failure (dead letter);
-                      5xx/429 → re-send it and every later message of the request (so the last
-                      write for a customer is always the newest)
+                      5xx/429 → re-send it and every later message of the same customer (Kafka
+                      key) in the request, so a customer's last write is always the newest; the
+                      re-send follows at once (short jitter) if the round accepted anything,
+                      else after the growing backoff. A message failing in more than
+                      ``delivery.max_message_retries`` rounds that accepted others → dead letter
 413                   split the request in halves; a single message → permanent failure
 400 (whole request)   bisect to isolate the bad messages; deliver the rest
 401/403               refresh the token and retry once; then ``auth_failed``: keep retrying
                       slowly, never dead-letter, never acknowledge
 404, other 4xx        configuration problem (unknown inlet…): like auth, retry slowly
 408/429/5xx, timeout,
-connection error      retry with exponential backoff and full jitter, honouring Retry-After
+connection error      retry with exponential backoff and full jitter, honouring Retry-After;
+                      a 429 also lowers the requests allowed in flight (``AdaptiveLimit``)
 ====================  =========================================================================
 
 Nothing here drops a message: a transient failure is retried until it succeeds or the batch is
@@ -40,13 +44,17 @@ import orjson
 
 from connector.auth import TokenProvider
 from connector.batch import PendingRecord, encode_body
+from connector.concurrency import AdaptiveLimit
 from connector.config import AepConfig, DeliveryConfig
 from connector.errors import AuthFailure, TransientError
+from connector.logs import RateLimitedLog
 from connector.metrics import METRICS
+from connector.offsets import TopicPartition
 
 log = logging.getLogger(__name__)
 
 _RETRY_AFTER_CAP_S = 300.0
+_RETRY_LOG_INTERVAL_S = 10.0  # retry log lines: at most one per reason per interval, with counts
 _STALLED_BACKOFF_S = 30.0  # retry pace while credentials or the inlet configuration are rejected
 
 
@@ -64,6 +72,8 @@ class BatchResult:
     failures: dict[int, MessageFailure] = field(default_factory=dict)
     abandoned: bool = False
     requests: int = 0
+    # record index → rounds in which one of its messages failed while others were accepted
+    message_retries: dict[int, int] = field(default_factory=dict)
 
 
 class _Stalled(Exception):
@@ -90,6 +100,7 @@ class Sink:
         delivery: DeliveryConfig,
         client: httpx.Client,
         tokens: TokenProvider | None,
+        lanes: int = 1,
     ) -> None:
         self._url = aep.batch_url
         self._delivery = delivery
@@ -103,23 +114,23 @@ class Sink:
         if delivery.gzip:
             self._base_headers["Content-Encoding"] = "gzip"
         self.auth_failed = False
-        self.stalled_reason = ""
         self.failing_since: float | None = None  # monotonic time of the first failure in a row
-        self.last_success: float | None = None
+        self.limit = AdaptiveLimit(max(1, lanes))
+        self._retry_log = RateLimitedLog(log, _RETRY_LOG_INTERVAL_S)
 
     # -- public ------------------------------------------------------------------------------
     def deliver(self, records: list[PendingRecord], cancel: threading.Event) -> BatchResult:
         result = BatchResult(records)
         items = [(ri, msg) for ri, rec in enumerate(records) for msg in rec.messages]
         work: list[list[tuple[int, bytes]]] = [items]  # a stack of chunks; head is work[-1]
-        attempt = 0
+        attempt = 0  # rounds in a row that made no progress: what the backoff grows with
         while work:
             if cancel.is_set():
                 result.abandoned = True
                 return result
             chunk = work.pop()
             try:
-                answer = self._post(chunk, result)
+                answer = self._post(chunk, result, cancel)
             except _Stalled as exc:
                 self._note_failure()
                 METRICS.retries.labels(exc.reason).inc()
@@ -130,20 +141,34 @@ class Sink:
                     result.abandoned = True
                     return result
                 continue
+            if answer is None:  # cancelled while waiting for a request slot
+                result.abandoned = True
+                return result
 
             if answer.kind == "ok":
-                retry = self._apply_entries(chunk, answer.entries or [], result)
+                retry, progressed = self._apply_entries(chunk, answer.entries or [], result)
                 self._note_success()
-                if retry:
-                    work.append(retry)
-                    METRICS.retries.labels("message_5xx").inc()
-                    attempt += 1
-                    if cancel.wait(self._backoff(attempt, None)):
-                        result.abandoned = True
-                        return result
-                else:
+                if not retry:
                     attempt = 0
+                    continue
+                work.append(retry)
+                METRICS.retries.labels("message_5xx").inc()
+                METRICS.message_retries.inc(len(retry))
+                if progressed:
+                    # Most of the request went through: the inlet works, these messages were unlucky.
+                    attempt = 0
+                    pause = random.uniform(0, self._delivery.backoff_initial_s)  # noqa: S311 - jitter
+                else:
+                    attempt += 1
+                    pause = self._backoff(attempt, None)
+                self._retry_log.note(
+                    "message_5xx", "re-sending %d of %d messages after per-message failures (%s); next in %.2fs",
+                    len(retry), len(chunk), "progress" if progressed else f"no progress, round {attempt}", pause)
+                if cancel.wait(pause):
+                    result.abandoned = True
+                    return result
             elif answer.kind in ("too_large", "bad_request"):
+                attempt = 0
                 if len(chunk) == 1:
                     ri = chunk[0][0]
                     result.failures.setdefault(ri, MessageFailure(answer.status, answer.message))
@@ -152,12 +177,17 @@ class Sink:
                     mid = len(chunk) // 2
                     work.append(chunk[mid:])
                     work.append(chunk[:mid])
-            else:  # transient
+            else:  # transient: the whole request failed
                 self._note_failure()
-                METRICS.retries.labels(f"http_{answer.status}" if answer.status else "network").inc()
+                reason = f"http_{answer.status}" if answer.status else "network"
+                METRICS.retries.labels(reason).inc()
+                METRICS.message_retries.inc(len(chunk))
                 work.append(chunk)
                 attempt += 1
-                if cancel.wait(self._backoff(attempt, answer.retry_after)):
+                pause = self._backoff(attempt, answer.retry_after)
+                self._retry_log.note(reason, "request of %d messages failed (%s %s); retry %d in %.2fs",
+                                     len(chunk), reason, answer.message, attempt, pause)
+                if cancel.wait(pause):
                     result.abandoned = True
                     return result
         return result
@@ -167,7 +197,8 @@ class Sink:
         return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
     # -- one request ---------------------------------------------------------------------------
-    def _post(self, chunk: list[tuple[int, bytes]], result: BatchResult) -> _Answer:
+    def _post(self, chunk: list[tuple[int, bytes]], result: BatchResult,
+              cancel: threading.Event) -> _Answer | None:
         body = encode_body(m for _, m in chunk)
         METRICS.batch_records.observe(len(chunk))
         METRICS.batch_bytes.observe(len(body))
@@ -187,6 +218,8 @@ class Sink:
                     METRICS.auth_failed.set(1)
                     raise _Stalled("auth", str(exc)) from None
                 headers["Authorization"] = f"Bearer {token}"
+            if not self.limit.acquire(cancel):
+                return None
             start = time.perf_counter()
             result.requests += 1
             try:
@@ -195,8 +228,13 @@ class Sink:
                 METRICS.http_requests.labels("dcs", "error").inc()
                 return _Answer("transient", message=type(exc).__name__)
             finally:
+                self.limit.release()
                 METRICS.http_request_seconds.labels("dcs").observe(time.perf_counter() - start)
             status = resp.status_code
+            if status == 429:
+                self.limit.throttled()
+            elif status < 300:
+                self.limit.accepted()
             METRICS.http_requests.labels("dcs", f"{status // 100}xx").inc()
             if status in (200, 207):
                 try:
@@ -210,7 +248,6 @@ class Sink:
                     self.auth_failed = False
                     METRICS.auth_failed.set(0)
                     log.info("inlet accepts our credentials again")
-                self.stalled_reason = ""
                 return _Answer("ok", entries=entries, status=status)
             if status in (401, 403):
                 if not refreshed and self._tokens is not None and token is not None:
@@ -219,7 +256,6 @@ class Sink:
                     METRICS.retries.labels("token_refresh").inc()
                     continue
                 self.auth_failed = True
-                self.stalled_reason = "auth"
                 METRICS.auth_failed.set(1)
                 raise _Stalled("auth", f"inlet answered {status} with a fresh token: check credentials and inlet")
             if status == 413:
@@ -228,40 +264,66 @@ class Sink:
                 return _Answer("bad_request", message=_problem_message(resp), status=400)
             if status in (408, 429) or status >= 500:
                 return _Answer("transient", status=status, retry_after=_retry_after(resp.headers.get("Retry-After")))
-            self.stalled_reason = f"http_{status}"
             raise _Stalled(f"http_{status}", f"inlet answered {status}: {_problem_message(resp)}")
 
     def _apply_entries(
         self, chunk: list[tuple[int, bytes]], entries: list[Any], result: BatchResult
-    ) -> list[tuple[int, bytes]]:
-        """Resolve a chunk from its 207 entries; return what must be re-sent."""
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """Resolve a chunk from its 207 entries; return what must be re-sent, and whether the round
+        made progress (some message accepted or resolved for good)."""
         if len(entries) != len(chunk):
-            entries = _align_by_xaction(entries, len(chunk))
-            if entries is None:
-                log.warning("207 with %d entries for %d messages; re-sending the request", len(entries or []), len(chunk))
-                return chunk
-        # Per partition: the first message to retry. A message is re-sent with every later message
-        # of the same partition (so a customer's last write stays the newest); other partitions'
-        # accepted messages are not sent again.
+            aligned = _align_by_xaction(entries, len(chunk))
+            if aligned is None:
+                log.warning("207 with %d entries for %d messages; re-sending the request", len(entries), len(chunk))
+                return chunk, False
+            entries = aligned
+        # Ordering is per customer: a failed message is re-sent with every later message of the
+        # same customer (Kafka key) in the chunk, so an older update never overtakes a newer one.
+        # Other customers' accepted messages are not sent again. Records without a key are ordered
+        # by partition.
         records = result.records
-        first_retry: dict[tuple[str, int], int] = {}
-        permanent: set[int] = set()
+        failures = result.failures
+        retry_at: list[int] = []  # positions that failed transiently
+        failed_now: dict[int, int] = {}  # record index -> status of its transient failure this round
+        accepted = resolved = 0
         for i, entry in enumerate(entries):
             status = _entry_status(entry)
             if status is None:
+                accepted += 1
                 continue
             ri = chunk[i][0]
             if status in (408, 429) or status >= 500:
-                first_retry.setdefault(records[ri].tp, i)
+                failed_now.setdefault(ri, status)
+                retry_at.append(i)
             else:
-                permanent.add(i)
+                resolved += 1
                 msg = str(entry.get("message", ""))[:500] if isinstance(entry, dict) else ""
                 xid = entry.get("xactionId") if isinstance(entry, dict) else None
-                result.failures.setdefault(ri, MessageFailure(status, msg, str(xid) if xid else None))
-        if not first_retry:
-            return []
-        return [item for i, item in enumerate(chunk)
-                if i not in permanent and i >= first_retry.get(records[item[0]].tp, len(chunk))]
+                failures.setdefault(ri, MessageFailure(status, msg, str(xid) if xid else None))
+        if not retry_at:
+            return [], True
+        progressed = accepted + resolved > 0
+        limit = self._delivery.max_message_retries
+        if progressed and limit:
+            # Count a record's failures only in rounds where the inlet accepted others: a message
+            # that keeps failing while its neighbours pass is not the inlet's bad day.
+            for ri, status in failed_now.items():
+                n = result.message_retries[ri] = result.message_retries.get(ri, 0) + 1
+                if n > limit and ri not in failures:
+                    failures[ri] = MessageFailure(status, f"still failing after {n} attempts (last: {status})")
+                    log.warning("giving up on %s[%d]@%d: its message failed %d times while others were accepted",
+                                records[ri].tp[0], records[ri].tp[1], records[ri].offset, n)
+        first_retry: dict[tuple[TopicPartition, bytes | None], int] = {}
+        for i in retry_at:
+            rec = records[chunk[i][0]]
+            if chunk[i][0] not in failures:
+                first_retry.setdefault((rec.tp, rec.key), i)
+        retry = []
+        for i, item in enumerate(chunk):
+            rec = records[item[0]]
+            if item[0] not in failures and i >= first_retry.get((rec.tp, rec.key), len(chunk)):
+                retry.append(item)
+        return retry, progressed
 
     # -- helpers -------------------------------------------------------------------------------
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -276,7 +338,6 @@ class Sink:
 
     def _note_success(self) -> None:
         self.failing_since = None
-        self.last_success = time.monotonic()
         METRICS.last_delivery_timestamp.set(time.time())
 
 

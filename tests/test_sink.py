@@ -206,3 +206,105 @@ def test_transient_message_failure_resends_only_later_messages_of_its_partition(
     sink, _ = make_sink(handler)
     assert sink.deliver(recs, threading.Event()).failures == {}
     assert sent[1] == ["id2", "id4"]  # partition 1 was fully accepted: not sent again
+
+
+class RecordingCancel(threading.Event):
+    """A cancel flag whose waits return at once and are recorded (the pauses the sink chose)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(timeout or 0.0)
+        return self.is_set()
+
+
+def keyed(keys: list[bytes | None]) -> list[PendingRecord]:
+    recs = records(len(keys))
+    for r, k in zip(recs, keys):
+        r.key = k
+    return recs
+
+
+def test_a_failed_message_is_resent_with_later_messages_of_its_customer_only() -> None:
+    # id0 a, id1 b, id2 a, id3 c, id4 b, id5 a — all on one partition
+    recs = keyed([b"a", b"b", b"a", b"c", b"b", b"a"])
+    sent: list[list[str]] = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        sent.append(ids(r))
+        return ok_207(r, {"id2": 503, "id4": 429}) if len(sent) == 1 else ok_207(r)
+
+    sink, _ = make_sink(handler)
+    assert sink.deliver(recs, threading.Event()).failures == {}
+    # a: from id2 on (id2, id5); b: from id4 on; c was accepted. Order kept.
+    assert sent[1] == ["id2", "id4", "id5"]
+
+
+def test_rounds_that_make_progress_retry_promptly_and_only_stuck_rounds_back_off(monkeypatch) -> None:
+    monkeypatch.setattr("connector.sink.random.uniform", lambda _a, b: b)  # the pause is its cap
+    delivery = DeliveryConfig(backoff_initial_s=0.1, backoff_max_s=30, max_message_retries=0)
+    rounds = {"n": 0}
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        rounds["n"] += 1
+        got = ids(r)
+        if rounds["n"] <= 6:  # each round the first message fails again, the others pass
+            return ok_207(r, {got[0]: 500})
+        if rounds["n"] <= 10:  # then every message fails: no progress
+            return ok_207(r, {i: 503 for i in got})
+        return ok_207(r)
+
+    sink, _ = make_sink(handler, delivery)
+    cancel = RecordingCancel()
+    result = sink.deliver(keyed([b"k"] * 20), cancel)
+    assert result.failures == {}
+    assert cancel.pauses[:6] == [0.1] * 6  # progress: a short pause, never growing
+    assert cancel.pauses[6:10] == [0.2, 0.4, 0.8, 1.6]  # stuck: exponential
+
+
+def test_a_message_that_keeps_failing_while_others_pass_is_given_up_after_the_bound() -> None:
+    delivery = DeliveryConfig(backoff_initial_s=0.001, backoff_max_s=0.01, max_message_retries=3)
+    sent: list[list[str]] = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        sent.append(ids(r))
+        return ok_207(r, {"id1": 503})  # id1 never passes; id3 (same customer) is re-sent with it
+
+    sink, _ = make_sink(handler, delivery)
+    result = sink.deliver(keyed([b"a", b"b", b"c", b"b"]), threading.Event())
+    assert set(result.failures) == {1}
+    assert result.failures[1].status == 503 and "still failing after 4 attempts" in result.failures[1].message
+    assert len(sent) == 4  # the first round plus three retries
+    assert sent[-1] == ["id1", "id3"]
+
+
+def test_a_message_failing_in_rounds_without_progress_is_never_given_up() -> None:
+    delivery = DeliveryConfig(backoff_initial_s=0.001, backoff_max_s=0.002, max_message_retries=2)
+    rounds = {"n": 0}
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        rounds["n"] += 1
+        return ok_207(r, {i: 503 for i in ids(r)}) if rounds["n"] <= 8 else ok_207(r)
+
+    sink, _ = make_sink(handler, delivery)
+    assert sink.deliver(keyed([b"a", b"b"]), threading.Event()).failures == {}
+    assert rounds["n"] == 9
+
+
+def test_429_lowers_the_requests_in_flight_and_acceptance_raises_them_again() -> None:
+    answers = [httpx.Response(429)]
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        return answers.pop(0) if answers else ok_207(r)
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    sink = Sink(AepConfig(dcs_url="http://aep", inlet_id="i", org_id="O@AdobeOrg", authentication_required=False),
+                FAST, client, None, lanes=8)
+    assert sink.limit.limit == 8
+    assert sink.deliver(records(2), threading.Event()).failures == {}
+    assert sink.limit.limit == 4
+    for _ in range(40):
+        sink.deliver(records(1), threading.Event())
+    assert sink.limit.limit == 8
