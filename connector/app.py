@@ -38,11 +38,13 @@ def run_connector(settings: Settings) -> int:
                 "credentials_accepted": not sink.auth_failed,
                 "inlet_healthy": sink.failing_for < settings.delivery.unhealthy_after_s,
                 "loop_running": time.monotonic() - pipeline.last_loop < max_age,
+                "dead_letter_topic_usable": not pipeline.dlq.unusable,
+                "running": not pipeline.stop_reason,
             }
             if pipeline.tokens is not None:
                 checks["token_valid"] = pipeline.tokens.valid()
             return checks
 
         serve_health(settings.metrics.listen, METRICS.registry, loop_alive(lambda: pipeline.last_loop, max_age),
-                     readiness)
+                     readiness, detail=lambda: pipeline.stop_reason or pipeline.dlq.unusable)
     return pipeline.run()

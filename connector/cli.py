@@ -36,10 +36,24 @@ def main() -> None:
 @click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="CAPILLARY_AEP_CONFIG",
               help="TOML configuration file (env CAPILLARY_AEP_CONFIG).")
 def run(config: str | None) -> None:
-    """Run the connector until SIGTERM/SIGINT, then drain and commit."""
+    """Run the connector until SIGTERM/SIGINT, then drain and commit.
+
+    Exit codes: 0 stopped cleanly; 2 invalid configuration; 3 Schema Registry unreachable; 4 fatal
+    consumer error; 5 transform workers crash in a loop; 6 dead-letter topic unusable; 7 the sender
+    keeps failing. Every code commits what was acknowledged, and nothing else."""
+    import logging
+    import os
+
     from connector.app import run_connector
 
-    sys.exit(run_connector(_load(config)))
+    code = run_connector(_load(config))
+    # The pipeline has committed and closed the consumer. A sender thread may still sit in an HTTP
+    # request (up to delivery.request_timeout_s) whose batch was abandoned: interpreter exit would
+    # wait for it and break the shutdown bound (drain_timeout_s + 5 s), so leave now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @main.command()

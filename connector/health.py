@@ -25,8 +25,10 @@ Check = Callable[[], dict[str, bool]]
 
 
 def serve_health(
-    listen: str, registry: CollectorRegistry, liveness: Check, readiness: Check
+    listen: str, registry: CollectorRegistry, liveness: Check, readiness: Check,
+    detail: Callable[[], str] | None = None,
 ) -> ThreadingHTTPServer:
+    """``detail`` says in words why the process is not ready (e.g. why it is stopping), or ""."""
     host, _, port = listen.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
@@ -37,7 +39,11 @@ def serve_health(
             elif path in ("/healthz", "/readyz"):
                 checks = (liveness if path == "/healthz" else readiness)()
                 ok = all(checks.values())
-                self._send(200 if ok else 503, orjson.dumps({"ok": ok, "checks": checks}), "application/json")
+                doc: dict[str, object] = {"ok": ok, "checks": checks}
+                why = detail() if detail is not None and path == "/readyz" else ""
+                if why:
+                    doc["detail"] = why
+                self._send(200 if ok else 503, orjson.dumps(doc), "application/json")
             else:
                 self._send(404, b"not found\n", "text/plain")
 

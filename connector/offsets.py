@@ -26,6 +26,8 @@ class _PartitionState:
     acked: set[int] = field(default_factory=set)
     committable: int | None = None  # next offset to read (last released + 1)
     reported: int | None = None  # last committable value handed out by take_committable()
+    watched_head: int | None = None  # head offset seen by the last stall check
+    head_since: float = 0.0  # when the stall check first saw that head
 
 
 class OffsetTracker:
@@ -104,11 +106,24 @@ class OffsetTracker:
                 out[tp] = state.reported = state.committable
         return out
 
+    def stalled(self, now: float, after_s: float) -> list[tuple[TopicPartition, int, float, int]]:
+        """Partitions whose oldest unacknowledged record has held the commit point for at least
+        ``after_s`` while later records are acknowledged: (tp, its offset, seconds, acked behind).
+
+        Sampled, not tracked per record: call it every second or so; a head is timed from the
+        first call that saw it, so the answer is late by at most one interval."""
+        out = []
+        for tp, state in self._parts.items():
+            head = state.received[0] if state.received else None
+            if head != state.watched_head:
+                state.watched_head = head
+                state.head_since = now
+                continue
+            if head is not None and state.acked and now - state.head_since >= after_s:
+                out.append((tp, head, now - state.head_since, len(state.acked)))
+        return out
+
     @property
     def pending(self) -> int:
         """Records received but not yet released for commit, over all partitions."""
         return self._pending
-
-    def pending_in(self, tp: TopicPartition) -> int:
-        state = self._parts.get(tp)
-        return len(state.received) if state is not None else 0

@@ -54,10 +54,21 @@ log = logging.getLogger(__name__)
 
 _AUTH_PROBE_INTERVAL_S = 30.0
 _SWITCH_INTERVAL_S = 0.001
-_CLOSE_TIMEOUT_S = 10.0
+_CLOSE_TIMEOUT_S = 5.0  # consumer close (leave the group, final commit): part of the shutdown bound
 _FULL_CHUNK = 256  # records: a chunk worth queueing behind the one a worker is on
 _MAX_CHUNK = 1_000  # records per chunk: bounds the memory of a hand-off on both sides
 _PLACEMENT_INTERVAL_S = 1.0  # how often the workers' loads are compared (see connector.placement)
+_STALL_CHECK_INTERVAL_S = 1.0
+_MAX_SENDER_ERRORS = 3  # batches in a row whose sender raised: then stop (exit code 7), not spin
+
+# Exit codes of ``capillary-aep run`` (README, docs/operations.md). Every one commits what was
+# acknowledged before it stops, and nothing else.
+EXIT_OK = 0
+EXIT_REGISTRY = 3  # the Schema Registry cannot be reached
+EXIT_CONSUMER = 4  # fatal consumer error (e.g. max.poll.interval.ms exceeded)
+EXIT_WORKERS = 5  # transform workers crash in a loop
+EXIT_DLQ = 6  # the dead-letter topic cannot take letters (authorization, unknown topic, size)
+EXIT_SENDER = 7  # the sender keeps failing with an internal error
 
 
 @dataclass(slots=True)
@@ -65,7 +76,7 @@ class _InFlight:
     future: Future[BatchResult]
     cancel: threading.Event
     tps: frozenset[TopicPartition]
-    records: int
+    records: list[PendingRecord]
 
 
 class Pipeline:
@@ -104,6 +115,10 @@ class Pipeline:
         self.last_loop = time.monotonic()
         self.exit_code = 0
         self._last_auth_probe = 0.0
+        self._next_stall_check = 0.0
+        self._stall_logged: dict[TopicPartition, float] = {}
+        self.sender_errors = 0  # batches in a row whose sender raised
+        self.stop_reason = ""  # why the pipeline stopped on its own (for /readyz and the log)
         self._topic_counters: dict[str, Any] = {}
         self._decoded_counters: dict[tuple[str, str], Any] = {}
 
@@ -142,10 +157,10 @@ class Pipeline:
                 self.run_once()
         except RegistryUnavailable as exc:
             log.error("%s: stopping without committing the undecoded records", exc)
-            self.exit_code = 3
+            self._stop(EXIT_REGISTRY, str(exc))
         except WorkerCrashed as exc:
             log.error("%s: stopping without committing the records they had", exc)
-            self.exit_code = 5
+            self._stop(EXIT_WORKERS, str(exc))
         finally:
             self._shutdown()
             METRICS.up.set(0)
@@ -171,8 +186,12 @@ class Pipeline:
         self._collect()
         self._dispatch(now)
         self.dlq.poll(0)
+        self._check_dlq()
         self._store()
         self._backpressure()
+        if now >= self._next_stall_check:
+            self._next_stall_check = now + _STALL_CHECK_INTERVAL_S
+            self._check_stalls(now)
         # While idle no sender refreshes the token: renew it here so /readyz stays truthful.
         if self.sink.auth_failed or (self.tokens is not None and not self.inflight and not self.tokens.valid()):
             self._probe_auth()
@@ -332,8 +351,7 @@ class Pipeline:
             return  # EOF is not an error; a regex subscription may match no topic yet
         if err.fatal() or err.code() == KafkaError._MAX_POLL_EXCEEDED:
             log.error("fatal consumer error: %s; stopping", err)
-            self.exit_code = 4
-            self.stop_event.set()
+            self._stop(EXIT_CONSUMER, f"fatal consumer error: {err.name()}")
             return
         log.warning("consumer error: %s", err)
 
@@ -369,7 +387,7 @@ class Pipeline:
             records = self.batcher.take(lane_no, now)
             cancel = threading.Event()
             future = self.executor.submit(self.sink.deliver, records, cancel)
-            self.inflight[lane_no] = _InFlight(future, cancel, frozenset(r.tp for r in records), len(records))
+            self.inflight[lane_no] = _InFlight(future, cancel, frozenset(r.tp for r in records), records)
         METRICS.inflight_batches.set(len(self.inflight))
 
     def _collect(self) -> None:
@@ -381,13 +399,19 @@ class Pipeline:
     def _complete(self, lane_no: int, fl: _InFlight) -> None:
         try:
             result = fl.future.result()
-        except Exception:  # a bug in the sender must not lose records
-            log.exception("sender failed; the batch will be sent again")
+        except Exception:  # a bug in the sender must not lose records: the batch goes back, in order
+            self.sender_errors += 1
+            METRICS.sender_errors.inc()
+            log.exception("sender failed (%d in a row); its %d records are queued again", self.sender_errors,
+                          len(fl.records))
+            self._requeue(lane_no, fl.records)
+            if self.sender_errors >= _MAX_SENDER_ERRORS:
+                self._stop(EXIT_SENDER, f"the sender failed {self.sender_errors} times in a row")
             return
+        self.sender_errors = 0
         tracker = self.tracker
         if result.abandoned:
-            keep = [r for r in result.records if tracker.epoch(r.tp) == r.epoch]
-            self.batcher.requeue_front(lane_no, keep, time.monotonic())
+            self._requeue(lane_no, result.records)
             return
         # Per record: the offset acknowledgement. Metrics are updated once per batch.
         ack = tracker.ack
@@ -413,6 +437,40 @@ class Pipeline:
             self._topic_counter(topic).inc(n)
         for (kind, etype), n in Tally(delivered).items():
             METRICS.records_delivered.labels(kind, _event_type_label(etype)).inc(n)
+
+    def _requeue(self, lane_no: int, records: list[PendingRecord]) -> None:
+        """Put a batch back at the head of its lane (records of revoked partitions aside)."""
+        keep = [r for r in records if self.tracker.epoch(r.tp) == r.epoch]
+        self.batcher.requeue_front(lane_no, keep, time.monotonic())
+
+    def _stop(self, code: int, reason: str) -> None:
+        """Stop on our own: the drain is skipped, what was acknowledged is committed."""
+        if self.exit_code == EXIT_OK:
+            self.exit_code = code
+            self.stop_reason = reason
+        self.stop_event.set()
+
+    def _check_dlq(self) -> None:
+        if self.dlq.unusable and self.exit_code == EXIT_OK:
+            log.error("%s: stopping (exit code %d); the records it could not take are not committed",
+                      self.dlq.unusable, EXIT_DLQ)
+            self._stop(EXIT_DLQ, self.dlq.unusable)
+
+    def _check_stalls(self, now: float) -> None:
+        """Name every partition whose commit point is held by one record while later ones are
+        acknowledged (a record stuck in delivery or in the dead-letter topic): log once per
+        ``stall_warning_s`` each, and keep the gauge current."""
+        after = self.settings.delivery.stall_warning_s
+        stalled = self.tracker.stalled(now, after)
+        METRICS.stalled_partitions.set(len(stalled))
+        for tp, offset, age, behind in stalled:
+            if now - self._stall_logged.get(tp, float("-inf")) >= after:
+                self._stall_logged[tp] = now
+                log.warning("commit point of %s[%d] has not moved for %.0fs: %s[%d]@%d is not acknowledged while "
+                            "%d later records are", tp[0], tp[1], age, tp[0], tp[1], offset, behind)
+        if len(self._stall_logged) > len(stalled):
+            current = {s[0] for s in stalled}
+            self._stall_logged = {tp: t for tp, t in self._stall_logged.items() if tp in current}
 
     def _store(self) -> None:
         offsets = self.tracker.take_committable()
@@ -542,11 +600,12 @@ class Pipeline:
                     self._collect_outcomes(0.02)
                 except (RegistryUnavailable, WorkerCrashed) as exc:
                     log.error("%s: stopping the drain; what is not acknowledged is not committed", exc)
-                    self.exit_code = 3 if isinstance(exc, RegistryUnavailable) else 5
+                    self._stop(EXIT_REGISTRY if isinstance(exc, RegistryUnavailable) else EXIT_WORKERS, str(exc))
                     break
                 self._collect()
                 self._dispatch(now, flush=True)
                 self.dlq.poll(0)
+                self._check_dlq()
                 self._store()
                 if self.sink.auth_failed:
                     break

@@ -30,7 +30,7 @@ from connector.avro_schemas import default_schemas
 from support import ROOT, free_port
 
 _BOUNDED_LABELS = {"topic", "partition", "format", "kind", "event_type", "stage", "reason", "endpoint", "status",
-                   "outcome"}
+                   "outcome", "error", "retriable"}
 
 
 def _families(metrics: Metrics) -> dict[str, str]:

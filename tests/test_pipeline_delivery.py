@@ -1,0 +1,237 @@
+"""The pipeline's delivery bookkeeping in-process (no Kafka, no HTTP): a failing sender never
+loses a batch nor stalls silently, a stuck record is named, an unusable dead-letter topic stops
+the process with exit code 6 (connector.pipeline)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import KafkaError
+from harness import write_config
+
+from connector.config import load_settings
+from connector.dlq import DeadLetterWriter
+from connector.metrics import METRICS
+from connector.pipeline import EXIT_DLQ, EXIT_SENDER, Pipeline
+from connector.samples import generate_events
+from connector.sink import BatchResult
+
+TP = ("w.points", 0)
+
+
+class Msg:
+    def __init__(self, tp: tuple[str, int], off: int, value: bytes, key: bytes | None = None) -> None:
+        self._tp, self._off, self._value, self._key = tp, off, value, key
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._tp[0]
+
+    def partition(self) -> int:
+        return self._tp[1]
+
+    def offset(self) -> int:
+        return self._off
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, int(time.time() * 1000))
+
+
+class Source:
+    """Serves ``msgs`` once, assigns ``TP`` on creation, remembers what was stored and committed."""
+
+    def __init__(self, msgs: list[Msg]) -> None:
+        self.msgs = msgs
+        self.stored: dict[tuple[str, int], int] = {}
+        self.committed = False
+        self.closed = False
+
+    def factory(self, _cfg: Any, on_assign: Any, _on_revoke: Any, _on_lost: Any) -> Source:
+        self.on_assign = on_assign
+        return self
+
+    def consume(self, _timeout: float | None = None) -> list[Msg]:
+        if self.on_assign is not None:  # the assignment comes with the first poll, as with librdkafka
+            self.on_assign([type("P", (), {"topic": TP[0], "partition": TP[1]})()])
+            self.on_assign = None
+        out, self.msgs = self.msgs, []
+        return out
+
+    poll_callbacks = consume
+
+    def store(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.stored.update(offsets)
+
+    def pause(self, _tps: Any) -> None:
+        pass
+
+    resume = pause
+
+    def commit(self) -> None:
+        self.committed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def events(n: int) -> list[Msg]:
+    return [Msg(TP, i, orjson.dumps(ev), f"c{i % 3}".encode()) for i, ev in enumerate(generate_events(n, seed=5))]
+
+
+def pipeline(tmp_path: Path, source: Source, extra: str = "") -> Pipeline:
+    path = write_config(tmp_path / "c.toml", bootstrap="127.0.0.1:9", emulator_url="http://127.0.0.1:9",
+                        prefix="w.", group="g", metrics_port=9, extra=extra + "[processing]\nworkers = 0\n")
+    p = Pipeline(load_settings(path, aep={"authentication_required": False}), source_factory=source.factory)
+    p.source = source.factory(None, p._on_assign, p._on_revoke, p._on_lost)  # noqa: SLF001
+    return p
+
+
+def close(p: Pipeline) -> None:
+    p.executor.shutdown(wait=True)
+    p.client.close()
+
+
+def run_until(p: Pipeline, done: Any, rounds: int = 2000) -> None:
+    """Turn the loop until ``done()``; each turn waits for in-flight senders, so no timing is involved."""
+    for _ in range(rounds):
+        p.run_once()
+        p._dispatch(time.monotonic(), flush=True)  # noqa: SLF001 - no waiting for the linger
+        for fl in list(p.inflight.values()):
+            fl.future.exception()  # wait for the sender thread to finish this batch
+        if done():
+            return
+    raise AssertionError("the pipeline did not get there")
+
+
+def test_a_sender_that_raises_once_loses_nothing_and_the_commit_point_moves(tmp_path: Path) -> None:
+    src = Source(events(30))
+    p = pipeline(tmp_path, src)
+    delivered: list[int] = []
+    calls = {"n": 0}
+
+    def deliver(records: list[Any], _cancel: threading.Event) -> BatchResult:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug in the sender")
+        delivered.extend(r.offset for r in records)
+        return BatchResult(records, requests=1)
+
+    p.sink.deliver = deliver  # type: ignore[method-assign]
+    before = METRICS.sender_errors._value.get()  # noqa: SLF001
+    try:
+        run_until(p, lambda: src.stored.get(TP) == 30)
+    finally:
+        close(p)
+    assert calls["n"] >= 2 and METRICS.sender_errors._value.get() == before + 1  # noqa: SLF001
+    assert sorted(delivered) == list(range(30))  # each record once, none lost
+    assert delivered == sorted(delivered)  # and in order: the batch went back to the head of its lane
+    assert p.sender_errors == 0 and p.exit_code == 0
+
+
+def test_a_sender_that_keeps_raising_stops_the_process_without_committing(tmp_path: Path) -> None:
+    src = Source(events(10))
+    p = pipeline(tmp_path, src)
+
+    def deliver(records: list[Any], _cancel: threading.Event) -> BatchResult:
+        raise RuntimeError("always")
+
+    p.sink.deliver = deliver  # type: ignore[method-assign]
+    try:
+        run_until(p, lambda: p.stop_event.is_set())
+    finally:
+        close(p)
+    assert p.exit_code == EXIT_SENDER and "3 times in a row" in p.stop_reason
+    assert src.stored == {}
+
+
+class NeverConfirms:
+    """A dead-letter producer whose writes are never confirmed (a broker that does not answer)."""
+
+    def __init__(self, _conf: dict[str, Any]) -> None:
+        pass
+
+    def produce(self, *_a: Any, **_k: Any) -> None:
+        pass
+
+    def poll(self, _t: float = 0) -> int:
+        return 0
+
+    def flush(self, _t: float = 0) -> int:
+        return 0
+
+
+def poison_among_good(n: int, poison_at: int) -> list[Msg]:
+    msgs = events(n)
+    msgs[poison_at] = Msg(TP, poison_at, b"{not json", b"c0")
+    return msgs
+
+
+def test_a_record_holding_the_commit_point_is_named_and_counted(tmp_path: Path, caplog) -> None:
+    src = Source(poison_among_good(20, 5))
+    p = pipeline(tmp_path, src, "stall_warning_s = 30\n")
+    p.dlq = DeadLetterWriter("dlq", {}, NeverConfirms)
+    p.sink.deliver = lambda records, _c: BatchResult(records, requests=1)  # type: ignore[method-assign]
+    try:
+        # every record but the poison delivered; the commit point stays at it
+        run_until(p, lambda: src.stored.get(TP) == 5 and not p.batcher.queued() and not p.inflight
+                  and p.tracker.pending == 15)
+        t0 = time.monotonic()
+        p._check_stalls(t0)  # noqa: SLF001 - the loop calls it every second; here with a chosen clock
+        p._check_stalls(t0 + 29)  # noqa: SLF001
+        assert METRICS.stalled_partitions._value.get() == 0  # noqa: SLF001
+        with caplog.at_level(logging.WARNING, logger="connector.pipeline"):
+            p._check_stalls(t0 + 31)  # noqa: SLF001
+            p._check_stalls(t0 + 32)  # noqa: SLF001 - logged once per stall_warning_s, not every check
+        assert METRICS.stalled_partitions._value.get() == 1  # noqa: SLF001
+        lines = [r.getMessage() for r in caplog.records if "has not moved" in r.getMessage()]
+        assert len(lines) == 1 and "w.points[0]@5" in lines[0] and "14 later records" in lines[0]
+    finally:
+        close(p)
+
+
+def test_an_unusable_dead_letter_topic_stops_with_exit_code_6_and_readiness_says_why(tmp_path: Path) -> None:
+    class Refuses(NeverConfirms):
+        def __init__(self, conf: dict[str, Any]) -> None:
+            self.pending: list[Any] = []
+
+        def produce(self, *_a: Any, on_delivery: Any, **_k: Any) -> None:
+            self.pending.append(on_delivery)
+
+        def poll(self, _t: float = 0) -> int:
+            pending, self.pending = self.pending, []
+            for cb in pending:
+                cb(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), None)
+            return len(pending)
+
+    src = Source(poison_among_good(12, 3))
+    p = pipeline(tmp_path, src)
+    p.dlq = DeadLetterWriter("dlq", {}, Refuses)
+    p.sink.deliver = lambda records, _c: BatchResult(records, requests=1)  # type: ignore[method-assign]
+    code = p.run()
+    assert code == EXIT_DLQ
+    assert "TOPIC_AUTHORIZATION_FAILED" in p.stop_reason and p.dlq.unusable
+    assert src.stored.get(TP, 0) <= 3  # never past the record whose letter was refused
+    assert src.committed and src.closed
+
+
+@pytest.fixture(autouse=True)
+def _reset_gauges() -> Any:
+    yield
+    METRICS.stalled_partitions.set(0)
