@@ -9,9 +9,9 @@ happens on each answer (the failure matrix, also in the README):
 answer                action
 ====================  =========================================================================
 207/200               per message: accepted → delivered; 4xx → permanent failure (dead letter);
-                      5xx/429 → re-send it and every later message of the same customer (Kafka
-                      key) in the request, so a customer's last write is always the newest; the
-                      re-send follows at once (short jitter) if the round accepted anything,
+                      5xx/429 → re-send it; a profile update with every later update of the
+                      same customer (Kafka key) in the request, so a customer's last write
+                      is always the newest (ExperienceEvents need no order). The re-send follows at once (short jitter) if the round accepted anything,
                       else after the growing backoff. A message failing in more than
                       ``delivery.max_message_retries`` rounds that accepted others → dead letter
 413                   split the request in halves; a single message → permanent failure
@@ -76,6 +76,9 @@ class BatchResult:
     message_retries: dict[int, int] = field(default_factory=dict)
 
 
+_Item = tuple[int, bytes, bool]  # (record index in the batch, encoded message, is a profile update)
+
+
 class _Stalled(Exception):
     """The inlet rejects us for reasons a retry of the same data cannot fix by itself."""
 
@@ -121,8 +124,11 @@ class Sink:
     # -- public ------------------------------------------------------------------------------
     def deliver(self, records: list[PendingRecord], cancel: threading.Event) -> BatchResult:
         result = BatchResult(records)
-        items = [(ri, msg) for ri, rec in enumerate(records) for msg in rec.messages]
-        work: list[list[tuple[int, bytes]]] = [items]  # a stack of chunks; head is work[-1]
+        # (record index, message, whether its order matters): profile updates must not be
+        # overtaken by an older one; ExperienceEvents are immutable, time-stamped facts.
+        items = [(ri, msg, label[0] == "profile") for ri, rec in enumerate(records)
+                 for msg, label in zip(rec.messages, rec.labels)]
+        work: list[list[_Item]] = [items]  # a stack of chunks; head is work[-1]
         attempt = 0  # rounds in a row that made no progress: what the backoff grows with
         while work:
             if cancel.is_set():
@@ -197,9 +203,9 @@ class Sink:
         return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
     # -- one request ---------------------------------------------------------------------------
-    def _post(self, chunk: list[tuple[int, bytes]], result: BatchResult,
+    def _post(self, chunk: list[_Item], result: BatchResult,
               cancel: threading.Event) -> _Answer | None:
-        body = encode_body(m for _, m in chunk)
+        body = encode_body(m for _, m, _ in chunk)
         METRICS.batch_records.observe(len(chunk))
         METRICS.batch_bytes.observe(len(body))
         if self._delivery.gzip:
@@ -267,8 +273,8 @@ class Sink:
             raise _Stalled(f"http_{status}", f"inlet answered {status}: {_problem_message(resp)}")
 
     def _apply_entries(
-        self, chunk: list[tuple[int, bytes]], entries: list[Any], result: BatchResult
-    ) -> tuple[list[tuple[int, bytes]], bool]:
+        self, chunk: list[_Item], entries: list[Any], result: BatchResult
+    ) -> tuple[list[_Item], bool]:
         """Resolve a chunk from its 207 entries; return what must be re-sent, and whether the round
         made progress (some message accepted or resolved for good)."""
         if len(entries) != len(chunk):
@@ -277,10 +283,10 @@ class Sink:
                 log.warning("207 with %d entries for %d messages; re-sending the request", len(entries), len(chunk))
                 return chunk, False
             entries = aligned
-        # Ordering is per customer: a failed message is re-sent with every later message of the
-        # same customer (Kafka key) in the chunk, so an older update never overtakes a newer one.
-        # Other customers' accepted messages are not sent again. Records without a key are ordered
-        # by partition.
+        # Only what must be re-sent is: the failed messages, and after a failed profile update
+        # every later profile update of the same customer (Kafka key; no key: the partition) in
+        # the chunk, so an older update never overtakes a newer one. Accepted ExperienceEvents
+        # and other customers' updates are not sent again.
         records = result.records
         failures = result.failures
         retry_at: list[int] = []  # positions that failed transiently
@@ -314,15 +320,24 @@ class Sink:
                     log.warning("giving up on %s[%d]@%d: its message failed %d times while others were accepted",
                                 records[ri].tp[0], records[ri].tp[1], records[ri].offset, n)
         first_retry: dict[tuple[TopicPartition, bytes | None], int] = {}
+        failed: set[int] = set()
         for i in retry_at:
-            rec = records[chunk[i][0]]
-            if chunk[i][0] not in failures:
-                first_retry.setdefault((rec.tp, rec.key), i)
+            ri, _, ordered = chunk[i]
+            if ri not in failures:
+                failed.add(i)
+                if ordered:
+                    rec = records[ri]
+                    first_retry.setdefault((rec.tp, rec.key), i)
         retry = []
+        end = len(chunk)
         for i, item in enumerate(chunk):
-            rec = records[item[0]]
-            if item[0] not in failures and i >= first_retry.get((rec.tp, rec.key), len(chunk)):
+            ri, _, ordered = item
+            if i in failed:
                 retry.append(item)
+            elif ordered and ri not in failures and first_retry:
+                rec = records[ri]
+                if i > first_retry.get((rec.tp, rec.key), end):
+                    retry.append(item)
         return retry, progressed
 
     # -- helpers -------------------------------------------------------------------------------

@@ -6,11 +6,14 @@ in ``bench/faults.py``."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import random
 import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from connector.produce import ensure_topics, produce_events
@@ -145,3 +148,73 @@ def test_wrong_credentials_stop_consumption_and_drain_nothing(broker, emulator, 
     log = c.proc.log_text()
     assert "wrong-secret-value" not in log
     assert "rejected the client credentials" in log
+
+
+# The degraded inlet of issue 15, as seen on the reference box: whole-request 500/503/429 (half the
+# 429s with Retry-After: 1), 2 % dropped connections, 0–30 ms jitter, 2 % per-message 5xx in 207s.
+DEGRADED_INLET = {
+    "status_mix": [{"status": 500, "rate": 0.10}, {"status": 503, "rate": 0.05},
+                   {"status": 429, "rate": 0.05, "retry_after": "1"}, {"status": 429, "rate": 0.05}],
+    "drop_connection_rate": 0.02,
+    "latency_jitter_ms": 30,
+    "message_status": {"status": 500, "rate": 0.02},
+}
+
+
+def test_a_degraded_inlet_delivers_everything_with_few_duplicates(broker, emulator, prefix, tmp_path: Path) -> None:
+    events = generate_events(5000, seed=15)
+    produce_events(broker, events, "json", topic_prefix=prefix, partitions=2)  # 6 topics × 2 = 12 partitions
+    want = expected_ids(events)
+    emulator.faults(**DEGRADED_INLET)
+    group = new_group()
+    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    c.wait_acknowledged(len(events), timeout=240)
+    stats = emulator.stats()
+    assert c.stop() == 0
+    assert stats["faulted_requests"] > 0 and stats["dropped_connections"] > 0  # the faults really fired
+    assert c.proc.log_text().count("per-message failures") >= 1  # the retry loop says what it does
+    received = emulator.ids()
+    assert missing(received, want) == set()
+    assert read_topic(broker, dlq_topic(prefix), idle_s=0.5) == []  # nothing transient dead-lettered
+    # Only the failed message and later ones of its customer are re-sent: duplicates stay rare.
+    assert stats["duplicate_ids"] == sum(received.values()) - len(want)
+    assert stats["duplicate_ids"] <= 0.02 * len(events), stats["duplicate_ids"]
+    assert_committed_to_end(broker, group, prefix)
+
+
+def test_an_oversized_record_is_dead_lettered_truncated_and_its_partition_moves_on(
+        broker, emulator, prefix, tmp_path: Path) -> None:
+    from confluent_kafka import Producer
+
+    from connector.dlq import H_OFFSET, H_ORIGINAL_SHA256, H_ORIGINAL_SIZE, H_REASON, H_TRUNCATED
+    from connector.topics import topic_for
+
+    ensure_topics(broker, all_topics(prefix), 1)  # one partition: the big record sits among the good ones
+    good = [e for e in generate_events(400, seed=16) if e["eventName"] == "customerAdded"][:40]
+    big = copy.deepcopy(good[0])
+    big["eventId"] = "oversized-1"
+    big["data"]["customFields"] = [{"key": f"cf{i}", "value": "x" * 1000} for i in range(1200)]
+    value = orjson.dumps(big)
+    assert len(value) > 1_200_000
+    topic = topic_for("customerAdded", prefix)
+    produce_events(broker, good[:20], "json", topic_prefix=prefix, partitions=1)
+    p = Producer({"bootstrap.servers": broker, "message.max.bytes": 2_000_000})
+    p.produce(topic, key=b"oversized", value=value)
+    assert p.flush(10) == 0
+    produce_events(broker, good[20:], "json", topic_prefix=prefix, partitions=1)
+
+    group = new_group()
+    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    c.wait_acknowledged(len(good) + 1, timeout=60)
+    assert c.metric("capillary_aep_dlq_truncated_total") == 1
+    assert c.stop(timeout=5 + 5 + 5) == 0  # drain 5 s + close 5 s in the tests' config, and exit 0
+    assert missing(emulator.ids(), expected_ids(good)) == set()
+    letters = read_topic(broker, dlq_topic(prefix), idle_s=0.5)
+    assert len(letters) == 1
+    h = dict(letters[0].headers())
+    assert h[H_REASON] == b"record_too_large" and h[H_TRUNCATED] in (b"cut", b"omitted")
+    assert int(h[H_ORIGINAL_SIZE]) == len(value)
+    assert h[H_ORIGINAL_SHA256].decode() == hashlib.sha256(value).hexdigest()
+    source_offset = next(m.offset() for m in read_topic(broker, topic, idle_s=0.5) if m.key() == b"oversized")
+    assert int(h[H_OFFSET]) == source_offset and value.startswith(letters[0].value() or b"")
+    assert_committed_to_end(broker, group, prefix)

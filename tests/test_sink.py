@@ -19,11 +19,12 @@ AEP = AepConfig(dcs_url="http://aep", inlet_id="inlet", org_id="O@AdobeOrg", aut
 FAST = DeliveryConfig(backoff_initial_s=0.001, backoff_max_s=0.01)
 
 
-def records(n: int) -> list[PendingRecord]:
+def records(n: int, kind: str = "profile") -> list[PendingRecord]:
+    """One message per record: profile updates by default (their order matters)."""
     out = []
     for i in range(n):
         body = orjson.dumps({"header": {}, "body": {"xdmEntity": {"_id": f"id{i}"}}})
-        out.append(PendingRecord(("t", 0), i, 1, 0, None, b"v", None, [body], [("event", "e")], len(body) + 1))
+        out.append(PendingRecord(("t", 0), i, 1, 0, None, b"v", None, [body], [(kind, "e")], len(body) + 1))
     return out
 
 
@@ -220,8 +221,8 @@ class RecordingCancel(threading.Event):
         return self.is_set()
 
 
-def keyed(keys: list[bytes | None]) -> list[PendingRecord]:
-    recs = records(len(keys))
+def keyed(keys: list[bytes | None], kind: str = "profile") -> list[PendingRecord]:
+    recs = records(len(keys), kind)
     for r, k in zip(recs, keys):
         r.key = k
     return recs
@@ -240,6 +241,19 @@ def test_a_failed_message_is_resent_with_later_messages_of_its_customer_only() -
     assert sink.deliver(recs, threading.Event()).failures == {}
     # a: from id2 on (id2, id5); b: from id4 on; c was accepted. Order kept.
     assert sent[1] == ["id2", "id4", "id5"]
+
+
+def test_a_failed_experience_event_is_resent_alone() -> None:
+    recs = keyed([b"a", b"a", b"a", b"b"], kind="event")
+    sent: list[list[str]] = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        sent.append(ids(r))
+        return ok_207(r, {"id0": 500}) if len(sent) == 1 else ok_207(r)
+
+    sink, _ = make_sink(handler)
+    assert sink.deliver(recs, threading.Event()).failures == {}
+    assert sent[1] == ["id0"]  # events are immutable facts: no order to keep, nothing else re-sent
 
 
 def test_rounds_that_make_progress_retry_promptly_and_only_stuck_rounds_back_off(monkeypatch) -> None:

@@ -131,9 +131,10 @@ class Dcs:
                 chunks.clear()
         return (b"".join(chunks) if size <= limit else b""), size
 
-    def _forced_response(self, status: int) -> Response:
+    def _forced_response(self, status: int, retry_after: str | None = None) -> Response:
         f = self.faults.faults
-        headers = {"retry-after": f.retry_after} if f.retry_after is not None else None
+        retry_after = retry_after if retry_after is not None else f.retry_after
+        headers = {"retry-after": retry_after} if retry_after is not None else None
         if f.body is not None:
             return Response(f.body.encode(), status_code=status, headers=headers, media_type=JSON)
         if status in (401, 403):
@@ -300,6 +301,10 @@ class Dcs:
         if forced is not None:
             store.faulted_requests += 1
             return self._respond(self._forced_response(forced))
+        share = faults.take_mixed()
+        if share is not None:
+            store.faulted_requests += 1
+            return self._respond(self._forced_response(share.status, share.retry_after))
 
         inlet_id = request.path_params["inlet_id"]
         inlet = self.inlets.get(inlet_id)

@@ -19,6 +19,16 @@ class MessageFault(BaseModel):
     message: str | None = None
 
 
+class StatusShare(BaseModel):
+    """One answer of a mixed degraded inlet: ``rate`` of all requests get ``status``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: int = Field(..., ge=400, le=599)
+    rate: float = Field(..., ge=0, le=1)
+    retry_after: str | None = None
+
+
 class Faults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -28,6 +38,8 @@ class Faults(BaseModel):
     count: int | None = Field(None, ge=0)
     retry_after: str | None = None  # Retry-After header value on forced responses (seconds or HTTP date)
     body: str | None = None  # override the forced response body (default: empty, or problem JSON for 4xx)
+    # A degraded inlet: each request draws one of these shares (rates add up to at most 1), until cleared.
+    status_mix: list[StatusShare] = Field(default_factory=list)
     # Added to every DCS request with asyncio.sleep (other requests keep being served).
     latency_ms: float = Field(0.0, ge=0)
     latency_jitter_ms: float = Field(0.0, ge=0)
@@ -103,6 +115,18 @@ class FaultState:
             if f.count <= 0:
                 f.status, f.count = None, None
         return status
+
+    def take_mixed(self) -> StatusShare | None:
+        """The share of ``status_mix`` this request falls in, or None (answered normally)."""
+        mix = self.faults.status_mix
+        if not mix:
+            return None
+        draw = self._rng.random()
+        for share in mix:
+            if draw < share.rate:
+                return share
+            draw -= share.rate
+        return None
 
     def take_ims_status(self) -> int | None:
         f = self.faults
