@@ -157,6 +157,11 @@ class XdmConfig(_Section):
     future_skew_s: float = Field(5.0, ge=0)
     preflight_validation: bool = True
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    # Where each profile update carries its source event's time (dotted path in the profile record),
+    # for a timestamp-ordered merge policy: AEP does not apply streamed profile records in order.
+    # Needs the External Source System Audit field group in the profile schema; "off" disables.
+    profile_timestamp_field: str = Field("extSourceSystemAudit.lastUpdatedDate",
+                                         pattern=r"^(off|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)$")
 
 
 class BatchConfig(_Section):

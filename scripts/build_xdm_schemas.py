@@ -8,7 +8,9 @@ groups the connector writes into two self-contained JSON Schemas:
 * ``connector/transform/xdm/experienceevent.json``: XDM ExperienceEvent + IdentityMap + Commerce
   Details + Loyalty Event Details;
 * ``connector/transform/xdm/profile.json``: XDM Individual Profile + IdentityMap + Loyalty Details +
-  Person Details (``person``) + Personal Contact Details.
+  Person Details (``person``) + Personal Contact Details + External Source System Audit Details
+  (``extSourceSystemAudit.lastUpdatedDate``: the source time of a profile update, for
+  timestamp-ordered merge policies).
 
 Translation follows AEP's "xed-full" JSON: ``xdm:foo`` → ``foo``, ``@id`` → ``_id`` (other JSON-LD
 prefixes, which the connector never writes, are kept as they are). ``$ref`` and ``allOf`` are
@@ -43,6 +45,7 @@ COMPOSITIONS: dict[str, list[str]] = {
         "https://ns.adobe.com/xdm/mixins/profile/profile-loyalty-details",
         "https://ns.adobe.com/xdm/context/profile-person-details",
         "https://ns.adobe.com/xdm/context/profile-personal-details",
+        "https://ns.adobe.com/xdm/common/external-source-system-audit-details",
     ],
 }
 KEEP = ("type", "format", "pattern", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",

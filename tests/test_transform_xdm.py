@@ -46,6 +46,7 @@ COMPOSITION = {
         "https://ns.adobe.com/xdm/mixins/profile/profile-loyalty-details",
         "https://ns.adobe.com/xdm/context/profile-person-details",
         "https://ns.adobe.com/xdm/context/profile-personal-details",
+        "https://ns.adobe.com/xdm/common/external-source-system-audit-details",
     ],
 }
 

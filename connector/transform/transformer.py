@@ -73,6 +73,8 @@ class Transformer:
         self._event_routes = {n: _Route(r, org_id, source_name) for n, r in cfg.event_overrides.items()}
         self._profile_route = _Route(cfg.profile, org_id, source_name) if cfg.profile is not None else None
         self._profile_routes = {n: _Route(r, org_id, source_name) for n, r in cfg.profile_overrides.items()}
+        stamp = cfg.profile_timestamp_field
+        self._stamp_path = tuple(stamp.split(".")) if stamp != "off" else ()
         self._validator = None
         if cfg.preflight_validation:
             from connector.transform.validate import XdmValidator
@@ -227,6 +229,12 @@ class Transformer:
             profile[self._tenant_key] = {"capillary": tenant}
         if len(profile) == 2 and not draft.profile_wanted:
             return None  # nothing but identities: no profile update
+        if self._stamp_path:
+            # The source's time of this update, for a timestamp-ordered merge policy in AEP.
+            node = profile
+            for key in self._stamp_path[:-1]:
+                node = node.setdefault(key, {})
+            node[self._stamp_path[-1]] = draft.timestamp
         return profile
 
     def _contact(self, profile: dict[str, Any], customer: Mapping[str, Any] | None, draft: Draft) -> None:
