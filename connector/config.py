@@ -173,6 +173,9 @@ class BatchConfig(_Section):
     linger_ms: int = Field(50, ge=0)
     # Parallel request lanes; a partition always maps to one lane, and a lane has one request in flight.
     lanes: int = Field(8, ge=1, le=64)
+    # Send one profile record per customer and route per request, merging its updates in offset
+    # order (connector/coalesce.py): AEP does not apply a request's profile records in order.
+    coalesce_profiles: bool = True
 
 
 class DeliveryConfig(_Section):

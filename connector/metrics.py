@@ -59,6 +59,9 @@ class Metrics:
         self.inflight_limit = Gauge(
             p + "inflight_limit", "Requests allowed in flight: the lanes, lowered while the inlet answers 429 (AIMD)",
             registry=r)
+        self.profile_records_sent = Counter(
+            p + "profile_records_sent_total",
+            "Profile records sent (first try), after coalescing a customer's updates in a request", registry=r)
         self.message_retries = Counter(
             p + "message_retries_total", "XDM messages sent again after a per-message 5xx/429 or a failed request",
             registry=r)

@@ -104,7 +104,8 @@ class Pipeline:
                                 keepalive_expiry=60),
         )
         self.tokens = TokenProvider(s.aep.ims, self.client) if s.aep.authentication_required else None
-        self.sink = Sink(s.aep, s.delivery, self.client, self.tokens, s.batch.lanes)
+        self.sink = Sink(s.aep, s.delivery, self.client, self.tokens, s.batch.lanes,
+                         coalesce_profiles=s.batch.coalesce_profiles, max_bytes=s.batch.max_bytes)
         self.executor = ThreadPoolExecutor(max_workers=s.batch.lanes, thread_name_prefix="sender")
         self.inflight: dict[int, _InFlight] = {}
         self.dlq = DeadLetterWriter(s.kafka.dlq_topic, producer_config(s.kafka))

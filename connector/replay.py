@@ -182,7 +182,8 @@ def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:
             return ok
         with httpx.Client(timeout=s.delivery.request_timeout_s) as client:
             tokens = TokenProvider(s.aep.ims, client) if s.aep.authentication_required else None
-            sink = Sink(s.aep, s.delivery, client, tokens)
+            sink = Sink(s.aep, s.delivery, client, tokens, coalesce_profiles=s.batch.coalesce_profiles,
+                        max_bytes=s.batch.max_bytes)
             cancel = threading.Event()
             timer = threading.Timer(120, cancel.set)  # give up (and report) rather than hang forever
             timer.start()

@@ -43,7 +43,8 @@ import httpx
 import orjson
 
 from connector.auth import TokenProvider
-from connector.batch import PendingRecord, encode_body
+from connector.batch import WRAPPER_BYTES, PendingRecord, encode_body
+from connector.coalesce import coalesce, identity_hint
 from connector.concurrency import AdaptiveLimit
 from connector.config import AepConfig, DeliveryConfig
 from connector.errors import AuthFailure, TransientError
@@ -76,7 +77,9 @@ class BatchResult:
     message_retries: dict[int, int] = field(default_factory=dict)
 
 
-_Item = tuple[int, bytes, bool]  # (record index in the batch, encoded message, is a profile update)
+# (record index in the batch, encoded message, is a profile update, other records it stands for:
+# a coalesced profile update stands for every update it merged)
+_Item = tuple[int, bytes, bool, tuple[int, ...]]
 
 
 class _Stalled(Exception):
@@ -104,6 +107,9 @@ class Sink:
         client: httpx.Client,
         tokens: TokenProvider | None,
         lanes: int = 1,
+        *,
+        coalesce_profiles: bool = True,
+        max_bytes: int = 950_000,
     ) -> None:
         self._url = aep.batch_url
         self._delivery = delivery
@@ -119,15 +125,14 @@ class Sink:
         self.auth_failed = False
         self.failing_since: float | None = None  # monotonic time of the first failure in a row
         self.limit = AdaptiveLimit(max(1, lanes))
+        self._coalesce = coalesce_profiles
+        self._max_message_bytes = max_bytes - WRAPPER_BYTES
         self._retry_log = RateLimitedLog(log, _RETRY_LOG_INTERVAL_S)
 
     # -- public ------------------------------------------------------------------------------
     def deliver(self, records: list[PendingRecord], cancel: threading.Event) -> BatchResult:
         result = BatchResult(records)
-        # (record index, message, whether its order matters): profile updates must not be
-        # overtaken by an older one; ExperienceEvents are immutable, time-stamped facts.
-        items = [(ri, msg, label[0] == "profile") for ri, rec in enumerate(records)
-                 for msg, label in zip(rec.messages, rec.labels)]
+        items = self._items(records)
         work: list[list[_Item]] = [items]  # a stack of chunks; head is work[-1]
         attempt = 0  # rounds in a row that made no progress: what the backoff grows with
         while work:
@@ -176,8 +181,7 @@ class Sink:
             elif answer.kind in ("too_large", "bad_request"):
                 attempt = 0
                 if len(chunk) == 1:
-                    ri = chunk[0][0]
-                    result.failures.setdefault(ri, MessageFailure(answer.status, answer.message))
+                    _fail(result, chunk[0], MessageFailure(answer.status, answer.message))
                 else:
                     METRICS.retries.labels("split_413" if answer.kind == "too_large" else "bisect_400").inc()
                     mid = len(chunk) // 2
@@ -198,6 +202,32 @@ class Sink:
                     return result
         return result
 
+    def _items(self, records: list[PendingRecord]) -> list[_Item]:
+        """The batch's messages in offset order, each with the records it stands for; a customer's
+        profile updates coalesced into one (``connector.coalesce``) when enabled."""
+        # Whether order matters: profile updates must not be overtaken by an older one;
+        # ExperienceEvents are immutable, time-stamped facts.
+        items = [(ri, msg, label[0] == "profile", ()) for ri, rec in enumerate(records)
+                 for msg, label in zip(rec.messages, rec.labels)]
+        profiles = [k for k, item in enumerate(items) if item[2]]
+        if not profiles:
+            return items
+        if self._coalesce and len(profiles) > 1:
+            merged = coalesce([items[k][1] for k in profiles],
+                              [identity_hint(items[k][1]) for k in profiles],
+                              self._max_message_bytes)
+            if len(merged) < len(profiles):
+                keep: dict[int, _Item] = {}
+                for message, members in merged:
+                    last = profiles[members[-1]]
+                    others = tuple(items[profiles[m]][0] for m in members[:-1])
+                    keep[last] = (items[last][0], message, True, others)
+                items = [keep[k] if item[2] else item for k, item in enumerate(items) if not item[2] or k in keep]
+                METRICS.profile_records_sent.inc(len(keep))
+                return items
+        METRICS.profile_records_sent.inc(len(profiles))
+        return items
+
     @property
     def failing_for(self) -> float:
         return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
@@ -205,7 +235,7 @@ class Sink:
     # -- one request ---------------------------------------------------------------------------
     def _post(self, chunk: list[_Item], result: BatchResult,
               cancel: threading.Event) -> _Answer | None:
-        body = encode_body(m for _, m, _ in chunk)
+        body = encode_body(item[1] for item in chunk)
         METRICS.batch_records.observe(len(chunk))
         METRICS.batch_bytes.observe(len(body))
         if self._delivery.gzip:
@@ -289,23 +319,20 @@ class Sink:
         # and other customers' updates are not sent again.
         records = result.records
         failures = result.failures
-        retry_at: list[int] = []  # positions that failed transiently
-        failed_now: dict[int, int] = {}  # record index -> status of its transient failure this round
+        retry_at: dict[int, int] = {}  # position → status of its transient failure this round
         accepted = resolved = 0
         for i, entry in enumerate(entries):
             status = _entry_status(entry)
             if status is None:
                 accepted += 1
                 continue
-            ri = chunk[i][0]
             if status in (408, 429) or status >= 500:
-                failed_now.setdefault(ri, status)
-                retry_at.append(i)
+                retry_at[i] = status
             else:
                 resolved += 1
                 msg = str(entry.get("message", ""))[:500] if isinstance(entry, dict) else ""
                 xid = entry.get("xactionId") if isinstance(entry, dict) else None
-                failures.setdefault(ri, MessageFailure(status, msg, str(xid) if xid else None))
+                _fail(result, chunk[i], MessageFailure(status, msg, str(xid) if xid else None))
         if not retry_at:
             return [], True
         progressed = accepted + resolved > 0
@@ -313,16 +340,17 @@ class Sink:
         if progressed and limit:
             # Count a record's failures only in rounds where the inlet accepted others: a message
             # that keeps failing while its neighbours pass is not the inlet's bad day.
-            for ri, status in failed_now.items():
+            for i, status in retry_at.items():
+                ri = chunk[i][0]
                 n = result.message_retries[ri] = result.message_retries.get(ri, 0) + 1
                 if n > limit and ri not in failures:
-                    failures[ri] = MessageFailure(status, f"still failing after {n} attempts (last: {status})")
+                    _fail(result, chunk[i], MessageFailure(status, f"still failing after {n} attempts (last: {status})"))
                     log.warning("giving up on %s[%d]@%d: its message failed %d times while others were accepted",
                                 records[ri].tp[0], records[ri].tp[1], records[ri].offset, n)
         first_retry: dict[tuple[TopicPartition, bytes | None], int] = {}
         failed: set[int] = set()
         for i in retry_at:
-            ri, _, ordered = chunk[i]
+            ri, _, ordered, _ = chunk[i]
             if ri not in failures:
                 failed.add(i)
                 if ordered:
@@ -331,7 +359,7 @@ class Sink:
         retry = []
         end = len(chunk)
         for i, item in enumerate(chunk):
-            ri, _, ordered = item
+            ri, _, ordered, _ = item
             if i in failed:
                 retry.append(item)
             elif ordered and ri not in failures and first_retry:
@@ -354,6 +382,13 @@ class Sink:
     def _note_success(self) -> None:
         self.failing_since = None
         METRICS.last_delivery_timestamp.set(time.time())
+
+
+def _fail(result: BatchResult, item: _Item, failure: MessageFailure) -> None:
+    """A permanent failure of a message fails every record it stands for."""
+    result.failures.setdefault(item[0], failure)
+    for ri in item[3]:
+        result.failures.setdefault(ri, failure)
 
 
 def _entry_status(entry: Any) -> int | None:

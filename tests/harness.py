@@ -166,9 +166,64 @@ def diff_paths(a: object, b: object, path: str = "") -> list[str]:
 
 
 def expected_ids(events: list[dict]) -> Counter[str]:
-    """The XDM `_id`s the transform makes of ``events`` (what the inlet must receive)."""
+    """The ExperienceEvent `_id`s the inlet must accept for ``events``, one each. Profile updates
+    are checked per profile (``missing_profiles``, ``expected_profiles``): a customer's updates in
+    one request travel merged into one record (``connector.coalesce``) with the `_id` of the last
+    one in that request, and which one that is depends on how topics interleave."""
     t = transformer()
-    return Counter(m.envelope["body"]["xdmEntity"]["_id"] for ev in events for m in t.transform(ev))
+    return Counter(m.envelope["body"]["xdmEntity"]["_id"] for ev in events for m in t.transform(ev)
+                   if m.kind == "event")
+
+
+def profile_ids(events: list[dict]) -> dict[str, set[str]]:
+    """Per profile (dataset and primary identity), the `_id`s of its updates made of ``events``."""
+    t = transformer()
+    out: dict[str, set[str]] = {}
+    for ev in events:
+        for m in t.transform(ev):
+            if m.kind == "profile":
+                out.setdefault(_profile_key(m.envelope), set()).add(m.envelope["body"]["xdmEntity"]["_id"])
+    return out
+
+
+def missing_profiles(received: dict[str, int], events: list[dict]) -> set[str]:
+    """Profiles none of whose updates reached the inlet (alone or standing for others)."""
+    return {key for key, ids in profile_ids(events).items() if not any(received.get(i, 0) for i in ids)}
+
+
+def possible_ids(events: list[dict]) -> set[str]:
+    """Every `_id` the transform makes of ``events``: nothing else may reach the inlet."""
+    t = transformer()
+    return {m.envelope["body"]["xdmEntity"]["_id"] for ev in events for m in t.transform(ev)}
+
+
+def _profile_key(envelope: dict) -> str:
+    from connector.emulator.profiles import primary_key
+
+    return f"{envelope['header']['datasetId']}/{primary_key(envelope['body']['xdmEntity'])}"
+
+
+def expected_profiles(events: list[dict]) -> dict[str, dict]:
+    """The profile state per primary identity after applying the profile updates of ``events`` one
+    by one in production order (what AEP should end with)."""
+    from connector.emulator.profiles import apply, primary_key
+
+    t = transformer()
+    state: dict[str, dict] = {}
+    for ev in events:
+        for m in t.transform(ev):
+            if m.kind == "profile":
+                entity = m.envelope["body"]["xdmEntity"]
+                apply(state.setdefault(primary_key(entity), {}), entity)  # type: ignore[arg-type]
+    return state
+
+
+def assert_exactly_once(received: dict[str, int], events: list[dict]) -> None:
+    """Every ExperienceEvent and every profile's last update arrived, each message once, nothing else."""
+    assert missing(received, expected_ids(events)) == set()
+    assert missing_profiles(received, events) == set()
+    assert set(received) <= possible_ids(events)
+    assert [i for i, n in received.items() if n != 1] == []
 
 
 

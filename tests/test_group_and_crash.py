@@ -13,7 +13,7 @@ import pytest
 from connector.produce import ensure_topics, produce_events
 from connector.samples import generate_events
 from connector.topics import all_topics
-from harness import assert_committed_to_end, expected_ids, missing, new_group, start_connector
+from harness import assert_committed_to_end, expected_ids, missing, missing_profiles, new_group, start_connector
 from support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,8 @@ def test_sigkill_at_random_moments_loses_nothing(broker, emulator, prefix, tmp_p
     received = emulator.ids()
     assert kills == 10
     assert missing(received, want) == set()
-    duplicates = sum(received.values()) - len(want)
+    assert missing_profiles(received, events) == set()
+    duplicates = sum(received.values()) - len(received)
     assert duplicates <= len(want)  # at-least-once, but re-delivery is bounded by what was uncommitted
     assert_committed_to_end(broker, group, prefix)
 
@@ -109,4 +110,5 @@ def test_members_joining_and_leaving_mid_stream_lose_nothing(broker, emulator, p
     wait_until(lambda: c.metric("capillary_aep_buffered_records") == 0, 30, what="nothing left in flight")
     assert c.stop() == 0
     assert missing(emulator.ids(), want) == set()
+    assert missing_profiles(emulator.ids(), events) == set()
     assert_committed_to_end(broker, group, prefix)

@@ -18,7 +18,7 @@ from connector.dlq import H_AEP_MESSAGE, H_HTTP_STATUS, H_REASON, H_STAGE, H_XAC
 from connector.produce import ensure_topics, produce_events
 from connector.samples import generate_events
 from connector.topics import all_topics, topic_for
-from harness import dlq_topic, assert_committed_to_end, expected_ids, missing, new_group, read_topic, start_connector
+from harness import dlq_topic, assert_committed_to_end, expected_ids, missing, missing_profiles, new_group, read_topic, start_connector
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +74,7 @@ def test_poison_zoo(broker, tmp_path: Path, prefix) -> None:
         want = expected_ids([e for e in good if e is not rejected_by_aep])
         received = em.ids()
         assert missing(received, want) == set()
+        assert missing_profiles(received, [e for e in good if e is not rejected_by_aep]) == set()
 
         letters = {}
         for m in read_topic(broker, dlq_topic(prefix)):

@@ -11,7 +11,7 @@ from connector.emulator import config as em
 from connector.produce import ensure_topics, produce_events
 from connector.samples import generate_events
 from connector.topics import all_topics
-from harness import dlq_topic, expected_ids, missing, new_group, read_topic, start_connector
+from harness import dlq_topic, expected_ids, missing, missing_profiles, new_group, read_topic, start_connector
 from support import python_module, wait_until
 
 pytestmark = pytest.mark.integration
@@ -55,5 +55,6 @@ def test_replay_republishes_then_direct_delivers(broker, emulator, prefix, tmp_p
     assert direct.returncode == 0 and "1 matched" in direct.stdout and "replayed 1, failed 0" in direct.stdout, \
         direct.stdout + direct.stderr
     assert missing(emulator.ids(), expected_ids(events)) == set()
+    assert missing_profiles(emulator.ids(), events) == set()
     again = run_cli("dlq", "replay", "--config", str(c.config))
     assert "0 matched" in again.stdout

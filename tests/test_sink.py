@@ -322,3 +322,62 @@ def test_429_lowers_the_requests_in_flight_and_acceptance_raises_them_again() ->
     for _ in range(40):
         sink.deliver(records(1), threading.Event())
     assert sink.limit.limit == 8
+
+
+def customer_profiles(updates: list[tuple[str, dict]]) -> list[PendingRecord]:
+    """One profile update per record, for the customers named, in this order."""
+    out = []
+    for i, (customer, fields) in enumerate(updates):
+        entity = {"_id": f"id{i}", "identityMap": {"CapillaryCustomerId": [{"id": customer, "primary": True}]},
+                  **fields}
+        body = orjson.dumps({"header": {"schemaRef": {"id": "s"}, "datasetId": "p"},
+                             "body": {"xdmMeta": {"schemaRef": {"id": "s"}}, "xdmEntity": entity}})
+        out.append(PendingRecord(("t", 0), i, 1, 0, customer.encode(), b"v", None, [body], [("profile", "p")],
+                                 len(body) + 1))
+    return out
+
+
+def entities(request: httpx.Request) -> list[dict]:
+    return [m["body"]["xdmEntity"] for m in orjson.loads(request.content)["messages"]]
+
+
+def test_a_customers_profile_updates_go_as_one_merged_record() -> None:
+    sent: list[list[dict]] = []
+    sink, _ = make_sink(lambda r: (sent.append(entities(r)), ok_207(r))[1])
+    recs = customer_profiles([("a", {"loyalty": {"points": 1}}), ("b", {"loyalty": {"points": 7}}),
+                              ("a", {"loyalty": {"points": 2, "tier": "Gold"}}), ("a", {"loyalty": {"points": 3}})])
+    assert sink.deliver(recs, threading.Event()).failures == {}
+    assert [e["_id"] for e in sent[0]] == ["id1", "id3"]
+    assert sent[0][1]["loyalty"] == {"points": 3, "tier": "Gold"}
+
+
+def test_a_merged_record_rejected_for_good_fails_every_record_it_stands_for() -> None:
+    sink, _ = make_sink(lambda r: ok_207(r, {"id2": 400}))
+    recs = customer_profiles([("a", {"loyalty": {"points": 1}}), ("b", {"loyalty": {"points": 7}}),
+                              ("a", {"loyalty": {"points": 2}})])
+    result = sink.deliver(recs, threading.Event())
+    assert set(result.failures) == {0, 2}
+
+
+def test_a_merged_record_that_failed_transiently_is_resent_alone() -> None:
+    sent: list[list[str]] = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        sent.append(ids(r))
+        return ok_207(r, {"id2": 503}) if len(sent) == 1 else ok_207(r)
+
+    sink, _ = make_sink(handler)
+    recs = customer_profiles([("a", {"loyalty": {"points": 1}}), ("b", {"loyalty": {"points": 7}}),
+                              ("a", {"loyalty": {"points": 2}})])
+    assert sink.deliver(recs, threading.Event()).failures == {}
+    assert sent == [["id1", "id2"], ["id2"]]
+
+
+def test_coalescing_can_be_turned_off() -> None:
+    sent: list[list[str]] = []
+    client = httpx.Client(transport=httpx.MockTransport(lambda r: (sent.append(ids(r)), ok_207(r))[1]))
+    sink = Sink(AepConfig(dcs_url="http://aep", inlet_id="i", org_id="O@AdobeOrg", authentication_required=False),
+                FAST, client, None, coalesce_profiles=False)
+    recs = customer_profiles([("a", {"loyalty": {"points": 1}}), ("a", {"loyalty": {"points": 2}})])
+    assert sink.deliver(recs, threading.Event()).failures == {}
+    assert sent == [["id0", "id1"]]

@@ -267,3 +267,21 @@ def test_compact_schemas_are_in_sync_with_the_build_script(tmp_path: Path) -> No
         built = json.loads((tmp_path / f"{name}.json").read_text())
         committed = json.loads((SCHEMA_DIR / f"{name}.json").read_text())
         assert built == committed, f"{name}.json is stale: run scripts/build_xdm_schemas.py"
+
+
+def test_coalesced_profile_updates_are_valid_against_the_official_schema(
+        official: dict[str, Any], compact: XdmValidator, entities: list) -> None:
+    from connector.coalesce import merge_entities, primary_identity
+
+    by_customer: dict[Any, list[dict[str, Any]]] = {}
+    for kind, _name, entity in entities:
+        if kind == "profile":
+            by_customer.setdefault(primary_identity(entity), []).append(entity)
+    merged_some = 0
+    for updates in by_customer.values():
+        if len(updates) > 1:
+            merged = merge_entities(updates)
+            assert _errors(official["profile"], merged) == []
+            assert compact.errors("profile", merged) == []
+            merged_some += 1
+    assert merged_some >= 10

@@ -52,6 +52,9 @@ def control_routes(em: Emulator) -> list[Route]:
     async def ids(request: Request) -> Response:
         return _json({"ids": store.ids})
 
+    async def profiles(request: Request) -> Response:
+        return _json({"profiles": store.profiles.state})
+
     async def rejections(request: Request) -> Response:
         offset, limit = _page(request)
         page = store.rejections[offset : offset + limit]
@@ -136,6 +139,7 @@ def control_routes(em: Emulator) -> list[Route]:
         Route(f"{p}/stats", stats, methods=["GET"]),
         Route(f"{p}/messages", messages, methods=["GET"]),
         Route(f"{p}/ids", ids, methods=["GET"]),
+        Route(f"{p}/profiles", profiles, methods=["GET"]),
         Route(f"{p}/rejections", rejections, methods=["GET"]),
         Route(f"{p}/datasets/{{dataset_id}}/records", records, methods=["GET"]),
         Route(f"{p}/datasets/{{dataset_id}}/failed", failed, methods=["GET"]),

@@ -255,6 +255,10 @@ class Dcs:
     def _book(self, inlet: InletConfig, received_ms: int, accepted: list[Accepted], body: bytes, batch: bool) -> None:
         """Store accepted messages and queue them for async validation where a schema is set."""
         self.store.accept_many(received_ms, accepted, body, batch)
+        profiles = [entity for _, _, entity, ds_id in accepted
+                    if (ds := inlet.datasets.get(ds_id)) is not None and ds.record_type == "profile"]
+        if profiles:
+            self.store.profiles.accept_request(profiles)
         if not self.validators:
             return
         for _, xaction_id, entity, ds_id in accepted:

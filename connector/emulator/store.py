@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from connector.emulator.profiles import Profiles
+
 # Compact JSON of a value that holds a null or an empty string/object/array always contains one of
 # these tokens; their absence proves a message clean without walking it.
 NULL_OR_EMPTY_TOKENS = (b"null", b'""', b"{}", b"[]")
@@ -98,6 +100,8 @@ class Store:
         self.accepted_by_event_type: dict[str, int] = {}
         self.faulted_requests = 0
         self.dropped_connections = 0
+        # Profile state by primary identity, from accepted profile records (kept with the bodies).
+        self.profiles = Profiles(keep_state=self.store_bodies)
         # Accepted bodies in acceptance order, one chunk per request; chunk_ends[i] is the number
         # of messages stored up to and including chunk i (for paging with bisect).
         self.chunks: list[StoredChunk] = []
@@ -205,6 +209,9 @@ class Store:
             "null_or_empty": self.null_or_empty,
             "null_check": self.check_null_or_empty,
             "null_or_empty_samples": self.null_or_empty_samples,
+            "profile_records": self.profiles.records,
+            "profile_identities": len(self.profiles.state),
+            "max_profile_records_per_identity_in_request": self.profiles.max_per_identity_in_request,
             "duplicate_ids": self.duplicate_ids,
             "duplicate_ids_by_dataset": dict(self.duplicate_ids_by_dataset),
             "unique_ids": len(self.ids),

@@ -1,0 +1,157 @@
+"""Coalesce profile updates: one record per customer and route in what one request carries.
+
+AEP does not apply the profile records of a streaming request in order (several updates to one
+profile within milliseconds can end with any of them persisted), and each record counts against
+the org's Profile capacity. So when a batch holds several profile updates for the same primary
+identity and route (dataset and schema), they are sent as one record that merges them in offset
+order, the way AEP applies partial records one after another:
+
+* a later value wins, leaf by leaf (objects merge, anything else is replaced);
+* an array is a leaf: the later array replaces the earlier one, as AEP does;
+* ``identityMap`` is the union: per namespace, every id once, a later entry for an id wins.
+
+The merged record keeps the envelope (header, ``xdmMeta``) and the ``_id`` of the last update, and
+stands for every source record: it is acknowledged, retried or dead-lettered for all of them.
+ExperienceEvents are never touched. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+IDENTITY_MAP = "identityMap"
+
+
+def merge_entities(entities: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The result of applying ``entities`` (partial profile records) one after another."""
+    out: dict[str, Any] = {}
+    for entity in entities:
+        for key, value in entity.items():
+            if key == IDENTITY_MAP and type(value) is dict:
+                out[key] = union_identities(out.get(key), value)
+            else:
+                _put(out, key, value)
+    return out
+
+
+def _put(dst: dict[str, Any], key: str, value: Any) -> None:
+    if type(value) is dict:
+        current = dst.get(key)
+        if type(current) is not dict:
+            current = dst[key] = {}
+        for k, v in value.items():
+            _put(current, k, v)
+    else:
+        dst[key] = _copy(value)
+
+
+def _copy(value: Any) -> Any:
+    if type(value) is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_copy(v) for v in value]
+    return value
+
+
+def union_identities(earlier: dict[str, Any] | None, later: dict[str, Any]) -> dict[str, Any]:
+    """Per namespace, every identity once (by ``id``), in first-seen order; a later entry wins."""
+    out: dict[str, Any] = {ns: [_copy(e) for e in entries] for ns, entries in (earlier or {}).items()}
+    for ns, entries in later.items():
+        have = out.setdefault(ns, [])
+        index = {e.get("id"): i for i, e in enumerate(have) if type(e) is dict}
+        for entry in entries:
+            i = index.get(entry.get("id")) if type(entry) is dict else None
+            if i is None:
+                index[entry.get("id") if type(entry) is dict else None] = len(have)
+                have.append(_copy(entry))
+            else:
+                have[i] = _copy(entry)
+    return out
+
+
+def primary_identity(entity: dict[str, Any]) -> tuple[str, str] | None:
+    identity_map = entity.get(IDENTITY_MAP)
+    if type(identity_map) is not dict:
+        return None
+    for ns, entries in identity_map.items():
+        for e in entries if type(entries) is list else ():
+            if type(e) is dict and e.get("primary") is True and type(e.get("id")) is str:
+                return ns, e["id"]
+    return None
+
+
+def identity_hint(message: bytes) -> bytes | None:
+    """The primary identity's id read straight from an encoded record (no JSON parsing): enough to
+    find the few records worth parsing. None when it cannot be seen (then nothing is merged)."""
+    end = message.find(b'"primary":true')
+    if end < 0:
+        return None
+    start = message.rfind(b'{"id":"', 0, end)
+    if start < 0:
+        return None
+    start += 7
+    return message[start:message.find(b'"', start)]
+
+
+def _route_and_identity(envelope: Any) -> tuple[Any, ...] | None:
+    """What decides whether two profile records describe the same profile fragment."""
+    try:
+        header = envelope["header"]
+        entity = envelope["body"]["xdmEntity"]
+        identity = primary_identity(entity)
+        if identity is None:
+            return None
+        return header.get("datasetId"), header["schemaRef"]["id"], header.get("flowId"), identity
+    except (KeyError, TypeError):
+        return None
+
+
+def coalesce(
+    messages: Sequence[bytes], customers: Sequence[Any], max_size: int
+) -> list[tuple[bytes, list[int]]]:
+    """Merge the profile records (``messages``, in offset order) that describe the same profile.
+
+    ``customers[i]`` is a cheap pre-grouping key for message i (``identity_hint``; None: never
+    merged): only messages sharing one are parsed. Returns ``(message, [indexes it stands for])`` in the
+    order of each group's last member (everything else stays where it was). A merged record
+    larger than ``max_size`` bytes is not made: its sources go as they are.
+    """
+    candidates: dict[Any, list[int]] = {}
+    for i, customer in enumerate(customers):
+        if customer is not None:
+            candidates.setdefault(customer, []).append(i)
+    stands_for: dict[int, list[int]] = {}  # index of a group's last member → the group
+    merged_into: set[int] = set()
+    replacement: dict[int, bytes] = {}
+    for members in candidates.values():
+        if len(members) < 2:
+            continue
+        groups: dict[Any, list[tuple[int, Any]]] = {}
+        for i in members:
+            envelope = orjson.loads(messages[i])
+            key = _route_and_identity(envelope)
+            if key is not None:
+                groups.setdefault(key, []).append((i, envelope))
+        for group in groups.values():
+            if len(group) < 2:
+                continue
+            last_i, envelope = group[-1]
+            envelope["body"]["xdmEntity"] = merge_entities(env["body"]["xdmEntity"] for _, env in group)
+            body = orjson.dumps(envelope)
+            if len(body) > max_size:
+                continue
+            replacement[last_i] = body
+            stands_for[last_i] = [i for i, _ in group]
+            merged_into.update(i for i, _ in group[:-1])
+    out: list[tuple[bytes, list[int]]] = []
+    for i, message in enumerate(messages):
+        if i in merged_into:
+            continue
+        if i in replacement:
+            out.append((replacement[i], stands_for[i]))
+        else:
+            out.append((message, [i]))
+    return out

@@ -1,0 +1,100 @@
+"""Coalescing a customer's profile updates (connector.coalesce): the merged record has the effect of
+its sources applied in order, identities unioned, nothing null or empty, and it stands for each
+source record it merged."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.coalesce import coalesce, merge_entities, primary_identity
+from connector.emulator.profiles import apply
+
+leaf = st.one_of(st.integers(-5, 5), st.text("ab", min_size=1, max_size=2), st.booleans(),
+                 st.lists(st.integers(0, 3), min_size=1, max_size=3))
+keys = st.sampled_from(["a", "b", "c"])
+tree = st.recursive(leaf, lambda inner: st.dictionaries(keys, inner, min_size=1, max_size=3), max_leaves=8)
+identity = st.fixed_dictionaries({"id": st.sampled_from(["1", "2", "3"]),
+                                  "authenticatedState": st.sampled_from(["ambiguous", "authenticated"])})
+identity_map = st.dictionaries(st.sampled_from(["Email", "Phone"]), st.lists(identity, min_size=1, max_size=2),
+                               max_size=2)
+
+
+@st.composite
+def update(draw: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {"identityMap": {"CapillaryCustomerId": [{"id": "42", "primary": True}],
+                                              **draw(identity_map)}}
+    record.update(draw(st.dictionaries(st.sampled_from(["loyalty", "person", "_capillary"]), tree, max_size=3)))
+    return record
+
+
+def null_or_empty(value: Any) -> bool:
+    if value is None or value == "" or value == [] or value == {}:
+        return True
+    if isinstance(value, dict):
+        return any(null_or_empty(v) for v in value.values())
+    if isinstance(value, list):
+        return any(null_or_empty(v) for v in value)
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(update(), min_size=1, max_size=6), st.dictionaries(keys, tree, max_size=3))
+def test_applying_the_merged_record_equals_applying_each_update_in_order(updates: list[dict], start: dict) -> None:
+    one_by_one = copy.deepcopy(start)
+    for u in updates:
+        apply(one_by_one, u)
+    merged_state = copy.deepcopy(start)
+    apply(merged_state, merge_entities(updates))
+    assert merged_state == one_by_one
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(update(), min_size=2, max_size=6))
+def test_identities_are_unioned_and_nothing_is_null_or_empty(updates: list[dict]) -> None:
+    merged = merge_entities(copy.deepcopy(updates))
+    for u in updates:
+        for ns, entries in u["identityMap"].items():
+            have = {e["id"] for e in merged["identityMap"][ns]}
+            assert {e["id"] for e in entries} <= have
+    for entries in merged["identityMap"].values():
+        ids = [e["id"] for e in entries]
+        assert len(ids) == len(set(ids))  # each identity once
+    assert not null_or_empty(merged)
+    assert primary_identity(merged) == ("CapillaryCustomerId", "42")
+
+
+def envelope(entity: dict[str, Any], dataset: str = "p1") -> bytes:
+    return orjson.dumps({"header": {"schemaRef": {"id": "s"}, "datasetId": dataset},
+                         "body": {"xdmMeta": {"schemaRef": {"id": "s"}}, "xdmEntity": entity}})
+
+
+def profile(customer: str, _id: str, **fields: Any) -> dict[str, Any]:
+    return {"_id": _id, "identityMap": {"CapillaryCustomerId": [{"id": customer, "primary": True}]}, **fields}
+
+
+def test_one_record_per_customer_and_route_standing_for_its_sources() -> None:
+    messages = [
+        envelope(profile("a", "1", loyalty={"points": 10, "tier": "Silver"})),
+        envelope(profile("b", "2", loyalty={"points": 5})),
+        envelope(profile("a", "3", loyalty={"points": 20})),
+        envelope(profile("a", "4", loyalty={"points": 30}), dataset="p2"),  # another route: kept apart
+        envelope(profile("a", "5", loyalty={"points": 25, "lifetimePoints": 99})),
+    ]
+    customers = ["a", "b", "a", "a", "a"]
+    out = coalesce(messages, customers, max_size=1_000_000)
+    assert [members for _, members in out] == [[1], [3], [0, 2, 4]]
+    merged = orjson.loads(out[2][0])["body"]["xdmEntity"]
+    assert merged["_id"] == "5"  # the last update's id
+    assert merged["loyalty"] == {"points": 25, "tier": "Silver", "lifetimePoints": 99}
+    assert out[0][0] == messages[1] and out[1][0] == messages[3]  # untouched bytes
+
+
+def test_a_merge_larger_than_the_limit_is_not_made() -> None:
+    messages = [envelope(profile("a", "1", loyalty={"tier": "x" * 500})),
+                envelope(profile("a", "2", loyalty={"points": 1}))]
+    assert [m for _, m in coalesce(messages, ["a", "a"], max_size=300)] == [[0], [1]]
