@@ -1,6 +1,6 @@
 """The long, large fault scenarios: the delivery guarantee at scale, on real processes (not in CI).
 
-    python bench/faults.py --scenario all|crash|chaos|outage|token|group [--events N] [--quick]
+    python bench/faults.py --scenario all|crash|chaos|outage|token|group|degraded [--events N] [--quick]
                            [--seed S] [--workdir DIR] [--json FILE]
 
 One embedded broker (tansu) serves every scenario; each scenario gets its own emulator
@@ -22,6 +22,9 @@ Scenarios (``--quick`` numbers in brackets; docs/fault-scenarios.md has the deta
   request, second half the emulator process stopped: connection refused, IMS gone too).
 * ``token``  — IMS tokens that live 3 s, over 60 s [20 s] of traffic.
 * ``group``  — 2–3 members joining and leaving (SIGTERM and SIGKILL) for 180 s [60 s].
+* ``degraded`` — a 20,000-event backlog through an inlet failing 10 % 500, 5 % 503, 10 % 429 (half
+  with Retry-After: 1), dropping 2 % of connections, 0–30 ms jitter, 2 % per-message 500s: time to
+  deliver all (must be < 80 s), events/s, duplicate messages, requests by status.
 
 Each scenario prints one verdict line (PASS/FAIL and its numbers, then the failed checks); the
 process exits 0 only if every scenario passed. Every wait is bounded, and every child process
@@ -60,6 +63,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from conftest import Emulator  # noqa: E402
 from connector.avro_schemas import LocalSchemas  # noqa: E402
 from connector.emulator import config as em_config  # noqa: E402
+from connector.emulator.profiles import primary_key  # noqa: E402
 from connector.produce import SampleEncoder, customer_key, ensure_topics  # noqa: E402
 from connector.samples import generate_events  # noqa: E402
 from connector.topics import all_topics, topic_for  # noqa: E402
@@ -165,7 +169,11 @@ class Stream(threading.Thread):
         self.encodings: tuple[str, ...] = (
             ("avro-registry", "avro-single", "json") if registry_url else ("avro-single", "json")
         ) if encoding == "mixed" else (encoding,)
-        self.want: Counter[str] = Counter()
+        self.want: Counter[str] = Counter()  # ExperienceEvent _ids: each must arrive
+        # Profile updates travel coalesced (one record per customer per request, with the _id of the
+        # last update it merged): a profile is delivered when one of its updates' _ids arrived.
+        self.profiles: dict[str, set[str]] = {}
+        self.possible: set[str] = set()  # every _id the transform made: nothing else may arrive
         self.sent = 0
         self.acked = 0
         self.errors: list[str] = []
@@ -207,7 +215,13 @@ class Stream(threading.Thread):
                     except BufferError:
                         producer.poll(0.1)
                 for m in transform(ev):
-                    self.want[m.envelope["body"]["xdmEntity"]["_id"]] += 1
+                    entity = m.envelope["body"]["xdmEntity"]
+                    self.possible.add(entity["_id"])
+                    if m.kind == "profile":
+                        key = f"{m.envelope['header']['datasetId']}/{primary_key(entity)}"
+                        self.profiles.setdefault(key, set()).add(entity["_id"])
+                    else:
+                        self.want[entity["_id"]] += 1
             self.sent += n
             producer.poll(0)
             if self.rate:
@@ -354,9 +368,10 @@ def verify(r: Result, *, bootstrap: str, prefix: str, group: str, want: Counter[
            stats: dict[str, Any], stream: Stream, sampler: Sampler, started: float) -> None:
     """The common numbers and checks: nothing missing, nothing unexpected, no DLQ, committed to end."""
     missing = [i for i in want if received.get(i, 0) < want[i]]
+    missing += [k for k, ids in stream.profiles.items() if not any(received.get(i, 0) for i in ids)]
     delivered = sum(1 for i in want if received.get(i, 0) > 0)
-    unexpected = [i for i in received if i not in want]
-    duplicates = sum(received.get(i, 0) for i in want) - sum(min(received.get(i, 0), want[i]) for i in want)
+    unexpected = [i for i in received if i not in stream.possible]
+    duplicates = sum(n - 1 for n in received.values() if n > 1)
     dlq = len(read_topic(bootstrap, dlq_topic(prefix), idle_s=1.0))
     ends = end_offsets(bootstrap, prefix)
     got = committed(bootstrap, group, prefix)
@@ -404,7 +419,8 @@ def _wait_delivered(em: Emulator, stream: Stream, timeout: float, earlier: Count
 
     def done() -> bool:
         got = em.ids()
-        return all(got.get(i, 0) + before.get(i, 0) >= 1 for i in stream.want)
+        return (all(got.get(i, 0) + before.get(i, 0) >= 1 for i in stream.want)
+                and all(any(got.get(i, 0) + before.get(i, 0) for i in ids) for ids in stream.profiles.values()))
 
     return wait_for(done, timeout, 2.0)
 
@@ -805,9 +821,75 @@ def scenario_group(ctx: Ctx) -> Result:
     return r
 
 
+# == 6. degraded ==================================================================================
+# The degraded inlet of issue 15 (tests/test_delivery_faults.py uses the same mix on 5,000 events):
+# whole-request 500/503/429 (half the 429s with Retry-After: 1), 2 % dropped connections, 0–30 ms
+# jitter, and 2 % of the messages of otherwise successful 207s failing with a per-message 500.
+DEGRADED_INLET: dict[str, Any] = {
+    "status_mix": [{"status": 500, "rate": 0.10}, {"status": 503, "rate": 0.05},
+                   {"status": 429, "rate": 0.05, "retry_after": "1"}, {"status": 429, "rate": 0.05}],
+    "drop_connection_rate": 0.02,
+    "latency_jitter_ms": 30,
+    "message_status": {"status": 500, "rate": 0.02},
+}
+
+
+def scenario_degraded(ctx: Ctx) -> Result:
+    """A backlog of 20,000 JSON events (12 partitions) drained through the degraded inlet: time to
+    deliver all, events/s, duplicate messages and requests by status."""
+    r = Result("degraded")
+    wd = _scenario_dir(ctx, "degraded")
+    started = time.monotonic()
+    n = 20_000
+    em = start_emulator(wd)
+    prefix, group = _prefix("degraded"), new_group()
+    ensure_topics(ctx.bootstrap, all_topics(prefix), 2)  # 6 topics × 2 partitions
+    stream = Stream(ctx.bootstrap, prefix, seed=ctx.seed * 1000 + 60_000, encoding="json", total=n, chunk=1000)
+    sampler = Sampler()
+    try:
+        stream.start()
+        stream.join(300)
+        em.faults(**DEGRADED_INLET)
+        t0 = time.monotonic()
+        c = start_connector(wd, bootstrap=ctx.bootstrap, emulator_url=em.url, prefix=prefix, group=group,
+                            name="degraded")
+        sampler.add("degraded", c)
+        sampler.start()
+        acked = wait_for(lambda: c.metric("capillary_aep_records_acknowledged_total") >= stream.acked
+                         or not c.proc.alive(), 300, 0.25)
+        took = time.monotonic() - t0
+        inflight_limit_min = c.metric("capillary_aep_inflight_limit")
+        message_retries = c.metric("capillary_aep_message_retries_total")
+        stats = em.stats()
+        em.clear_faults()
+        delivered = _wait_delivered(em, stream, 60)
+        sampler.finish()
+        t_stop = time.monotonic()
+        code = c.stop()
+        stop_s = time.monotonic() - t_stop
+        verify(r, bootstrap=ctx.bootstrap, prefix=prefix, group=group, want=stream.want, received=em.ids(),
+               stats=stats, stream=stream, sampler=sampler, started=started)
+        r.check("all acknowledged", acked and c.metric("capillary_aep_records_acknowledged_total") >= n
+                if c.proc.alive() else acked)
+        r.check("all delivered", delivered)
+        r.check("within 80 s", took < 80)
+        r.check("duplicates <= 2 % of events", r.numbers["duplicates"] <= 0.02 * n)
+        r.check("exit 0 on SIGTERM", code == 0)
+        r.extra.update(time_to_deliver_all_s=round(took, 1), events_per_s=round(n / took),
+                       duplicate_messages=r.numbers["duplicates"], message_retries=int(message_retries),
+                       requests_by_status=dict(sorted(stats.get("requests", {}).items())),
+                       messages_accepted=stats.get("messages_accepted", 0),
+                       profile_records=stats.get("profile_records", 0), inflight_limit_end=inflight_limit_min,
+                       sigterm_to_exit_s=round(stop_s, 1))
+    finally:
+        stream.finish(5)
+        sampler.finish()
+    return r
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
     "crash": scenario_crash, "chaos": scenario_chaos, "outage": scenario_outage, "token": scenario_token,
-    "group": scenario_group,
+    "group": scenario_group, "degraded": scenario_degraded,
 }
 
 

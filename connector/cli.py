@@ -188,6 +188,11 @@ def replay(config: str | None, reason: tuple[str, ...], stage: tuple[str, ...], 
     click.echo(f"read {report.read} dead letters from {settings.kafka.dlq_topic}; {report.matched} matched")
     for r, n in sorted(report.by_reason.items()):
         click.echo(f"  {n:6d}  {r}")
+    if report.truncated:
+        click.echo(f"{len(report.truncated)} letters were too large for the dead-letter topic and hold only part of "
+                   "their value: not replayed; re-read these source offsets (if still retained):")
+        for where in report.truncated[:50]:
+            click.echo(f"  {where}")
     if not dry_run:
         click.echo(f"replayed {report.replayed}, failed {report.failed}")
     sys.exit(1 if report.failed else 0)

@@ -62,6 +62,9 @@ class Metrics:
         self.profile_records_sent = Counter(
             p + "profile_records_sent_total",
             "Profile records sent (first try), after coalescing a customer's updates in a request", registry=r)
+        self.profile_updates_merged = Counter(
+            p + "profile_updates_merged_total",
+            "Profile updates that travelled inside a later update's merged record instead of alone", registry=r)
         self.message_retries = Counter(
             p + "message_retries_total", "XDM messages sent again after a per-message 5xx/429 or a failed request",
             registry=r)

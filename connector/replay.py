@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from connector.dlq import H_REASON, H_STAGE, H_TIME, H_TOPIC
+from connector.dlq import H_OFFSET, H_PARTITION, H_REASON, H_STAGE, H_TIME, H_TOPIC, H_TRUNCATED
 from connector.source import producer_config
 
 
@@ -51,6 +51,9 @@ class ReplayReport:
     replayed: int = 0
     failed: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)
+    # Letters written without their whole value (too large for the DLQ): not replayable from the
+    # DLQ; their source positions ("topic[partition]@offset") must be re-read from the source.
+    truncated: list[str] = field(default_factory=list)
 
 
 def read_letters(consumer: Any, idle_s: float) -> list[Any]:
@@ -99,11 +102,15 @@ def replay(
         for m in letters:
             headers = dict(m.headers() or [])
             if flt.matches(headers):
-                chosen.append(m)
                 report.by_reason[headers.get(H_REASON, b"?").decode()] += 1
+                if H_TRUNCATED in headers:
+                    topic, part, off = (headers.get(h, b"?").decode() for h in (H_TOPIC, H_PARTITION, H_OFFSET))
+                    report.truncated.append(f"{topic}[{part}]@{off}")
+                    continue
+                chosen.append(m)
         if limit is not None:
             chosen = chosen[:limit]
-        report.matched = len(chosen)
+        report.matched = len(chosen) + len(report.truncated)
         if dry_run or not chosen:
             return report
         if direct is not None:

@@ -50,7 +50,6 @@ from connector.config import AepConfig, DeliveryConfig
 from connector.errors import AuthFailure, TransientError
 from connector.logs import RateLimitedLog
 from connector.metrics import METRICS
-from connector.offsets import TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +76,10 @@ class BatchResult:
     message_retries: dict[int, int] = field(default_factory=dict)
 
 
-# (record index in the batch, encoded message, is a profile update, other records it stands for:
-# a coalesced profile update stands for every update it merged)
-_Item = tuple[int, bytes, bool, tuple[int, ...]]
+# (record index in the batch, encoded message, ordering key — None for an ExperienceEvent, the
+# profile's identity for a profile update — and the other records it stands for: a coalesced
+# profile update stands for every update it merged)
+_Item = tuple[int, bytes, Any, tuple[int, ...]]
 
 
 class _Stalled(Exception):
@@ -203,27 +203,35 @@ class Sink:
         return result
 
     def _items(self, records: list[PendingRecord]) -> list[_Item]:
-        """The batch's messages in offset order, each with the records it stands for; a customer's
-        profile updates coalesced into one (``connector.coalesce``) when enabled."""
-        # Whether order matters: profile updates must not be overtaken by an older one;
-        # ExperienceEvents are immutable, time-stamped facts.
-        items = [(ri, msg, label[0] == "profile", ()) for ri, rec in enumerate(records)
-                 for msg, label in zip(rec.messages, rec.labels)]
-        profiles = [k for k, item in enumerate(items) if item[2]]
+        """The batch's messages in offset order, each with its ordering key and the records it
+        stands for; a customer's profile updates coalesced into one (``connector.coalesce``)."""
+        # Order matters only between profile updates of one profile (primary identity; its
+        # record's partition and key when it cannot be read): ExperienceEvents are immutable,
+        # time-stamped facts.
+        items: list[_Item] = []
+        profiles: list[int] = []
+        for ri, rec in enumerate(records):
+            for msg, label in zip(rec.messages, rec.labels):
+                if label[0] == "profile":
+                    profiles.append(len(items))
+                    items.append((ri, msg, identity_hint(msg) or (rec.tp, rec.key), ()))
+                else:
+                    items.append((ri, msg, None, ()))
         if not profiles:
             return items
         if self._coalesce and len(profiles) > 1:
-            merged = coalesce([items[k][1] for k in profiles],
-                              [identity_hint(items[k][1]) for k in profiles],
+            merged = coalesce([items[k][1] for k in profiles], [items[k][2] for k in profiles],
                               self._max_message_bytes)
             if len(merged) < len(profiles):
                 keep: dict[int, _Item] = {}
                 for message, members in merged:
                     last = profiles[members[-1]]
                     others = tuple(items[profiles[m]][0] for m in members[:-1])
-                    keep[last] = (items[last][0], message, True, others)
-                items = [keep[k] if item[2] else item for k, item in enumerate(items) if not item[2] or k in keep]
+                    keep[last] = (items[last][0], message, items[last][2], others)
+                is_profile = set(profiles)
+                items = [keep.get(k, item) for k, item in enumerate(items) if k not in is_profile or k in keep]
                 METRICS.profile_records_sent.inc(len(keep))
+                METRICS.profile_updates_merged.inc(len(profiles) - len(keep))
                 return items
         METRICS.profile_records_sent.inc(len(profiles))
         return items
@@ -347,25 +355,21 @@ class Sink:
                     _fail(result, chunk[i], MessageFailure(status, f"still failing after {n} attempts (last: {status})"))
                     log.warning("giving up on %s[%d]@%d: its message failed %d times while others were accepted",
                                 records[ri].tp[0], records[ri].tp[1], records[ri].offset, n)
-        first_retry: dict[tuple[TopicPartition, bytes | None], int] = {}
+        first_retry: dict[Any, int] = {}  # ordering key → position of its first failed update
         failed: set[int] = set()
         for i in retry_at:
-            ri, _, ordered, _ = chunk[i]
+            ri, _, order, _ = chunk[i]
             if ri not in failures:
                 failed.add(i)
-                if ordered:
-                    rec = records[ri]
-                    first_retry.setdefault((rec.tp, rec.key), i)
+                if order is not None:
+                    first_retry.setdefault(order, i)
         retry = []
         end = len(chunk)
         for i, item in enumerate(chunk):
-            ri, _, ordered, _ = item
-            if i in failed:
+            ri, _, order, _ = item
+            if i in failed or (order is not None and first_retry and ri not in failures
+                               and i > first_retry.get(order, end)):
                 retry.append(item)
-            elif ordered and ri not in failures and first_retry:
-                rec = records[ri]
-                if i > first_retry.get((rec.tp, rec.key), end):
-                    retry.append(item)
         return retry, progressed
 
     # -- helpers -------------------------------------------------------------------------------

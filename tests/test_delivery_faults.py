@@ -174,8 +174,10 @@ def test_a_degraded_inlet_delivers_everything_with_few_duplicates(broker, emulat
     c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
     c.wait_acknowledged(len(events), timeout=240)
     stats = emulator.stats()
+    c_retries = c.metric("capillary_aep_message_retries_total")
     assert c.stop() == 0
-    assert stats["faulted_requests"] > 0 and stats["dropped_connections"] > 0  # the faults really fired
+    # The faults really fired (dropped connections are too rare to count on in ~50 requests).
+    assert stats["faulted_requests"] > 0 and c_retries > 0
     assert c.proc.log_text().count("per-message failures") >= 1  # the retry loop says what it does
     received = emulator.ids()
     assert missing(received, want) == set() and missing_profiles(received, events) == set()
@@ -188,7 +190,7 @@ def test_a_degraded_inlet_delivers_everything_with_few_duplicates(broker, emulat
 
 
 def test_an_oversized_record_is_dead_lettered_truncated_and_its_partition_moves_on(
-        broker, emulator, prefix, tmp_path: Path) -> None:
+        broker, emulator, prefix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from confluent_kafka import Producer
 
     from connector.dlq import H_OFFSET, H_ORIGINAL_SHA256, H_ORIGINAL_SIZE, H_REASON, H_TRUNCATED
@@ -224,3 +226,11 @@ def test_an_oversized_record_is_dead_lettered_truncated_and_its_partition_moves_
     source_offset = next(m.offset() for m in read_topic(broker, topic, idle_s=0.5) if m.key() == b"oversized")
     assert int(h[H_OFFSET]) == source_offset and value.startswith(letters[0].value() or b"")
     assert_committed_to_end(broker, group, prefix)
+    # dlq replay does not re-publish a partial value: it names the source offset to re-read.
+    from connector.config import load_settings
+    from connector.emulator import config as em_config
+    from connector.replay import ReplayFilter, replay
+
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", em_config.DEMO_CLIENT_SECRET)
+    report = replay(load_settings(c.config), ReplayFilter(), idle_s=0.5)
+    assert report.truncated == [f"{topic}[0]@{source_offset}"] and report.replayed == 0
