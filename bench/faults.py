@@ -72,6 +72,7 @@ from harness import (ConnectorProc, committed, dlq_topic, end_offsets, new_group
 from support import ManagedProcess, free_port, python_module, start_broker  # noqa: E402
 
 MB = 1024 * 1024
+OURS_CODE: list[Path | None] = [None]  # --ours-code: connectors run an exported older tree
 FAST_GROUP = {"CAPILLARY_AEP__KAFKA__SESSION_TIMEOUT_MS": "3000"}
 
 # == child processes, always stopped by pid ====================================================
@@ -120,7 +121,7 @@ def start_connector(workdir: Path, *, bootstrap: str, emulator_url: str, prefix:
     full_env = {"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em_config.DEMO_CLIENT_SECRET,
                 "CAPILLARY_AEP__LOG__FORMAT": "text", **(env or {})}
     proc = track(ManagedProcess(python_module("connector", "run", "--config", str(cfg)), env=full_env,
-                                log_path=workdir / f"{name}-{port}.log"))
+                                log_path=workdir / f"{name}-{port}.log", cwd=OURS_CODE[0]))
     c = ConnectorProc(proc, port, cfg)
     wait_for(lambda: not proc.alive() or httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code, 30)
     if not proc.alive():
@@ -924,11 +925,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--workdir", type=Path, default=None, help="logs (default bench/results/faults-<time>/)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here (default: in workdir)")
+    ap.add_argument("--ours-code", metavar="REV", default=None,
+                    help="run the connectors of git revision REV (the broker, emulator and checks stay current)")
     args = ap.parse_args(argv)
 
     workdir = args.workdir or ROOT / "bench" / "results" / f"faults-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir(parents=True, exist_ok=True)
     events = args.events or (20_000 if args.quick else 100_000)
+    if args.ours_code:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from run import export_tree
+
+        OURS_CODE[0] = export_tree(args.ours_code, workdir)
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
 
     def on_term(_signum: int, _frame: Any) -> None:

@@ -218,7 +218,7 @@ class DeadLetterWriter:
         code = err.code() if err is not None else None
         name = err.name() if err is not None else "UNKNOWN"
         if code in _SIZE_ERRORS:
-            METRICS.dlq_errors.labels(name, "true").inc()
+            METRICS.dlq_errors.labels("true").inc()
             tried = letter.fit(self._budget)
             self._budget = min(self._budget, (tried or letter).size()) // 2
             if self._budget < _MIN_BUDGET:
@@ -232,7 +232,7 @@ class DeadLetterWriter:
                                           and code not in (KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT)):
             self._give_up(letter, name, str(err.str() if err is not None else "unknown error"))
             return
-        METRICS.dlq_errors.labels(name, "true").inc()
+        METRICS.dlq_errors.labels("true").inc()
         if self._clock() - first >= _GIVE_UP_S:
             self._give_up(letter, name, f"still failing after {_GIVE_UP_S:.0f}s")
             return
@@ -240,7 +240,7 @@ class DeadLetterWriter:
         self._retry.append((self._clock() + _RETRY_DELAY_S, letter, done, first))
 
     def _give_up(self, letter: DeadLetter, error: str, why: str) -> None:
-        METRICS.dlq_errors.labels(error, "false").inc()
+        METRICS.dlq_errors.labels("false").inc()
         self.refused.append(letter)
         if not self.unusable:
             self.unusable = f"dead-letter topic {self.topic!r} cannot take letters ({error}): {why}"

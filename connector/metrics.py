@@ -75,8 +75,10 @@ class Metrics:
             "Partitions whose commit point has not moved for delivery.stall_warning_s while later records are "
             "acknowledged", registry=r)
         self.dlq_errors = Counter(
-            p + "dlq_errors_total", "Dead-letter writes that failed, by error and whether a retry can succeed",
-            ["error", "retriable"], registry=r)
+            p + "dlq_errors_total", "Dead-letter writes that failed, by whether a retry can succeed (the log names "
+            "the error)", ["retriable"], registry=r)
+        for retriable in ("true", "false"):
+            self.dlq_errors.labels(retriable)  # exported at 0 from the start: alerts and panels see the series
         self.dlq_truncated = Counter(
             p + "dlq_truncated_total", "Dead letters written without (part of) the original value: too large",
             registry=r)
