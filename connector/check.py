@@ -21,8 +21,6 @@ the client secret and the token registered, and the secret is shown as ``*******
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,7 +33,8 @@ from connector.auth import TokenProvider
 from connector.config import ConfigError, Settings, load_settings
 from connector.errors import AuthFailure, TransientError
 from connector.logs import redact, register_secret
-from connector.source import producer_config
+from connector.governor import share
+from connector.source import producer_config, subscription_matcher
 
 MASK = "**********"
 Status = Literal["pass", "fail", "skip"]
@@ -104,17 +103,28 @@ def _kafka(s: Settings, timeout: float) -> list[Result]:
         ]
     topics = sorted(t for t in meta.topics if not t.startswith("__"))
     kafka = Result("kafka", "pass", f"{bootstrap}: {len(meta.brokers)} broker(s), {len(topics)} topic(s)")
-    return [kafka, _subscription(s.kafka.topics, topics, s.kafka.dlq_topic), _dlq(admin, meta, s, timeout)]
+    partitions = sum(len(meta.topics[t].partitions) for t in topics if subscription_matcher(s.kafka.topics)(t))
+    return [kafka, _subscription(s.kafka.topics, topics, s.kafka.dlq_topic), _dlq(admin, meta, s, timeout),
+            _budget(s, partitions)]
 
 
-def _matcher(subscription: list[str]) -> Callable[[str], bool]:
-    patterns = [re.compile(t) for t in subscription if t.startswith("^")]
-    names = {t for t in subscription if not t.startswith("^")}
-    return lambda topic: topic in names or any(p.match(topic) for p in patterns)
+def _budget(s: Settings, partitions: int) -> Result:
+    """The send budget (connector/governor.py) and what one replica gets of it."""
+    d = s.delivery
+    if not d.max_messages_per_s and not d.max_profile_messages_per_s:
+        return Result("budget", "skip", "no delivery.max_messages_per_s: sends are limited by the inlet only")
+    parts = []
+    for name, budget in (("messages", d.max_messages_per_s), ("profile records", d.max_profile_messages_per_s)):
+        if budget:
+            parts.append(f"{budget:g} {name}/s for the group")
+    per = (f"; each replica sends its share of the partitions' share: with all {partitions} partitions "
+           f"{d.max_messages_per_s or d.max_profile_messages_per_s:g}/s, with 1 of {partitions} "
+           f"{share(d.max_messages_per_s or d.max_profile_messages_per_s, 1, partitions):.1f}/s") if partitions else ""
+    return Result("budget", "pass", ", ".join(parts) + per)
 
 
 def _subscription(subscription: list[str], topics: list[str], dlq: str) -> Result:
-    matches = _matcher(subscription)
+    matches = subscription_matcher(subscription)
     matched = [t for t in topics if matches(t)]
     missing = [t for t in subscription if not t.startswith("^") and t not in topics]
     wanted = ", ".join(subscription)

@@ -199,6 +199,13 @@ class DeliveryConfig(_Section):
     # Log and count (capillary_aep_stalled_partitions) a partition whose commit point has not moved
     # for this long while later records of it are acknowledged.
     stall_warning_s: float = Field(60.0, gt=0)
+    # AEP capacity (connector/governor.py): messages per second the whole consumer group may send
+    # (each replica takes its share of the partitions' share), and a separate budget for profile
+    # records (the org's Profile streaming capacity, 1,500/s by default). 0 = no limit.
+    max_messages_per_s: float = Field(0.0, ge=0)
+    max_profile_messages_per_s: float = Field(0.0, ge=0)
+    # capillary_aep_catchup_eta_seconds above this fires CapillaryAepCatchUpTooSlow.
+    catchup_objective_s: float = Field(3600.0, gt=0)
     # After this long without a successful delivery while records wait, /readyz reports not ready.
     unhealthy_after_s: float = Field(120.0, gt=0)
     # gzip request bodies (Content-Encoding: gzip). AEP does not document it [UNCERTAIN]: off by

@@ -65,6 +65,20 @@ class Metrics:
         self.profile_updates_merged = Counter(
             p + "profile_updates_merged_total",
             "Profile updates that travelled inside a later update's merged record instead of alone", registry=r)
+        self.rate_budget = Gauge(
+            p + "rate_budget_messages_per_second", "Configured send budget of the whole group (0: none)", ["kind"],
+            registry=r)
+        self.rate_share = Gauge(
+            p + "rate_share_messages_per_second", "This replica's share of the send budget (its share of the "
+            "partitions)", ["kind"], registry=r)
+        self.governor_wait = Counter(
+            p + "governor_wait_seconds_total", "Time sender threads waited for the send budget", registry=r)
+        self.catchup_eta = Gauge(
+            p + "catchup_eta_seconds", "Consumer lag of this replica divided by its acknowledgement rate over the "
+            "last minute (+Inf: lag and no progress)", registry=r)
+        self.catchup_objective = Gauge(
+            p + "catchup_objective_seconds", "delivery.catchup_objective_s: the ETA the backlog should stay under",
+            registry=r)
         self.message_retries = Counter(
             p + "message_retries_total", "XDM messages sent again after a per-message 5xx/429 or a failed request",
             registry=r)

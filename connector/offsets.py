@@ -35,6 +35,7 @@ class OffsetTracker:
         self._parts: dict[TopicPartition, _PartitionState] = {}
         self._epochs: dict[TopicPartition, int] = {}
         self._pending = 0
+        self.acked_total = 0  # records released for commit since start (for rates)
 
     # -- assignment ------------------------------------------------------------------------
     def assign(self, tp: TopicPartition) -> int:
@@ -91,6 +92,7 @@ class OffsetTracker:
             state.committable = last + 1
         else:
             state.acked.add(offset)
+        self.acked_total += 1
         return True
 
     # -- commit ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter as Tally
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +36,9 @@ from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
 from connector.placement import HELD, Placement
 from connector.registry import RegistryLookup
+from connector.governor import Governor
 from connector.sink import BatchResult, Sink
-from connector.source import Source, producer_config
+from connector.source import LAG, Source, producer_config
 from connector.transform.events import SPECS
 from connector.workers import (
     EMPTY,
@@ -59,6 +61,7 @@ _FULL_CHUNK = 256  # records: a chunk worth queueing behind the one a worker is 
 _MAX_CHUNK = 1_000  # records per chunk: bounds the memory of a hand-off on both sides
 _PLACEMENT_INTERVAL_S = 1.0  # how often the workers' loads are compared (see connector.placement)
 _STALL_CHECK_INTERVAL_S = 1.0
+_ETA_WINDOW_S = 60.0  # the catch-up ETA divides the lag by the acknowledgement rate over this window
 _MAX_SENDER_ERRORS = 3  # batches in a row whose sender raised: then stop (exit code 7), not spin
 
 # Exit codes of ``capillary-aep run`` (README, docs/operations.md). Every one commits what was
@@ -104,8 +107,12 @@ class Pipeline:
                                 keepalive_expiry=60),
         )
         self.tokens = TokenProvider(s.aep.ims, self.client) if s.aep.authentication_required else None
+        self.governor = Governor(s.delivery.max_messages_per_s, s.delivery.max_profile_messages_per_s)
         self.sink = Sink(s.aep, s.delivery, self.client, self.tokens, s.batch.lanes,
-                         coalesce_profiles=s.batch.coalesce_profiles, max_bytes=s.batch.max_bytes)
+                         coalesce_profiles=s.batch.coalesce_profiles, max_bytes=s.batch.max_bytes,
+                         governor=self.governor)
+        self._ack_samples: deque[tuple[float, int]] = deque()  # (time, acknowledged so far), last minute
+        METRICS.catchup_objective.set(s.delivery.catchup_objective_s)
         self.executor = ThreadPoolExecutor(max_workers=s.batch.lanes, thread_name_prefix="sender")
         self.inflight: dict[int, _InFlight] = {}
         self.dlq = DeadLetterWriter(s.kafka.dlq_topic, producer_config(s.kafka))
@@ -193,6 +200,7 @@ class Pipeline:
         if now >= self._next_stall_check:
             self._next_stall_check = now + _STALL_CHECK_INTERVAL_S
             self._check_stalls(now)
+            self._catchup_eta(now)
         # While idle no sender refreshes the token: renew it here so /readyz stays truthful.
         if self.sink.auth_failed or (self.tokens is not None and not self.inflight and not self.tokens.valid()):
             self._probe_auth()
@@ -473,6 +481,24 @@ class Pipeline:
             current = {s[0] for s in stalled}
             self._stall_logged = {tp: t for tp, t in self._stall_logged.items() if tp in current}
 
+    def _catchup_eta(self, now: float) -> None:
+        """Consumer lag ÷ the acknowledgement rate over the last minute: when the backlog clears."""
+        samples = self._ack_samples
+        samples.append((now, self.tracker.acked_total))
+        while samples and now - samples[0][0] > _ETA_WINDOW_S:
+            samples.popleft()
+        lag = sum(LAG.get(tp, 0) for tp in self.tracker.assigned())
+        span = now - samples[0][0]
+        rate = (samples[-1][1] - samples[0][1]) / span if span > 0 else 0.0
+        METRICS.catchup_eta.set(0.0 if lag == 0 else lag / rate if rate > 0 else float("inf"))
+
+    def _update_shares(self) -> None:
+        """This replica's part of the send budget follows its part of the partitions."""
+        if self.governor.enabled and self.source is not None:
+            total = self.source.partition_count()
+            if total:
+                self.governor.rebalanced(len(self.tracker.assigned()), total)
+
     def _store(self) -> None:
         offsets = self.tracker.take_committable()
         if offsets:
@@ -529,6 +555,7 @@ class Pipeline:
         if self.paused:
             self.source.pause(tps)
         self._partition_gauges()
+        self._update_shares()
         log.info("assigned %s", tps)
 
     def _on_revoke(self, parts: list[Any]) -> None:
@@ -547,6 +574,7 @@ class Pipeline:
             self.tracker.revoke(tp)
         METRICS.forget_partitions(tps)
         self._partition_gauges()
+        self._update_shares()
         log.info("revoked %s; stored %s", sorted(tps), offsets)
 
     def _on_lost(self, parts: list[Any]) -> None:
@@ -560,6 +588,7 @@ class Pipeline:
             self.tracker.revoke(tp)
         METRICS.forget_partitions(tps)
         self._partition_gauges()
+        self._update_shares()
         log.warning("lost %s: their uncommitted records will be re-delivered by the new owner", sorted(tps))
 
     def _partition_gauges(self) -> None:

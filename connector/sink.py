@@ -48,6 +48,7 @@ from connector.coalesce import coalesce, identity_hint
 from connector.concurrency import AdaptiveLimit
 from connector.config import AepConfig, DeliveryConfig
 from connector.errors import AuthFailure, TransientError
+from connector.governor import Governor
 from connector.logs import RateLimitedLog
 from connector.metrics import METRICS
 
@@ -110,6 +111,7 @@ class Sink:
         *,
         coalesce_profiles: bool = True,
         max_bytes: int = 950_000,
+        governor: Governor | None = None,
     ) -> None:
         self._url = aep.batch_url
         self._delivery = delivery
@@ -125,6 +127,7 @@ class Sink:
         self.auth_failed = False
         self.failing_since: float | None = None  # monotonic time of the first failure in a row
         self.limit = AdaptiveLimit(max(1, lanes))
+        self.governor = governor if governor is not None else Governor(0.0, 0.0)
         self._coalesce = coalesce_profiles
         self._max_message_bytes = max_bytes - WRAPPER_BYTES
         self._retry_log = RateLimitedLog(log, _RETRY_LOG_INTERVAL_S)
@@ -248,6 +251,9 @@ class Sink:
         METRICS.batch_bytes.observe(len(body))
         if self._delivery.gzip:
             body = gzip.compress(body, compresslevel=1)  # zlib releases the GIL: cheap on sender threads
+        if self.governor.enabled and not self.governor.wait_for(
+                len(chunk), sum(1 for item in chunk if item[2] is not None), cancel):
+            return None  # cancelled while waiting for the send budget
         refreshed = False
         while True:
             headers = dict(self._base_headers)

@@ -9,6 +9,7 @@ cooperative-sticky, so a rebalance only moves the partitions it has to.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -67,12 +68,24 @@ def producer_config(cfg: KafkaConfig) -> dict[str, Any]:
     return conf
 
 
+def subscription_matcher(subscription: list[str]) -> Callable[[str], bool]:
+    """Whether a topic is part of a subscription (names, or regexes starting with "^")."""
+    patterns = [re.compile(t) for t in subscription if t.startswith("^")]
+    names = {t for t in subscription if not t.startswith("^")}
+    return lambda topic: topic in names or any(p.match(topic) for p in patterns)
+
+
+# Consumer lag per partition from the last statistics (what this member fetches), for the ETA.
+LAG: dict[tuple[str, int], int] = {}
+
+
 def _stats(raw: str) -> None:
     """librdkafka statistics → per-partition consumer lag (from the broker's high watermark)."""
     try:
         stats = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return
+    LAG.clear()
     for topic, tstats in stats.get("topics", {}).items():
         for pid, pstats in tstats.get("partitions", {}).items():
             if pid == "-1" or pstats.get("fetch_state") in (None, "none", "stopped"):
@@ -80,6 +93,7 @@ def _stats(raw: str) -> None:
             lag = pstats.get("consumer_lag")
             if isinstance(lag, int) and lag >= 0:
                 METRICS.consumer_lag.labels(topic, pid).set(lag)
+                LAG[(topic, int(pid))] = lag
 
 
 class Source:
@@ -121,6 +135,17 @@ class Source:
         if first is None:
             return []
         return [first, *c.consume(n - 1, 0)] if n > 1 else [first]
+
+    def partition_count(self, timeout: float = 5.0) -> int:
+        """Partitions of every subscribed topic (the whole group's, for budget shares); 0 if the
+        metadata cannot be had in time."""
+        matches = subscription_matcher(list(self.cfg.topics))
+        try:
+            meta = self.consumer.list_topics(timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - KafkaException; the caller keeps the last share
+            log.warning("could not read topic metadata for the send budget: %s", exc)
+            return 0
+        return sum(len(t.partitions) for name, t in meta.topics.items() if matches(name))
 
     def poll_callbacks(self, timeout: float) -> list[Any]:
         """Serve rebalance callbacks and heartbeats; returns any records that arrived."""

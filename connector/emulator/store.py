@@ -100,6 +100,7 @@ class Store:
         self.accepted_by_event_type: dict[str, int] = {}
         self.faulted_requests = 0
         self.dropped_connections = 0
+        self.accepted_per_second: dict[int, int] = {}  # unix second → messages accepted (rate checks)
         # Profile state by primary identity, from accepted profile records (kept with the bodies).
         self.profiles = Profiles(keep_state=self.store_bodies)
         # Accepted bodies in acceptance order, one chunk per request; chunk_ends[i] is the number
@@ -144,6 +145,8 @@ class Store:
             if check:
                 blob(dumps(entity))
         self.messages_accepted += len(accepted)
+        second = received_ms // 1000
+        self.accepted_per_second[second] = self.accepted_per_second.get(second, 0) + len(accepted)
         self.duplicate_ids += dups
         self.missing_ids += missing
         if self.store_bodies:
@@ -209,6 +212,7 @@ class Store:
             "null_or_empty": self.null_or_empty,
             "null_check": self.check_null_or_empty,
             "null_or_empty_samples": self.null_or_empty_samples,
+            "accepted_per_second": {str(k): v for k, v in sorted(self.accepted_per_second.items())},
             "profile_records": self.profiles.records,
             "profile_identities": len(self.profiles.state),
             "max_profile_records_per_identity_in_request": self.profiles.max_per_identity_in_request,
