@@ -1,6 +1,7 @@
 """The long, large fault scenarios: the delivery guarantee at scale, on real processes (not in CI).
 
-    python bench/faults.py --scenario all|crash|chaos|outage|token|group|degraded [--events N] [--quick]
+    python bench/faults.py --scenario all|crash|chaos|outage|token|group|degraded|budget [--events N]
+                           [--quick] [--ours-code REV]
                            [--seed S] [--workdir DIR] [--json FILE]
 
 One embedded broker (tansu) serves every scenario; each scenario gets its own emulator
@@ -25,6 +26,8 @@ Scenarios (``--quick`` numbers in brackets; docs/fault-scenarios.md has the deta
 * ``degraded`` — a 20,000-event backlog through an inlet failing 10 % 500, 5 % 503, 10 % 429 (half
   with Retry-After: 1), dropping 2 % of connections, 0–30 ms jitter, 2 % per-message 500s: time to
   deliver all (must be < 80 s), events/s, duplicate messages, requests by status.
+* ``budget`` — a 30,000 [10,000]-event backlog replayed under ``delivery.max_messages_per_s`` =
+  2,000: the inlet's rate per second (printed), every 5 s window within the budget.
 
 Each scenario prints one verdict line (PASS/FAIL and its numbers, then the failed checks); the
 process exits 0 only if every scenario passed. Every wait is bounded, and every child process
@@ -888,9 +891,58 @@ def scenario_degraded(ctx: Ctx) -> Result:
     return r
 
 
+# == 7. budget ====================================================================================
+def scenario_budget(ctx: Ctx) -> Result:
+    """A backlog replayed under a send budget (delivery.max_messages_per_s): the inlet's rate per
+    second stays at the budget (printed as a timeline), and everything arrives."""
+    r = Result("budget")
+    wd = _scenario_dir(ctx, "budget")
+    started = time.monotonic()
+    n, budget = (10_000 if ctx.quick else 30_000), 2_000
+    em = start_emulator(wd)
+    prefix, group = _prefix("budget"), new_group()
+    ensure_topics(ctx.bootstrap, all_topics(prefix))
+    stream = Stream(ctx.bootstrap, prefix, seed=ctx.seed * 1000 + 70_000, encoding="json", total=n, chunk=1000)
+    sampler = Sampler()
+    try:
+        stream.start()
+        stream.join(300)
+        c = start_connector(wd, bootstrap=ctx.bootstrap, emulator_url=em.url, prefix=prefix, group=group,
+                            env={"CAPILLARY_AEP__DELIVERY__MAX_MESSAGES_PER_S": str(budget),
+                                 "CAPILLARY_AEP__BATCH__MAX_RECORDS": "500"}, name="budget")
+        sampler.add("budget", c)
+        sampler.start()
+        acked = wait_for(lambda: c.metric("capillary_aep_records_acknowledged_total") >= stream.acked
+                         or not c.proc.alive(), 300, 0.25)
+        waited = c.metric("capillary_aep_governor_wait_seconds_total")
+        delivered = _wait_delivered(em, stream, 60)
+        sampler.finish()
+        code = c.stop()
+        stats = em.stats()
+        verify(r, bootstrap=ctx.bootstrap, prefix=prefix, group=group, want=stream.want, received=em.ids(),
+               stats=stats, stream=stream, sampler=sampler, started=started)
+        per_s = {int(k): v for k, v in stats.get("accepted_per_second", {}).items()}
+        first = min(per_s) if per_s else 0
+        timeline = [per_s.get(s, 0) for s in range(first, max(per_s) + 1)] if per_s else []
+        windows = [sum(timeline[i:i + 5]) for i in range(max(1, len(timeline) - 4))]
+        r.check("all acknowledged", acked)
+        r.check("all delivered", delivered)
+        r.check("every 5 s window <= budget x 6 + one request", max(windows, default=0) <= budget * 6 + 1000)
+        r.check("the budget held the rate", waited > 0)
+        r.check("exit 0", code == 0)
+        r.extra.update(budget=budget, seconds=len(timeline), mean_rate=round(sum(timeline) / max(1, len(timeline))),
+                       max_5s_window=max(windows, default=0), governor_wait_s=round(waited, 1),
+                       rate_per_second=timeline)
+        print("  rate per second at the inlet: " + " ".join(str(v) for v in timeline), flush=True)
+    finally:
+        stream.finish(5)
+        sampler.finish()
+    return r
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
     "crash": scenario_crash, "chaos": scenario_chaos, "outage": scenario_outage, "token": scenario_token,
-    "group": scenario_group, "degraded": scenario_degraded,
+    "group": scenario_group, "degraded": scenario_degraded, "budget": scenario_budget,
 }
 
 

@@ -180,6 +180,19 @@ def test_subscription_verdicts() -> None:
     assert none.status == "fail" and "matches no topic" in none.detail
 
 
+def test_check_prints_the_budget_and_one_replicas_share() -> None:
+    from types import SimpleNamespace
+
+    def settings(msgs: float, profiles: float) -> object:
+        return SimpleNamespace(delivery=SimpleNamespace(max_messages_per_s=msgs, max_profile_messages_per_s=profiles))
+
+    assert check._budget(settings(0, 0), 12).status == "skip"  # type: ignore[arg-type]
+    r = check._budget(settings(1200, 300), 12)  # type: ignore[arg-type]
+    assert r.status == "pass"
+    assert "1200 messages/s for the group" in r.detail and "300 profile records/s" in r.detail
+    assert "with 1 of 12 100.0/s" in r.detail
+
+
 @pytest.mark.parametrize(("status", "body", "verdict", "says"), [
     (400, '{"title": "Bad Request", "report": {"message": "at least one message"}}', "pass", "nothing written"),
     (207, '{"responses": []}', "pass", "credentials accepted"),
