@@ -28,8 +28,10 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from common import EventFactory, busy_box  # noqa: E402
+from support import FakeMessage as Msg  # noqa: E402
 
 from connector.avro_schemas import LocalSchemas  # noqa: E402
 from connector.batch import encode_body  # noqa: E402
@@ -50,38 +52,6 @@ class _Registry:
     def register_schema(self, _subject: str, schema: Any) -> int:
         self.schemas.append(schema.schema_str)
         return len(self.schemas)
-
-
-class Msg:
-    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_ts")
-
-    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes, ts: int) -> None:
-        self._topic, self._partition, self._offset = topic, partition, offset
-        self._key, self._value, self._ts = key, value, ts
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._ts)
 
 
 class _TP:

@@ -139,3 +139,39 @@ def start_broker(log_dir: Path, port: int | None = None) -> tuple[ManagedProcess
 
 def python_module(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
+
+
+class FakeMessage:
+    """A consumed Kafka record as confluent-kafka's ``Message`` shows it, for tests and benches that
+    drive the pipeline without a broker."""
+
+    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_ts")
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                 ts_ms: int = 0) -> None:
+        self._topic, self._partition, self._offset = topic, partition, offset
+        self._key, self._value, self._ts = key, value, ts_ms
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._ts)

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError
 from harness import write_config
+from support import FakeMessage
 
 from connector.config import load_settings
 from connector.dlq import DeadLetterWriter
@@ -25,39 +26,14 @@ from connector.sink import BatchResult
 TP = ("w.points", 0)
 
 
-class Msg:
-    def __init__(self, tp: tuple[str, int], off: int, value: bytes, key: bytes | None = None) -> None:
-        self._tp, self._off, self._value, self._key = tp, off, value, key
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._tp[0]
-
-    def partition(self) -> int:
-        return self._tp[1]
-
-    def offset(self) -> int:
-        return self._off
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, int(time.time() * 1000))
+def Msg(tp: tuple[str, int], off: int, value: bytes, key: bytes | None = None) -> FakeMessage:  # noqa: N802
+    return FakeMessage(tp[0], tp[1], off, key, value, int(time.time() * 1000))
 
 
 class Source:
     """Serves ``msgs`` once, assigns ``TP`` on creation, remembers what was stored and committed."""
 
-    def __init__(self, msgs: list[Msg]) -> None:
+    def __init__(self, msgs: list[FakeMessage]) -> None:
         self.msgs = msgs
         self.stored: dict[tuple[str, int], int] = {}
         self.committed = False
@@ -67,7 +43,7 @@ class Source:
         self.on_assign = on_assign
         return self
 
-    def consume(self, _timeout: float | None = None) -> list[Msg]:
+    def consume(self, _timeout: float | None = None) -> list[FakeMessage]:
         if self.on_assign is not None:  # the assignment comes with the first poll, as with librdkafka
             self.on_assign([type("P", (), {"topic": TP[0], "partition": TP[1]})()])
             self.on_assign = None
@@ -91,7 +67,7 @@ class Source:
         self.closed = True
 
 
-def events(n: int) -> list[Msg]:
+def events(n: int) -> list[FakeMessage]:
     return [Msg(TP, i, orjson.dumps(ev), f"c{i % 3}".encode()) for i, ev in enumerate(generate_events(n, seed=5))]
 
 
@@ -177,7 +153,7 @@ class NeverConfirms:
         return 0
 
 
-def poison_among_good(n: int, poison_at: int) -> list[Msg]:
+def poison_among_good(n: int, poison_at: int) -> list[FakeMessage]:
     msgs = events(n)
     msgs[poison_at] = Msg(TP, poison_at, b"{not json", b"c0")
     return msgs

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from harness import write_config
+from support import FakeMessage
 
 from connector.config import load_settings
 from connector.placement import HELD, Placement
@@ -91,45 +92,18 @@ def test_repeated_plans_converge_on_random_skewed_traffic() -> None:
 
 # == the pipeline: moves under load keep every partition in order ==============================
 
-class _Msg:
-    __slots__ = ("_off", "_tp", "_value")
-
-    def __init__(self, tp: tuple[str, int], off: int, value: bytes) -> None:
-        self._tp, self._off, self._value = tp, off, value
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._tp[0]
-
-    def partition(self) -> int:
-        return self._tp[1]
-
-    def offset(self) -> int:
-        return self._off
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> None:
-        return None
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 0)
+def _Msg(tp: tuple[str, int], off: int, value: bytes) -> FakeMessage:  # noqa: N802
+    return FakeMessage(tp[0], tp[1], off, None, value)
 
 
 class _Source:
     """Serves the records in slices, heavy partitions first seen on the same worker."""
 
-    def __init__(self, msgs: list[_Msg], batch: int) -> None:
+    def __init__(self, msgs: list[FakeMessage], batch: int) -> None:
         self.msgs, self.batch, self.pos = msgs, batch, 0
         self.stored: dict[tuple[str, int], int] = {}
 
-    def consume(self, _timeout: float | None = None) -> list[_Msg]:
+    def consume(self, _timeout: float | None = None) -> list[FakeMessage]:
         out = self.msgs[self.pos:self.pos + self.batch]
         self.pos += len(out)
         return out
