@@ -122,6 +122,23 @@ def test_healthz_and_readyz_answer_json_verdicts(health: tuple[str, dict[str, bo
     assert httpx.get(url + "/nope").status_code == 404
 
 
+def test_readyz_says_in_words_why_the_process_is_stopping() -> None:
+    registry = CollectorRegistry()
+    why = {"text": ""}
+    server = serve_health(f"127.0.0.1:{free_port()}", registry, lambda: {"loop_running": True},
+                          lambda: {"dead_letter_topic_usable": not why["text"]}, detail=lambda: why["text"])
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert httpx.get(url + "/readyz").json() == {"ok": True, "checks": {"dead_letter_topic_usable": True}}
+        why["text"] = "dead-letter topic 'dlq' cannot take letters (TOPIC_AUTHORIZATION_FAILED)"
+        ready = httpx.get(url + "/readyz")
+        assert ready.status_code == 503 and ready.json()["detail"] == why["text"]
+        assert "detail" not in httpx.get(url + "/healthz").json()  # liveness stays a plain verdict
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # -- logs ---------------------------------------------------------------------------------------------
 @pytest.fixture()
 def root_logging() -> Iterator[None]:
