@@ -100,6 +100,7 @@ def _kafka(s: Settings, timeout: float) -> list[Result]:
             Result("kafka", "fail", f"{bootstrap} not reachable within {timeout:.0f}s: {_kafka_error(exc)}"),
             Result("topics", "skip", "Kafka not reachable"),
             Result("dlq", "skip", "Kafka not reachable"),
+            Result("budget", "skip", "Kafka not reachable"),
         ]
     topics = sorted(t for t in meta.topics if not t.startswith("__"))
     kafka = Result("kafka", "pass", f"{bootstrap}: {len(meta.brokers)} broker(s), {len(topics)} topic(s)")

@@ -79,6 +79,8 @@ class Governor:
         self._profiles = TokenBucket(0.0, clock)
         METRICS.rate_budget.labels("all").set(budget)
         METRICS.rate_budget.labels("profile").set(profile_budget)
+        for kind in ("all", "profile"):  # exported from the start (0 until the first assignment)
+            METRICS.rate_share.labels(kind).set(0)
 
     @property
     def enabled(self) -> bool:

@@ -109,9 +109,9 @@ def test_check_passes_against_broker_and_emulator_and_writes_nothing(broker, emu
     produce_events(broker, generate_events(6, seed=26), "json", topic_prefix=prefix)
     r = _check(tmp_path, broker, emulator.url, prefix)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert _verdicts(r.stdout) == dict.fromkeys(
-        ["config", "kafka", "topics", "dlq", "registry", "ims", "inlet"], "✓")
-    assert "All 7 checks passed." in r.stdout and "nothing written" in r.stdout
+    assert _verdicts(r.stdout) == {**dict.fromkeys(["config", "kafka", "topics", "dlq", "registry", "ims", "inlet"],
+                                                   "✓"), "budget": "–"}  # no send budget configured
+    assert "All 8 checks passed." in r.stdout and "nothing written" in r.stdout
     assert em.DEMO_CLIENT_SECRET not in r.stdout + r.stderr and "**********" in r.stdout
     stats = emulator.stats()
     assert stats["messages_accepted"] == 0 and sum(emulator.ids().values()) == 0
@@ -124,7 +124,7 @@ def test_check_fails_on_a_wrong_secret_without_printing_it(broker, emulator, pre
     assert r.returncode == 1
     verdicts = _verdicts(r.stdout)
     assert verdicts["ims"] == "✗" and verdicts["inlet"] == "–" and verdicts["kafka"] == "✓"
-    assert "401" in r.stdout and "1 of 7 checks failed." in r.stdout
+    assert "401" in r.stdout and "1 of 8 checks failed." in r.stdout
     assert secret not in r.stdout + r.stderr
 
 
