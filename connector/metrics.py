@@ -79,6 +79,9 @@ class Metrics:
         self.catchup_objective = Gauge(
             p + "catchup_objective_seconds", "delivery.catchup_objective_s: the ETA the backlog should stay under",
             registry=r)
+        self.identities_dropped = Counter(
+            p + "identities_dropped_total", "Non-primary identities left out because AEP's Identity Service would "
+            "skip them (too_long, blocked_value, too_many)", ["reason"], registry=r)
         self.message_retries = Counter(
             p + "message_retries_total", "XDM messages sent again after a per-message 5xx/429 or a failed request",
             registry=r)

@@ -125,6 +125,7 @@ class Pipeline:
         self._last_auth_probe = 0.0
         self._next_stall_check = 0.0
         self._stall_logged: dict[TopicPartition, float] = {}
+        self._dropped_logged: set[str] = set()
         self.sender_errors = 0  # batches in a row whose sender raised
         self.stop_reason = ""  # why the pipeline stopped on its own (for /readyz and the log)
         self._topic_counters: dict[str, Any] = {}
@@ -339,6 +340,8 @@ class Pipeline:
                 transformed += o[3]
                 add(PendingRecord(tp, m.offset(), epoch, m.timestamp()[1], m.key(), m.value(), m.headers(), o[2],
                                   o[3], o[4]), now)
+                if len(o) > 5:
+                    self._identities_dropped(tp, m.offset(), o[5])
             elif kind == EMPTY:
                 decoded.append((tp[0], o[1]))
                 ack(tp, epoch, m.offset())  # nothing to send for this record (e.g. filtered)
@@ -354,6 +357,15 @@ class Pipeline:
             child.inc(n)
         for (kind, etype), n in Tally(transformed).items():
             METRICS.records_transformed.labels(kind, _event_type_label(etype)).inc(n)
+
+    def _identities_dropped(self, tp: TopicPartition, offset: int, reasons: tuple[str, ...]) -> None:
+        """Identities AEP would skip, left out of a record: counted, logged once per reason."""
+        for reason, n in Tally(reasons).items():
+            METRICS.identities_dropped.labels(reason).inc(n)
+            if reason not in self._dropped_logged:
+                self._dropped_logged.add(reason)
+                log.warning("left an identity AEP would skip (%s) out of %s[%d]@%d; counted in "
+                            "capillary_aep_identities_dropped_total, not logged again", reason, tp[0], tp[1], offset)
 
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):

@@ -48,7 +48,8 @@ from connector.transform import TransformError
 log = logging.getLogger(__name__)
 
 # Outcome of one record (tuples: cheap to build and to pickle).
-OK = 0  # (OK, format, bodies, labels, size): encoded envelopes, (kind, event type) per message
+OK = 0  # (OK, format, bodies, labels, size[, dropped]): encoded envelopes, (kind, event type) per
+#        message, and the reasons of identities dropped by AEP's guardrails (only when there are some)
 EMPTY = 1  # (EMPTY, format): the event maps to nothing; acknowledge
 DEAD = 2  # (DEAD, stage, error_class, reason, detail, http_status, format or None): dead-letter it
 Outcome = tuple[Any, ...]
@@ -112,8 +113,16 @@ class RecordProcessor:
                 append((DEAD, "decode", "DecodeError", exc.reason, exc.detail, None, None))
                 continue
             fmt = format_of(value)  # type: ignore[arg-type]
+            dropped: list[str] = []
             try:
-                msgs = transform(events[0]) if len(events) == 1 else [x for ev in events for x in transform(ev)]
+                if len(events) == 1:
+                    msgs = transform(events[0])
+                    dropped = self.transformer.dropped_identities
+                else:
+                    msgs = []
+                    for ev in events:
+                        msgs += transform(ev)
+                        dropped += self.transformer.dropped_identities
             except TransformError as exc:
                 stage = "validate" if exc.reason == "xdm_invalid" else "transform"
                 append((DEAD, stage, "TransformError", exc.reason, exc.detail, None, fmt))
@@ -132,7 +141,10 @@ class RecordProcessor:
                 append((DEAD, "deliver", "RecordTooLarge", "record_too_large",
                         f"{size} bytes of XDM exceed the {max_size}-byte request limit", 413, fmt))
                 continue
-            append((OK, fmt, bodies, [(x.kind, x.event_type) for x in msgs], size))
+            if dropped:
+                append((OK, fmt, bodies, [(x.kind, x.event_type) for x in msgs], size, tuple(dropped)))
+            else:
+                append((OK, fmt, bodies, [(x.kind, x.event_type) for x in msgs], size))
         return out
 
 

@@ -211,3 +211,29 @@ def test_an_unusable_dead_letter_topic_stops_with_exit_code_6_and_readiness_says
 def _reset_gauges() -> Any:
     yield
     METRICS.stalled_partitions.set(0)
+
+
+def test_identities_aep_would_skip_are_counted_and_the_record_still_delivered(tmp_path: Path, caplog) -> None:
+    msgs = events(6)
+    ev = orjson.loads(msgs[2].value())
+    ev.setdefault("data", {}).setdefault("customerIdentifiers", {"customerId": 1})["instore"] = {
+        "cardNumbers": ["CARD-1", "7" * 5000]}
+    msgs[2] = Msg(TP, 2, orjson.dumps(ev), b"c2")
+    src = Source(msgs)
+    p = pipeline(tmp_path, src)
+    sent: list[bytes] = []
+
+    def deliver(records: list[Any], _cancel: threading.Event) -> BatchResult:
+        sent.extend(m for r in records for m in r.messages)
+        return BatchResult(records, requests=1)
+
+    p.sink.deliver = deliver  # type: ignore[method-assign]
+    before = METRICS.identities_dropped.labels("too_long")._value.get()  # noqa: SLF001
+    try:
+        with caplog.at_level(logging.WARNING, logger="connector.pipeline"):
+            run_until(p, lambda: src.stored.get(TP) == 6)
+    finally:
+        close(p)
+    assert METRICS.identities_dropped.labels("too_long")._value.get() == before + 1  # noqa: SLF001
+    assert not any(b"7" * 5000 in m for m in sent)  # never sent
+    assert sum("AEP would skip (too_long)" in r.getMessage() for r in caplog.records) == 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-Reason = Literal["invalid_envelope", "unknown_event", "missing_field", "invalid_value", "future_timestamp", "xdm_invalid"]
+Reason = Literal["invalid_envelope", "unknown_event", "missing_field", "invalid_value", "future_timestamp", "xdm_invalid",
+                 "identity_rejected"]
 REASONS: frozenset[str] = frozenset(Reason.__args__)  # type: ignore[attr-defined]
 
 

@@ -6,6 +6,13 @@
   With ``pii_mode = "sha256"`` email (trimmed, lower-cased) and phone (digits only, no leading
   zeros) are hashed into the SHA-256 namespaces and never sent in clear.
 * At most 20 identities per record; ids are strings; ``authenticatedState`` from configuration.
+
+AEP's ingestion guardrails (aep-streaming-api.md §5/§6.3): Identity Service skips a record whose
+identity value is longer than 1,024 characters, blocks the values "null", "anonymous", "invalid"
+and blank ones, and takes at most 20 identities. Nothing AEP would silently skip is sent: an
+offending *non-primary* identity is dropped (reported in ``dropped``, which the pipeline counts in
+``capillary_aep_identities_dropped_total``), and a record whose *primary* identity offends raises
+``TransformError("identity_rejected")`` (dead letter).
 """
 
 from __future__ import annotations
@@ -16,9 +23,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.config import IdentityConfig
+from connector.transform.errors import TransformError
 from connector.transform.values import email, id_str, phone_digits, text
 
 MAX_IDENTITIES = 20
+MAX_IDENTITY_LENGTH = 1_024
+BLOCKED_VALUES = frozenset({"null", "anonymous", "invalid", ""})
+
+
+def identity_offence(value: str) -> str | None:
+    """Why AEP's Identity Service would skip this identity value, or None."""
+    if len(value) > MAX_IDENTITY_LENGTH:
+        return "too_long"
+    if value.strip().lower() in BLOCKED_VALUES:
+        return "blocked_value"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +57,7 @@ class IdentityMapper:
         self._hash = cfg.pii_mode == "sha256"
         self._email_ns = cfg.email_sha256_namespace if self._hash else cfg.email_namespace
         self._phone_ns = cfg.phone_sha256_namespace if self._hash else cfg.phone_namespace
+        self.dropped: list[str] = []  # reasons of identities dropped by the last identity_map() call
 
     @property
     def hashes_pii(self) -> bool:
@@ -54,6 +74,8 @@ class IdentityMapper:
         ``linked_customer_ids`` are further Capillary ids of the same person (a merge's victim): they
         go in the customer namespace as non-primary identities, which links them in the identity graph.
         """
+        dropped: list[str] = []
+        self.dropped = dropped
         if ci is None:
             return None
         pairs: list[tuple[str, str]] = []
@@ -78,14 +100,25 @@ class IdentityMapper:
             pairs.append((self._card_ns, card))
         if not pairs:
             return None
+        offence = identity_offence(pairs[0][1])
+        if offence is not None:
+            # AEP would skip the whole record: it is a dead letter, not something to send.
+            raise TransformError("identity_rejected", f"primary identity ({pairs[0][0]}): {offence}")
         state = self._state
         ns, value = pairs[0]
         out: dict[str, list[dict[str, Any]]] = {ns: [{"id": value, "authenticatedState": state, "primary": True}]}
         if len(pairs) > 1:
             seen = {pairs[0]}
-            for pair in pairs[1:]:
+            for i, pair in enumerate(pairs[1:], start=1):
                 if pair in seen:
                     continue
+                offence = identity_offence(pair[1])
+                if offence is not None:
+                    dropped.append(offence)
+                    continue
+                if len(seen) == MAX_IDENTITIES:
+                    dropped.extend(["too_many"] * len({p for p in pairs[i:] if p not in seen}))
+                    break
                 seen.add(pair)
                 item = {"id": pair[1], "authenticatedState": state}
                 bucket = out.get(pair[0])
@@ -93,8 +126,6 @@ class IdentityMapper:
                     out[pair[0]] = [item]
                 else:
                     bucket.append(item)
-                if len(seen) == MAX_IDENTITIES:
-                    break
         return out
 
     def contact(self, ci: Mapping[str, Any] | None) -> Contact | None:

@@ -82,6 +82,11 @@ class Transformer:
             self._validator = XdmValidator.load(cfg.tenant_id)
 
     @property
+    def dropped_identities(self) -> list[str]:
+        """Reasons of the identities the last ``transform`` left out (AEP's guardrails)."""
+        return self._identity.dropped
+
+    @property
     def programs(self) -> ProgramCache:
         return self._programs
 

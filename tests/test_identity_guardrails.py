@@ -1,0 +1,78 @@
+"""AEP's identity guardrails in pre-flight: nothing Identity Service would silently skip is sent
+(identity over 1,024 characters, the values "null"/"anonymous"/"invalid"/blank, more than 20)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from harness import transformer
+
+from connector.samples import generate_events
+from connector.transform import TransformError
+from connector.transform.identity import MAX_IDENTITIES
+
+
+def customer_event() -> dict[str, Any]:
+    ev = next(e for e in generate_events(50, seed=42) if e["eventName"] == "customerAdded")
+    return copy.deepcopy(ev)
+
+
+def with_cards(cards: list[str]) -> dict[str, Any]:
+    ev = customer_event()
+    ev["data"]["customerIdentifiers"]["instore"] = {"cardNumbers": cards}
+    return ev
+
+
+def cards_sent(ev: dict[str, Any]) -> tuple[list[str], list[str]]:
+    t = transformer()
+    msgs = t.transform(ev)
+    ids = msgs[0].envelope["body"]["xdmEntity"]["identityMap"]
+    return [i["id"] for i in ids.get("LoyaltyCardNumber", [])], list(t.dropped_identities)
+
+
+def test_an_identity_longer_than_1024_characters_is_left_out_and_reported() -> None:
+    mangled = "4" * 100_000
+    sent, dropped = cards_sent(with_cards(["CARD-1", mangled, "CARD-2"]))
+    assert sent == ["CARD-1", "CARD-2"] and dropped == ["too_long"]
+    sent, dropped = cards_sent(with_cards(["C" * 1024]))  # exactly the limit is fine
+    assert sent == ["C" * 1024] and dropped == []
+
+
+@pytest.mark.parametrize("value", ["null", "NULL", "anonymous", "Invalid", " invalid "])
+def test_blocked_identity_values_are_left_out(value: str) -> None:
+    sent, dropped = cards_sent(with_cards(["CARD-1", value]))
+    assert sent == ["CARD-1"] and dropped == ["blocked_value"]
+
+
+def test_at_most_20_identities_and_the_rest_reported() -> None:
+    t = transformer()
+    ev = with_cards([f"CARD-{i}" for i in range(30)])
+    entity = t.transform(ev)[0].envelope["body"]["xdmEntity"]
+    assert sum(len(v) for v in entity["identityMap"].values()) == MAX_IDENTITIES
+    assert t.dropped_identities.count("too_many") == 30 + 1 - MAX_IDENTITIES  # the customer id is one of them
+
+
+@pytest.mark.parametrize("customer_id", ["9" * 2000, "null", "anonymous"])
+def test_a_record_whose_primary_identity_aep_would_skip_is_a_dead_letter(customer_id: str) -> None:
+    ev = customer_event()
+    ev["data"]["customerIdentifiers"]["customerId"] = customer_id
+    with pytest.raises(TransformError) as err:
+        transformer().transform(ev)
+    assert err.value.reason == "identity_rejected" and customer_id not in str(err.value)
+
+
+def test_the_worker_outcome_carries_the_reasons_to_the_pipeline() -> None:
+    import orjson
+
+    from connector.config import DecodeConfig, XdmConfig
+    from connector.workers import OK, ProcessorSpec, RecordProcessor
+
+    xdm = XdmConfig.model_validate({"event": {"dataset_id": "e", "schema_id": "https://ns.adobe.com/capillary/schemas/e"},
+                                    "profile": {"dataset_id": "p", "schema_id": "https://ns.adobe.com/capillary/schemas/p"}})
+    spec = ProcessorSpec(DecodeConfig(), xdm, "O@AdobeOrg", "src", 900_000, "INFO", "text")
+    out = RecordProcessor(spec, None).run([orjson.dumps(with_cards(["CARD-1", "x" * 5000])),
+                                           orjson.dumps(with_cards(["CARD-1"]))])
+    assert out[0][0] == OK and out[0][5] == ("too_long",)
+    assert out[1][0] == OK and len(out[1]) == 5  # nothing dropped: no extra field
