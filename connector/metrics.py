@@ -9,9 +9,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector,
+                               ProcessCollector)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Record birth → acknowledgement: seconds while keeping up, hours while a backlog drains (a p99
+# that flat-lines at the last bucket says nothing).
+_DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800,
+                     3600, 7200, 14400, 43200, 86400)
 _RECORD_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 _BYTE_BUCKETS = (1_000, 10_000, 50_000, 100_000, 250_000, 500_000, 750_000, 900_000, 1_048_576)
 
@@ -22,6 +27,12 @@ class Metrics:
         self.registry = r
         p = "capillary_aep_"
         self.build_info = Info(p + "build", "Connector version", registry=r)
+        if registry is None:  # the process's own: standard process_* (RSS, CPU, fds) and python_info
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        self.worker_memory = Gauge(
+            p + "worker_resident_memory_bytes", "Resident memory of the transform worker processes together",
+            registry=r)
         self.records_consumed = Counter(p + "records_consumed_total", "Kafka records consumed", ["topic"], registry=r)
         self.records_decoded = Counter(p + "records_decoded_total", "Records decoded", ["topic", "format"], registry=r)
         self.records_transformed = Counter(
@@ -49,7 +60,7 @@ class Metrics:
         self.batch_bytes = Histogram(p + "batch_bytes", "Request body size", buckets=_BYTE_BUCKETS, registry=r)
         self.delivery_latency = Histogram(
             p + "delivery_latency_seconds", "Kafka record timestamp to AEP acknowledgement",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=_DELIVERY_BUCKETS, registry=r,
         )
         self.retries = Counter(p + "retries_total", "Delivery retries by reason", ["reason"], registry=r)
         self.token_refreshes = Counter(

@@ -13,6 +13,7 @@ partial 207 retry; they carry the same deterministic ``_id``.
 from __future__ import annotations
 
 import gc
+import os
 import logging
 import signal
 import sys
@@ -202,6 +203,8 @@ class Pipeline:
             self._next_stall_check = now + _STALL_CHECK_INTERVAL_S
             self._check_stalls(now)
             self._catchup_eta(now)
+            if self.pool is not None:
+                METRICS.worker_memory.set(sum(map(_rss_bytes, self.pool.pids)))
         # While idle no sender refreshes the token: renew it here so /readyz stays truthful.
         if self.sink.auth_failed or (self.tokens is not None and not self.inflight and not self.tokens.valid()):
             self._probe_auth()
@@ -666,6 +669,18 @@ class Pipeline:
             self.pool.close()
         self.client.close()
         log.info("stopped")
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 # Label values must stay bounded: passthrough events (any name) share "other".
