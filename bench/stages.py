@@ -32,6 +32,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from common import EventFactory, busy_box  # noqa: E402
 from support import FakeMessage as Msg  # noqa: E402
+from support import FakeSource  # noqa: E402
 
 from connector.avro_schemas import LocalSchemas  # noqa: E402
 from connector.batch import encode_body  # noqa: E402
@@ -52,52 +53,6 @@ class _Registry:
     def register_schema(self, _subject: str, schema: Any) -> int:
         self.schemas.append(schema.schema_str)
         return len(self.schemas)
-
-
-class _TP:
-    def __init__(self, topic: str, partition: int) -> None:
-        self.topic, self.partition = topic, partition
-
-
-class FakeSource:
-    """Hands out pre-built messages in ``consume_batch`` slices, like ``Consumer.consume``."""
-
-    def __init__(self, msgs: list[Msg], batch: int) -> None:
-        self.msgs, self.batch, self.pos = msgs, batch, 0
-        self.assigned = False
-        self.stored: dict[tuple[str, int], int] = {}
-
-    def factory(self, _cfg: Any, on_assign: Any, _on_revoke: Any, _on_lost: Any) -> FakeSource:
-        self.on_assign = on_assign
-        return self
-
-    def consume(self, _timeout: float | None = None) -> list[Msg]:
-        if not self.assigned:
-            self.assigned = True
-            tps = {(m._topic, m._partition) for m in self.msgs}
-            self.on_assign([_TP(t, p) for t, p in sorted(tps)])
-        out = self.msgs[self.pos:self.pos + self.batch]
-        self.pos += len(out)
-        if not out:
-            time.sleep(0.001)
-        return out
-
-    poll_callbacks = consume
-
-    def store(self, offsets: dict[tuple[str, int], int]) -> None:
-        self.stored.update(offsets)
-
-    def pause(self, _tps: Any) -> None:
-        pass
-
-    def resume(self, _tps: Any) -> None:
-        pass
-
-    def commit(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def build(n: int) -> tuple[list[Msg], _Registry]:
@@ -146,7 +101,7 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
 
     from connector.pipeline import Pipeline
 
-    src = FakeSource(msgs, s.kafka.consume_batch)
+    src = FakeSource(msgs, s.kafka.consume_batch, idle_sleep_s=0.001)
     p = Pipeline(s, source_factory=src.factory)
     # Parsed once per schema id, as in a long-running process (not per 5,000-event pass).
     parsed = registry.parsed

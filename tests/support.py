@@ -175,3 +175,50 @@ class FakeMessage:
 
     def timestamp(self) -> tuple[int, int]:
         return (1, self._ts)
+
+
+class FakeSource:
+    """The pipeline's ``Source`` without a broker: hands out ``msgs`` in ``batch`` slices like
+    ``Consumer.consume``, assigns their partitions on the first poll (as librdkafka does), and
+    remembers what was stored, committed and closed."""
+
+    def __init__(self, msgs: list[FakeMessage], batch: int = 100_000, idle_sleep_s: float = 0.0,
+                 assign: bool = True) -> None:
+        self.msgs, self.batch, self.pos = msgs, batch, 0
+        self.idle_sleep_s = idle_sleep_s  # a bench loop polling an empty source should not spin hot
+        self.assigned = not assign  # assign=False: the test assigns partitions itself
+        self.stored: dict[tuple[str, int], int] = {}
+        self.committed = False
+        self.closed = False
+
+    def factory(self, _cfg: object, on_assign: Callable[[list[object]], None], _on_revoke: object,
+                _on_lost: object) -> FakeSource:
+        self.on_assign = on_assign
+        return self
+
+    def consume(self, _timeout: float | None = None) -> list[FakeMessage]:
+        if not self.assigned:
+            self.assigned = True
+            tps = sorted({(m.topic(), m.partition()) for m in self.msgs})
+            self.on_assign([type("TP", (), {"topic": t, "partition": p})() for t, p in tps])
+        out = self.msgs[self.pos:self.pos + self.batch]
+        self.pos += len(out)
+        if not out and self.idle_sleep_s:
+            time.sleep(self.idle_sleep_s)
+        return out
+
+    poll_callbacks = consume
+
+    def store(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.stored.update(offsets)
+
+    def pause(self, _tps: object) -> None:
+        pass
+
+    resume = pause
+
+    def commit(self) -> None:
+        self.committed = True
+
+    def close(self) -> None:
+        self.closed = True

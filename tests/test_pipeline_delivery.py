@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka import KafkaError
 from harness import write_config
 from support import FakeMessage
+from support import FakeSource as Source
 
 from connector.config import load_settings
 from connector.dlq import DeadLetterWriter
@@ -28,43 +29,6 @@ TP = ("w.points", 0)
 
 def Msg(tp: tuple[str, int], off: int, value: bytes, key: bytes | None = None) -> FakeMessage:  # noqa: N802
     return FakeMessage(tp[0], tp[1], off, key, value, int(time.time() * 1000))
-
-
-class Source:
-    """Serves ``msgs`` once, assigns ``TP`` on creation, remembers what was stored and committed."""
-
-    def __init__(self, msgs: list[FakeMessage]) -> None:
-        self.msgs = msgs
-        self.stored: dict[tuple[str, int], int] = {}
-        self.committed = False
-        self.closed = False
-
-    def factory(self, _cfg: Any, on_assign: Any, _on_revoke: Any, _on_lost: Any) -> Source:
-        self.on_assign = on_assign
-        return self
-
-    def consume(self, _timeout: float | None = None) -> list[FakeMessage]:
-        if self.on_assign is not None:  # the assignment comes with the first poll, as with librdkafka
-            self.on_assign([type("P", (), {"topic": TP[0], "partition": TP[1]})()])
-            self.on_assign = None
-        out, self.msgs = self.msgs, []
-        return out
-
-    poll_callbacks = consume
-
-    def store(self, offsets: dict[tuple[str, int], int]) -> None:
-        self.stored.update(offsets)
-
-    def pause(self, _tps: Any) -> None:
-        pass
-
-    resume = pause
-
-    def commit(self) -> None:
-        self.committed = True
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def events(n: int) -> list[FakeMessage]:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from harness import write_config
-from support import FakeMessage
+from support import FakeMessage, FakeSource
 
 from connector.config import load_settings
 from connector.placement import HELD, Placement
@@ -96,27 +96,6 @@ def _Msg(tp: tuple[str, int], off: int, value: bytes) -> FakeMessage:  # noqa: N
     return FakeMessage(tp[0], tp[1], off, None, value)
 
 
-class _Source:
-    """Serves the records in slices, heavy partitions first seen on the same worker."""
-
-    def __init__(self, msgs: list[FakeMessage], batch: int) -> None:
-        self.msgs, self.batch, self.pos = msgs, batch, 0
-        self.stored: dict[tuple[str, int], int] = {}
-
-    def consume(self, _timeout: float | None = None) -> list[FakeMessage]:
-        out = self.msgs[self.pos:self.pos + self.batch]
-        self.pos += len(out)
-        return out
-
-    def store(self, offsets: dict[tuple[str, int], int]) -> None:
-        self.stored.update(offsets)
-
-    def pause(self, _tps: Any) -> None:
-        pass
-
-    resume = pause
-
-
 def _pipeline(tmp_path: Path, parts: list[tuple[str, int]]) -> tuple[Any, dict[tuple[str, int], list[int]]]:
     """A pipeline with two real workers, no Kafka and no HTTP; returns it and, per partition, the
     offsets in the order they reached the batcher."""
@@ -127,7 +106,7 @@ def _pipeline(tmp_path: Path, parts: list[tuple[str, int]]) -> tuple[Any, dict[t
     path = write_config(tmp_path / "c.toml", bootstrap="127.0.0.1:9", emulator_url="http://127.0.0.1:9",
                         prefix="w.", group="g", metrics_port=9, extra="[processing]\nworkers = 2\n")
     p = Pipeline(load_settings(path, aep={"authentication_required": False}))
-    p.source = _Source([], 200)
+    p.source = FakeSource([], 200, assign=False)
     p._on_assign([type("TP", (), {"topic": t, "partition": n})() for t, n in parts])
     seen: dict[tuple[str, int], list[int]] = {tp: [] for tp in parts}
     add = p.batcher.add
@@ -193,7 +172,7 @@ def test_partitions_moved_between_workers_under_load_stay_in_order(tmp_path: Pat
         msgs.append(_Msg(tp, offsets[tp], orjson.dumps(ev)))
         offsets[tp] += 1
     p, seen = _pipeline(tmp_path, parts)
-    p.source = src = _Source(msgs, 200)
+    p.source = src = FakeSource(msgs, 200, assign=False)
     try:
         deadline = time.monotonic() + 120
         while src.stored != offsets:
