@@ -228,9 +228,8 @@ class DeadLetterWriter:
                         "within %d bytes", letter.topic, letter.partition, letter.offset, name, self._budget)
             self.send(letter, done, first)  # fit() cuts it to the new budget
             return
-        if code in _PERMANENT_ERRORS or (err is not None and not err.retriable() and not err.fatal()
-                                          and code not in (KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT)):
-            self._give_up(letter, name, str(err.str() if err is not None else "unknown error"))
+        if code in _PERMANENT_ERRORS:
+            self._give_up(letter, name, err.str() if err is not None else "unknown error")
             return
         METRICS.dlq_errors.labels("true").inc()
         if self._clock() - first >= _GIVE_UP_S:

@@ -153,3 +153,21 @@ def test_a_transient_error_is_retried_then_given_up_after_the_bound() -> None:
         w2.poll()
         clock2.now += 30
     assert "still failing" in w2.unusable and w2.outstanding == 0
+
+
+def test_an_error_not_known_to_be_permanent_is_retried_not_fatal() -> None:
+    # librdkafka's delivery reports do not flag broker errors as retriable: only the listed
+    # errors may stop the connector, anything else is retried (bounded by the give-up time).
+    verdicts = [KafkaError(KafkaError.NOT_ENOUGH_REPLICAS), KafkaError(KafkaError.REQUEST_TIMED_OUT)]
+
+    def broker(_v: Any, _h: Any) -> KafkaError | None:
+        return verdicts.pop(0) if verdicts else None
+
+    w, _, clock = writer(broker)
+    done: list[int] = []
+    w.send(letter(b"v"), lambda dl: done.append(dl.offset))
+    for _ in range(3):
+        w.poll()
+        clock.now += 1.5
+        w.poll()
+    assert done == [7] and not w.unusable
