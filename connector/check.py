@@ -34,7 +34,7 @@ from connector.config import ConfigError, Settings, load_settings
 from connector.errors import AuthFailure, TransientError
 from connector.logs import redact, register_secret
 from connector.governor import share
-from connector.source import producer_config, subscription_matcher
+from connector.source import producer_config, subscribed_partitions, subscription_matcher
 
 MASK = "**********"
 Status = Literal["pass", "fail", "skip"]
@@ -104,7 +104,7 @@ def _kafka(s: Settings, timeout: float) -> list[Result]:
         ]
     topics = sorted(t for t in meta.topics if not t.startswith("__"))
     kafka = Result("kafka", "pass", f"{bootstrap}: {len(meta.brokers)} broker(s), {len(topics)} topic(s)")
-    partitions = sum(len(meta.topics[t].partitions) for t in topics if subscription_matcher(s.kafka.topics)(t))
+    partitions = subscribed_partitions(meta, s.kafka.topics)
     return [kafka, _subscription(s.kafka.topics, topics, s.kafka.dlq_topic), _dlq(admin, meta, s, timeout),
             _budget(s, partitions)]
 

@@ -61,7 +61,7 @@ _CLOSE_TIMEOUT_S = 5.0  # consumer close (leave the group, final commit): part o
 _FULL_CHUNK = 256  # records: a chunk worth queueing behind the one a worker is on
 _MAX_CHUNK = 1_000  # records per chunk: bounds the memory of a hand-off on both sides
 _PLACEMENT_INTERVAL_S = 1.0  # how often the workers' loads are compared (see connector.placement)
-_STALL_CHECK_INTERVAL_S = 1.0
+_HOUSEKEEPING_INTERVAL_S = 1.0  # stall check, catch-up ETA and worker memory, once a second
 _ETA_WINDOW_S = 60.0  # the catch-up ETA divides the lag by the acknowledgement rate over this window
 _MAX_SENDER_ERRORS = 3  # batches in a row whose sender raised: then stop (exit code 7), not spin
 
@@ -124,7 +124,7 @@ class Pipeline:
         self.last_loop = time.monotonic()
         self.exit_code = 0
         self._last_auth_probe = 0.0
-        self._next_stall_check = 0.0
+        self._next_housekeeping = 0.0  # stall check, catch-up ETA, worker memory
         self._stall_logged: dict[TopicPartition, float] = {}
         self._dropped_logged: set[str] = set()
         self.sender_errors = 0  # batches in a row whose sender raised
@@ -199,8 +199,8 @@ class Pipeline:
         self._check_dlq()
         self._store()
         self._backpressure()
-        if now >= self._next_stall_check:
-            self._next_stall_check = now + _STALL_CHECK_INTERVAL_S
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + _HOUSEKEEPING_INTERVAL_S
             self._check_stalls(now)
             self._catchup_eta(now)
             if self.pool is not None:

@@ -328,9 +328,9 @@ class Sink:
                 return chunk, False
             entries = aligned
         # Only what must be re-sent is: the failed messages, and after a failed profile update
-        # every later profile update of the same customer (Kafka key; no key: the partition) in
-        # the chunk, so an older update never overtakes a newer one. Accepted ExperienceEvents
-        # and other customers' updates are not sent again.
+        # every later update with the same ordering key (the profile's primary identity, see
+        # _items) in the chunk, so an older update never overtakes a newer one. Accepted
+        # ExperienceEvents and other profiles' updates are not sent again.
         records = result.records
         failures = result.failures
         retry_at: dict[int, int] = {}  # position → status of its transient failure this round

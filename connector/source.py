@@ -75,6 +75,12 @@ def subscription_matcher(subscription: list[str]) -> Callable[[str], bool]:
     return lambda topic: topic in names or any(p.match(topic) for p in patterns)
 
 
+def subscribed_partitions(meta: Any, subscription: list[str]) -> int:
+    """How many partitions the subscribed topics of a metadata answer (``list_topics``) have."""
+    matches = subscription_matcher(subscription)
+    return sum(len(t.partitions) for name, t in meta.topics.items() if matches(name))
+
+
 # Consumer lag per partition from the last statistics (what this member fetches), for the ETA.
 LAG: dict[tuple[str, int], int] = {}
 
@@ -139,13 +145,12 @@ class Source:
     def partition_count(self, timeout: float = 5.0) -> int:
         """Partitions of every subscribed topic (the whole group's, for budget shares); 0 if the
         metadata cannot be had in time."""
-        matches = subscription_matcher(list(self.cfg.topics))
         try:
             meta = self.consumer.list_topics(timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - KafkaException; the caller keeps the last share
             log.warning("could not read topic metadata for the send budget: %s", exc)
             return 0
-        return sum(len(t.partitions) for name, t in meta.topics.items() if matches(name))
+        return subscribed_partitions(meta, list(self.cfg.topics))
 
     def poll_callbacks(self, timeout: float) -> list[Any]:
         """Serve rebalance callbacks and heartbeats; returns any records that arrived."""
