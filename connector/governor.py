@@ -75,12 +75,14 @@ class Governor:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.budget = budget
         self.profile_budget = profile_budget
-        self._all = TokenBucket(0.0, clock)
-        self._profiles = TokenBucket(0.0, clock)
+        # Until the first assignment says otherwise (or when the partition count cannot be read),
+        # the replica counts as the group's only member: the budget never goes unapplied.
+        self._all = TokenBucket(budget, clock)
+        self._profiles = TokenBucket(profile_budget, clock)
         METRICS.rate_budget.labels("all").set(budget)
         METRICS.rate_budget.labels("profile").set(profile_budget)
-        for kind in ("all", "profile"):  # exported from the start (0 until the first assignment)
-            METRICS.rate_share.labels(kind).set(0)
+        METRICS.rate_share.labels("all").set(budget)
+        METRICS.rate_share.labels("profile").set(profile_budget)
 
     @property
     def enabled(self) -> bool:

@@ -74,6 +74,20 @@ def test_the_governor_follows_the_partition_share_and_waits_for_profiles_too() -
     assert not g.wait_for(1, 0, _cancelled())
 
 
+def test_the_whole_budget_applies_before_the_first_share_is_known() -> None:
+    clock = Clock()
+    g = Governor(100.0, 0.0, clock)  # no rebalanced() yet (or the partition count was unreadable)
+    waits: list[float] = []
+
+    class Cancel(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout or 0.0)
+            return False
+
+    assert g.wait_for(300, 0, Cancel())
+    assert waits == [3.0]  # 300 messages at 100/s: never unlimited
+
+
 def _cancelled() -> threading.Event:
     e = threading.Event()
     e.set()
