@@ -110,19 +110,19 @@ def _route_and_identity(envelope: Any) -> tuple[Any, ...] | None:
 
 
 def coalesce(
-    messages: Sequence[bytes], customers: Sequence[Any], max_size: int
+    messages: Sequence[bytes], hints: Sequence[Any], max_size: int
 ) -> list[tuple[bytes, list[int]]]:
     """Merge the profile records (``messages``, in offset order) that describe the same profile.
 
-    ``customers[i]`` is a cheap pre-grouping key for message i (``identity_hint``; None: never
+    ``hints[i]`` is a cheap pre-grouping key for message i (``identity_hint``; None: never
     merged): only messages sharing one are parsed. Returns ``(message, [indexes it stands for])`` in the
     order of each group's last member (everything else stays where it was). A merged record
     larger than ``max_size`` bytes is not made: its sources go as they are.
     """
     candidates: dict[Any, list[int]] = {}
-    for i, customer in enumerate(customers):
-        if customer is not None:
-            candidates.setdefault(customer, []).append(i)
+    for i, hint in enumerate(hints):
+        if hint is not None:
+            candidates.setdefault(hint, []).append(i)
     stands_for: dict[int, list[int]] = {}  # index of a group's last member → the group
     merged_into: set[int] = set()
     replacement: dict[int, bytes] = {}
