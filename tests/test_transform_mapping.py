@@ -299,7 +299,7 @@ def test_unknown_event_dlq_or_passthrough() -> None:
     [ee] = make(unknown_events="passthrough").transform(raw)
     body = entity(ee)
     assert ee.event_type == body["eventType"] == "loyalty.badgeEarned"
-    assert body["_capillary"]["capillary"]["data"] == {
+    assert json.loads(body["_capillary"]["capillary"]["dataJson"]) == {
         "loyaltyProgramId": 2649, "totalPointsIssued": 10, "badgeId": "B-1", "earnedOn": NOW_MS, "odd_key": "x"}
     assert body["identityMap"]["CapillaryCustomerId"][0]["id"] == "387979652"
     assert_no_empties(body)

@@ -24,12 +24,14 @@ from connector.transform.times import to_date, to_iso
 from connector.transform.values import (
     boolean,
     clean,
+    compact_json,
     currency,
     id_str,
     int_or_none,
     key_values,
     num,
     put,
+    string_map,
     text,
 )
 
@@ -90,6 +92,12 @@ class EventSpec:
     identity_key: str | None = "customerIdentifiers"
     profile: bool = False  # may carry profile state
     contact: bool = False  # the profile update also carries names and contact details (customer events)
+    # The event's tenant fields (``_<tenant>.capillary``), declared once: ``tenant`` is copied from the
+    # data by the transformer before ``build`` runs; ``computed`` the builder writes itself (the converter
+    # names the XDM type). connector.transform.tenant derives the field groups and the closed
+    # pre-flight schema from these, so a field the builder writes undeclared fails validation.
+    tenant: Fields = ()
+    computed: Fields = ()
 
 
 def copy_fields(target: dict[str, Any], data: Mapping[str, Any], fields: Fields) -> None:
@@ -116,6 +124,7 @@ def _records(fields: Fields) -> Converter:
                     out.append(row)
         return out or None
 
+    convert.xdm_shape = ("array", fields)  # type: ignore[attr-defined] # read by connector.transform.tenant
     return convert
 
 
@@ -127,15 +136,12 @@ def _record(fields: Fields) -> Converter:
         copy_fields(row, item, fields)
         return row or None
 
+    convert.xdm_shape = ("object", fields)  # type: ignore[attr-defined] # read by connector.transform.tenant
     return convert
 
 
-def _customer_ref(ci: Any) -> dict[str, Any] | None:
-    """A counterpart customer (transfer partner, merge victim) by Capillary id only: no PII in tenant fields."""
-    if not isinstance(ci, dict):
-        return None
-    cid = id_str(ci.get("customerId"))
-    return {"customerId": cid} if cid is not None else None
+# A counterpart customer (transfer partner, merge victim) by Capillary id only: no PII in tenant fields.
+_customer_ref = _record((("customerId", id_str),))
 
 
 # --- helpers shared by several events ------------------------------------------------------------
@@ -236,7 +242,7 @@ POINTS_ISSUED_FIELDS: Fields = (
     ("promisedPointsIssued", _records((
         ("promisedPoints", num), ("isExternalTriggerBased", boolean),
         ("promisedPointsConversionDate", to_date), ("promotionIdentifier", id_str)))),
-    ("behavioralEventAttributes", clean),
+    ("behavioralEventAttributes", string_map),
 )
 EARNING_PROGRAMS = _records((("programId", id_str), ("pointsRedeemed", num), ("programCurrentPoints", num)))
 TIER_FIELDS: Fields = (
@@ -252,18 +258,85 @@ SERIES_INFO = _record((
 RESTRICTIONS = _records((("limitOn", text), ("kpi", text), ("restrictionType", text), ("maxLimit", num)))
 
 
+POINTS_REDEEMED_FIELDS: Fields = (
+        ("totalPointsRedeemed", num), ("redemptionSummaryId", id_str), ("redeemedPointsCurrencyValue", num),
+        ("redemptionNotes", text), ("redemptionBillNumber", text), ("isGroupRedemption", boolean),
+        ("redemptionFromEarningPrograms", EARNING_PROGRAMS), ("AvailablePointsBalance", num),
+    )
+POINTS_EXPIRED_FIELDS: Fields = (("pointsExpired", num), ("AvailablePointsBalance", num))
+POINTS_EXPIRY_REMINDER_FIELDS: Fields = (("pointsScheduledForExpiry", num), ("scheduledExpiryDate", to_date))
+POINTS_EXPIRY_CHANGE_FIELDS: Fields = (("updatedPointsExpiryBreakup", _records((
+        ("pointAwardedRefID", id_str), ("pointsAwardedRefType", text), ("promotionID", id_str), ("points", num),
+        ("pointsPreviousExpiryDate", to_date), ("expiryUpdateReasonType", text), ("expiryUpdateReasonNote", text),
+        ("newExpiryDate", to_date), ("newExpirySetType", text),
+    ))),)
+PROMOTION_EARNED_FIELDS: Fields = (
+        ("promotionId", id_str), ("promotionName", text), ("promotionDescription", text),
+        ("promotionStartDate", to_iso), ("promotionEndDate", to_iso), ("promotionEarnedDate", to_date),
+        ("promotionEarnedExpiryDate", to_date), ("pointsOfferType", text), ("customFields", _KV),
+        ("issualId", id_str), ("earnedId", id_str), ("earnRestrictions", RESTRICTIONS),
+        ("redemptionRestrictions", RESTRICTIONS), ("promotionEarnSource", text),
+    )
+COUPON_ISSUE_FIELDS: Fields = (("addedAt", to_iso), ("issualType", text), ("series_info", SERIES_INFO))
+COUPON_REDEEM_FIELDS: Fields = (("addedAt", to_iso),)
+REWARD_ISSUED_FIELDS: Fields = (
+        ("rewardId", id_str), ("type", text), ("redemptionType", text), ("startDate", to_iso), ("endDate", to_iso),
+        ("intouchPoints", num), ("intouchSeriesId", id_str), ("priority", int_or_none), ("tier", text),
+        ("group", text), ("label", text), ("transactionId", id_str),
+        ("vendorRewardDetails", _record((("vendorVoucher", text),))),
+        ("intouchRewardDetails", _record((("intouchCouponCode", text), ("codeExpiry", to_iso)))),
+        ("issueDateTime", to_iso), ("eventDateTime", to_iso),
+    )
+ISSUED_POINTS_REVERSED_FIELDS: Fields = (
+        ("programCurrentPoints", num), ("programLifetimePoints", num), ("totalIssuedPointsReversed", num),
+        ("regularPointsReversed", num), ("promisedPointsReversed", num),
+        ("promotionalPointsReversed", _records(PROMOTIONAL_POINTS)),
+    )
+REDEEMED_POINTS_REVERSED_FIELDS: Fields = (
+        ("redeemedPointsReversed", num), ("redemptionSummaryId", id_str),
+        ("redeemedPointsReversedDetails", _record((("available", num), ("expired", num)))),
+        ("redemptionReversalToEarningPrograms", _records((
+            ("programId", id_str), ("pointsReversed", num), ("programCurrentPoints", num)))),
+    )
+MANUAL_POINTS_ADJUSTMENT_FIELDS: Fields = (
+        ("totalPointsDeducted", num), ("reason", text),
+        ("programPointsSplit", _records((
+            ("pointsAwardedId", id_str), ("programId", id_str), ("points", num), ("pointsType", text)))),
+    )
+POINTS_TRANSFERRED_INITIATED_FIELDS: Fields = (
+        ("totalPointsTransferred", num), ("transferReceivingCustomerIdentifiers", _customer_ref),
+        ("redemptionFromEarningPrograms", EARNING_PROGRAMS),
+    )
+POINTS_TRANSFERRED_RECEIVED_FIELDS: Fields = (
+        ("totalPointsTransferred", num), ("transferInitiatingCustomerIdentifiers", _customer_ref),
+        ("programCurrentPoints", num), ("programLifetimePoints", num),
+    )
+CARD_UPDATED_FIELDS: Fields = (
+        ("cardNumber", text), ("previousStatusLabel", text), ("currentStatusLabel", text),
+        ("previousExtendedFields", _KV), ("currentExtendedFields", _KV),
+        ("previousCustomFields", _KV), ("currentCustomFields", _KV),
+    )
+LOYALTY_CUSTOMER_MERGE_FIELDS: Fields = (
+        ("survivorCustomerIdentifiers", _customer_ref), ("victimCustomerIdentifiers", _customer_ref),
+        ("survivorCustomerLoyaltySummary", _records((
+            ("loyaltyProgramId", id_str), ("lifetimePoints", num), ("currentPoints", num),
+            ("promisedPoints", num), ("tierNumber", int_or_none)))),
+    )
+
 # --- builders -------------------------------------------------------------------------------------
 
 
+def fields_only(draft: Draft, data: Mapping[str, Any]) -> None:
+    """Events whose whole mapping is their declared tenant fields (copied by the transformer)."""
+
+
 def customer_added(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, CUSTOMER_FIELDS)
     draft.profile_wanted = True  # enrolment: the profile exists from now on, even with identities only
     _customer_profile(draft, data)
     put(draft.loyalty, "joinDate", to_iso(data.get("enteredAt")) or draft.timestamp)
 
 
 def customer_updated(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, CUSTOMER_FIELDS)
     changes = _UPDATED_FIELDS(data.get("updatedFields"))
     if changes is not None and draft.hash_pii:
         for change in changes:
@@ -337,7 +410,6 @@ _STANDARD_FIELD_TARGETS: dict[str, Callable[[Draft, str], None]] = {
 
 
 def transaction_added(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, TRANSACTION_FIELDS)
     bill_type = (text(data.get("billType")) or "").upper()
     amount = num(data.get("amount"))
     code = currency(data.get("currencyCode"))
@@ -365,7 +437,6 @@ def transaction_added(draft: Draft, data: Mapping[str, Any]) -> None:
 
 
 def transaction_updated(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, TRANSACTION_FIELDS)
     order: dict[str, Any] = {}
     put(order, "purchaseID", text(data.get("billNumber")) or id_str(data.get("transactionId")))
     put(order, "priceTotal", num(data.get("amount")))
@@ -375,7 +446,6 @@ def transaction_updated(draft: Draft, data: Mapping[str, Any]) -> None:
 
 
 def points_issued(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, POINTS_ISSUED_FIELDS)
     bill = triggering_bill(data)
     program_id = draft.program_id
     gained = []
@@ -400,11 +470,6 @@ def points_issued(draft: Draft, data: Mapping[str, Any]) -> None:
 
 
 def points_redeemed(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (
-        ("totalPointsRedeemed", num), ("redemptionSummaryId", id_str), ("redeemedPointsCurrencyValue", num),
-        ("redemptionNotes", text), ("redemptionBillNumber", text), ("isGroupRedemption", boolean),
-        ("redemptionFromEarningPrograms", EARNING_PROGRAMS), ("AvailablePointsBalance", num),
-    ))
     transaction = text(data.get("redemptionBillNumber")) or triggering_bill(data)
     if transaction is None:
         transaction = _identifier(data, ("redemptionId",))
@@ -432,24 +497,10 @@ def _identifier(data: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
 
 
 def points_expired(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (("pointsExpired", num), ("AvailablePointsBalance", num)))
     _balances(draft, data.get("AvailablePointsBalance"))  # the payload has no balance otherwise
 
 
-def points_expiry_reminder(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (("pointsScheduledForExpiry", num), ("scheduledExpiryDate", to_date)))
-
-
-def points_expiry_change(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (("updatedPointsExpiryBreakup", _records((
-        ("pointAwardedRefID", id_str), ("pointsAwardedRefType", text), ("promotionID", id_str), ("points", num),
-        ("pointsPreviousExpiryDate", to_date), ("expiryUpdateReasonType", text), ("expiryUpdateReasonNote", text),
-        ("newExpiryDate", to_date), ("newExpirySetType", text),
-    ))),))
-
-
 def tier_upgraded(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, TIER_FIELDS)
     _previous_tier_name(draft)
     _tier(draft, "upgradedTierNumber", tenant_name_key="upgradedTierName")
     draft.loyalty["tierUpgradeDate"] = draft.timestamp
@@ -457,20 +508,17 @@ def tier_upgraded(draft: Draft, data: Mapping[str, Any]) -> None:
 
 
 def tier_downgraded(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, TIER_FIELDS)
     _previous_tier_name(draft)
     _tier(draft, "downgradedTierNumber", tenant_name_key="downgradedTierName")
     _tier_expiry(draft)
 
 
 def tier_renewed(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, TIER_FIELDS)
     _tier(draft, "currentTierNumber", tenant_name_key="currentTierName")
     _tier_expiry(draft)
 
 
 def tier_downgrade_reminder(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, TIER_FIELDS)
     number = int_or_none(data.get("currentTierNumber"))
     if number is not None:
         put(draft.tenant, "currentTierName", draft.tier_name(draft.program_id, number))
@@ -482,20 +530,9 @@ def _previous_tier_name(draft: Draft) -> None:
         put(draft.tenant, "previousTierName", draft.tier_name(draft.program_id, number))
 
 
-def promotion_earned(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (
-        ("promotionId", id_str), ("promotionName", text), ("promotionDescription", text),
-        ("promotionStartDate", to_iso), ("promotionEndDate", to_iso), ("promotionEarnedDate", to_date),
-        ("promotionEarnedExpiryDate", to_date), ("pointsOfferType", text), ("customFields", _KV),
-        ("issualId", id_str), ("earnedId", id_str), ("earnRestrictions", RESTRICTIONS),
-        ("redemptionRestrictions", RESTRICTIONS), ("promotionEarnSource", text),
-    ))
-
-
 def coupon_issue(draft: Draft, data: Mapping[str, Any]) -> None:
     coupons = data.get("coupons")
     coupons = [c for c in coupons if isinstance(c, dict)] if type(coupons) is list else []
-    copy_fields(draft.tenant, data, (("addedAt", to_iso), ("issualType", text), ("series_info", SERIES_INFO)))
     put(draft.tenant, "coupons", _ISSUED_COUPONS(coupons))
     series = data.get("series_info")
     series = series if isinstance(series, dict) else {}
@@ -519,7 +556,6 @@ _ISSUED_COUPONS = _records((("id", id_str), ("code", text), ("valid_till", to_is
 
 
 def coupon_redeem(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (("addedAt", to_iso),))
     coupon = data.get("coupon")
     coupon = coupon if isinstance(coupon, dict) else {}
     series = coupon.get("series_info")
@@ -566,66 +602,23 @@ _COUPON_TRANSACTION = _record((("bill_id", _nonzero_id), ("number", text)))
 _REDEEMED_COUPON = _record((("id", id_str), ("code", text), ("redemptionId", id_str), ("redemptionDate", to_iso)))
 
 
-def reward_issued(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (
-        ("rewardId", id_str), ("type", text), ("redemptionType", text), ("startDate", to_iso), ("endDate", to_iso),
-        ("intouchPoints", num), ("intouchSeriesId", id_str), ("priority", int_or_none), ("tier", text),
-        ("group", text), ("label", text), ("transactionId", id_str),
-        ("vendorRewardDetails", _record((("vendorVoucher", text),))),
-        ("intouchRewardDetails", _record((("intouchCouponCode", text), ("codeExpiry", to_iso)))),
-        ("issueDateTime", to_iso), ("eventDateTime", to_iso),
-    ))
-
-
 def issued_points_reversed(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (
-        ("programCurrentPoints", num), ("programLifetimePoints", num), ("totalIssuedPointsReversed", num),
-        ("regularPointsReversed", num), ("promisedPointsReversed", num),
-        ("promotionalPointsReversed", _records(PROMOTIONAL_POINTS)),
-    ))
     _balances(draft, data.get("programCurrentPoints"), data.get("programLifetimePoints"))
 
 
 def redeemed_points_reversed(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (
-        ("redeemedPointsReversed", num), ("redemptionSummaryId", id_str),
-        ("redeemedPointsReversedDetails", _record((("available", num), ("expired", num)))),
-        ("redemptionReversalToEarningPrograms", _records((
-            ("programId", id_str), ("pointsReversed", num), ("programCurrentPoints", num)))),
-    ))
     _balances(draft, _program_points(data.get("redemptionReversalToEarningPrograms"), draft.program_id))
 
 
-def manual_points_adjustment(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (
-        ("totalPointsDeducted", num), ("reason", text),
-        ("programPointsSplit", _records((
-            ("pointsAwardedId", id_str), ("programId", id_str), ("points", num), ("pointsType", text)))),
-    ))
-
-
 def points_transferred_initiated(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (
-        ("totalPointsTransferred", num), ("transferReceivingCustomerIdentifiers", _customer_ref),
-        ("redemptionFromEarningPrograms", EARNING_PROGRAMS),
-    ))
     _balances(draft, _program_points(data.get("redemptionFromEarningPrograms"), draft.program_id))
 
 
 def points_transferred_received(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (
-        ("totalPointsTransferred", num), ("transferInitiatingCustomerIdentifiers", _customer_ref),
-        ("programCurrentPoints", num), ("programLifetimePoints", num),
-    ))
     _balances(draft, data.get("programCurrentPoints"), data.get("programLifetimePoints"))
 
 
 def card_updated(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (
-        ("cardNumber", text), ("previousStatusLabel", text), ("currentStatusLabel", text),
-        ("previousExtendedFields", _KV), ("currentExtendedFields", _KV),
-        ("previousCustomFields", _KV), ("currentCustomFields", _KV),
-    ))
     number = text(data.get("cardNumber"))
     if number is not None:
         card = {"number": number}
@@ -634,12 +627,6 @@ def card_updated(draft: Draft, data: Mapping[str, Any]) -> None:
 
 
 def loyalty_customer_merge(draft: Draft, data: Mapping[str, Any]) -> None:
-    copy_fields(draft.tenant, data, (
-        ("survivorCustomerIdentifiers", _customer_ref), ("victimCustomerIdentifiers", _customer_ref),
-        ("survivorCustomerLoyaltySummary", _records((
-            ("loyaltyProgramId", id_str), ("lifetimePoints", num), ("currentPoints", num),
-            ("promisedPoints", num), ("tierNumber", int_or_none)))),
-    ))
     summaries = data.get("survivorCustomerLoyaltySummary")
     summaries = [s for s in summaries if isinstance(s, dict)] if type(summaries) is list else []
     if not summaries:
@@ -666,41 +653,49 @@ def _default_program_summary(draft: Draft, summaries: list[Mapping[str, Any]]) -
 
 
 def passthrough(draft: Draft, data: Mapping[str, Any]) -> None:
-    """Unknown event (``unknown_events = "passthrough"``): the raw data, cleaned, under the tenant block."""
+    """Unknown event (``unknown_events = "passthrough"``): the raw data, cleaned, as JSON text in the tenant block."""
     cleaned = clean({k: v for k, v in data.items() if k != "customerIdentifiers"})
-    put(draft.tenant, "data", cleaned)
+    if cleaned is not None:  # as JSON text: a closed schema has no place for fields nobody declared
+        draft.tenant["dataJson"] = compact_json(cleaned)
 
 
 SPECS: dict[str, EventSpec] = {
     spec.name: spec
     for spec in (
-        EventSpec("customerAdded", "loyalty.customerAdded", customer_added, profile=True, contact=True),
-        EventSpec("customerUpdated", "loyalty.customerUpdated", customer_updated, profile=True, contact=True),
-        EventSpec("transactionAdded", "commerce.purchases", transaction_added),
-        EventSpec("transactionUpdated", "commerce.transactionUpdated", transaction_updated),
-        EventSpec("pointsIssued", "loyalty.pointsIssued", points_issued, profile=True),
-        EventSpec("pointsRedeemed", "loyalty.pointsRedeemed", points_redeemed, profile=True),
-        EventSpec("pointsExpired", "loyalty.pointsExpired", points_expired, profile=True),
-        EventSpec("pointsExpiryReminder", "loyalty.pointsExpiryReminder", points_expiry_reminder),
-        EventSpec("pointsExpiryChange", "loyalty.pointsExpiryChange", points_expiry_change),
-        EventSpec("tierUpgraded", "loyalty.tierUpgraded", tier_upgraded, profile=True),
-        EventSpec("tierDowngraded", "loyalty.tierDowngraded", tier_downgraded, profile=True),
-        EventSpec("tierRenewed", "loyalty.tierRenewed", tier_renewed, profile=True),
-        EventSpec("tierDowngradeReminder", "loyalty.tierDowngradeReminder", tier_downgrade_reminder),
-        EventSpec("promotionEarned", "loyalty.promotionEarned", promotion_earned),
-        EventSpec("CouponIssue", "loyalty.couponIssued", coupon_issue, identity_key=None, profile=True),
-        EventSpec("CouponRedeem", "loyalty.couponRedeemed", coupon_redeem, profile=True),
-        EventSpec("rewardIssued", "loyalty.rewardIssued", reward_issued),
-        EventSpec("issuedPointsReversed", "loyalty.pointsReversed", issued_points_reversed, profile=True),
-        EventSpec("redeemedPointsReversed", "loyalty.redemptionReversed", redeemed_points_reversed, profile=True),
-        EventSpec("manualPointsAdjustment", "loyalty.pointsAdjusted", manual_points_adjustment),
+        EventSpec("customerAdded", "loyalty.customerAdded", customer_added, profile=True, contact=True, tenant=CUSTOMER_FIELDS),
+        EventSpec("customerUpdated", "loyalty.customerUpdated", customer_updated, profile=True, contact=True,
+                  tenant=CUSTOMER_FIELDS, computed=(("updatedFields", _UPDATED_FIELDS), ("customerStatus", _CUSTOMER_STATUS))),
+        EventSpec("transactionAdded", "commerce.purchases", transaction_added, tenant=TRANSACTION_FIELDS),
+        EventSpec("transactionUpdated", "commerce.transactionUpdated", transaction_updated, tenant=TRANSACTION_FIELDS),
+        EventSpec("pointsIssued", "loyalty.pointsIssued", points_issued, profile=True, tenant=POINTS_ISSUED_FIELDS),
+        EventSpec("pointsRedeemed", "loyalty.pointsRedeemed", points_redeemed, profile=True, tenant=POINTS_REDEEMED_FIELDS),
+        EventSpec("pointsExpired", "loyalty.pointsExpired", points_expired, profile=True, tenant=POINTS_EXPIRED_FIELDS),
+        EventSpec("pointsExpiryReminder", "loyalty.pointsExpiryReminder", fields_only, tenant=POINTS_EXPIRY_REMINDER_FIELDS),
+        EventSpec("pointsExpiryChange", "loyalty.pointsExpiryChange", fields_only, tenant=POINTS_EXPIRY_CHANGE_FIELDS),
+        EventSpec("tierUpgraded", "loyalty.tierUpgraded", tier_upgraded, profile=True, tenant=TIER_FIELDS,
+                  computed=(("previousTierName", text), ("upgradedTierName", text))),
+        EventSpec("tierDowngraded", "loyalty.tierDowngraded", tier_downgraded, profile=True, tenant=TIER_FIELDS,
+                  computed=(("previousTierName", text), ("downgradedTierName", text))),
+        EventSpec("tierRenewed", "loyalty.tierRenewed", tier_renewed, profile=True, tenant=TIER_FIELDS,
+                  computed=(("currentTierName", text),)),
+        EventSpec("tierDowngradeReminder", "loyalty.tierDowngradeReminder", tier_downgrade_reminder, tenant=TIER_FIELDS,
+                  computed=(("currentTierName", text),)),
+        EventSpec("promotionEarned", "loyalty.promotionEarned", fields_only, tenant=PROMOTION_EARNED_FIELDS),
+        EventSpec("CouponIssue", "loyalty.couponIssued", coupon_issue, identity_key=None, profile=True,
+                  tenant=COUPON_ISSUE_FIELDS, computed=(("coupons", _ISSUED_COUPONS),)),
+        EventSpec("CouponRedeem", "loyalty.couponRedeemed", coupon_redeem, profile=True, tenant=COUPON_REDEEM_FIELDS,
+                  computed=(("coupon", _REDEEMED_COUPON), ("series_info", SERIES_INFO), ("transaction", _COUPON_TRANSACTION))),
+        EventSpec("rewardIssued", "loyalty.rewardIssued", fields_only, tenant=REWARD_ISSUED_FIELDS),
+        EventSpec("issuedPointsReversed", "loyalty.pointsReversed", issued_points_reversed, profile=True, tenant=ISSUED_POINTS_REVERSED_FIELDS),
+        EventSpec("redeemedPointsReversed", "loyalty.redemptionReversed", redeemed_points_reversed, profile=True, tenant=REDEEMED_POINTS_REVERSED_FIELDS),
+        EventSpec("manualPointsAdjustment", "loyalty.pointsAdjusted", fields_only, tenant=MANUAL_POINTS_ADJUSTMENT_FIELDS),
         EventSpec("pointsTransferredInitiated", "loyalty.pointsTransferredInitiated", points_transferred_initiated,
-                  profile=True),
+                  profile=True, tenant=POINTS_TRANSFERRED_INITIATED_FIELDS),
         EventSpec("pointsTransferredReceived", "loyalty.pointsTransferredReceived", points_transferred_received,
-                  profile=True),
-        EventSpec("cardUpdated", "loyalty.cardUpdated", card_updated, profile=True),
+                  profile=True, tenant=POINTS_TRANSFERRED_RECEIVED_FIELDS),
+        EventSpec("cardUpdated", "loyalty.cardUpdated", card_updated, profile=True, tenant=CARD_UPDATED_FIELDS),
         EventSpec("loyaltyCustomerMerge", "loyalty.customerMerged", loyalty_customer_merge,
-                  identity_key="survivorCustomerIdentifiers", profile=True),
+                  identity_key="survivorCustomerIdentifiers", profile=True, tenant=LOYALTY_CUSTOMER_MERGE_FIELDS),
     )
 }
 # Case-insensitive fallback ("couponIssue", "TIERUPGRADED"), consulted only when the exact name misses.
@@ -708,6 +703,10 @@ SPECS_BY_LOWER_NAME: dict[str, EventSpec] = {name.lower(): spec for name, spec i
 # Older single-page schema names for the transfer events.
 SPECS_BY_LOWER_NAME["pointstransferinitiated"] = SPECS["pointsTransferredInitiated"]
 SPECS_BY_LOWER_NAME["pointstransferreceived"] = SPECS["pointsTransferredReceived"]
+
+
+# The declaration of what passthrough writes (its spec is made per unknown event name).
+PASSTHROUGH_FIELDS: Fields = (("dataJson", text),)
 
 
 def find_spec(name: str) -> EventSpec | None:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from connector.config import RouteConfig, XdmConfig
 from connector.transform.envelope import CapillaryEvent, normalize
 from connector.transform.errors import TransformError
-from connector.transform.events import Draft, EventSpec, find_spec, passthrough
+from connector.transform.events import PASSTHROUGH_FIELDS, Draft, EventSpec, copy_fields, find_spec, passthrough
 from connector.transform.identity import IdentityMapper
 from connector.transform.programs import ProgramCache
 from connector.transform.times import iso_ms
@@ -110,7 +110,7 @@ class Transformer:
         if spec is None:
             if not self._passthrough:
                 raise TransformError("unknown_event", f"no mapping for event {event.name[:100]!r}")
-            spec = EventSpec(event.name, f"loyalty.{field_name(event.name)}", passthrough)
+            spec = EventSpec(event.name, f"loyalty.{field_name(event.name)}", passthrough, computed=PASSTHROUGH_FIELDS)
         name = spec.name
         data = event.data
 
@@ -136,6 +136,8 @@ class Transformer:
                 program_id = id_str(details.get("id"))
         draft = Draft(data, spec.event_type, timestamp, self._programs, self._identity.hashes_pii)
         draft.program_id = program_id
+        if spec.tenant:
+            copy_fields(draft.tenant, data, spec.tenant)
         spec.build(draft, data)
 
         record_id = _record_id(event, name, customer)

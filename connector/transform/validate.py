@@ -257,7 +257,8 @@ def _compile_scalar(schema: dict[str, Any]) -> Check:
 
 
 def load_schema(kind: Literal["event", "profile"], tenant_id: str, schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
-    """The compact schema of one record kind, with the tenant namespace added as a free-form object."""
+    """The compact schema of one record kind, with the tenant namespace as the mapping declares it
+    (:mod:`connector.transform.tenant`), closed like the rest."""
     name = "experienceevent" if kind == "event" else "profile"
     path = schema_dir / f"{name}.json"
     try:
@@ -265,7 +266,11 @@ def load_schema(kind: Literal["event", "profile"], tenant_id: str, schema_dir: P
     except OSError as exc:
         raise FileNotFoundError(f"compact XDM schema {path} is missing ({exc.strerror}); "
                                 "run scripts/build_xdm_schemas.py") from None
-    schema["properties"][f"_{tenant_id}"] = {"type": "object"}
+    from connector.transform import tenant  # here: tenant imports the mapping, which imports this module's users
+
+    capillary = tenant.event_tenant_schema() if kind == "event" else tenant.profile_tenant_schema()
+    key, block = tenant.tenant_block(tenant_id, capillary)
+    schema["properties"][key] = block
     return schema
 
 

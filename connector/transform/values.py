@@ -3,6 +3,7 @@ how the mappings honour AEP's rule that no field may be null or empty (aep-strea
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from math import isfinite
@@ -109,6 +110,26 @@ def key_values(items: Any) -> list[dict[str, Any]] | None:
             if key is not None and value is not None:
                 out.append({"key": key, "value": value})
     return out or None
+
+
+def string_map(value: Any) -> dict[str, str] | None:
+    """An XDM map of strings from an object of attributes or a ``[{key, value}]`` list; nested values
+    become compact JSON text. (The shape of e.g. ``behavioralEventAttributes`` is undocumented.)"""
+    if type(value) is list:
+        pairs = key_values(value)
+        return {p["key"]: p["value"] for p in pairs} if pairs else None
+    if not isinstance(value, Mapping):
+        return None
+    out = {}
+    for key, item in value.items():
+        item = clean(item)
+        if item is not None:
+            out[field_name(str(key))] = item if type(item) is str else text(item) or compact_json(item)
+    return out or None
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def field_name(key: str) -> str:
