@@ -6,6 +6,8 @@
     emulator         the local AEP + IMS + Schema Registry emulator
     produce-samples  publish sample Capillary events to Kafka
     demo             broker + emulator + samples + connector, then a summary
+    xdm export       the XDM field groups and schemas the mapping needs, as files
+    provision        create what the AEP side is missing (namespaces ... dataflows), idempotently
 """
 
 from __future__ import annotations
@@ -143,6 +145,83 @@ def transform(file: object, config: str | None) -> None:
     out = click.get_binary_stream("stdout")
     sent, rejected = dry_run(file.read(), transformer, out, sys.stderr)  # type: ignore[attr-defined]
     click.echo(f"{sent} envelopes, {rejected} records would be dead-lettered", err=True)
+
+
+@main.group()
+def xdm() -> None:
+    """XDM artifacts generated from the mapping."""
+
+
+@xdm.command("export")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--config", "-c", type=click.Path(dir_okay=False), default=None, envvar="CAPILLARY_AEP_CONFIG",
+              help="Take the tenant id and identity namespaces from this configuration (default: capillary).")
+@click.option("--tenant", default=None, help="Tenant id (the _<tenant> namespace); overrides the config's.")
+def xdm_export(directory: str, config: str | None, tenant: str | None) -> None:
+    """Write the Schema Registry and Identity Service request bodies to DIRECTORY (see its README.md)."""
+    from connector.config import ProvisionXdm, ProvisionSettings
+    from connector.provision.export import export
+
+    names = ProvisionXdm()
+    if config:
+        try:
+            names = load_settings(config, ProvisionSettings).xdm
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+    ident = names.identity
+    for path in export(Path(directory), tenant or names.tenant_id, ident.customer_id_namespace,
+                       ident.external_id_namespace, ident.card_namespace):
+        click.echo(str(path))
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="CAPILLARY_AEP_CONFIG",
+              help="The connector's TOML configuration: [aep] org, sandbox, IMS credentials and platform_url; "
+                   "[xdm] tenant and namespaces. Inlet and routes may be missing.")
+@click.option("--dry-run", is_flag=True, help="Look everything up and print the plan; create nothing.")
+@click.option("--write", "write_to", type=click.Path(dir_okay=False), default=None,
+              help="Also write the resulting configuration values (TOML) to this file.")
+@click.option("--prefix", default="Capillary loyalty", show_default=True,
+              help="Names and titles of what is created (and looked up on the next run).")
+def provision(config: str | None, dry_run: bool, write_to: str | None, prefix: str) -> None:
+    """Create what the AEP sandbox is missing, in order, never twice: identity namespaces, tenant field
+    groups, schemas (profile one enabled for Profile), datasets enabled for Profile and Identity, the
+    HTTP API streaming connection and its two dataflows. Prints the connector's AEP settings as TOML.
+
+    Exit codes: 0 done (or planned, with --dry-run); 2 invalid configuration; 8 a Platform API call failed."""
+    from connector.config import ProvisionSettings
+    from connector.provision.artifacts import Names
+    from connector.provision.plan import Provisioner, Request, config_snippet, render_steps
+    from connector.provision.platform import Platform, PlatformError
+
+    try:
+        settings = load_settings(config, ProvisionSettings)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    aep, ident = settings.aep, settings.xdm.identity
+    request = Request(settings.xdm.tenant_id, ident.customer_id_namespace, ident.external_id_namespace,
+                      ident.card_namespace, Names(prefix), aep.authentication_required)
+    platform = Platform(aep.platform_url, aep.org_id, aep.sandbox, aep.ims)
+    click.echo(f"{'Planning' if dry_run else 'Provisioning'} sandbox {aep.sandbox!r} of {aep.org_id} "
+               f"at {aep.platform_url}")
+    provisioner = Provisioner(platform, request, dry_run=dry_run, progress=lambda s: click.echo(render_steps([s])))
+    try:
+        result = provisioner.run()
+    except PlatformError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(8)
+    finally:
+        platform.close()
+    made = len(result.created)
+    click.echo(f"{made} created or updated, {len(result.steps) - made} already there"
+               + (" (dry run: nothing was changed)" if dry_run else ""))
+    snippet = config_snippet(result, settings.xdm.tenant_id)
+    click.echo("\n" + snippet)
+    if write_to:
+        Path(write_to).write_text(snippet)
+        click.echo(f"written to {write_to}")
 
 
 @main.group()

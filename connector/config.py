@@ -98,6 +98,7 @@ class ImsConfig(_Section):
 
 class AepConfig(_Section):
     dcs_url: str = "https://dcs.adobedc.net"
+    platform_url: str = "https://platform.adobe.io"  # Platform APIs (``capillary-aep provision`` only)
     inlet_id: str = Field(..., min_length=1)
     org_id: str = Field(..., pattern=r"^[^@\s]+@AdobeOrg$")
     sandbox: str = "prod"
@@ -273,6 +274,40 @@ class Settings(FileSettings):
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+
+class PlatformAccess(BaseModel):
+    """What ``provision`` reads of ``[aep]``: the rest (inlet, routes) is what it creates."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    platform_url: str = "https://platform.adobe.io"
+    org_id: str = Field(..., pattern=r"^[^@\s]+@AdobeOrg$")
+    sandbox: str = "prod"
+    authentication_required: bool = True
+    ims: ImsConfig = Field(default_factory=ImsConfig)
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> PlatformAccess:
+        if not self.ims.client_id or not self.ims.client_secret.get_secret_value():
+            raise ValueError("ims.client_id and ims.client_secret are required to call the Platform APIs "
+                             f"(set {ENV_PREFIX}AEP__IMS__CLIENT_SECRET or aep.ims.client_secret_file)")
+        return self
+
+
+class ProvisionXdm(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    tenant_id: str = Field("capillary", pattern=r"^[A-Za-z0-9_]+$")
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+
+
+class ProvisionSettings(FileSettings):
+    """``capillary-aep provision`` reads the connector's own configuration file, before its inlet
+    and routes exist: only ``[aep]`` access and ``[xdm]`` names; other tables are ignored."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
+                                      frozen=True, case_sensitive=False)
+    aep: PlatformAccess
+    xdm: ProvisionXdm = Field(default_factory=ProvisionXdm)
 
 
 _TOML_PATH: list[str | None] = [None]
