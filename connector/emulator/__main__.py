@@ -22,6 +22,10 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         overrides["max_stored_messages"] = args.max_stored_messages
     if args.null_check is not None:
         overrides["check_null_or_empty"] = args.null_check
+    if args.strict:
+        overrides["strict_schemas"] = True
+    if args.tenant is not None:
+        overrides["tenant_id"] = args.tenant
     cfg = load_config(args.config, **overrides) if args.config else demo_config(**overrides)
     if args.no_auth:
         for inlet in cfg.inlets:
@@ -43,6 +47,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-stored-messages", type=int, default=None, metavar="N")
     p.add_argument("--null-check", action=argparse.BooleanOptionalAction, default=None,
                    help="count null/empty values in xdmEntity (default: on)")
+    p.add_argument("--strict", action="store_true",
+                   help="reject inlet messages that do not validate against their dataset's schema "
+                        "(datasets created through the emulated Platform APIs, or with a json_schema)")
+    p.add_argument("--tenant", default=None, metavar="ID", help="tenant id of the emulated Schema Registry "
+                   "(default: capillary)")
     return p
 
 

@@ -24,6 +24,7 @@ from connector.emulator.control import control_routes
 from connector.emulator.dcs import TRANSPORT_KEY, Dcs
 from connector.emulator.faults import FaultState
 from connector.emulator.ims import TokenError, TokenIssuer, parse_form
+from connector.emulator.platform import PlatformApi
 from connector.emulator.registry import Registry
 from connector.emulator.store import Store
 from connector.emulator.validation import AsyncValidator
@@ -43,6 +44,7 @@ class Emulator:
         self.registry = Registry()
         self.validator = AsyncValidator()
         self.dcs = Dcs(cfg, self.store, self.faults, self.issuer, self.validator)
+        self.platform = PlatformApi(self)
 
     async def ims_token(self, request: Request) -> Response:
         store, faults = self.store, self.faults
@@ -84,6 +86,7 @@ def create_app(cfg: EmulatorConfig) -> Starlette:
         Route("/ims/token/v3", em.ims_token, methods=["POST"]),
         Route("/ims/token/v2", em.ims_token, methods=["POST"]),  # legacy, same semantics
         *control_routes(em),
+        *em.platform.routes(),
         *(Route(f"/{head}{{rest:path}}", em.registry.handle, methods=registry_methods)
           for head in ("subjects", "schemas", "config", "mode", "compatibility")),
     ]

@@ -113,6 +113,12 @@ class EmulatorConfig(_Model):
     sync_validation_supported: bool = True
     sync_validation_rpm: int = Field(60, ge=1)
 
+    # The tenant namespace (_<tenant_id>) the emulated Schema Registry accepts custom fields under.
+    tenant_id: str = Field("capillary", pattern=r"^[A-Za-z0-9_]+$")
+    # Reject (400) an inlet message that does not validate against its dataset's schema, as AEP
+    # rejects fields the schema lacks; off: only the async validation of accepted messages.
+    strict_schemas: bool = False
+
     max_body_bytes: int = Field(1_048_576, ge=1)  # "1 MB" request cap → 413
     # Count messages with null/empty values in xdmEntity (about a quarter of the per-message cost).
     check_null_or_empty: bool = True

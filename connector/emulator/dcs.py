@@ -108,6 +108,29 @@ class Dcs:
         self.buckets: dict[str, TokenBucket] = {}
         self._seq = 0
 
+    def add_inlet(self, inlet: InletConfig) -> None:
+        """A new inlet (an HTTP API connection created through the emulated Flow Service)."""
+        self.inlets[inlet.inlet_id] = inlet
+
+    def bind_dataset(self, inlet_id: str, dataset_id: str, flow_id: str, dataset: DatasetConfig) -> None:
+        """A dataflow from ``inlet_id`` to ``dataset_id``: messages for it are accepted and validated."""
+        inlet = self.inlets[inlet_id]
+        inlet.datasets[dataset_id] = dataset
+        inlet.flow_ids.append(flow_id)
+        if dataset.json_schema is not None:
+            self.validators[(inlet_id, dataset_id)] = build_validator(dataset.json_schema)
+
+    def _strict_violation(self, inlet: InletConfig, ds_id: str, entity: Any) -> str | None:
+        """``strict_schemas``: the first violations of a message against its dataset's schema, as AEP
+        rejects fields the schema does not define."""
+        validator = self.validators.get((inlet.inlet_id, ds_id))
+        if validator is None:
+            return None
+        errors = violations(validator, entity)
+        if not errors:
+            return None
+        return "schema violation: " + "; ".join(f"{e['pointerToViolation']}: {e['message'][:200]}" for e in errors)
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _txid(self, received_ms: int) -> str:
@@ -388,6 +411,9 @@ class Dcs:
         if fault is not None:
             store.reject("fault_injected", fault[0], fault[1], None, entity.get("_id"))
             return problem(fault[0], "Emulated failure", f"{prefix} {fault[1]}")
+        if self.cfg.strict_schemas and (bad := self._strict_violation(inlet, ds_id, entity)) is not None:
+            store.reject("schema_violation", 400, f"{prefix} {bad}", None, entity.get("_id"))
+            return problem(400, "Invalid XDM Message Format", f"{prefix} {bad}")
 
         sync: dict[str, Any] = {"skipped": True}
         q = request.query_params
@@ -434,6 +460,7 @@ class Dcs:
         accepted: list[Accepted] = []
         accept = accepted.append
         message_faults = self.faults.has_message_faults
+        strict = self.cfg.strict_schemas
         responses: list[dict[str, Any]] = []
         append = responses.append
 
@@ -466,6 +493,9 @@ class Dcs:
                 continue
             if message_faults and (fault := self._message_fault(entity)) is not None:
                 fail(i, fault[0], "fault_injected", fault[1], entity.get("_id"))  # type: ignore[union-attr]
+                continue
+            if strict and (bad := self._strict_violation(inlet, ds_id, entity)) is not None:  # type: ignore[arg-type]
+                fail(i, 400, "schema_violation", bad, entity.get("_id"))  # type: ignore[union-attr]
                 continue
             xaction_id = f"{batch_id}:{i}"
             accept((i, xaction_id, entity, ds_id))  # type: ignore[arg-type]

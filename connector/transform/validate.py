@@ -259,6 +259,17 @@ def _compile_scalar(schema: dict[str, Any]) -> Check:
 def load_schema(kind: Literal["event", "profile"], tenant_id: str, schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
     """The compact schema of one record kind, with the tenant namespace as the mapping declares it
     (:mod:`connector.transform.tenant`), closed like the rest."""
+    schema = standard_schema(kind, schema_dir)
+    from connector.transform import tenant  # here: tenant imports the mapping, which imports this module's users
+
+    capillary = tenant.event_tenant_schema() if kind == "event" else tenant.profile_tenant_schema()
+    key, block = tenant.tenant_block(tenant_id, capillary)
+    schema["properties"][key] = block
+    return schema
+
+
+def standard_schema(kind: Literal["event", "profile"], schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
+    """The compact schema of one record kind: class and standard field groups, no tenant namespace."""
     name = "experienceevent" if kind == "event" else "profile"
     path = schema_dir / f"{name}.json"
     try:
@@ -266,11 +277,6 @@ def load_schema(kind: Literal["event", "profile"], tenant_id: str, schema_dir: P
     except OSError as exc:
         raise FileNotFoundError(f"compact XDM schema {path} is missing ({exc.strerror}); "
                                 "run scripts/build_xdm_schemas.py") from None
-    from connector.transform import tenant  # here: tenant imports the mapping, which imports this module's users
-
-    capillary = tenant.event_tenant_schema() if kind == "event" else tenant.profile_tenant_schema()
-    key, block = tenant.tenant_block(tenant_id, capillary)
-    schema["properties"][key] = block
     return schema
 
 
