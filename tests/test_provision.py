@@ -1,0 +1,237 @@
+"""Day one in AEP: ``xdm export`` produces valid XDM, ``provision`` sets up the (emulated) sandbox
+once and only once, and the connector configured from its output delivers to a strict inlet."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import start_emulator
+from harness import assert_exactly_once, expected_ids, new_group, start_connector
+from jsonschema import FormatChecker
+from jsonschema.validators import Draft7Validator, Draft202012Validator
+from support import ManagedProcess, python_module, wait_until
+
+from connector.config import ImsConfig
+from connector.emulator import config as em
+from connector.produce import produce_events
+from connector.provision import artifacts as art
+from connector.provision.export import export
+from connector.provision.plan import Provisioner, Request, as_dict
+from connector.provision.platform import Platform, PlatformError
+from connector.samples import generate_events, sample_xdm_config
+from connector.transform import Transformer, TransformError
+from connector.transform.tenant import close
+
+ROOT = Path(__file__).resolve().parent.parent
+XDM_ROOT = ROOT.parent / "shared" / "xdm"
+REQUEST = Request("capillary", "CapillaryCustomerId", "CapillaryExternalId", "LoyaltyCardNumber")
+
+
+def _build_script() -> Any:
+    spec = importlib.util.spec_from_file_location("build_xdm_schemas", ROOT / "scripts" / "build_xdm_schemas.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    directory = tmp_path_factory.mktemp("export")
+    export(directory, "capillary", "CapillaryCustomerId", "CapillaryExternalId", "LoyaltyCardNumber")
+    return {p.name: json.loads(p.read_text()) for p in directory.glob("*.json")}
+
+
+def test_the_export_is_valid_xdm_referencing_only_existing_field_groups(exported: dict[str, Any]) -> None:
+    official = _build_script().Resolver(XDM_ROOT).docs
+    titles = {doc["title"] for name, doc in exported.items() if name.startswith("fieldgroup-")}
+    for name in ("fieldgroup-event.json", "fieldgroup-profile.json", "schema-event.json", "schema-profile.json"):
+        Draft7Validator.check_schema(exported[name])
+    for kind in art.KINDS:
+        group = exported[f"fieldgroup-{kind}.json"]
+        assert group["meta:intendedToExtend"] == [art.COMPOSITIONS[kind][0]]
+        assert list(group["definitions"]["capillary"]["properties"]) == ["_capillary"]  # all under the tenant
+        refs = [part["$ref"] for part in exported[f"schema-{kind}.json"]["allOf"]]
+        standard, tenant_ref = refs[:-1], refs[-1]
+        assert all(ref in official for ref in standard), [r for r in standard if r not in official]
+        assert tenant_ref == art.placeholder(group["title"]) and group["title"] in titles
+    assert {n["code"] for n in exported["namespaces.json"]} == {"CapillaryCustomerId", "CapillaryExternalId",
+                                                                "LoyaltyCardNumber"}
+
+
+def _composed(exported: dict[str, Any], kind: str) -> Any:
+    """The exported schema resolved against the official XDM files plus its exported tenant group."""
+    build = _build_script()
+    resolver = build.Resolver(XDM_ROOT)
+    schema: dict[str, Any] = {}
+    for ref in [p["$ref"] for p in exported[f"schema-{kind}.json"]["allOf"]][:-1]:
+        schema = build.merge(schema, resolver.resolve(resolver.document(ref), ref))
+    schema = build.close(schema)
+    group = exported[f"fieldgroup-{kind}.json"]
+    schema["properties"]["_capillary"] = close(group["definitions"]["capillary"]["properties"]["_capillary"])
+    return Draft202012Validator(schema, format_checker=FormatChecker())
+
+
+def test_every_sample_validates_against_the_exported_schemas(exported: dict[str, Any]) -> None:
+    validators = {"event": _composed(exported, "event"), "profile": _composed(exported, "profile")}
+    transformer = Transformer(sample_xdm_config(), org_id="EXAMPLE0RG@AdobeOrg", source_name="test")
+    names: set[str] = set()
+    for raw in generate_events(3000, seed=5):
+        try:
+            messages = transformer.transform(raw)
+        except TransformError:
+            continue
+        for m in messages:
+            errors = [e.message for e in validators[m.kind].iter_errors(m.envelope["body"]["xdmEntity"])]
+            assert errors == [], (m.event_name, m.kind, errors[:3])
+            names.add(m.event_name)
+    assert len(names) == 24
+
+
+def test_an_undeclared_tenant_field_fails_the_exported_schema(exported: dict[str, Any]) -> None:
+    validator = _composed(exported, "event")
+    entity = {"_id": "a", "timestamp": "2024-01-01T00:00:00Z", "eventType": "x",
+              "_capillary": {"capillary": {"eventName": "x", "notDeclared": 1}}}
+    assert any("notDeclared" in e.message for e in validator.iter_errors(entity))
+
+
+# -- provision against the emulator ------------------------------------------------------------------
+
+def _platform(url: str, secret: str = em.DEMO_CLIENT_SECRET) -> Platform:
+    return Platform(url, em.DEMO_ORG_ID, "prod", ImsConfig(url=url, client_id=em.DEMO_CLIENT_ID,
+                                                            client_secret=secret))
+
+
+def _provision(url: str, dry_run: bool = False) -> Any:
+    platform = _platform(url)
+    try:
+        return Provisioner(platform, REQUEST, dry_run=dry_run).run()
+    finally:
+        platform.close()
+
+
+def test_provision_creates_everything_once_and_a_second_run_nothing(tmp_path: Path) -> None:
+    emulator = start_emulator(tmp_path, "--strict")
+    try:
+        planned = _provision(emulator.url, dry_run=True)
+        assert {s.action for s in planned.steps} == {"would create", "would update"}
+        assert emulator.http.get("/__emulator/platform").json()["creates"] == 0  # a dry run changes nothing
+
+        first = _provision(emulator.url)
+        inventory = emulator.http.get("/__emulator/platform").json()
+        assert inventory["creates"] == len(first.created) == 16
+        assert inventory["schemas"] == {"Capillary loyalty events": [], "Capillary loyalty profiles": ["union"]}
+        assert len(inventory["flows"]) == 2 and len(inventory["datasets"]) == 2
+        assert first.inlet_id and first.inlet_url.endswith(first.inlet_id)
+
+        second = _provision(emulator.url)
+        assert second.created == [] and {s.action for s in second.steps} == {"exists"}
+        assert as_dict(second) == as_dict(first)
+        assert emulator.http.get("/__emulator/platform").json()["creates"] == 16
+    finally:
+        emulator.proc.stop()
+
+
+def test_the_strict_inlet_rejects_a_field_the_provisioned_schema_lacks(tmp_path: Path) -> None:
+    emulator = start_emulator(tmp_path, "--strict")
+    try:
+        ids = as_dict(_provision(emulator.url))
+        transformer = Transformer(sample_xdm_config(), org_id=em.DEMO_ORG_ID, source_name="test")
+        [envelope, *_] = next(m for m in map(_try(transformer), generate_events(50, seed=2)) if m)
+        header = envelope.envelope["header"]
+        header.update(datasetId=ids["dataset_ids"]["event"], flowId=ids["flow_ids"]["event"])
+        header["schemaRef"] = envelope.envelope["body"]["xdmMeta"]["schemaRef"] = {
+            "id": ids["schema_ids"]["event"], "contentType": art.XED_FULL}
+        good = envelope.envelope
+        bad = json.loads(json.dumps(good))
+        bad["body"]["xdmEntity"]["_capillary"]["capillary"]["notInTheSchema"] = "x"
+        token = httpx.post(f"{emulator.url}/ims/token/v3", data={
+            "grant_type": "client_credentials", "client_id": em.DEMO_CLIENT_ID,
+            "client_secret": em.DEMO_CLIENT_SECRET, "scope": "openid"}).json()["access_token"]
+        r = httpx.post(f"{emulator.url}/collection/batch/{ids['inlet_id']}", json={"messages": [good, bad]},
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 207
+        good_answer, bad_answer = r.json()["responses"]
+        assert "xactionId" in good_answer and "statusCode" not in good_answer
+        assert bad_answer["statusCode"] == 400 and "notInTheSchema" in bad_answer["message"]
+    finally:
+        emulator.proc.stop()
+
+
+def _try(transformer: Transformer) -> Any:
+    def run(raw: dict[str, Any]) -> Any:
+        try:
+            return transformer.transform(raw)
+        except TransformError:
+            return None
+    return run
+
+
+def test_the_connector_configured_from_provision_delivers_to_the_strict_inlet(broker, prefix, tmp_path) -> None:
+    emulator = start_emulator(tmp_path, "--strict")
+    try:
+        provisioned = as_dict(_provision(emulator.url))
+        events = generate_events(240, seed=13)
+        produce_events(broker, events, "mixed", registry_url=emulator.url, topic_prefix=prefix)
+        c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=new_group(),
+                            provisioned=provisioned)
+        c.wait_acknowledged(len(events))
+        want = expected_ids(events)
+        wait_until(lambda: sum(emulator.ids().values()) >= sum(want.values()), 30, what="all messages at the inlet")
+        assert c.stop() == 0
+        stats = emulator.stats()
+        assert stats["messages_rejected"] == 0, stats.get("rejections_by_reason")
+        assert c.metric("capillary_aep_records_dead_lettered_total") == 0
+        assert_exactly_once(emulator.ids(), events)
+        datasets = {m["envelope"]["header"]["datasetId"] for m in emulator.messages()}
+        assert datasets == set(provisioned["dataset_ids"].values())
+    finally:
+        emulator.proc.stop()
+
+
+def test_provision_cli_writes_the_config_and_fails_clearly(tmp_path: Path) -> None:
+    emulator = start_emulator(tmp_path)
+    try:
+        config = tmp_path / "connector.toml"
+        config.write_text(f'[aep]\nplatform_url = "{emulator.url}"\norg_id = "{em.DEMO_ORG_ID}"\n'
+                          f'[aep.ims]\nurl = "{emulator.url}"\nclient_id = "{em.DEMO_CLIENT_ID}"\n'
+                          '[kafka]\nbootstrap_servers = "127.0.0.1:1"\n')
+        out = tmp_path / "aep.toml"
+        env = {"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET}
+        proc = ManagedProcess(python_module("connector", "provision", "--config", str(config), "--write", str(out)),
+                              env=env, log_path=tmp_path / "provision.log")
+        assert proc.wait(60) == 0, proc.log_text()
+        written = tomllib.loads(out.read_text())
+        assert written["aep"]["inlet_id"] and written["xdm"]["event"]["flow_id"]
+        assert written["aep"]["dcs_url"] == emulator.url
+
+        bad = ManagedProcess(python_module("connector", "provision", "--config", str(config)),
+                             env={"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": "wrong-secret"},
+                             log_path=tmp_path / "provision-bad.log")
+        assert bad.wait(60) == 8
+        text = bad.log_text()
+        assert "IMS" in text and "wrong-secret" not in text and "Traceback" not in text
+    finally:
+        emulator.proc.stop()
+
+
+def test_a_platform_error_names_the_call_and_never_the_secret(tmp_path: Path) -> None:
+    emulator = start_emulator(tmp_path)
+    try:
+        platform = _platform(emulator.url, secret="s3cr3t-value")
+        with pytest.raises(PlatformError) as info:
+            platform.namespaces()
+        assert "IMS" in str(info.value) and "s3cr3t-value" not in str(info.value)
+        platform.close()
+    finally:
+        emulator.proc.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
