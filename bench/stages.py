@@ -108,7 +108,11 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
     for sid, text in enumerate(registry.schemas, start=1):
         if sid not in parsed:
             parsed[sid] = parse_schema(orjson.loads(text))
-    p.processor.decoder._registry_lookup = parsed.get  # noqa: SLF001
+    # Works on the stages layout and, for --ab against older revisions, on the one before it.
+    processor = p.processing.processor if hasattr(p, "processing") else p.processor
+    dispatch, collect = (p.delivery.dispatch, p.delivery.collect) if hasattr(p, "delivery") else (
+        p._dispatch, p._collect)  # noqa: SLF001
+    processor.decoder._registry_lookup = parsed.get  # noqa: SLF001
 
     def deliver(records: list[Any], _cancel: Any) -> BatchResult:
         encode_body(m for r in records for m in r.messages)
@@ -117,7 +121,7 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
     p.sink.deliver = deliver  # type: ignore[method-assign]
     if stub is not None:
         # The transform replaced by a lookup of its output: what is left is the pipeline's own cost.
-        p.processor.transformer.transform = lambda ev: stub[ev["eventId"]]  # type: ignore[method-assign]
+        processor.transformer.transform = lambda ev: stub[ev["eventId"]]  # type: ignore[method-assign]
     p.source = src.factory(s.kafka, p._on_assign, p._on_revoke, p._on_lost)  # noqa: SLF001
     n = len(msgs)
     t0 = time.process_time()
@@ -128,8 +132,8 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
             raise RuntimeError("pipeline pass did not finish")
     # drain what is still lingering in lanes
     while p.batcher.queued() or p.inflight:
-        p._dispatch(time.monotonic(), flush=True)  # noqa: SLF001
-        p._collect()  # noqa: SLF001
+        dispatch(time.monotonic(), flush=True)
+        collect()
         p._store()  # noqa: SLF001
     took = time.process_time() - t0
     ends: dict[tuple[str, int], int] = {}
@@ -137,7 +141,7 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
         ends[(m._topic, m._partition)] = m._offset + 1  # noqa: SLF001
     if src.stored != ends:
         raise RuntimeError("stored offsets do not reach the end of every partition")
-    p.executor.shutdown(wait=True)
+    (p.delivery.executor if hasattr(p, "delivery") else p.executor).shutdown(wait=True)
     p.client.close()
     return took
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from connector.config import ConfigError, Settings, load_settings
+from connector.errors import Stage
 
 
 def _load(config: str | None) -> Settings:
@@ -133,17 +134,19 @@ def demo(count: int, workdir: str, timeout: float) -> None:
               help="Use this configuration's routes and identity settings (default: placeholders).")
 def transform(file: object, config: str | None) -> None:
     """Dry run: print the XDM envelopes FILE's events would become (JSON lines or Avro; - for stdin)."""
+    from connector.config import BatchConfig, DecodeConfig
     from connector.dryrun import dry_run
+    from connector.process import ProcessorSpec, RecordProcessor
     from connector.samples import sample_xdm_config
-    from connector.transform import Transformer
 
     if config:
-        settings = _load(config)
-        transformer = Transformer(settings.xdm, org_id=settings.aep.org_id, source_name=settings.aep.source_name)
+        s = _load(config)
+        spec = ProcessorSpec(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size)
     else:
-        transformer = Transformer(sample_xdm_config(), org_id="EXAMPLE0RG@AdobeOrg", source_name="dry-run")
+        spec = ProcessorSpec(DecodeConfig(), sample_xdm_config(), "EXAMPLE0RG@AdobeOrg", "dry-run",
+                             BatchConfig().max_record_size)
     out = click.get_binary_stream("stdout")
-    sent, rejected = dry_run(file.read(), transformer, out, sys.stderr)  # type: ignore[attr-defined]
+    sent, rejected = dry_run(file.read(), RecordProcessor(spec), out, sys.stderr)  # type: ignore[attr-defined]
     click.echo(f"{sent} envelopes, {rejected} records would be dead-lettered", err=True)
 
 
@@ -245,7 +248,7 @@ def _parse_time(value: str | None) -> int | None:
 @dlq.command()
 @click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="CAPILLARY_AEP_CONFIG")
 @click.option("--reason", multiple=True, help="Only letters with this dlq.reason (repeatable).")
-@click.option("--stage", multiple=True, type=click.Choice(["decode", "transform", "validate", "deliver"]))
+@click.option("--stage", multiple=True, type=click.Choice([stage.value for stage in Stage]))
 @click.option("--since", default=None, help="Dead-lettered at or after (ISO 8601 or epoch ms).")
 @click.option("--until", default=None, help="Dead-lettered before (ISO 8601 or epoch ms).")
 @click.option("--to-topic", default=None, help="Publish here instead of each letter's source topic.")

@@ -19,10 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
+from connector.errors import ConnectorError
+from connector.topics import DEFAULT_DLQ_TOPIC, DEFAULT_SUBSCRIPTION
+
 ENV_PREFIX = "CAPILLARY_AEP__"
 
 
-class ConfigError(Exception):
+class ConfigError(ConnectorError):
     """Raised when the configuration cannot be loaded; the message names each bad key."""
 
 
@@ -34,7 +37,7 @@ class KafkaConfig(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "capillary-aep-connector"
     # Topic names, or one entry starting with "^" for a regex subscription.
-    topics: list[str] = Field(default_factory=lambda: [r"^capillary\.events\..*"], min_length=1)
+    topics: list[str] = Field(default_factory=lambda: [DEFAULT_SUBSCRIPTION], min_length=1)
     auto_offset_reset: Literal["earliest", "latest", "error"] = "earliest"
     session_timeout_ms: int = Field(45_000, ge=1_000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
@@ -42,7 +45,7 @@ class KafkaConfig(_Section):
     consume_batch: int = Field(1_000, ge=1, le=100_000)
     consume_timeout_s: float = Field(0.1, gt=0, le=5)
     group_instance_id: str | None = None
-    dlq_topic: str = "capillary.dlq"  # outside the default subscription
+    dlq_topic: str = DEFAULT_DLQ_TOPIC  # outside the default subscription
     # Raw librdkafka properties merged last into the consumer and producer configs.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
@@ -177,6 +180,13 @@ class BatchConfig(_Section):
     # Send one profile record per customer and route per request, merging its updates in offset
     # order (connector/coalesce.py): AEP does not apply a request's profile records in order.
     coalesce_profiles: bool = True
+
+    @property
+    def max_record_size(self) -> int:
+        """A record whose messages take more than this can never fit in a request."""
+        from connector.batch import WRAPPER_BYTES  # here: batch imports this module
+
+        return self.max_bytes - WRAPPER_BYTES
 
 
 class DeliveryConfig(_Section):

@@ -11,13 +11,11 @@ from collections.abc import Iterator
 from io import BytesIO
 from typing import IO, Any
 
-import orjson
 from fastavro import reader as avro_reader
 
-from connector.avro_schemas import LocalSchemas
 from connector.decode import Decoder
-from connector.errors import DecodeError
-from connector.transform import Transformer, TransformError
+from connector.errors import DecodeError, Stage
+from connector.process import Encoded, Outcome, RecordProcessor, Rejected
 
 AVRO_CONTAINER_MAGIC = b"Obj\x01"
 
@@ -46,24 +44,20 @@ def read_events(data: bytes, decoder: Decoder) -> Iterator[tuple[int, Any]]:
             yield n, exc
 
 
-def dry_run(data: bytes, transformer: Transformer, out: IO[bytes], err: IO[str],
-            schemas: LocalSchemas | None = None) -> tuple[int, int]:
-    """Write envelopes to ``out`` and rejections to ``err``; returns (messages, rejected records)."""
-    decoder = Decoder(schemas or LocalSchemas.load())
+def dry_run(data: bytes, processor: RecordProcessor, out: IO[bytes], err: IO[str]) -> tuple[int, int]:
+    """Write envelopes to ``out`` and rejections to ``err``; returns (messages, rejected records).
+    The records go through the connector's own decode → transform → encode (connector.process)."""
     sent = rejected = 0
-    for n, item in read_events(data, decoder):
+    for n, item in read_events(data, processor.decoder):
         if isinstance(item, DecodeError):
+            outcome: Outcome = Rejected(Stage.DECODE, "DecodeError", item.reason, item.detail)
+        else:
+            outcome = processor.events([item], "file")
+        if type(outcome) is Rejected:
             rejected += 1
-            err.write(f"record {n}: dead letter (decode/{item.reason}): {item.detail}\n")
-            continue
-        try:
-            messages = transformer.transform(item)
-        except TransformError as exc:
-            rejected += 1
-            stage = "validate" if exc.reason == "xdm_invalid" else "transform"
-            err.write(f"record {n}: dead letter ({stage}/{exc.reason}): {exc.detail}\n")
-            continue
-        for m in messages:
-            out.write(orjson.dumps(m.envelope) + b"\n")
-            sent += 1
+            err.write(f"record {n}: dead letter ({outcome.stage}/{outcome.reason}): {outcome.detail}\n")
+        elif type(outcome) is Encoded:
+            for body in outcome.bodies:
+                out.write(body + b"\n")
+            sent += len(outcome.bodies)
     return sent, rejected

@@ -1,16 +1,25 @@
-"""Exception tree. The pipeline decides what to do by the type it catches, not by status codes:
+"""The connector's exceptions, pipeline stages and exit codes, each defined once.
+
+The pipeline decides what to do by the type it catches, never by a message or a status code::
 
     ConnectorError
-    ├── DecodeError          a record that can never be decoded        → dead-letter (stage "decode")
-    ├── TransientError       retry with backoff; never dead-letter, never commit
-    │   └── RegistryUnavailable   the schema registry cannot be reached
-    └── AuthFailure          credentials rejected after a token refresh → stop consuming, unhealthy
+    ├── ConfigError              bad configuration: the process does not start (exit 2), key and reason named
+    ├── DecodeError              a record that can never be decoded         → dead-letter (stage "decode")
+    ├── TransformError           a record that can never become valid XDM   → dead-letter ("transform"/"validate")
+    │                            (connector.transform.errors: the transform imports nothing of the pipeline)
+    ├── TransientError           goes away by itself: retry with backoff; never dead-letter, never commit
+    │   └── RegistryUnavailable  the Schema Registry cannot be reached       → stop without committing (exit 3)
+    ├── AuthFailure              IMS or the inlet rejects our credentials    → pause, unhealthy, probe every 30 s
+    ├── WorkerCrashed            transform workers keep dying                → stop without committing (exit 5)
+    └── PlatformError            a Platform API call of ``provision`` failed  (connector.provision.platform; exit 8)
 
-``connector.transform.TransformError`` (stage "transform"/"validate") lives with the transform so
-that it stays free of pipeline imports.
+Problems that are states rather than exceptions (a stalled partition, an unusable dead-letter topic, a
+sender that keeps failing) are reported by the pipeline: log line, metric, and an :class:`ExitCode`.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum, StrEnum
 
 
 class ConnectorError(Exception):
@@ -40,3 +49,30 @@ class RegistryUnavailable(TransientError):
 
 class AuthFailure(ConnectorError):
     """IMS or the inlet rejected our credentials even after a fresh token."""
+
+
+class WorkerCrashed(ConnectorError):
+    """Worker processes keep dying: stop rather than spin."""
+
+
+class Stage(StrEnum):
+    """Where a record was dead-lettered (the ``dlq.stage`` header, the metrics' ``stage`` label)."""
+
+    DECODE = "decode"
+    TRANSFORM = "transform"
+    VALIDATE = "validate"  # pre-flight XDM validation
+    DELIVER = "deliver"  # AEP rejected it, or it cannot fit in a request
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the ``capillary-aep`` commands (README, docs/operations.md). ``run`` commits what
+    was acknowledged before it stops, whatever the code, and nothing else."""
+
+    OK = 0
+    CONFIG = 2  # invalid configuration
+    REGISTRY = 3  # the Schema Registry cannot be reached
+    CONSUMER = 4  # fatal consumer error (e.g. max.poll.interval.ms exceeded)
+    WORKERS = 5  # transform workers crash in a loop
+    DLQ = 6  # the dead-letter topic cannot take letters (authorization, unknown topic, size)
+    SENDER = 7  # the sender keeps failing with an internal error
+    PLATFORM = 8  # provision: a Platform API call failed

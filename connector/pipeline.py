@@ -1,28 +1,32 @@
-"""The worker: source → decode → transform → batch → sink, with offsets stored only after delivery.
+"""The pipeline: source → processing → batch → delivery, with offsets stored only after delivery.
 
-One thread polls Kafka, decodes, transforms and batches (CPU work is GIL-bound anyway); a small
-pool of sender threads, one per lane, does the HTTP. Everything that touches the consumer (store,
-pause, resume, rebalance callbacks) happens on the polling thread, as librdkafka requires.
+It composes the stages and owns what joins them (docs/architecture.md traces one record):
+
+* the **source** (connector.source): the Kafka consumer, on this thread, as librdkafka requires for
+  store, pause, resume and the rebalance callbacks;
+* **processing** (connector.processing): decode → transform → encode, inline or in worker processes;
+* the **batcher** (connector.batch) and **delivery** (connector.delivery): per-lane batches, sent by
+  sender threads through the sink;
+* the **offset tracker** (connector.offsets) and the **dead-letter writer** (connector.dlq).
 
 Delivery guarantee (at least once): a record's offset is released for commit only when every XDM
 message made from it was accepted by AEP, or the record was confirmed written to the dead-letter
 topic. Duplicates happen after a crash, a revoke whose in-flight batch outlived its deadline, or a
-partial 207 retry; they carry the same deterministic ``_id``.
+partial 207 retry; they carry the same deterministic ``_id``. Running and draining share one loop
+body (:meth:`Pipeline._step`); the drain only stops reading and flushes.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from collections import Counter as Tally
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -31,56 +35,29 @@ from confluent_kafka import KafkaError
 from connector.auth import TokenProvider
 from connector.batch import Batcher, PendingRecord
 from connector.config import Settings
+from connector.delivery import Delivery
 from connector.dlq import DeadLetter, DeadLetterWriter
-from connector.errors import AuthFailure, RegistryUnavailable, TransientError
+from connector.errors import AuthFailure, ExitCode, RegistryUnavailable, Stage, TransientError, WorkerCrashed
+from connector.governor import Governor
 from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
-from connector.placement import HELD, Placement
+from connector.process import Empty, Encoded, Outcome, ProcessorSpec
+from connector.processing import Entry, make_processing
 from connector.registry import RegistryLookup
-from connector.governor import Governor
-from connector.sink import BatchResult, Sink
+from connector.sink import MessageFailure, Sink
 from connector.source import LAG, Source, producer_config
 from connector.transform.events import SPECS
-from connector.workers import (
-    EMPTY,
-    OK,
-    Outcome,
-    ProcessorSpec,
-    RecordProcessor,
-    WorkerCrashed,
-    WorkerPool,
-    resolve_workers,
-    tune_malloc,
-)
+from connector.workers import resolve_workers, tune_malloc
 
 log = logging.getLogger(__name__)
 
 _AUTH_PROBE_INTERVAL_S = 30.0
 _SWITCH_INTERVAL_S = 0.001
 _CLOSE_TIMEOUT_S = 5.0  # consumer close (leave the group, final commit): part of the shutdown bound
-_FULL_CHUNK = 256  # records: a chunk worth queueing behind the one a worker is on
-_MAX_CHUNK = 1_000  # records per chunk: bounds the memory of a hand-off on both sides
-_PLACEMENT_INTERVAL_S = 1.0  # how often the workers' loads are compared (see connector.placement)
 _HOUSEKEEPING_INTERVAL_S = 1.0  # stall check, catch-up ETA and worker memory, once a second
 _ETA_WINDOW_S = 60.0  # the catch-up ETA divides the lag by the acknowledgement rate over this window
-_MAX_SENDER_ERRORS = 3  # batches in a row whose sender raised: then stop (exit code 7), not spin
-
-# Exit codes of ``capillary-aep run`` (README, docs/operations.md). Every one commits what was
-# acknowledged before it stops, and nothing else.
-EXIT_OK = 0
-EXIT_REGISTRY = 3  # the Schema Registry cannot be reached
-EXIT_CONSUMER = 4  # fatal consumer error (e.g. max.poll.interval.ms exceeded)
-EXIT_WORKERS = 5  # transform workers crash in a loop
-EXIT_DLQ = 6  # the dead-letter topic cannot take letters (authorization, unknown topic, size)
-EXIT_SENDER = 7  # the sender keeps failing with an internal error
-
-
-@dataclass(slots=True)
-class _InFlight:
-    future: Future[BatchResult]
-    cancel: threading.Event
-    tps: frozenset[TopicPartition]
-    records: list[PendingRecord]
+# What stops the pipeline on its own, by the exception that says so.
+_FATAL = {RegistryUnavailable: ExitCode.REGISTRY, WorkerCrashed: ExitCode.WORKERS}
 
 
 class Pipeline:
@@ -94,14 +71,7 @@ class Pipeline:
         self.workers = resolve_workers(s.processing.workers)
         # Writer schemas are fetched here, on the consumer's side, in both modes (workers do no I/O).
         self.registry_lookup = RegistryLookup(s.decode.schema_registry_url) if s.decode.schema_registry_url else None
-        # Decode → transform → encode on this thread when there are no workers; with workers the
-        # consumer process keeps no transformer (its validator and schemas would be unused memory).
-        self.processor = RecordProcessor(self.spec, self.registry_lookup) if self.workers == 0 else None
-        self.pool: WorkerPool | None = None  # started by run()
-        self.placement = Placement(max(1, self.workers))
-        self._next_placement = 0.0
-        self._chunks: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # seq → records at a worker
-        self._waiting: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # worker → records for its next chunk
+        self.processing = make_processing(self.workers, self.spec, self.registry_lookup, self._integrate)
         self.client = httpx.Client(
             timeout=httpx.Timeout(s.delivery.request_timeout_s, connect=s.delivery.connect_timeout_s),
             limits=httpx.Limits(max_connections=s.batch.lanes + 1, max_keepalive_connections=s.batch.lanes + 1,
@@ -112,25 +82,32 @@ class Pipeline:
         self.sink = Sink(s.aep, s.delivery, self.client, self.tokens, s.batch.lanes,
                          coalesce_profiles=s.batch.coalesce_profiles, max_bytes=s.batch.max_bytes,
                          governor=self.governor)
+        self.delivery = Delivery(self.batcher, self.sink, self.tracker, delivered=self._delivered,
+                                 rejected=self._rejected, sender_failing=lambda why: self._stop(ExitCode.SENDER, why))
+        self.dlq = DeadLetterWriter(s.kafka.dlq_topic, producer_config(s.kafka))
         self._ack_samples: deque[tuple[float, int]] = deque()  # (time, acknowledged so far), last minute
         METRICS.catchup_objective.set(s.delivery.catchup_objective_s)
-        self.executor = ThreadPoolExecutor(max_workers=s.batch.lanes, thread_name_prefix="sender")
-        self.inflight: dict[int, _InFlight] = {}
-        self.dlq = DeadLetterWriter(s.kafka.dlq_topic, producer_config(s.kafka))
         self._source_factory = source_factory
         self.source: Any = None
         self.paused = False
         self.stop_event = threading.Event()
         self.last_loop = time.monotonic()
-        self.exit_code = 0
+        self.exit_code: int = ExitCode.OK
+        self.stop_reason = ""  # why the pipeline stopped on its own (for /readyz and the log)
         self._last_auth_probe = 0.0
-        self._next_housekeeping = 0.0  # stall check, catch-up ETA, worker memory
+        self._next_housekeeping = 0.0
         self._stall_logged: dict[TopicPartition, float] = {}
         self._dropped_logged: set[str] = set()
-        self.sender_errors = 0  # batches in a row whose sender raised
-        self.stop_reason = ""  # why the pipeline stopped on its own (for /readyz and the log)
         self._topic_counters: dict[str, Any] = {}
         self._decoded_counters: dict[tuple[str, str], Any] = {}
+
+    @property
+    def inflight(self) -> dict[int, Any]:
+        return self.delivery.inflight
+
+    @property
+    def sender_errors(self) -> int:
+        return self.delivery.sender_errors
 
     # == lifecycle ===========================================================================
     def install_signal_handlers(self) -> None:
@@ -148,14 +125,10 @@ class Pipeline:
         # wants the GIL back, several times per request. 1 ms keeps requests short and lanes
         # moving (bench/run.py --mode steady: p50 2.5 s -> 0.8 s at 3k records/s on 2 cores).
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
-        self.source = self._source_factory(
-            self.settings.kafka, self._on_assign, self._on_revoke, self._on_lost
-        )
+        self.source = self._source_factory(self.settings.kafka, self._on_assign, self._on_revoke, self._on_lost)
         METRICS.up.set(1)
         METRICS.transform_workers.set(self.workers)
-        if self.workers:
-            self.pool = WorkerPool(self.workers, self.spec, self.registry_lookup)
-            log.info("decoding and transforming in %d worker processes (pids %s)", self.workers, self.pool.pids)
+        self.processing.start()
         self._probe_auth(force=True)
         # Everything built so far (modules, compiled validator, schemas, clients) lives as long as the
         # process: keep it out of the cyclic GC's full collections, which otherwise walk it all
@@ -165,57 +138,67 @@ class Pipeline:
         try:
             while not self.stop_event.is_set():
                 self.run_once()
-        except RegistryUnavailable as exc:
-            log.error("%s: stopping without committing the undecoded records", exc)
-            self._stop(EXIT_REGISTRY, str(exc))
-        except WorkerCrashed as exc:
-            log.error("%s: stopping without committing the records they had", exc)
-            self._stop(EXIT_WORKERS, str(exc))
+        except tuple(_FATAL) as exc:
+            self._fatal(exc)
         finally:
             self._shutdown()
             METRICS.up.set(0)
         return self.exit_code
 
     def run_once(self) -> None:
-        pool = self.pool
-        if pool is not None and sum(map(len, self._waiting.values())) >= _MAX_CHUNK * len(pool):
-            msgs = []  # the workers are the bottleneck: wait for them instead of reading further ahead
-            self._collect_outcomes(0.01)
+        processing = self.processing
+        if processing.full():
+            msgs: list[Any] = []  # the workers are the bottleneck: wait for them, not for Kafka
+            wait_s = 0.015
         else:
             # With chunks at the workers, do not sit in the consumer's wait while answers are due.
-            msgs = self.source.consume(0.0 if pool is not None and pool.outstanding else None)
+            msgs = self.source.consume(0.0 if processing.outstanding else None)
+            wait_s = 0.0 if msgs else 0.005
+        self._step(msgs, wait_s, draining=False)
+
+    def _step(self, msgs: list[Any], wait_s: float, *, draining: bool) -> None:
+        """One turn of the loop, running or draining: take in what was consumed, hand over what the
+        workers answered, complete and start requests, store what is acknowledged."""
         now = time.monotonic()
         self.last_loop = now
         if msgs:
-            self._ingest(msgs, now)
-        if pool is not None and pool.outstanding:
-            self._collect_outcomes(0.0 if msgs else 0.005)
-        if pool is not None and now >= self._next_placement:
-            self._next_placement = now + _PLACEMENT_INTERVAL_S
-            self._balance_workers()
-        self._collect()
-        self._dispatch(now)
+            self._ingest(msgs)
+        self.processing.poll(wait_s)
+        if not draining:
+            self.processing.rebalance(now)
+        self.delivery.collect()
+        self.delivery.dispatch(now, flush=draining)
         self.dlq.poll(0)
         self._check_dlq()
         self._store()
+        if draining:
+            return
         self._backpressure()
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + _HOUSEKEEPING_INTERVAL_S
-            self._check_stalls(now)
-            self._catchup_eta(now)
-            if self.pool is not None:
-                METRICS.worker_memory.set(sum(map(_rss_bytes, self.pool.pids)))
+            self._housekeeping(now)
         # While idle no sender refreshes the token: renew it here so /readyz stays truthful.
         if self.sink.auth_failed or (self.tokens is not None and not self.inflight and not self.tokens.valid()):
             self._probe_auth()
 
-    # == ingest: decode → transform → encode (here or in workers) → batch ======================
-    def _ingest(self, msgs: list[Any], now: float) -> None:
-        """Track what was consumed, then process it: on this thread, or in the worker owning each
-        partition (its outcomes come back through ``_collect_outcomes``)."""
+    def _fatal(self, exc: Exception) -> None:
+        code = next(code for cls, code in _FATAL.items() if isinstance(exc, cls))
+        log.error("%s: stopping; what is not acknowledged is not committed", exc)
+        self._stop(code, str(exc))
+
+    def _stop(self, code: int, reason: str) -> None:
+        """Stop on our own: the drain is skipped, what was acknowledged is committed."""
+        if self.exit_code == ExitCode.OK:
+            self.exit_code = code
+            self.stop_reason = reason
+        self.stop_event.set()
+
+    # == ingest: consumed records → processing → batch ========================================
+    def _ingest(self, msgs: list[Any]) -> None:
+        """Track what was consumed, then hand it to processing (outcomes come back to _integrate)."""
         received = self.tracker.received
         consumed: list[str] = []
-        entries: list[tuple[Any, TopicPartition, int]] = []
+        entries: list[Entry] = []
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -230,136 +213,43 @@ class Pipeline:
             entries.append((m, tp, epoch))
         for topic, n in Tally(consumed).items():
             METRICS.records_consumed.labels(topic).inc(n)
-        if not entries:
-            return
-        pool = self.pool
-        if pool is None:
-            assert self.processor is not None
-            self._integrate(entries, self.processor.run([e[0].value() for e in entries]), now)
-            return
-        waiting = self._waiting
-        owner = self.placement.owner
-        for e in entries:
-            waiting.setdefault(owner(e[1]), []).append(e)
-        self.placement.count(e[1] for e in entries)
-        self._feed_workers()
+        if entries:
+            self.processing.submit(entries)
 
-    def _feed_workers(self) -> None:
-        """Send each worker the records waiting for it, as one chunk, when it is idle, or when it
-        is busy with one chunk and a full one is ready. Under load, records pile up while a worker
-        works, so chunks grow with the rate (fewer, cheaper hand-offs); at a trickle, each goes at
-        once (latency)."""
-        pool = self.pool
-        assert pool is not None
-        for worker_no in list(self._waiting):
-            if worker_no == HELD:
-                continue
-            chunk = self._waiting[worker_no]
-            busy = pool.busy(worker_no)
-            if busy == 0 or (busy == 1 and len(chunk) >= _FULL_CHUNK):
-                if len(chunk) > _MAX_CHUNK:
-                    self._waiting[worker_no] = chunk[_MAX_CHUNK:]
-                    chunk = chunk[:_MAX_CHUNK]
-                else:
-                    del self._waiting[worker_no]
-                self._chunks[pool.submit(worker_no, [e[0].value() for e in chunk])] = chunk
-
-    def _balance_workers(self) -> None:
-        """Move one partition from the busiest worker to the least busy one if the load is uneven
-        (``connector.placement``): hold its records until the old worker is done with it."""
-        move = self.placement.plan()
-        if move is None:
-            return
-        tp, src, dst = move
-        self.placement.hold(tp, dst)
-        # Records of tp waiting for the old worker are held too, ahead of any that arrive later.
-        self._shift_waiting(tp, src, HELD)
-        log.debug("moving %s[%d] from transform worker %d to %d", tp[0], tp[1], src, dst)
-        self._release_moved()
-
-    def _release_moved(self) -> None:
-        """Partitions on the move whose old worker has answered every chunk holding them: theirs
-        are the records held, in order, and every later one."""
-        pool = self.pool
-        assert pool is not None
-        for tp, (src, _dst) in list(self.placement.moving.items()):
-            if any(e[1] == tp for seq in pool.pending(src) for e in self._chunks[seq]):
-                continue
-            self._shift_waiting(tp, HELD, self.placement.release(tp))
-            METRICS.partition_moves.inc()
-
-    def _shift_waiting(self, tp: TopicPartition, src: int, dst: int) -> None:
-        """Move tp's waiting records from one list to the end of another, in order."""
-        chunk = self._waiting.get(src)
-        if not chunk:
-            return
-        mine = [e for e in chunk if e[1] == tp]
-        if not mine:
-            return
-        rest = [e for e in chunk if e[1] != tp]
-        if rest:
-            self._waiting[src] = rest
-        else:
-            del self._waiting[src]
-        self._waiting.setdefault(dst, []).extend(mine)
-
-    def _drop_waiting(self, tps: set[TopicPartition]) -> None:
-        """Records of revoked partitions not yet sent to a worker: not worth transforming (those at
-        a worker are dropped when their outcomes come back, by epoch). Their placement is forgotten
-        too, a move under way included."""
-        self.placement.forget(tps)
-        for worker_no, chunk in list(self._waiting.items()):
-            keep = [e for e in chunk if e[1] not in tps]
-            if keep:
-                self._waiting[worker_no] = keep
-            else:
-                del self._waiting[worker_no]
-
-    def _collect_outcomes(self, timeout: float) -> None:
-        if self.pool is not None:
-            if self.pool.collect(timeout, self._on_outcomes) and self.placement.moving:
-                self._release_moved()
-            if self._waiting:
-                self._feed_workers()
-
-    def _on_outcomes(self, seq: int, outcomes: list[Outcome]) -> None:
-        self._integrate(self._chunks.pop(seq), outcomes, time.monotonic())
-
-    def _integrate(self, entries: list[tuple[Any, TopicPartition, int]], outcomes: list[Outcome],
-                   now: float) -> None:
+    def _integrate(self, entries: list[Entry], outcomes: list[Outcome]) -> None:
         # The hot loop: per record only what must be per record. Metric labels are collected in
         # lists and counted once per chunk (Counter counts a list in C).
+        now = time.monotonic()
         epoch_of = self.tracker.epoch
-        ack = self.tracker.ack
         add = self.batcher.add
         decoded: list[tuple[str, str]] = []
         transformed: list[tuple[str, str]] = []
         for (m, tp, epoch), o in zip(entries, outcomes):
             if epoch_of(tp) != epoch:
                 continue  # revoked while a worker had it: the next owner reads it again
-            kind = o[0]
-            if kind == OK:
-                decoded.append((tp[0], o[1]))
-                transformed += o[3]
-                add(PendingRecord(tp, m.offset(), epoch, m.timestamp()[1], m.key(), m.value(), m.headers(), o[2],
-                                  o[3], o[4]), now)
-                if len(o) > 5:
-                    self._identities_dropped(tp, m.offset(), o[5])
-            elif kind == EMPTY:
-                decoded.append((tp[0], o[1]))
-                ack(tp, epoch, m.offset())  # nothing to send for this record (e.g. filtered)
+            kind = type(o)
+            if kind is Encoded:
+                decoded.append((tp[0], o.format))
+                transformed += o.labels
+                add(PendingRecord(tp, m.offset(), epoch, m.timestamp()[1], m.key(), m.value(), m.headers(),
+                                  o.bodies, o.labels, o.size), now)
+                if o.dropped:
+                    self._identities_dropped(tp, m.offset(), o.dropped)
+            elif kind is Empty:
+                decoded.append((tp[0], o.format))
+                self._ack(tp, epoch, m.offset())  # nothing to send for this record (e.g. filtered)
             else:
-                _, stage, error_class, reason, detail, http_status, fmt = o
-                if fmt is not None:
-                    decoded.append((tp[0], fmt))
-                self._dead_letter(m, tp, epoch, stage, error_class, reason, detail, http_status)
+                if o.format is not None:
+                    decoded.append((tp[0], o.format))
+                self._send_dead_letter(DeadLetter(tp[0], tp[1], m.offset(), m.key(), m.value(), m.headers(),
+                                                  o.stage, o.error_class, o.reason, o.detail, o.http_status), epoch)
         for key, n in Tally(decoded).items():
             child = self._decoded_counters.get(key)
             if child is None:
                 child = self._decoded_counters[key] = METRICS.records_decoded.labels(*key)
             child.inc(n)
-        for (kind, etype), n in Tally(transformed).items():
-            METRICS.records_transformed.labels(kind, _event_type_label(etype)).inc(n)
+        for (kind_label, etype), n in Tally(transformed).items():
+            METRICS.records_transformed.labels(kind_label, _event_type_label(etype)).inc(n)
 
     def _identities_dropped(self, tp: TopicPartition, offset: int, reasons: tuple[str, ...]) -> None:
         """Identities AEP would skip, left out of a record: counted, logged once per reason."""
@@ -375,15 +265,34 @@ class Pipeline:
             return  # EOF is not an error; a regex subscription may match no topic yet
         if err.fatal() or err.code() == KafkaError._MAX_POLL_EXCEEDED:
             log.error("fatal consumer error: %s; stopping", err)
-            self._stop(EXIT_CONSUMER, f"fatal consumer error: {err.name()}")
+            self._stop(ExitCode.CONSUMER, f"fatal consumer error: {err.name()}")
             return
         log.warning("consumer error: %s", err)
 
-    def _dead_letter(self, m: Any, tp: TopicPartition, epoch: int, stage: str, error_class: str, reason: str,
-                     detail: str, http_status: int | None = None) -> None:
-        letter = DeadLetter(tp[0], tp[1], m.offset(), m.key(), m.value(), m.headers(), stage, error_class, reason,
-                            detail, http_status)
-        self._send_dead_letter(letter, epoch)
+    # == acknowledgements: the only ways a record's offset is released ========================
+    def _delivered(self, records: list[PendingRecord]) -> None:
+        """AEP accepted every message of these records."""
+        ack = self.tracker.ack
+        labels: list[tuple[str, str]] = []
+        born: list[int] = []
+        acked: list[str] = []
+        for rec in records:
+            labels += rec.labels
+            born.append(rec.timestamp_ms)
+            if ack(rec.tp, rec.epoch, rec.offset):
+                acked.append(rec.tp[0])
+        now_ms = time.time() * 1000
+        observe_many(METRICS.delivery_latency, [max(0.0, (now_ms - ts) / 1000) for ts in born])
+        for topic, n in Tally(acked).items():
+            self._topic_counter(topic).inc(n)
+        for (kind, etype), n in Tally(labels).items():
+            METRICS.records_delivered.labels(kind, _event_type_label(etype)).inc(n)
+
+    def _rejected(self, rec: PendingRecord, failure: MessageFailure) -> None:
+        """AEP refused a message of this record for good: dead-letter the record."""
+        self._send_dead_letter(DeadLetter(rec.tp[0], rec.tp[1], rec.offset, rec.key, rec.value, rec.headers,
+                                          Stage.DELIVER, "AepRejected", f"aep_{failure.status}", "", failure.status,
+                                          failure.message, failure.xaction_id), rec.epoch)
 
     def _send_dead_letter(self, letter: DeadLetter, epoch: int) -> None:
         tp = (letter.topic, letter.partition)
@@ -401,84 +310,24 @@ class Pipeline:
             c = self._topic_counters[topic] = METRICS.records_acknowledged.labels(topic)
         return c
 
-    # == dispatch and completion ==============================================================
-    def _dispatch(self, now: float, flush: bool = False) -> None:
-        if self.sink.auth_failed and self.inflight:
-            return
-        for lane_no in range(len(self.batcher.lanes)):
-            if lane_no in self.inflight or not self.batcher.ready(lane_no, now, flush):
-                continue
-            records = self.batcher.take(lane_no, now)
-            cancel = threading.Event()
-            future = self.executor.submit(self.sink.deliver, records, cancel)
-            self.inflight[lane_no] = _InFlight(future, cancel, frozenset(r.tp for r in records), records)
-        METRICS.inflight_batches.set(len(self.inflight))
-
-    def _collect(self) -> None:
-        for lane_no, fl in list(self.inflight.items()):
-            if fl.future.done():
-                del self.inflight[lane_no]
-                self._complete(lane_no, fl)
-
-    def _complete(self, lane_no: int, fl: _InFlight) -> None:
-        try:
-            result = fl.future.result()
-        except Exception:  # a bug in the sender must not lose records: the batch goes back, in order
-            self.sender_errors += 1
-            METRICS.sender_errors.inc()
-            log.exception("sender failed (%d in a row); its %d records are queued again", self.sender_errors,
-                          len(fl.records))
-            self._requeue(lane_no, fl.records)
-            if self.sender_errors >= _MAX_SENDER_ERRORS:
-                self._stop(EXIT_SENDER, f"the sender failed {self.sender_errors} times in a row")
-            return
-        self.sender_errors = 0
-        tracker = self.tracker
-        if result.abandoned:
-            self._requeue(lane_no, result.records)
-            return
-        # Per record: the offset acknowledgement. Metrics are updated once per batch.
-        ack = tracker.ack
-        failures = result.failures
-        delivered: list[tuple[str, str]] = []
-        born: list[int] = []
-        acked: list[str] = []
-        for i, rec in enumerate(result.records):
-            failure = failures.get(i) if failures else None
-            if failure is None:
-                delivered += rec.labels
-                born.append(rec.timestamp_ms)
-                if ack(rec.tp, rec.epoch, rec.offset):
-                    acked.append(rec.tp[0])
-            elif tracker.epoch(rec.tp) == rec.epoch:
-                letter = DeadLetter(rec.tp[0], rec.tp[1], rec.offset, rec.key, rec.value, rec.headers, "deliver",
-                                    "AepRejected", f"aep_{failure.status}", "", failure.status, failure.message,
-                                    failure.xaction_id)
-                self._send_dead_letter(letter, rec.epoch)
-        now_ms = time.time() * 1000
-        observe_many(METRICS.delivery_latency, [max(0.0, (now_ms - ts) / 1000) for ts in born])
-        for topic, n in Tally(acked).items():
-            self._topic_counter(topic).inc(n)
-        for (kind, etype), n in Tally(delivered).items():
-            METRICS.records_delivered.labels(kind, _event_type_label(etype)).inc(n)
-
-    def _requeue(self, lane_no: int, records: list[PendingRecord]) -> None:
-        """Put a batch back at the head of its lane (records of revoked partitions aside)."""
-        keep = [r for r in records if self.tracker.epoch(r.tp) == r.epoch]
-        self.batcher.requeue_front(lane_no, keep, time.monotonic())
-
-    def _stop(self, code: int, reason: str) -> None:
-        """Stop on our own: the drain is skipped, what was acknowledged is committed."""
-        if self.exit_code == EXIT_OK:
-            self.exit_code = code
-            self.stop_reason = reason
-        self.stop_event.set()
+    def _store(self) -> None:
+        offsets = self.tracker.take_committable()
+        if offsets:
+            self.source.store(offsets)
+        METRICS.buffered_records.set(self.tracker.pending)
 
     def _check_dlq(self) -> None:
-        if self.dlq.unusable and self.exit_code == EXIT_OK:
+        if self.dlq.unusable and self.exit_code == ExitCode.OK:
             log.error("%s: stopping (exit code %d); the records it could not take are not committed",
-                      self.dlq.unusable, EXIT_DLQ)
-            self._stop(EXIT_DLQ, self.dlq.unusable)
+                      self.dlq.unusable, ExitCode.DLQ)
+            self._stop(ExitCode.DLQ, self.dlq.unusable)
+
+    # == housekeeping, once a second ==========================================================
+    def _housekeeping(self, now: float) -> None:
+        self._check_stalls(now)
+        self._catchup_eta(now)
+        if self.workers:
+            METRICS.worker_memory.set(sum(map(_rss_bytes, self.processing.pids)))
 
     def _check_stalls(self, now: float) -> None:
         """Name every partition whose commit point is held by one record while later ones are
@@ -513,12 +362,6 @@ class Pipeline:
             total = self.source.partition_count()
             if total:
                 self.governor.rebalanced(len(self.tracker.assigned()), total)
-
-    def _store(self) -> None:
-        offsets = self.tracker.take_committable()
-        if offsets:
-            self.source.store(offsets)
-        METRICS.buffered_records.set(self.tracker.pending)
 
     # == backpressure and auth ================================================================
     def _backpressure(self) -> None:
@@ -579,9 +422,11 @@ class Pipeline:
         if not tps:
             return
         self.batcher.drop_partitions(tps)
-        self._drop_waiting(tps)
+        self.processing.drop(tps)
         deadline = time.monotonic() + self.settings.delivery.revoke_timeout_s
-        self._finish_inflight(tps, deadline)
+        self.delivery.finish(tps, deadline, self._between)
+        while self.dlq.outstanding and time.monotonic() < deadline:
+            self.dlq.poll(0.02)
         self.batcher.drop_partitions(tps)  # abandoned batches may have put some back meanwhile
         offsets = {tp: off for tp in tps if (off := self.tracker.committable(tp)) is not None}
         self.source.store(offsets)
@@ -592,13 +437,15 @@ class Pipeline:
         self._update_shares()
         log.info("revoked %s; stored %s", sorted(tps), offsets)
 
+    def _between(self) -> None:
+        """While waiting for in-flight batches: dead letters of completed ones get confirmed."""
+        self.dlq.poll(0)
+
     def _on_lost(self, parts: list[Any]) -> None:
         tps = {(p.topic, p.partition) for p in parts}
         self.batcher.drop_partitions(tps)
-        self._drop_waiting(tps)
-        for fl in self.inflight.values():
-            if fl.tps & tps:
-                fl.cancel.set()
+        self.processing.drop(tps)
+        self.delivery.cancel(tps)
         for tp in tps:
             self.tracker.revoke(tp)
         METRICS.forget_partitions(tps)
@@ -611,51 +458,23 @@ class Pipeline:
         METRICS.assigned_partitions.set(assigned)
         METRICS.paused_partitions.set(assigned if self.paused else 0)
 
-    def _finish_inflight(self, tps: set[TopicPartition] | None, deadline: float) -> None:
-        """Wait (bounded) for in-flight batches and dead letters touching ``tps`` (None: all)."""
-        def touching() -> list[_InFlight]:
-            return [fl for fl in self.inflight.values() if tps is None or fl.tps & tps]
-
-        while (busy := touching()) and time.monotonic() < deadline:
-            wait([fl.future for fl in busy], timeout=min(0.05, max(0.0, deadline - time.monotonic())),
-                 return_when=FIRST_COMPLETED)
-            self._collect()
-            self.dlq.poll(0)
-        while self.dlq.outstanding and time.monotonic() < deadline:
-            self.dlq.poll(0.02)
-        for fl in touching():
-            fl.cancel.set()  # it returns abandoned; records of kept partitions are re-sent
-
     # == shutdown =============================================================================
     def _shutdown(self) -> None:
-        d = self.settings.delivery
-        deadline = time.monotonic() + d.drain_timeout_s
-        assigned = self.tracker.assigned()
+        """Drain: stop reading, keep serving callbacks (the member stays in the group) and run the
+        loop body with every batch flushed until nothing is pending or the drain time is up; then
+        commit what is acknowledged and close, within drain_timeout_s + 5 s."""
+        deadline = time.monotonic() + self.settings.delivery.drain_timeout_s
         if self.source is not None:
-            self.source.pause(assigned)
+            self.source.pause(self.tracker.assigned())
             self.paused = True
-            # Drain: keep serving callbacks so the member stays in the group while batches finish.
             while (self.tracker.pending or self.dlq.outstanding) and time.monotonic() < deadline \
-                    and self.exit_code == 0:
-                msgs = self.source.poll_callbacks(0.02 if self.pool is None or not self.pool.outstanding else 0.0)
-                now = time.monotonic()
+                    and self.exit_code == ExitCode.OK and not self.sink.auth_failed:
+                msgs = self.source.poll_callbacks(0.0 if self.processing.outstanding else 0.02)
                 try:
-                    if msgs:
-                        self._ingest(msgs, now)
-                    self._collect_outcomes(0.02)
-                except (RegistryUnavailable, WorkerCrashed) as exc:
-                    log.error("%s: stopping the drain; what is not acknowledged is not committed", exc)
-                    self._stop(EXIT_REGISTRY if isinstance(exc, RegistryUnavailable) else EXIT_WORKERS, str(exc))
-                    break
-                self._collect()
-                self._dispatch(now, flush=True)
-                self.dlq.poll(0)
-                self._check_dlq()
-                self._store()
-                if self.sink.auth_failed:
-                    break
-            for fl in self.inflight.values():
-                fl.cancel.set()
+                    self._step(msgs, 0.02, draining=True)
+                except tuple(_FATAL) as exc:
+                    self._fatal(exc)
+            self.delivery.cancel(None)
             self._store()
             left = self.tracker.pending
             if left:
@@ -664,9 +483,8 @@ class Pipeline:
             closer = threading.Thread(target=self.source.close, daemon=True)
             closer.start()
             closer.join(_CLOSE_TIMEOUT_S)
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        if self.pool is not None:
-            self.pool.close()
+        self.delivery.close()
+        self.processing.close()
         self.client.close()
         log.info("stopped")
 

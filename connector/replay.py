@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from connector.dlq import H_OFFSET, H_PARTITION, H_REASON, H_STAGE, H_TIME, H_TOPIC, H_TRUNCATED
@@ -159,31 +158,27 @@ def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:
     import httpx
 
     from connector.auth import TokenProvider
-    from connector.avro_schemas import LocalSchemas
     from connector.batch import PendingRecord
-    from connector.decode import Decoder
+    from connector.process import Encoded, ProcessorSpec, RecordProcessor
     from connector.registry import RegistryLookup
     from connector.sink import Sink
-    from connector.transform import Transformer
 
     s = settings
-    decoder = Decoder(LocalSchemas.load(s.decode.schemas_dir or None),
-                      RegistryLookup(s.decode.schema_registry_url) if s.decode.schema_registry_url else None)
-    transformer = Transformer(s.xdm, org_id=s.aep.org_id, source_name=s.aep.source_name)
+    processor = RecordProcessor(
+        ProcessorSpec(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size),
+        RegistryLookup(s.decode.schema_registry_url) if s.decode.schema_registry_url else None)
 
     def deliver(letters: list[Any]) -> list[bool]:
         ok = [False] * len(letters)
         records: list[PendingRecord] = []
         index: list[int] = []
-        for i, m in enumerate(letters):
-            try:
-                msgs = [x for ev in decoder.decode(m.value()) for x in transformer.transform(ev)]
-            except Exception:  # noqa: BLE001 - still broken: it stays in the DLQ
+        # The connector's own decode → transform → encode; a letter still broken stays in the DLQ.
+        for i, (m, outcome) in enumerate(zip(letters, processor.run([m.value() for m in letters]))):
+            if type(outcome) is not Encoded:
                 continue
-            bodies = [orjson.dumps(x.envelope) for x in msgs]
+            # Not from a consumer: no epoch, no timestamp (PendingRecord is what the sink takes).
             records.append(PendingRecord((m.topic(), m.partition()), m.offset(), 0, 0, m.key(), m.value(), None,
-                                         bodies, [(x.kind, x.event_type) for x in msgs],
-                                         PendingRecord.body_size(bodies)))
+                                         outcome.bodies, outcome.labels, outcome.size))
             index.append(i)
         if not records:
             return ok

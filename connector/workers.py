@@ -1,4 +1,4 @@
-"""Decode → transform → encode for a chunk of record values, in-process or in worker processes.
+"""Worker processes that run decode → transform → encode (connector.process) on chunks of record values.
 
 These three stages are the CPU cost of the connector (~100 µs per event on a 2.8 GHz core; the rest of
 the pipeline ~15 µs) and they hold the GIL, so threads cannot share them. With ``processing.workers
@@ -34,25 +34,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-import orjson
-
-from connector.config import DecodeConfig, XdmConfig
-from connector.errors import DecodeError
+from connector.errors import WorkerCrashed
 from connector.metrics import METRICS
-from connector.transform import TransformError
+from connector.process import Outcome, ProcessorSpec, RecordProcessor
 
 log = logging.getLogger(__name__)
-
-# Outcome of one record (tuples: cheap to build and to pickle).
-OK = 0  # (OK, format, bodies, labels, size[, dropped]): encoded envelopes, (kind, event type) per
-#        message, and the reasons of identities dropped by AEP's guardrails (only when there are some)
-EMPTY = 1  # (EMPTY, format): the event maps to nothing; acknowledge
-DEAD = 2  # (DEAD, stage, error_class, reason, detail, http_status, format or None): dead-letter it
-Outcome = tuple[Any, ...]
 
 _PIPE_BYTES = 4 << 20  # a chunk each way fits: neither side waits for the other to read
 _MAX_CRASHES = 3
@@ -60,92 +49,6 @@ _CRASH_WINDOW_S = 60.0
 _STOP_TIMEOUT_S = 5.0
 _M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # glibc mallopt parameters
 _MMAP_THRESHOLD = 256 * 1024
-
-
-class WorkerCrashed(RuntimeError):
-    """Worker processes keep dying: stop rather than spin."""
-
-
-@dataclass(frozen=True)
-class ProcessorSpec:
-    """What a worker needs to build its decoder and transformer (picklable)."""
-
-    decode: DecodeConfig
-    xdm: XdmConfig
-    org_id: str
-    source_name: str
-    max_record_size: int
-    log_level: str = "INFO"
-    log_format: str = "auto"
-
-
-class RecordProcessor:
-    """Values → outcomes. Raises :class:`RegistryUnavailable` (transient: nothing may be decided).
-
-    ``registry_lookup`` (schema id → writer schema) is the caller's: the pipeline's registry client
-    on the consumer's side, the schemas shipped with the chunks in a worker. None: no registry, so
-    registry-framed records are dead-lettered."""
-
-    def __init__(self, spec: ProcessorSpec, registry_lookup: Callable[[int], str | None] | None = None) -> None:
-        # Imported here, not at the top: the consumer process with workers never decodes, and the
-        # Avro libraries (cavro brings numpy) would cost it ~15 MB. The forkserver preloads them.
-        from connector.avro_schemas import LocalSchemas
-        from connector.decode import Decoder, format_of
-        from connector.transform import Transformer
-
-        self.decoder = Decoder(LocalSchemas.load(spec.decode.schemas_dir or None), registry_lookup)
-        self.transformer = Transformer(spec.xdm, org_id=spec.org_id, source_name=spec.source_name)
-        self.max_record_size = spec.max_record_size
-        self._format_of = format_of
-
-    def run(self, values: list[bytes | None]) -> list[Outcome]:
-        decode = self.decoder.decode
-        transform = self.transformer.transform
-        dumps = orjson.dumps
-        max_size = self.max_record_size
-        format_of = self._format_of
-        out: list[Outcome] = []
-        append = out.append
-        for value in values:
-            try:
-                events = decode(value)
-            except DecodeError as exc:
-                append((DEAD, "decode", "DecodeError", exc.reason, exc.detail, None, None))
-                continue
-            fmt = format_of(value)  # type: ignore[arg-type]
-            dropped: list[str] = []
-            try:
-                if len(events) == 1:
-                    msgs = transform(events[0])
-                    dropped = self.transformer.dropped_identities
-                else:
-                    msgs = []
-                    for ev in events:
-                        msgs += transform(ev)
-                        dropped += self.transformer.dropped_identities
-            except TransformError as exc:
-                stage = "validate" if exc.reason == "xdm_invalid" else "transform"
-                append((DEAD, stage, "TransformError", exc.reason, exc.detail, None, fmt))
-                continue
-            if not msgs:
-                append((EMPTY, fmt))
-                continue
-            try:
-                bodies = [dumps(x.envelope) for x in msgs]
-            except TypeError as exc:  # a value JSON cannot carry (pre-flight validation off)
-                append((DEAD, "transform", "TransformError", "invalid_value", f"not JSON-serialisable: {exc}",
-                        None, fmt))
-                continue
-            size = sum(map(len, bodies)) + len(bodies)
-            if size > max_size:
-                append((DEAD, "deliver", "RecordTooLarge", "record_too_large",
-                        f"{size} bytes of XDM exceed the {max_size}-byte request limit", 413, fmt))
-                continue
-            if dropped:
-                append((OK, fmt, bodies, [(x.kind, x.event_type) for x in msgs], size, tuple(dropped)))
-            else:
-                append((OK, fmt, bodies, [(x.kind, x.event_type) for x in msgs], size))
-        return out
 
 
 # == worker processes ===========================================================================
@@ -269,7 +172,7 @@ class WorkerPool:
         # Never fork a process that runs librdkafka threads: workers are forked from a fresh server
         # process that imported this module once, so they start fast and share its pages.
         self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload([__name__, "connector.decode", "connector.transform.validate",
+        self._ctx.set_forkserver_preload([__name__, "connector.process", "connector.decode", "connector.transform.validate",
                                           "connector.preload"])
         self._spec = spec
         self._workers = [_Worker(i, self._ctx, spec) for i in range(workers)]

@@ -10,7 +10,9 @@ import orjson
 from fastavro import parse_schema, writer
 
 from connector.avro_schemas import LocalSchemas
+from connector.config import DecodeConfig
 from connector.dryrun import dry_run
+from connector.process import ProcessorSpec, RecordProcessor
 from connector.samples import generate_events, sample_xdm_config
 from connector.transform import Transformer
 from support import python_module
@@ -20,11 +22,15 @@ def transformer() -> Transformer:
     return Transformer(sample_xdm_config(), org_id="EXAMPLE0RG@AdobeOrg", source_name="t")
 
 
+def processor() -> RecordProcessor:
+    return RecordProcessor(ProcessorSpec(DecodeConfig(), sample_xdm_config(), "EXAMPLE0RG@AdobeOrg", "t", 940_000))
+
+
 def test_json_lines_give_one_envelope_per_message_and_report_bad_lines() -> None:
     events = generate_events(10, seed=3)
     data = b"\n".join(orjson.dumps(e) for e in events) + b"\n{not json\n" + orjson.dumps({"eventName": "nope"})
     out, err = io.BytesIO(), io.StringIO()
-    sent, rejected = dry_run(data, transformer(), out, err)
+    sent, rejected = dry_run(data, processor(), out, err)
     expected = sum(len(transformer().transform(e)) for e in events)
     lines = out.getvalue().splitlines()
     assert sent == len(lines) == expected
@@ -40,7 +46,7 @@ def test_avro_container_file(tmp_path: Path) -> None:
     buf = io.BytesIO()
     writer(buf, parse_schema(schemas.parsed("pointsIssued")), events)
     out, err = io.BytesIO(), io.StringIO()
-    sent, rejected = dry_run(buf.getvalue(), transformer(), out, err)
+    sent, rejected = dry_run(buf.getvalue(), processor(), out, err)
     assert rejected == 0 and sent == sum(len(transformer().transform(e)) for e in events)
 
 

@@ -67,12 +67,12 @@ def test_the_worker_outcome_carries_the_reasons_to_the_pipeline() -> None:
     import orjson
 
     from connector.config import DecodeConfig, XdmConfig
-    from connector.workers import OK, ProcessorSpec, RecordProcessor
+    from connector.process import Encoded, ProcessorSpec, RecordProcessor
 
     xdm = XdmConfig.model_validate({"event": {"dataset_id": "e", "schema_id": "https://ns.adobe.com/capillary/schemas/e"},
                                     "profile": {"dataset_id": "p", "schema_id": "https://ns.adobe.com/capillary/schemas/p"}})
     spec = ProcessorSpec(DecodeConfig(), xdm, "O@AdobeOrg", "src", 900_000, "INFO", "text")
     out = RecordProcessor(spec, None).run([orjson.dumps(with_cards(["CARD-1", "x" * 5000])),
                                            orjson.dumps(with_cards(["CARD-1"]))])
-    assert out[0][0] == OK and out[0][5] == ("too_long",)
-    assert out[1][0] == OK and len(out[1]) == 5  # nothing dropped: no extra field
+    assert type(out[0]) is Encoded and out[0].dropped == ("too_long",)
+    assert type(out[1]) is Encoded and out[1].dropped == ()  # nothing dropped

@@ -20,7 +20,8 @@ from support import FakeSource as Source
 from connector.config import load_settings
 from connector.dlq import DeadLetterWriter
 from connector.metrics import METRICS
-from connector.pipeline import EXIT_DLQ, EXIT_SENDER, Pipeline
+from connector.errors import ExitCode
+from connector.pipeline import Pipeline
 from connector.samples import generate_events
 from connector.sink import BatchResult
 
@@ -44,7 +45,7 @@ def pipeline(tmp_path: Path, source: Source, extra: str = "") -> Pipeline:
 
 
 def close(p: Pipeline) -> None:
-    p.executor.shutdown(wait=True)
+    p.delivery.executor.shutdown(wait=True)
     p.client.close()
 
 
@@ -52,7 +53,7 @@ def run_until(p: Pipeline, done: Any, rounds: int = 2000) -> None:
     """Turn the loop until ``done()``; each turn waits for in-flight senders, so no timing is involved."""
     for _ in range(rounds):
         p.run_once()
-        p._dispatch(time.monotonic(), flush=True)  # noqa: SLF001 - no waiting for the linger
+        p.delivery.dispatch(time.monotonic(), flush=True)  # no waiting for the linger
         for fl in list(p.inflight.values()):
             fl.future.exception()  # wait for the sender thread to finish this batch
         if done():
@@ -97,7 +98,7 @@ def test_a_sender_that_keeps_raising_stops_the_process_without_committing(tmp_pa
         run_until(p, lambda: p.stop_event.is_set())
     finally:
         close(p)
-    assert p.exit_code == EXIT_SENDER and "3 times in a row" in p.stop_reason
+    assert p.exit_code == ExitCode.SENDER and "3 times in a row" in p.stop_reason
     assert src.stored == {}
 
 
@@ -165,7 +166,7 @@ def test_an_unusable_dead_letter_topic_stops_with_exit_code_6_and_readiness_says
     p.dlq = DeadLetterWriter("dlq", {}, Refuses)
     p.sink.deliver = lambda records, _c: BatchResult(records, requests=1)  # type: ignore[method-assign]
     code = p.run()
-    assert code == EXIT_DLQ
+    assert code == ExitCode.DLQ
     assert "TOPIC_AUTHORIZATION_FAILED" in p.stop_reason and p.dlq.unusable
     assert src.stored.get(TP, 0) <= 3  # never past the record whose letter was refused
     assert src.committed and src.closed

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from harness import write_config
-from support import FakeMessage, FakeSource
+from support import FakeMessage
 
 from connector.config import load_settings
 from connector.placement import HELD, Placement
@@ -90,72 +90,70 @@ def test_repeated_plans_converge_on_random_skewed_traffic() -> None:
         assert abs(loads[0] - loads[1]) <= max(0.1 * sum(weights), max(weights) + 0.02 * sum(weights)), (weights, loads)
 
 
-# == the pipeline: moves under load keep every partition in order ==============================
+# == the worker-pool processing stage: moves under load keep every partition in order ============
+# Tested directly: real worker processes, no Kafka, no HTTP, no pipeline.
 
 def _Msg(tp: tuple[str, int], off: int, value: bytes) -> FakeMessage:  # noqa: N802
     return FakeMessage(tp[0], tp[1], off, None, value)
 
 
-def _pipeline(tmp_path: Path, parts: list[tuple[str, int]]) -> tuple[Any, dict[tuple[str, int], list[int]]]:
-    """A pipeline with two real workers, no Kafka and no HTTP; returns it and, per partition, the
-    offsets in the order they reached the batcher."""
-    from connector.pipeline import Pipeline
-    from connector.sink import BatchResult
-    from connector.workers import WorkerPool
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from connector.process import ProcessorSpec
 
-    path = write_config(tmp_path / "c.toml", bootstrap="127.0.0.1:9", emulator_url="http://127.0.0.1:9",
-                        prefix="w.", group="g", metrics_port=9, extra="[processing]\nworkers = 2\n")
-    p = Pipeline(load_settings(path, aep={"authentication_required": False}))
-    p.source = FakeSource([], 200, assign=False)
-    p._on_assign([type("TP", (), {"topic": t, "partition": n})() for t, n in parts])
+    path = write_config(tmp_path_factory.mktemp("placement") / "c.toml", bootstrap="127.0.0.1:9",
+                        emulator_url="http://127.0.0.1:9", prefix="w.", group="g", metrics_port=9)
+    s = load_settings(path, aep={"authentication_required": False})
+    return ProcessorSpec(s.decode.model_copy(update={"schema_registry_url": ""}), s.xdm, s.aep.org_id,
+                         s.aep.source_name, 940_000)
+
+
+def _stage(spec: Any, parts: list[tuple[str, int]]) -> tuple[Any, dict[tuple[str, int], list[int]]]:
+    """A started two-worker stage and, per partition, the offsets in the order their outcomes came."""
+    from connector.processing import PoolProcessing
+
     seen: dict[tuple[str, int], list[int]] = {tp: [] for tp in parts}
-    add = p.batcher.add
 
-    def record(rec: Any, now: float) -> None:
-        seen[rec.tp].append(rec.offset)
-        add(rec, now)
+    def on_outcomes(entries: list[Any], outcomes: list[Any]) -> None:
+        assert len(entries) == len(outcomes)
+        for m, tp, _epoch in entries:
+            seen[tp].append(m.offset())
 
-    p.batcher.add = record  # type: ignore[method-assign]
-    p.sink.deliver = lambda records, _cancel: BatchResult(records, requests=1)  # type: ignore[method-assign]
-    p.pool = WorkerPool(2, p.spec, p.registry_lookup)
-    return p, seen
-
-
-def _close(p: Any) -> None:
-    p.pool.close()
-    p.executor.shutdown(wait=True)
-    p.client.close()
+    stage = PoolProcessing(2, spec, None, on_outcomes)
+    stage.start()
+    for tp in parts:  # first seen in this order: alternate workers
+        stage.placement.owner(tp)
+    return stage, seen
 
 
-def test_a_moving_partition_waits_until_its_old_worker_answered(tmp_path: Path) -> None:
+def test_a_moving_partition_waits_until_its_old_worker_answered(spec: Any) -> None:
     a, b = ("w.points", 0), ("w.points", 1)
-    p, seen = _pipeline(tmp_path, [a, b])
+    stage, seen = _stage(spec, [a, b])
     events = [orjson.dumps(ev) for ev in generate_events(40, seed=2)]
     try:
-        assert p.placement.owner(a) == 0 and p.placement.owner(b) == 1
-        p._ingest([_Msg(a, i, events[i]) for i in range(10)], time.monotonic())
-        assert p.pool.busy(0) == 1  # at worker 0, not collected yet
-        p.placement.plan = lambda: (a, 0, 1)  # type: ignore[method-assign]
-        p._balance_workers()
-        p._ingest([_Msg(a, i, events[i]) for i in range(10, 20)], time.monotonic())
-        assert p.pool.busy(1) == 0, "records of a moving partition went to its new worker too early"
-        assert len(p._waiting[HELD]) == 10
-        p.placement.plan = lambda: None  # type: ignore[method-assign]
+        assert stage.placement.owner(a) == 0 and stage.placement.owner(b) == 1
+        stage.submit([(_Msg(a, i, events[i]), a, 1) for i in range(10)])
+        assert stage.pool.busy(0) == 1  # at worker 0, not answered yet
+        stage.placement.plan = lambda: (a, 0, 1)  # type: ignore[method-assign]
+        stage.rebalance(time.monotonic())
+        stage.submit([(_Msg(a, i, events[i]), a, 1) for i in range(10, 20)])
+        assert stage.pool.busy(1) == 0, "records of a moving partition went to its new worker too early"
+        assert len(stage.waiting[HELD]) == 10
+        stage.placement.plan = lambda: None  # type: ignore[method-assign]
         deadline = time.monotonic() + 30
         while len(seen[a]) < 20:
-            p.run_once()
+            stage.poll(0.05)
             assert time.monotonic() < deadline
-        assert p.placement.owner(a) == 1 and p.placement.moves == 1
+        assert stage.placement.owner(a) == 1 and stage.placement.moves == 1
         assert seen[a] == list(range(20))
     finally:
-        _close(p)
+        stage.close()
 
 
-def test_partitions_moved_between_workers_under_load_stay_in_order(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import connector.pipeline as pipeline_mod
+def test_partitions_moved_between_workers_under_load_stay_in_order(spec: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import connector.processing as processing_mod
 
-    monkeypatch.setattr(pipeline_mod, "_PLACEMENT_INTERVAL_S", 0.0)  # look for a move on every loop
+    monkeypatch.setattr(processing_mod, "PLACEMENT_INTERVAL_S", 0.0)  # look for a move on every turn
     # Two partitions carry 90% of the records, a different pair every 600 records, so partitions
     # keep moving while records of theirs are at a worker (first seen 0, 1, 2, 3: 0 and 2 on
     # worker 0).
@@ -164,23 +162,45 @@ def test_partitions_moved_between_workers_under_load_stay_in_order(tmp_path: Pat
     events = generate_events(6000, seed=11)
     rnd = random.Random(5)
     offsets = dict.fromkeys(parts, 0)
-    msgs = []
+    entries = []
     for i, ev in enumerate(events):
         heavy = pairs[i // 600 % len(pairs)]
         light = [n for n in range(4) if n not in heavy]
         tp = parts[i % 4] if i < 4 else parts[rnd.choice(heavy if rnd.random() < 0.9 else light)]
-        msgs.append(_Msg(tp, offsets[tp], orjson.dumps(ev)))
+        entries.append((_Msg(tp, offsets[tp], orjson.dumps(ev)), tp, 1))
         offsets[tp] += 1
-    p, seen = _pipeline(tmp_path, parts)
-    p.source = src = FakeSource(msgs, 200, assign=False)
+    stage, seen = _stage(spec, parts)
     try:
         deadline = time.monotonic() + 120
-        while src.stored != offsets:
-            p.run_once()
-            p._dispatch(time.monotonic(), flush=src.pos == len(msgs))
-            assert time.monotonic() < deadline, f"not finished: stored {src.stored}, want {offsets}"
+        pos = 0
+        while any(len(seen[tp]) < n for tp, n in offsets.items()):
+            if pos < len(entries) and not stage.full():
+                stage.submit(entries[pos:pos + 200])
+                pos += 200
+            stage.poll(0.0 if pos < len(entries) else 0.05)
+            stage.rebalance(time.monotonic())
+            assert time.monotonic() < deadline, f"not finished: {({tp: len(v) for tp, v in seen.items()})}"
     finally:
-        _close(p)
-    assert p.placement.moves >= 1  # the test means nothing if nothing moved
-    for tp in parts:  # each partition's records reached the batcher once each, in offset order
+        stage.close()
+    assert stage.placement.moves >= 1  # the test means nothing if nothing moved
+    for tp in parts:  # each partition's outcomes came back once each, in offset order
         assert seen[tp] == list(range(offsets[tp])), tp
+
+
+def test_records_of_a_revoked_partition_not_yet_at_a_worker_are_dropped(spec: Any) -> None:
+    a, b = ("w.points", 0), ("w.points", 2)  # both on worker 0
+    stage, seen = _stage(spec, [a, ("w.points", 1), b])
+    events = [orjson.dumps(ev) for ev in generate_events(30, seed=4)]
+    try:
+        stage.submit([(_Msg(a, i, events[i]), a, 1) for i in range(10)])  # at worker 0
+        stage.submit([(_Msg(b, i, events[i]), b, 1) for i in range(10, 15)])  # waiting behind it
+        assert len(stage.waiting[0]) == 5
+        stage.drop({b})
+        assert 0 not in stage.waiting
+        deadline = time.monotonic() + 30
+        while stage.outstanding:
+            stage.poll(0.05)
+            assert time.monotonic() < deadline
+        assert seen[a] == list(range(10)) and seen[b] == []
+    finally:
+        stage.close()

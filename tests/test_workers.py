@@ -15,12 +15,12 @@ import pytest
 
 from connector.avro_schemas import LocalSchemas
 from connector.config import load_settings
-from connector.errors import RegistryUnavailable
+from connector.errors import RegistryUnavailable, WorkerCrashed
 from connector.metrics import METRICS
 from connector.produce import SampleEncoder
 from connector.samples import generate_events
-from connector.workers import DEAD, EMPTY, OK, ProcessorSpec, RecordProcessor, WorkerCrashed, WorkerPool, \
-    resolve_workers
+from connector.process import Empty, Encoded, ProcessorSpec, RecordProcessor, Rejected
+from connector.workers import WorkerPool, resolve_workers
 from harness import write_config
 from support import wait_until
 
@@ -64,10 +64,11 @@ def _collect_all(pool: WorkerPool, want: int, deadline_s: float = 60) -> dict[in
 def test_outcomes_in_a_worker_equal_the_in_process_ones(spec: ProcessorSpec) -> None:
     values = _values(60)
     local = RecordProcessor(spec).run(values)
-    kinds = [o[0] for o in local]
-    assert kinds.count(DEAD) == 4 and OK in kinds
-    assert [o[3] for o in local if o[0] == DEAD] == ["invalid_json", "unknown_event", "no_registry", "empty_value"]
-    assert EMPTY not in kinds or all(len(o) == 2 for o in local if o[0] == EMPTY)
+    kinds = [type(o) for o in local]
+    assert kinds.count(Rejected) == 4 and Encoded in kinds
+    assert [o.reason for o in local if type(o) is Rejected] == ["invalid_json", "unknown_event", "no_registry",
+                                                                 "empty_value"]
+    assert Empty not in kinds or all(len(o) == 1 for o in local if type(o) is Empty)
     pool = WorkerPool(2, spec)
     try:
         seqs = [pool.submit(0, values[:30]), pool.submit(1, values[30:])]
@@ -97,8 +98,8 @@ def test_a_killed_worker_is_restarted_and_its_chunks_are_answered_once(spec: Pro
 
 
 def _delivery_view(outcomes: list[Any]) -> list[Any]:
-    return [(o[0], o[1], [orjson.loads(b)["body"]["xdmEntity"]["_id"] for b in o[2]], o[3]) if o[0] == OK else o
-            for o in outcomes]
+    return [(type(o), o.format, [orjson.loads(b)["body"]["xdmEntity"]["_id"] for b in o.bodies], o.labels)
+            if type(o) is Encoded else o for o in outcomes]
 
 
 def test_workers_that_keep_dying_stop_the_connector(spec: ProcessorSpec) -> None:
@@ -171,14 +172,14 @@ def test_writer_schemas_are_fetched_by_the_parent_once_and_follow_a_restarted_wo
         first = _collect_all(pool, 1) if pool.submit(0, values) else None
         assert first is not None
         outcomes = next(iter(first.values()))
-        assert [o[0] for o in outcomes[:-1]] == [OK] * len(events)
-        assert outcomes[-1][0] == DEAD and outcomes[-1][3] == "unknown_schema_id"
+        assert [type(o) for o in outcomes[:-1]] == [Encoded] * len(events)
+        assert type(outcomes[-1]) is Rejected and outcomes[-1].reason == "unknown_schema_id"
         assert sorted(asked) == sorted(set(ids.values()) | {999})
         asked.clear()
         os.kill(pool.pids[0], signal.SIGKILL)
         seq = pool.submit(0, values[:-1])
         again = _collect_all(pool, 1)
-        assert [o[0] for o in again[seq]] == [OK] * len(events)
+        assert [type(o) for o in again[seq]] == [Encoded] * len(events)
         assert asked == []  # known ids are not fetched again, also not for the restarted worker
         down[0] = True
         with pytest.raises(RegistryUnavailable):
@@ -219,9 +220,9 @@ def test_a_message_json_cannot_carry_is_dead_lettered_not_a_crash(spec: Processo
 
     processor.transformer.transform = transform  # type: ignore[method-assign]
     outcomes = processor.run(values)
-    assert [o[0] for o in outcomes] == [OK, DEAD, OK]
-    assert outcomes[1][1:4] == ("transform", "TransformError", "invalid_value")
-    assert "not JSON-serialisable" in outcomes[1][4]
+    assert [type(o) for o in outcomes] == [Encoded, Rejected, Encoded]
+    assert outcomes[1][:3] == ("transform", "TransformError", "invalid_value")
+    assert "not JSON-serialisable" in outcomes[1].detail
 
 
 def test_with_workers_the_consumer_process_keeps_no_transformer(tmp_path: Path) -> None:
@@ -232,8 +233,8 @@ def test_with_workers_the_consumer_process_keeps_no_transformer(tmp_path: Path) 
                             prefix="w.", group="g", metrics_port=9, extra=f"[processing]\nworkers = {workers}\n")
         p = Pipeline(load_settings(path, aep={"authentication_required": False}))
         try:
-            assert (p.processor is not None) is has_processor
+            assert (type(p.processing).__name__ == "InlineProcessing") is has_processor
             assert p.registry_lookup is not None  # writer schemas are fetched here in both modes
         finally:
-            p.executor.shutdown(wait=False)
+            p.delivery.close()
             p.client.close()

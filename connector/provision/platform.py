@@ -15,7 +15,7 @@ import httpx
 
 from connector.auth import TokenProvider
 from connector.config import ImsConfig
-from connector.errors import AuthFailure, TransientError
+from connector.errors import AuthFailure, ConnectorError, TransientError
 
 SCHEMA_REGISTRY = "/data/foundation/schemaregistry"
 CATALOG = "/data/foundation/catalog"
@@ -25,7 +25,7 @@ XED_ID = "application/vnd.adobe.xed-id+json"
 XED = "application/vnd.adobe.xed+json"
 
 
-class PlatformError(Exception):
+class PlatformError(ConnectorError):
     """A Platform API call failed; the message names the call and AEP's answer (never a credential)."""
 
     def __init__(self, what: str, status: int | None, detail: str) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
+from connector.errors import ConnectorError
+
 Reason = Literal["invalid_envelope", "unknown_event", "missing_field", "invalid_value", "future_timestamp", "xdm_invalid",
                  "identity_rejected"]
 REASONS: frozenset[str] = frozenset(Reason.__args__)  # type: ignore[attr-defined]
 
 
-class TransformError(Exception):
+class TransformError(ConnectorError):
     """``reason`` is a short bounded label (safe as a metric label); ``detail`` is human text.
 
     Details name fields and event types, never field values that could be personal data.
