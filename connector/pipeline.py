@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import signal
 import sys
 import threading
 import time
 from collections import Counter as Tally
-from collections import deque
 from typing import Any
 
 import httpx
@@ -37,25 +35,23 @@ from connector.batch import Batcher, PendingRecord
 from connector.config import Settings
 from connector.delivery import Delivery
 from connector.dlq import DeadLetter, DeadLetterWriter
-from connector.errors import AuthFailure, ExitCode, RegistryUnavailable, Stage, TransientError, WorkerCrashed
+from connector.errors import ExitCode, RegistryUnavailable, Stage, WorkerCrashed
 from connector.governor import Governor
+from connector.housekeeping import AuthProbe, Housekeeping
 from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
 from connector.process import Empty, Encoded, Outcome, ProcessorSpec
 from connector.processing import Entry, make_processing
 from connector.registry import RegistryLookup
 from connector.sink import MessageFailure, Sink
-from connector.source import LAG, Source, producer_config
+from connector.source import Source, producer_config
 from connector.transform.events import SPECS
 from connector.workers import resolve_workers, tune_malloc
 
 log = logging.getLogger(__name__)
 
-_AUTH_PROBE_INTERVAL_S = 30.0
 _SWITCH_INTERVAL_S = 0.001
 _CLOSE_TIMEOUT_S = 5.0  # consumer close (leave the group, final commit): part of the shutdown bound
-_HOUSEKEEPING_INTERVAL_S = 1.0  # stall check, catch-up ETA and worker memory, once a second
-_ETA_WINDOW_S = 60.0  # the catch-up ETA divides the lag by the acknowledgement rate over this window
 # What stops the pipeline on its own, by the exception that says so.
 _FATAL = {RegistryUnavailable: ExitCode.REGISTRY, WorkerCrashed: ExitCode.WORKERS}
 
@@ -85,8 +81,8 @@ class Pipeline:
         self.delivery = Delivery(self.batcher, self.sink, self.tracker, delivered=self._delivered,
                                  rejected=self._rejected, sender_failing=lambda why: self._stop(ExitCode.SENDER, why))
         self.dlq = DeadLetterWriter(s.kafka.dlq_topic, producer_config(s.kafka))
-        self._ack_samples: deque[tuple[float, int]] = deque()  # (time, acknowledged so far), last minute
-        METRICS.catchup_objective.set(s.delivery.catchup_objective_s)
+        self.housekeeping = Housekeeping(self.tracker, s.delivery, lambda: self.processing.pids)
+        self.auth_probe = AuthProbe(self.tokens, self.sink, time.monotonic)
         self._source_factory = source_factory
         self.source: Any = None
         self.paused = False
@@ -94,9 +90,6 @@ class Pipeline:
         self.last_loop = time.monotonic()
         self.exit_code: int = ExitCode.OK
         self.stop_reason = ""  # why the pipeline stopped on its own (for /readyz and the log)
-        self._last_auth_probe = 0.0
-        self._next_housekeeping = 0.0
-        self._stall_logged: dict[TopicPartition, float] = {}
         self._dropped_logged: set[str] = set()
         self._topic_counters: dict[str, Any] = {}
         self._decoded_counters: dict[tuple[str, str], Any] = {}
@@ -129,7 +122,7 @@ class Pipeline:
         METRICS.up.set(1)
         METRICS.transform_workers.set(self.workers)
         self.processing.start()
-        self._probe_auth(force=True)
+        self.auth_probe(idle=True, force=True)
         # Everything built so far (modules, compiled validator, schemas, clients) lives as long as the
         # process: keep it out of the cyclic GC's full collections, which otherwise walk it all
         # (pauses of ~100 ms on this kind of box, seen as p99.9 latency).
@@ -174,12 +167,9 @@ class Pipeline:
         if draining:
             return
         self._backpressure()
-        if now >= self._next_housekeeping:
-            self._next_housekeeping = now + _HOUSEKEEPING_INTERVAL_S
-            self._housekeeping(now)
-        # While idle no sender refreshes the token: renew it here so /readyz stays truthful.
-        if self.sink.auth_failed or (self.tokens is not None and not self.inflight and not self.tokens.valid()):
-            self._probe_auth()
+        self.housekeeping(now)
+        if self.auth_probe.due(idle=not self.inflight):
+            self.auth_probe(idle=not self.inflight)
 
     def _fatal(self, exc: Exception) -> None:
         code = next(code for cls, code in _FATAL.items() if isinstance(exc, cls))
@@ -322,40 +312,6 @@ class Pipeline:
                       self.dlq.unusable, ExitCode.DLQ)
             self._stop(ExitCode.DLQ, self.dlq.unusable)
 
-    # == housekeeping, once a second ==========================================================
-    def _housekeeping(self, now: float) -> None:
-        self._check_stalls(now)
-        self._catchup_eta(now)
-        if self.workers:
-            METRICS.worker_memory.set(sum(map(_rss_bytes, self.processing.pids)))
-
-    def _check_stalls(self, now: float) -> None:
-        """Name every partition whose commit point is held by one record while later ones are
-        acknowledged (a record stuck in delivery or in the dead-letter topic): log once per
-        ``stall_warning_s`` each, and keep the gauge current."""
-        after = self.settings.delivery.stall_warning_s
-        stalled = self.tracker.stalled(now, after)
-        METRICS.stalled_partitions.set(len(stalled))
-        for tp, offset, age, behind in stalled:
-            if now - self._stall_logged.get(tp, float("-inf")) >= after:
-                self._stall_logged[tp] = now
-                log.warning("commit point of %s[%d] has not moved for %.0fs: %s[%d]@%d is not acknowledged while "
-                            "%d later records are", tp[0], tp[1], age, tp[0], tp[1], offset, behind)
-        if len(self._stall_logged) > len(stalled):
-            current = {s[0] for s in stalled}
-            self._stall_logged = {tp: t for tp, t in self._stall_logged.items() if tp in current}
-
-    def _catchup_eta(self, now: float) -> None:
-        """Consumer lag ÷ the acknowledgement rate over the last minute: when the backlog clears."""
-        samples = self._ack_samples
-        samples.append((now, self.tracker.acked_total))
-        while samples and now - samples[0][0] > _ETA_WINDOW_S:
-            samples.popleft()
-        lag = sum(LAG.get(tp, 0) for tp in self.tracker.assigned())
-        span = now - samples[0][0]
-        rate = (samples[-1][1] - samples[0][1]) / span if span > 0 else 0.0
-        METRICS.catchup_eta.set(0.0 if lag == 0 else lag / rate if rate > 0 else float("inf"))
-
     def _update_shares(self) -> None:
         """This replica's part of the send budget follows its part of the partitions."""
         if self.governor.enabled and self.source is not None:
@@ -381,27 +337,6 @@ class Pipeline:
             self.source.resume(self.tracker.assigned())
             METRICS.paused_partitions.set(0)
             log.info("resuming consumption")
-
-    def _probe_auth(self, force: bool = False) -> None:
-        """Fetch a token at start and, while credentials are rejected, every 30 s."""
-        if self.tokens is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_auth_probe < _AUTH_PROBE_INTERVAL_S:
-            return
-        self._last_auth_probe = now
-        try:
-            self.tokens.token()
-        except AuthFailure as exc:
-            self.sink.auth_failed = True
-            METRICS.auth_failed.set(1)
-            log.error("%s — consumption is paused and nothing is committed until this is fixed", exc)
-        except TransientError as exc:
-            log.warning("IMS not reachable yet: %s", exc)
-        else:
-            if self.sink.auth_failed and not self.inflight:
-                self.sink.auth_failed = False
-                METRICS.auth_failed.set(0)
 
     # == rebalance ============================================================================
     def _on_assign(self, parts: list[Any]) -> None:
@@ -487,18 +422,6 @@ class Pipeline:
         self.processing.close()
         self.client.close()
         log.info("stopped")
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _rss_bytes(pid: int) -> int:
-    """Resident memory of a process (Linux /proc; 0 where it cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 # Label values must stay bounded: passthrough events (any name) share "other".

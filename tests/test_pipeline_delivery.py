@@ -134,12 +134,12 @@ def test_a_record_holding_the_commit_point_is_named_and_counted(tmp_path: Path, 
         run_until(p, lambda: src.stored.get(TP) == 5 and not p.batcher.queued() and not p.inflight
                   and p.tracker.pending == 15)
         t0 = time.monotonic()
-        p._check_stalls(t0)  # noqa: SLF001 - the loop calls it every second; here with a chosen clock
-        p._check_stalls(t0 + 29)  # noqa: SLF001
+        p.housekeeping.check_stalls(t0)  # the loop calls it every second; here with a chosen clock
+        p.housekeeping.check_stalls(t0 + 29)
         assert METRICS.stalled_partitions._value.get() == 0  # noqa: SLF001
-        with caplog.at_level(logging.WARNING, logger="connector.pipeline"):
-            p._check_stalls(t0 + 31)  # noqa: SLF001
-            p._check_stalls(t0 + 32)  # noqa: SLF001 - logged once per stall_warning_s, not every check
+        with caplog.at_level(logging.WARNING, logger="connector.housekeeping"):
+            p.housekeeping.check_stalls(t0 + 31)
+            p.housekeeping.check_stalls(t0 + 32)  # logged once per stall_warning_s, not every check
         assert METRICS.stalled_partitions._value.get() == 1  # noqa: SLF001
         lines = [r.getMessage() for r in caplog.records if "has not moved" in r.getMessage()]
         assert len(lines) == 1 and "w.points[0]@5" in lines[0] and "14 later records" in lines[0]
