@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter as Tally
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from confluent_kafka import KafkaError
@@ -40,7 +40,7 @@ from connector.governor import Governor
 from connector.housekeeping import AuthProbe, Housekeeping
 from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
-from connector.process import Empty, Encoded, Outcome, ProcessorSpec
+from connector.process import Empty, Encoded, Outcome, ProcessorSpec, Rejected
 from connector.processing import Entry, make_processing
 from connector.registry import RegistryLookup
 from connector.sink import MessageFailure, Sink
@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 _SWITCH_INTERVAL_S = 0.001
 _CLOSE_TIMEOUT_S = 5.0  # consumer close (leave the group, final commit): part of the shutdown bound
 # What stops the pipeline on its own, by the exception that says so.
-_FATAL = {RegistryUnavailable: ExitCode.REGISTRY, WorkerCrashed: ExitCode.WORKERS}
+_FATAL: tuple[type[Exception], ...] = (RegistryUnavailable, WorkerCrashed)
+_FATAL_CODES = {RegistryUnavailable: ExitCode.REGISTRY, WorkerCrashed: ExitCode.WORKERS}
 
 
 class Pipeline:
@@ -131,7 +132,7 @@ class Pipeline:
         try:
             while not self.stop_event.is_set():
                 self.run_once()
-        except tuple(_FATAL) as exc:
+        except _FATAL as exc:
             self._fatal(exc)
         finally:
             self._shutdown()
@@ -172,7 +173,7 @@ class Pipeline:
             self.auth_probe(idle=not self.inflight)
 
     def _fatal(self, exc: Exception) -> None:
-        code = next(code for cls, code in _FATAL.items() if isinstance(exc, cls))
+        code = next(code for cls, code in _FATAL_CODES.items() if isinstance(exc, cls))
         log.error("%s: stopping; what is not acknowledged is not committed", exc)
         self._stop(code, str(exc))
 
@@ -217,18 +218,18 @@ class Pipeline:
         for (m, tp, epoch), o in zip(entries, outcomes):
             if epoch_of(tp) != epoch:
                 continue  # revoked while a worker had it: the next owner reads it again
-            kind = type(o)
-            if kind is Encoded:
+            if type(o) is Encoded:
                 decoded.append((tp[0], o.format))
                 transformed += o.labels
                 add(PendingRecord(tp, m.offset(), epoch, m.timestamp()[1], m.key(), m.value(), m.headers(),
                                   o.bodies, o.labels, o.size), now)
                 if o.dropped:
                     self._identities_dropped(tp, m.offset(), o.dropped)
-            elif kind is Empty:
+            elif type(o) is Empty:
                 decoded.append((tp[0], o.format))
                 self._ack(tp, epoch, m.offset())  # nothing to send for this record (e.g. filtered)
             else:
+                o = cast(Rejected, o)
                 if o.format is not None:
                     decoded.append((tp[0], o.format))
                 self._send_dead_letter(DeadLetter(tp[0], tp[1], m.offset(), m.key(), m.value(), m.headers(),
@@ -407,7 +408,7 @@ class Pipeline:
                 msgs = self.source.poll_callbacks(0.0 if self.processing.outstanding else 0.02)
                 try:
                     self._step(msgs, 0.02, draining=True)
-                except tuple(_FATAL) as exc:
+                except _FATAL as exc:
                     self._fatal(exc)
             self.delivery.cancel(None)
             self._store()

@@ -107,10 +107,11 @@ class PoolProcessing:
 
     def start(self) -> None:
         if self.pool is None:
-            factory = self._factory
-            if factory is None:
-                from connector.workers import WorkerPool as factory
-            self.pool = factory(self.workers, self._spec, self._lookup)
+            if self._factory is None:
+                from connector.workers import WorkerPool
+
+                self._factory = WorkerPool
+            self.pool = self._factory(self.workers, self._spec, self._lookup)
             log.info("decoding and transforming in %d worker processes (pids %s)", self.workers, self.pool.pids)
 
     @property
