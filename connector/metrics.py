@@ -130,6 +130,9 @@ class Metrics:
             p + "transform_workers", "Worker processes decoding and transforming (0: the consumer thread)", registry=r)
         self.worker_restarts = Counter(
             p + "worker_restarts_total", "Transform worker processes that died and were restarted", registry=r)
+        self.worker_busy = Counter(
+            p + "worker_busy_seconds_total", "Wall time each transform worker spent on chunks (its rate is the "
+            "worker's busy fraction; the rest it waited for input)", ["worker"], registry=r)
         self.partition_moves = Counter(
             p + "partition_moves_total", "Partitions moved between transform workers to even out their load",
             registry=r)

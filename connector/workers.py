@@ -86,7 +86,9 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
             schemas.update(new_schemas)
         if seq == 0:
             continue  # schemas only (sent to a restarted worker)
-        answer = (seq, processor.run(values))  # no lookup here can fail: schemas come with the chunks
+        started = time.perf_counter()
+        outcomes = processor.run(values)  # no lookup here can fail: schemas come with the chunks
+        answer = (seq, outcomes, time.perf_counter() - started)
         try:
             outbox.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, OSError):
@@ -128,7 +130,7 @@ def _grow_pipe(conn: Connection) -> None:
 
 
 class _Worker:
-    __slots__ = ("inbox", "known", "no", "outbox", "outstanding", "process")
+    __slots__ = ("busy", "inbox", "known", "no", "outbox", "outstanding", "process")
 
     def __init__(self, no: int, ctx: Any, spec: ProcessorSpec) -> None:
         self.no = no
@@ -143,6 +145,7 @@ class _Worker:
         out_w.close()
         self.outstanding: dict[int, bytes] = {}  # seq → pickled chunk, until answered
         self.known: set[int] = set()  # schema ids this worker was sent
+        self.busy = METRICS.worker_busy.labels(str(no))  # time on chunks, as the worker measured it
 
     def send(self, seq: int, payload: bytes) -> None:
         self.outstanding[seq] = payload
@@ -249,8 +252,9 @@ class WorkerPool:
                 except (EOFError, OSError):
                     self._restart(w)
                     break
-                seq, result = pickle.loads(raw)
+                seq, result, busy_s = pickle.loads(raw)
                 w.outstanding.pop(seq, None)
+                w.busy.inc(busy_s)
                 on_answer(seq, result)
                 n += 1
         return n

@@ -30,7 +30,8 @@ from connector.avro_schemas import default_schemas
 from support import ROOT, free_port
 
 _BOUNDED_LABELS = {"topic", "partition", "format", "kind", "event_type", "stage", "reason", "endpoint", "status",
-                   "outcome", "error", "retriable"}
+                   "outcome", "error", "retriable",
+                   "worker"}  # worker: the index of a transform worker, below processing.workers
 
 
 def _families(metrics: Metrics) -> dict[str, str]:
