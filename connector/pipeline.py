@@ -252,9 +252,9 @@ class Pipeline:
                             "capillary_aep_identities_dropped_total, not logged again", reason, tp[0], tp[1], offset)
 
     def _consumer_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+        if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):  # noqa: SLF001 - librdkafka's local codes are spelled so
             return  # EOF is not an error; a regex subscription may match no topic yet
-        if err.fatal() or err.code() == KafkaError._MAX_POLL_EXCEEDED:
+        if err.fatal() or err.code() == KafkaError._MAX_POLL_EXCEEDED:  # noqa: SLF001 - see above
             log.error("fatal consumer error: %s; stopping", err)
             self._stop(ExitCode.CONSUMER, f"fatal consumer error: {err.name()}")
             return

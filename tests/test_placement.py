@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -93,7 +92,7 @@ def test_repeated_plans_converge_on_random_skewed_traffic() -> None:
 # == the worker-pool processing stage: moves under load keep every partition in order ============
 # Tested directly: real worker processes, no Kafka, no HTTP, no pipeline.
 
-def _Msg(tp: tuple[str, int], off: int, value: bytes) -> FakeMessage:  # noqa: N802
+def _Msg(tp: tuple[str, int], off: int, value: bytes) -> FakeMessage:
     return FakeMessage(tp[0], tp[1], off, None, value)
 
 

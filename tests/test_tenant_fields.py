@@ -60,7 +60,8 @@ def test_passthrough_keeps_unknown_data_as_json_text_inside_the_closed_schema() 
     raw = {"eventName": "badgeEarned", "eventId": "e-1", "createdAt": 1_700_000_000_000,
            "data": {"customerIdentifiers": {"customerId": 7}, "badge": {"id": "B-1", "tags": ["a"]}}}
     [ee] = make(unknown_events="passthrough").transform(raw)
-    assert ee.envelope["body"]["xdmEntity"]["_capillary"]["capillary"]["dataJson"] == '{"badge":{"id":"B-1","tags":["a"]}}'
+    tenant_block = ee.envelope["body"]["xdmEntity"]["_capillary"]["capillary"]
+    assert tenant_block["dataJson"] == '{"badge":{"id":"B-1","tags":["a"]}}'
 
 
 def test_one_field_declared_with_two_types_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,7 +74,7 @@ def test_one_field_declared_with_two_types_is_an_error(monkeypatch: pytest.Monke
 
 def test_records_declared_in_several_events_merge_their_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = events.SPECS["cardUpdated"]
-    extra = events._record((("extraField", num),))
+    extra = events.record_of((("extraField", num),))
     monkeypatch.setitem(events.SPECS, "cardUpdated", dataclasses.replace(spec, computed=(("series_info", extra),)))
     series = tenant.event_tenant_schema()["properties"]["series_info"]["properties"]
     assert "extraField" in series and "discount_value" in series

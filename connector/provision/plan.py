@@ -177,8 +177,8 @@ def config_snippet(result: Result, tenant_id: str) -> str:
 
 def render_steps(steps: list[Step]) -> str:
     width = max((len(s.what) for s in steps), default=0)
-    return "\n".join(f"  {s.action:<13} {s.what:<{width}}  {s.name}" + (f"  [{s.id}]" if s.id and s.id != PENDING else "")
-                     for s in steps)
+    return "\n".join(f"  {s.action:<13} {s.what:<{width}}  {s.name}"
+                     + (f"  [{s.id}]" if s.id and s.id != PENDING else "") for s in steps)
 
 
 def as_dict(result: Result) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def copy_fields(target: dict[str, Any], data: Mapping[str, Any], fields: Fields)
                 target[key] = value
 
 
-def _records(fields: Fields) -> Converter:
+def records_of(fields: Fields) -> Converter:
     """Converter for a list of records whose scalar fields are copied by ``fields``."""
 
     def convert(items: Any) -> list[dict[str, Any]] | None:
@@ -128,7 +128,7 @@ def _records(fields: Fields) -> Converter:
     return convert
 
 
-def _record(fields: Fields) -> Converter:
+def record_of(fields: Fields) -> Converter:
     def convert(item: Any) -> dict[str, Any] | None:
         if not isinstance(item, dict):
             return None
@@ -141,7 +141,7 @@ def _record(fields: Fields) -> Converter:
 
 
 # A counterpart customer (transfer partner, merge victim) by Capillary id only: no PII in tenant fields.
-_customer_ref = _record((("customerId", id_str),))
+_customer_ref = record_of((("customerId", id_str),))
 
 
 # --- helpers shared by several events ------------------------------------------------------------
@@ -237,25 +237,25 @@ TRANSACTION_FIELDS: Fields = (
 POINTS_ISSUED_FIELDS: Fields = (
     ("totalPointsIssued", num), ("regularPointsIssued", num), ("programCurrentPoints", num),
     ("programLifetimePoints", num), ("AvailablePointsBalance", num),
-    ("regularPointsBreakup", _records((("points", num), ("expiryAt", to_date)))),
-    ("promotionalPointsIssued", _records(PROMOTIONAL_POINTS)),
-    ("promisedPointsIssued", _records((
+    ("regularPointsBreakup", records_of((("points", num), ("expiryAt", to_date)))),
+    ("promotionalPointsIssued", records_of(PROMOTIONAL_POINTS)),
+    ("promisedPointsIssued", records_of((
         ("promisedPoints", num), ("isExternalTriggerBased", boolean),
         ("promisedPointsConversionDate", to_date), ("promotionIdentifier", id_str)))),
     ("behavioralEventAttributes", string_map),
 )
-EARNING_PROGRAMS = _records((("programId", id_str), ("pointsRedeemed", num), ("programCurrentPoints", num)))
+EARNING_PROGRAMS = records_of((("programId", id_str), ("pointsRedeemed", num), ("programCurrentPoints", num)))
 TIER_FIELDS: Fields = (
     ("previousTierNumber", int_or_none), ("upgradedTierNumber", int_or_none), ("downgradedTierNumber", int_or_none),
     ("currentTierNumber", int_or_none), ("tierExpiryDate", to_date), ("tierExpiryDateInMillis", to_iso),
     ("currentDateStoreTz", to_date), ("notes", text), ("upgradeType", text), ("downgradeType", text),
     ("renewType", text), ("scheduledDowngradeDate", to_date),
 )
-SERIES_INFO = _record((
+SERIES_INFO = record_of((
     ("id", id_str), ("description", text), ("seriesType", text), ("clientHandlingType", text),
     ("valid_till", to_iso), ("discount_code", text), ("discount_type", text), ("discount_value", num),
 ))
-RESTRICTIONS = _records((("limitOn", text), ("kpi", text), ("restrictionType", text), ("maxLimit", num)))
+RESTRICTIONS = records_of((("limitOn", text), ("kpi", text), ("restrictionType", text), ("maxLimit", num)))
 
 
 POINTS_REDEEMED_FIELDS: Fields = (
@@ -265,7 +265,7 @@ POINTS_REDEEMED_FIELDS: Fields = (
     )
 POINTS_EXPIRED_FIELDS: Fields = (("pointsExpired", num), ("AvailablePointsBalance", num))
 POINTS_EXPIRY_REMINDER_FIELDS: Fields = (("pointsScheduledForExpiry", num), ("scheduledExpiryDate", to_date))
-POINTS_EXPIRY_CHANGE_FIELDS: Fields = (("updatedPointsExpiryBreakup", _records((
+POINTS_EXPIRY_CHANGE_FIELDS: Fields = (("updatedPointsExpiryBreakup", records_of((
         ("pointAwardedRefID", id_str), ("pointsAwardedRefType", text), ("promotionID", id_str), ("points", num),
         ("pointsPreviousExpiryDate", to_date), ("expiryUpdateReasonType", text), ("expiryUpdateReasonNote", text),
         ("newExpiryDate", to_date), ("newExpirySetType", text),
@@ -283,24 +283,24 @@ REWARD_ISSUED_FIELDS: Fields = (
         ("rewardId", id_str), ("type", text), ("redemptionType", text), ("startDate", to_iso), ("endDate", to_iso),
         ("intouchPoints", num), ("intouchSeriesId", id_str), ("priority", int_or_none), ("tier", text),
         ("group", text), ("label", text), ("transactionId", id_str),
-        ("vendorRewardDetails", _record((("vendorVoucher", text),))),
-        ("intouchRewardDetails", _record((("intouchCouponCode", text), ("codeExpiry", to_iso)))),
+        ("vendorRewardDetails", record_of((("vendorVoucher", text),))),
+        ("intouchRewardDetails", record_of((("intouchCouponCode", text), ("codeExpiry", to_iso)))),
         ("issueDateTime", to_iso), ("eventDateTime", to_iso),
     )
 ISSUED_POINTS_REVERSED_FIELDS: Fields = (
         ("programCurrentPoints", num), ("programLifetimePoints", num), ("totalIssuedPointsReversed", num),
         ("regularPointsReversed", num), ("promisedPointsReversed", num),
-        ("promotionalPointsReversed", _records(PROMOTIONAL_POINTS)),
+        ("promotionalPointsReversed", records_of(PROMOTIONAL_POINTS)),
     )
 REDEEMED_POINTS_REVERSED_FIELDS: Fields = (
         ("redeemedPointsReversed", num), ("redemptionSummaryId", id_str),
-        ("redeemedPointsReversedDetails", _record((("available", num), ("expired", num)))),
-        ("redemptionReversalToEarningPrograms", _records((
+        ("redeemedPointsReversedDetails", record_of((("available", num), ("expired", num)))),
+        ("redemptionReversalToEarningPrograms", records_of((
             ("programId", id_str), ("pointsReversed", num), ("programCurrentPoints", num)))),
     )
 MANUAL_POINTS_ADJUSTMENT_FIELDS: Fields = (
         ("totalPointsDeducted", num), ("reason", text),
-        ("programPointsSplit", _records((
+        ("programPointsSplit", records_of((
             ("pointsAwardedId", id_str), ("programId", id_str), ("points", num), ("pointsType", text)))),
     )
 POINTS_TRANSFERRED_INITIATED_FIELDS: Fields = (
@@ -318,7 +318,7 @@ CARD_UPDATED_FIELDS: Fields = (
     )
 LOYALTY_CUSTOMER_MERGE_FIELDS: Fields = (
         ("survivorCustomerIdentifiers", _customer_ref), ("victimCustomerIdentifiers", _customer_ref),
-        ("survivorCustomerLoyaltySummary", _records((
+        ("survivorCustomerLoyaltySummary", records_of((
             ("loyaltyProgramId", id_str), ("lifetimePoints", num), ("currentPoints", num),
             ("promisedPoints", num), ("tierNumber", int_or_none)))),
     )
@@ -359,12 +359,13 @@ def customer_updated(draft: Draft, data: Mapping[str, Any]) -> None:
         put(draft.loyalty, "status", text(status.get("currentLabel")) or text(status.get("currentStatus")))
 
 
-_UPDATED_FIELDS = _records((
+_UPDATED_FIELDS = records_of((
     ("fieldName", text), ("previousValue", text), ("currentValue", text), ("fieldType", text),
     ("source", text), ("accountId", id_str),
 ))
-_CUSTOMER_STATUS = _record((
-    ("previousStatus", text), ("previousLabel", text), ("currentStatus", text), ("currentLabel", text), ("reason", text),
+_CUSTOMER_STATUS = record_of((
+    ("previousStatus", text), ("previousLabel", text), ("currentStatus", text), ("currentLabel", text),
+    ("reason", text),
 ))
 _CONTACT_FIELDS = frozenset({"email", "mobile", "phone"})
 LOYALTY_STATUS = {"LOYALTY": "active", "NON_LOYALTY": "notEnrolled"}
@@ -552,7 +553,7 @@ def coupon_issue(draft: Draft, data: Mapping[str, Any]) -> None:
         draft.loyalty["rewards"] = {"coupons": profile_coupons}
 
 
-_ISSUED_COUPONS = _records((("id", id_str), ("code", text), ("valid_till", to_iso), ("issued_on", to_iso)))
+_ISSUED_COUPONS = records_of((("id", id_str), ("code", text), ("valid_till", to_iso), ("issued_on", to_iso)))
 
 
 def coupon_redeem(draft: Draft, data: Mapping[str, Any]) -> None:
@@ -593,13 +594,13 @@ def coupon_redeem(draft: Draft, data: Mapping[str, Any]) -> None:
         draft.loyalty["rewards"] = {"coupons": [row]}
 
 
-def _nonzero_id(value: Any) -> str | None:
+def nonzero_id(value: Any) -> str | None:
     ident = id_str(value)
     return ident if ident != "0" else None
 
 
-_COUPON_TRANSACTION = _record((("bill_id", _nonzero_id), ("number", text)))
-_REDEEMED_COUPON = _record((("id", id_str), ("code", text), ("redemptionId", id_str), ("redemptionDate", to_iso)))
+_COUPON_TRANSACTION = record_of((("bill_id", nonzero_id), ("number", text)))
+_REDEEMED_COUPON = record_of((("id", id_str), ("code", text), ("redemptionId", id_str), ("redemptionDate", to_iso)))
 
 
 def issued_points_reversed(draft: Draft, data: Mapping[str, Any]) -> None:
@@ -662,15 +663,19 @@ def passthrough(draft: Draft, data: Mapping[str, Any]) -> None:
 SPECS: dict[str, EventSpec] = {
     spec.name: spec
     for spec in (
-        EventSpec("customerAdded", "loyalty.customerAdded", customer_added, profile=True, contact=True, tenant=CUSTOMER_FIELDS),
+        EventSpec("customerAdded", "loyalty.customerAdded", customer_added, profile=True, contact=True,
+                  tenant=CUSTOMER_FIELDS),
         EventSpec("customerUpdated", "loyalty.customerUpdated", customer_updated, profile=True, contact=True,
-                  tenant=CUSTOMER_FIELDS, computed=(("updatedFields", _UPDATED_FIELDS), ("customerStatus", _CUSTOMER_STATUS))),
+                  tenant=CUSTOMER_FIELDS,
+                  computed=(("updatedFields", _UPDATED_FIELDS), ("customerStatus", _CUSTOMER_STATUS))),
         EventSpec("transactionAdded", "commerce.purchases", transaction_added, tenant=TRANSACTION_FIELDS),
         EventSpec("transactionUpdated", "commerce.transactionUpdated", transaction_updated, tenant=TRANSACTION_FIELDS),
         EventSpec("pointsIssued", "loyalty.pointsIssued", points_issued, profile=True, tenant=POINTS_ISSUED_FIELDS),
-        EventSpec("pointsRedeemed", "loyalty.pointsRedeemed", points_redeemed, profile=True, tenant=POINTS_REDEEMED_FIELDS),
+        EventSpec("pointsRedeemed", "loyalty.pointsRedeemed", points_redeemed, profile=True,
+                  tenant=POINTS_REDEEMED_FIELDS),
         EventSpec("pointsExpired", "loyalty.pointsExpired", points_expired, profile=True, tenant=POINTS_EXPIRED_FIELDS),
-        EventSpec("pointsExpiryReminder", "loyalty.pointsExpiryReminder", fields_only, tenant=POINTS_EXPIRY_REMINDER_FIELDS),
+        EventSpec("pointsExpiryReminder", "loyalty.pointsExpiryReminder", fields_only,
+                  tenant=POINTS_EXPIRY_REMINDER_FIELDS),
         EventSpec("pointsExpiryChange", "loyalty.pointsExpiryChange", fields_only, tenant=POINTS_EXPIRY_CHANGE_FIELDS),
         EventSpec("tierUpgraded", "loyalty.tierUpgraded", tier_upgraded, profile=True, tenant=TIER_FIELDS,
                   computed=(("previousTierName", text), ("upgradedTierName", text))),
@@ -684,11 +689,15 @@ SPECS: dict[str, EventSpec] = {
         EventSpec("CouponIssue", "loyalty.couponIssued", coupon_issue, identity_key=None, profile=True,
                   tenant=COUPON_ISSUE_FIELDS, computed=(("coupons", _ISSUED_COUPONS),)),
         EventSpec("CouponRedeem", "loyalty.couponRedeemed", coupon_redeem, profile=True, tenant=COUPON_REDEEM_FIELDS,
-                  computed=(("coupon", _REDEEMED_COUPON), ("series_info", SERIES_INFO), ("transaction", _COUPON_TRANSACTION))),
+                  computed=(("coupon", _REDEEMED_COUPON), ("series_info", SERIES_INFO),
+                            ("transaction", _COUPON_TRANSACTION))),
         EventSpec("rewardIssued", "loyalty.rewardIssued", fields_only, tenant=REWARD_ISSUED_FIELDS),
-        EventSpec("issuedPointsReversed", "loyalty.pointsReversed", issued_points_reversed, profile=True, tenant=ISSUED_POINTS_REVERSED_FIELDS),
-        EventSpec("redeemedPointsReversed", "loyalty.redemptionReversed", redeemed_points_reversed, profile=True, tenant=REDEEMED_POINTS_REVERSED_FIELDS),
-        EventSpec("manualPointsAdjustment", "loyalty.pointsAdjusted", fields_only, tenant=MANUAL_POINTS_ADJUSTMENT_FIELDS),
+        EventSpec("issuedPointsReversed", "loyalty.pointsReversed", issued_points_reversed, profile=True,
+                  tenant=ISSUED_POINTS_REVERSED_FIELDS),
+        EventSpec("redeemedPointsReversed", "loyalty.redemptionReversed", redeemed_points_reversed, profile=True,
+                  tenant=REDEEMED_POINTS_REVERSED_FIELDS),
+        EventSpec("manualPointsAdjustment", "loyalty.pointsAdjusted", fields_only,
+                  tenant=MANUAL_POINTS_ADJUSTMENT_FIELDS),
         EventSpec("pointsTransferredInitiated", "loyalty.pointsTransferredInitiated", points_transferred_initiated,
                   profile=True, tenant=POINTS_TRANSFERRED_INITIATED_FIELDS),
         EventSpec("pointsTransferredReceived", "loyalty.pointsTransferredReceived", points_transferred_received,

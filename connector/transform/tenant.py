@@ -32,7 +32,7 @@ _SCALARS: dict[Callable[[Any], Any], Schema] = {
     text: _STRING,
     id_str: _STRING,
     currency: _STRING,
-    events._nonzero_id: _STRING,
+    events.nonzero_id: _STRING,
     num: {"type": "number"},
     int_or_none: {"type": "integer"},
     boolean: {"type": "boolean"},
@@ -47,7 +47,7 @@ _SCALARS: dict[Callable[[Any], Any], Schema] = {
 LINEAGE: Fields = (
     ("eventName", text), ("orgId", id_str), ("eventId", id_str), ("refId", text), ("loyaltyEventId", text),
     ("apiRequestId", text), ("eventLogId", id_str), ("loyaltyProgramId", id_str), ("loyaltyProgramName", text),
-    ("triggeringActivity", events._record((
+    ("triggeringActivity", events.record_of((
         ("name", text), ("requestId", text), ("identifiers", key_values), ("additionalAttributes", key_values)))),
     ("tillCode", text), ("storeCode", text), ("storeName", text), ("storeExternalId", text),
 )
@@ -73,7 +73,8 @@ def field_schema(convert: Callable[[Any], Any]) -> Schema:
     try:
         return copy.deepcopy(_SCALARS[convert])
     except (KeyError, TypeError):
-        raise DeclarationError(f"converter {getattr(convert, '__name__', convert)!r} has no declared XDM type") from None
+        name = getattr(convert, "__name__", convert)
+        raise DeclarationError(f"converter {name!r} has no declared XDM type") from None
 
 
 def object_schema(fields: Iterable[tuple[str, Callable[[Any], Any]]], path: str = "") -> Schema:
@@ -117,7 +118,7 @@ def event_fields() -> dict[str, Fields]:
 def event_tenant_schema() -> Schema:
     """The ``capillary`` object of the ExperienceEvent tenant block: the union of every declaration."""
     merged: Schema = {"type": "object", "properties": {}}
-    for source, fields in event_fields().items():
+    for fields in event_fields().values():
         for name, convert in fields:
             _add(merged, name, field_schema(convert), "")
     return _sorted(merged)
