@@ -278,3 +278,14 @@ def test_check_reports_an_environment_value_that_is_not_json(tmp_path: Path, mon
     monkeypatch.setenv("CAPILLARY_AEP__KAFKA__TOPICS", r'["^a\."]')  # \. is not a JSON escape
     result = CliRunner().invoke(main, ["check", "--config", str(cfg)])
     assert result.exit_code == 2 and result.output.startswith("✗ config") and '"kafka"' in result.output
+
+
+def test_every_exit_code_is_documented_in_the_readme() -> None:
+    from connector.errors import ExitCode
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("**Exit codes**")
+    paragraph = text[start:text.index("\n\n", start)]
+    for code in ExitCode:
+        if code is not ExitCode.OK:
+            assert f"{int(code)} " in paragraph, code
