@@ -115,8 +115,10 @@ def test_scrape_jobs_cover_every_job_the_rules_and_dashboard_name() -> None:
     port = int(listen.rpartition(":")[2])
     assert jobs["capillary-aep"]["dns_sd_configs"][0] == {"names": ["connector"], "type": "A", "port": port,
                                                           "refresh_interval": "15s"}
-    assert jobs["capillary-aep-ingest"]["dns_sd_configs"][0]["port"] == 8090
+    assert jobs["capillary-aep-ingest"]["dns_sd_configs"][0]["port"] == 9401  # its metrics listener
     assert services["ingest"]["environment"]["CAPILLARY_AEP__INGEST__LISTEN"].endswith(":8090")
+    assert services["ingest"]["environment"]["CAPILLARY_AEP__INGEST__METRICS_LISTEN"].endswith(":9401")
+    assert not any("9401" in str(p) for p in services["ingest"].get("ports", []))  # never published
     assert "alerts.yml" in prom["rule_files"]
 
 

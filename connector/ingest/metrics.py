@@ -34,5 +34,13 @@ class IngestMetrics:
                                          ["reason"], registry=r)
         self.broker_up = Gauge(p + "broker_up", "1 while the Kafka cluster is reachable and accepting records",
                                registry=r)
+        self.throttled = Counter(p + "throttled_total", "Requests answered 429, by the cap they hit (address, "
+                                 "credential, requests, bytes, stopping)", ["cap"], registry=r)
+        self.timeouts = Counter(p + "timeouts_total", "Connections cut off for reading too slowly (408), by what "
+                                "was late: header or body", ["phase"], registry=r)
         # Pre-create the children the hot path uses (cheaper, and every series exists from the start).
-        self.status = {s: self.requests.labels(str(s)) for s in (200, 400, 401, 413, 429, 500, 503)}
+        self.status = {s: self.requests.labels(str(s)) for s in (200, 400, 401, 408, 413, 429, 500, 503)}
+        for cap in ("address", "credential", "requests", "bytes", "stopping"):
+            self.throttled.labels(cap)
+        for phase in ("header", "body"):
+            self.timeouts.labels(phase)
