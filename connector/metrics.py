@@ -119,7 +119,9 @@ class Metrics:
             ["topic", "partition"], registry=r,
         )
         self.consumer_lag = Gauge(
-            p + "consumer_lag", "High watermark minus consumed position", ["topic", "partition"], registry=r
+            p + "consumer_lag", "Last stable offset (the high watermark, outside open transactions) minus the group's "
+            "committed offset, for the partitions this member owns; librdkafka statistics, every 15 s",
+            ["topic", "partition"], registry=r
         )
         self.last_delivery_timestamp = Gauge(
             p + "last_delivery_timestamp_seconds", "Unix time of the last successful inlet request", registry=r

@@ -159,3 +159,42 @@ def test_every_alert_has_a_runbook_section_and_a_severity() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["alert"] in headings, rule["alert"]
         assert rule["annotations"]["runbook"] == f"docs/operations.md#{rule['alert'].lower()}"
+
+
+def test_every_alert_has_a_runbook_url_and_a_promtool_case_that_fires() -> None:
+    base = '{{ or $externalLabels.runbook_base "docs" }}'
+    fired: set[str] = set()
+    for path in sorted((DEPLOY / "prometheus" / "tests").glob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        assert "../alerts.yml" in doc["rule_files"], path
+        for case in doc["tests"]:
+            fired |= {t["alertname"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
+    for rule in _alert_rules():
+        anchor = rule["alert"].lower()
+        assert rule["annotations"]["runbook_url"] == f"{base}/operations.md#{anchor}", rule["alert"]
+        assert rule["alert"] in fired, f"{rule['alert']} has no promtool test in which it fires"
+
+
+def test_alertmanager_routes_every_severity_of_the_rules_and_compose_wires_it() -> None:
+    am = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    receivers = {r["name"]: r for r in am["receivers"]}
+    routed = {}
+    for route in am["route"]["routes"]:
+        (matcher,) = route["matchers"]
+        name, _, value = matcher.partition("=")
+        assert name == "severity", matcher
+        routed[value.strip('"')] = route["receiver"]
+    for rule in _alert_rules():
+        assert rule["labels"]["severity"] in routed, rule["alert"]
+    assert am["route"]["receiver"] in receivers and set(routed.values()) <= set(receivers)
+    for receiver in receivers.values():  # the example receivers are webhooks to the stack's logger
+        assert all(w["url"].startswith("http://alert-receiver:9099/") for w in receiver["webhook_configs"])
+    services = _compose()["services"]
+    assert "./deploy/alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in \
+        services["alertmanager"]["volumes"]
+    assert any("webhook_receiver.py" in v for v in services["alert-receiver"]["volumes"])
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert targets == ["alertmanager:9093"]
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    assert jobs["kafka-exporter"]["static_configs"][0]["targets"] == ["kafka-exporter:9308"]
