@@ -155,6 +155,8 @@ def test_every_event_answered_200_is_in_kafka_where_the_mapping_says(broker: str
     assert metrics["capillary_ingest_events_total{event_type=tierUpgraded}"] >= 5
     assert metrics["capillary_ingest_produce_latency_seconds_count"] >= 60 + len(rest) // 50
     assert metrics["capillary_ingest_requests_total{status=200}"] >= 60 + len(rest) // 50
+    assert metrics["capillary_ingest_accepted_request_duration_seconds_count"] == \
+        metrics["capillary_ingest_requests_total{status=200}"]  # the 200s' latency, and only theirs
 
 
 def _marker(ingress: Ingress) -> dict[str, Any]:

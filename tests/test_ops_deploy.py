@@ -39,6 +39,12 @@ def dashboard_exprs() -> list[str]:
     return exprs
 
 
+def grafana_expand(expr: str) -> str:
+    """A dashboard query as Grafana sends it with every variable at "All"."""
+    expr = expr.replace("$__rate_interval", "1m")
+    return re.sub(r"\$(job|instance|topic|ingest_job)\b", ".*", expr)
+
+
 def rule_exprs() -> list[str]:
     return [r["expr"] for r in _alert_rules()]
 
@@ -107,7 +113,7 @@ def test_compose_connector_config_targets_the_emulator_and_exposes_metrics(monke
 def test_scrape_jobs_cover_every_job_the_rules_and_dashboard_name() -> None:
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
-    named = set(re.findall(r'job=~?"([^"]+)"', "\n".join(rule_exprs() + dashboard_exprs())))
+    named = set(re.findall(r'job=~?"([^"$]+)"', "\n".join(rule_exprs() + dashboard_exprs())))  # $job: a variable
     for value in named:
         assert any(re.fullmatch(value, job) for job in jobs), value
     services = _compose()["services"]
@@ -127,9 +133,10 @@ def test_grafana_provisioning_matches_the_dashboard_datasource() -> None:
     uid = ds["datasources"][0]["uid"]
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
     doc = json.loads((DEPLOY / "grafana" / "dashboards" / "capillary-aep.json").read_text())
+    assert ds["datasources"][0]["isDefault"] is True  # the dashboard's datasource variable starts on it
     for panel in doc["panels"]:
         if panel["type"] != "row":
-            assert panel["datasource"]["uid"] == uid, panel["title"]
+            assert panel["datasource"]["uid"] in (uid, "${datasource}"), panel["title"]
     grafana = _compose()["services"]["grafana"]
     provider = yaml.safe_load(
         (DEPLOY / "grafana" / "provisioning" / "dashboards" / "capillary-aep.yml").read_text())

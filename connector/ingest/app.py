@@ -135,6 +135,7 @@ class Ingress:
         self._events = {label: m.events.labels(label) for label in (*self.door.labels, "other")}
         self._observe_request = m.request_seconds.observe
         self._observe_produce = m.produce_seconds.observe
+        self._observe_accepted = m.accepted_seconds.observe
         self._retry_after = [(b"retry-after", str(cfg.retry_after_s).encode())]
         self._challenge = [(b"www-authenticate", self.auth.challenge.encode())] if self.auth.challenge else []
         limit = cfg.max_body_bytes
@@ -160,7 +161,10 @@ class Ingress:
                                 *headers]})
         await send({"type": "http.response.body", "body": body})
         self._status[status].inc()
-        self._observe_request(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self._observe_request(took)
+        if status == 200:
+            self._observe_accepted(took)
 
     async def _respond(self, scope: Scope, receive: Receive) -> _Answer:
         auth_value = declared = None

@@ -25,6 +25,9 @@ class IngestMetrics:
                                         ["cause"], registry=r)
         self.request_seconds = Histogram(p + "request_duration_seconds", "Time from headers to response",
                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.accepted_seconds = Histogram(p + "accepted_request_duration_seconds",
+                                          "Time from headers to a 200 answer (every event acknowledged by Kafka)",
+                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.produce_seconds = Histogram(p + "produce_latency_seconds",
                                          "Time from the first produce() to the broker acknowledging every "
                                          "record of a request", buckets=_LATENCY_BUCKETS, registry=r)
