@@ -205,3 +205,26 @@ def test_alertmanager_routes_every_severity_of_the_rules_and_compose_wires_it() 
     assert targets == ["alertmanager:9093"]
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
     assert jobs["kafka-exporter"]["static_configs"][0]["targets"] == ["kafka-exporter:9308"]
+
+
+def test_compose_publishes_on_loopback_and_has_no_default_secrets() -> None:
+    services = _compose()["services"]
+    published = [(name, str(p)) for name, s in services.items() for p in s.get("ports", [])]
+    assert published
+    for name, port in published:
+        assert port.startswith("${CAPILLARY_AEP_BIND:-127.0.0.1}:"), (name, port)  # loopback unless told
+    ingest_token = services["ingest"]["environment"]["CAPILLARY_AEP__INGEST__AUTH_TOKEN"]
+    grafana_password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    for value in (ingest_token, grafana_password):
+        assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", value), value  # required: compose refuses without it
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text and "PASSWORD:-" not in text and "TOKEN:-" not in text
+
+
+def test_compose_gives_the_ingress_more_grace_than_its_shutdown_bound() -> None:
+    from connector.ingest.config import IngestConfig
+
+    cfg = IngestConfig(auth_mode="none")
+    bound_s = (int(cfg.produce_timeout_s) + 2) + cfg.produce_timeout_s  # answers in flight, then the flush
+    grace = _compose()["services"]["ingest"]["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > bound_s, (grace, bound_s)
