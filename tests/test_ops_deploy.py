@@ -228,3 +228,27 @@ def test_compose_gives_the_ingress_more_grace_than_its_shutdown_bound() -> None:
     bound_s = (int(cfg.produce_timeout_s) + 2) + cfg.produce_timeout_s  # answers in flight, then the flush
     grace = _compose()["services"]["ingest"]["stop_grace_period"]
     assert grace.endswith("s") and int(grace[:-1]) > bound_s, (grace, bound_s)
+
+
+@pytest.mark.integration
+def test_example_webhook_receiver_logs_each_alert_with_its_runbook(tmp_path: Any) -> None:
+    import httpx
+
+    from support import ManagedProcess, free_port, port_open, wait_until
+
+    port = free_port()
+    proc = ManagedProcess(["python3", str(DEPLOY / "alertmanager" / "webhook_receiver.py"), str(port)],
+                          log_path=tmp_path / "receiver.log")
+    try:
+        wait_until(lambda: port_open(port), 10, what="the receiver")
+        note = {"version": "4", "status": "firing", "receiver": "critical", "alerts": [
+            {"status": "firing", "labels": {"alertname": "CapillaryAepIngestBrokerDown", "severity": "critical"},
+             "annotations": {"summary": "Webhook ingress i1 cannot deliver to Kafka",
+                             "runbook_url": "docs/operations.md#capillaryaepingestbrokerdown"}}]}
+        assert httpx.post(f"http://127.0.0.1:{port}/critical", json=note, timeout=5).status_code == 200
+        assert httpx.post(f"http://127.0.0.1:{port}/warning", content=b"not json", timeout=5).status_code == 200
+        wait_until(lambda: "not an Alertmanager notification" in proc.log_text(), 10, what="both logged")
+        assert ("[critical] firing critical CapillaryAepIngestBrokerDown: Webhook ingress i1 cannot deliver to "
+                "Kafka (docs/operations.md#capillaryaepingestbrokerdown)") in proc.log_text()
+    finally:
+        proc.stop()
