@@ -163,9 +163,9 @@ def _pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))] * 1000 if s else float("nan")
 
 
-def _metric(url: str, name: str) -> float:
+def _metric(metrics_url: str, name: str) -> float:
     total = 0.0
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+    for line in httpx.get(metrics_url, timeout=5).text.splitlines():
         if line.startswith(name) and not line.startswith("#"):
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", default=None, help="use this Kafka instead of starting tansu")
     ap.add_argument("--url", default=None, help="use a running ingress instead of starting one")
     ap.add_argument("--token", default=TOKEN, help="bearer token of --url")
+    ap.add_argument("--metrics-url", default="http://127.0.0.1:9401/metrics",
+                    help="/metrics of --url (the ingress serves it on ingest.metrics_listen, not the webhook port)")
     ap.add_argument("--linger-ms", type=float, default=None, help="ingest.linger_ms of the started ingress")
     ap.add_argument("--verify", action="store_true", help="read Kafka back and count records")
     args = ap.parse_args(argv)
@@ -224,12 +226,13 @@ def main(argv: list[str] | None = None) -> int:
             from connector.produce import ensure_topics
 
             ensure_topics(bootstrap, all_topics(), partitions=4)
-        url, token, ingest_pid = args.url, args.token, None
+        url, token, ingest_pid, metrics_url = args.url, args.token, None, args.metrics_url
         if url is None:
-            port = _free_port()
-            url, token = f"http://127.0.0.1:{port}", TOKEN
+            port, mport = _free_port(), _free_port()
+            url, token, metrics_url = f"http://127.0.0.1:{port}", TOKEN, f"http://127.0.0.1:{mport}/metrics"
             env = {**os.environ, "CAPILLARY_AEP__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                    "CAPILLARY_AEP__INGEST__LISTEN": f"127.0.0.1:{port}", "CAPILLARY_AEP__INGEST__AUTH_TOKEN": TOKEN,
+                   "CAPILLARY_AEP__INGEST__METRICS_LISTEN": f"127.0.0.1:{mport}",
                    "CAPILLARY_AEP__LOG__FORMAT": "text"}
             if args.linger_ms is not None:
                 env["CAPILLARY_AEP__INGEST__LINGER_MS"] = str(args.linger_ms)
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         for per_request, concurrency in zip(scenarios, conc + conc[-1:] * len(scenarios)):
             pool = max(200, 20_000 // per_request)
             requests, _ = build_requests(per_request, pool, host_port, token)
-            before = _metric(url, "capillary_ingest_events_total")
+            before = _metric(metrics_url, "capillary_ingest_events_total")
             cpu0 = {name: _cpu_seconds(pid) for name, pid in (("ingress", ingest_pid), ("broker", broker_pid)) if pid}
             client0 = time.process_time()
             res = asyncio.run(_load(host, int(port_s), requests, per_request, concurrency, args.warmup,
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu = {name: _cpu_seconds(pid) - c0 for name, c0, pid in
                    (("ingress", cpu0.get("ingress"), ingest_pid), ("broker", cpu0.get("broker"), broker_pid))
                    if pid and c0 is not None}
-            after = _metric(url, "capillary_ingest_events_total")
+            after = _metric(metrics_url, "capillary_ingest_events_total")
             answered_events += (after - before)
             wall = res.seconds + args.warmup
             bad = {s: n for s, n in res.statuses.items() if s != 200}

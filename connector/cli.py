@@ -232,42 +232,148 @@ def dlq() -> None:
     """Dead-letter topic tools."""
 
 
-def _parse_time(value: str | None) -> int | None:
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TIME_FORMS = ("ISO 8601 (2026-12-01, 2026-12-01T08:00:00Z, 2026-12-01T08:00:00+05:30), epoch milliseconds, "
+               "or a duration ago (90s, 30m, 24h, 7d, 2w)")
+
+
+def _parse_time(value: str | None, now_ms: int | None = None) -> int | None:
+    """Epoch milliseconds from ISO 8601 (UTC unless it names a zone), epoch ms, or a duration ago;
+    ValueError (with the accepted forms) for anything else."""
     if value is None:
         return None
-    if value.isdigit():
-        return int(value)
+    import time
     from datetime import datetime, timezone
 
-    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    unit = _DURATION_UNITS.get(text[-1:].lower())
+    if unit and text[:-1].isdigit():
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        return now - int(text[:-1]) * unit * 1000
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a time: use {_TIME_FORMS}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return int(when.timestamp() * 1000)
 
 
-@dlq.command()
-@click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="CAPILLARY_AEP_CONFIG")
-@click.option("--reason", multiple=True, help="Only letters with this dlq.reason (repeatable).")
-@click.option("--stage", multiple=True, type=click.Choice([stage.value for stage in Stage]))
-@click.option("--since", default=None, help="Dead-lettered at or after (ISO 8601 or epoch ms).")
-@click.option("--until", default=None, help="Dead-lettered before (ISO 8601 or epoch ms).")
+class _TimeParam(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or isinstance(value, int):
+            return value  # type: ignore[return-value]
+        try:
+            return _parse_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _OneLineErrors(click.Command):
+    """A bad option value ends the command with one line (``error: …``, exit 2), not click's usage block."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: object) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[arg-type]
+        except click.UsageError as exc:
+            click.echo(f"error: {exc.format_message()} (see --help)", err=True)
+            sys.exit(2)
+
+
+class _Progress:
+    """Replay progress on stderr: a bar on a terminal, else a line at most every ``every_s`` seconds."""
+
+    def __init__(self, stream: object, every_s: float = 5.0) -> None:
+        self.stream, self.every_s = stream, every_s
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._bar: object | None = None
+        self._shown = 0
+        self._last = 0.0
+
+    @staticmethod
+    def line(report: object) -> str:
+        r = report
+        return (f"read {r.read:,} of {r.total:,} letters, re-published {r.replayed:,}, "  # type: ignore[attr-defined]
+                f"skipped {r.skipped + len(r.truncated):,}, failed {r.failed:,}")  # type: ignore[attr-defined]
+
+    def __call__(self, report: object) -> None:
+        import time
+
+        if self.tty:
+            if self._bar is None:
+                self._bar = click.progressbar(length=max(1, report.total), label="dlq replay",  # type: ignore[attr-defined]
+                                              file=self.stream, show_pos=True)  # type: ignore[arg-type]
+                self._bar.__enter__()  # type: ignore[attr-defined]
+            self._bar.label = self.line(report)  # type: ignore[attr-defined]
+            self._bar.update(report.read - self._shown)  # type: ignore[attr-defined]
+            self._shown = report.read  # type: ignore[attr-defined]
+            return
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            click.echo(self.line(report), file=self.stream)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)  # type: ignore[attr-defined]
+
+
+@dlq.command(cls=_OneLineErrors)
+@click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="CAPILLARY_AEP_CONFIG",
+              help="The connector's TOML configuration (env CAPILLARY_AEP_CONFIG): Kafka, the dead-letter topic, "
+                   "and for --direct the AEP settings.")
+@click.option("--reason", multiple=True, help="Only letters with this dlq.reason, e.g. aep_400 (repeatable).")
+@click.option("--stage", multiple=True, type=click.Choice([s.value for s in Stage]),
+              help="Only letters dead-lettered at this stage (repeatable).")
+@click.option("--since", type=_TimeParam(), default=None,
+              help="Dead-lettered at or after this time: ISO 8601 (UTC unless a zone is given), epoch ms, or a "
+                   "duration ago such as 24h or 7d.")
+@click.option("--until", type=_TimeParam(), default=None, help="Dead-lettered before this time (same forms as --since).")
 @click.option("--to-topic", default=None, help="Publish here instead of each letter's source topic.")
 @click.option("--direct", is_flag=True, help="Deliver straight to AEP instead of re-publishing to Kafka.")
-@click.option("--limit", type=int, default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Replay at most this many letters; the rest stay for the next run.")
 @click.option("--from-beginning", is_flag=True, help="Ignore the replay progress committed by earlier runs.")
-@click.option("--dry-run", is_flag=True, help="Only count what would be replayed.")
-def replay(config: str | None, reason: tuple[str, ...], stage: tuple[str, ...], since: str | None,
-           until: str | None, to_topic: str | None, direct: bool, limit: int | None, from_beginning: bool,
-           dry_run: bool) -> None:
-    """Re-publish (or deliver) dead letters once their cause is fixed."""
-    from connector.replay import ReplayFilter, direct_delivery
+@click.option("--dry-run", is_flag=True, help="Only count what would be replayed (commits nothing).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show progress on stderr: a bar on a terminal, else a line every 5 s.")
+def replay(config: str | None, reason: tuple[str, ...], stage: tuple[str, ...], since: int | None,
+           until: int | None, to_topic: str | None, direct: bool, limit: int | None, from_beginning: bool,
+           dry_run: bool, progress: bool) -> None:
+    """Re-publish (or deliver) dead letters once their cause is fixed.
+
+    Streams the dead-letter topic from where the last replay stopped to its end, a window at a
+    time (never loading it whole), committing as it goes.
+
+    Exit codes: 0 every matching letter replayed (or counted, with --dry-run); 1 some letters failed
+    again (they stay in the dead-letter topic; progress is not committed past them); 2 invalid
+    configuration or option; 4 the dead-letter topic cannot be read (Kafka unreachable,
+    authorization)."""
+    from connector.replay import ReplayError, ReplayFilter, direct_delivery
     from connector.replay import replay as run_replay
 
+    if since is not None and until is not None and until <= since:
+        click.echo("error: --until must be later than --since", err=True)
+        sys.exit(2)
     settings = _load(config)
-    flt = ReplayFilter(frozenset(reason), frozenset(stage), _parse_time(since), _parse_time(until))
-    report = run_replay(settings, flt, to_topic=to_topic, dry_run=dry_run, from_beginning=from_beginning,
-                        limit=limit, direct=direct_delivery(settings) if direct else None)
-    click.echo(f"read {report.read} dead letters from {settings.kafka.dlq_topic}; {report.matched} matched")
+    flt = ReplayFilter(frozenset(reason), frozenset(stage), since, until)
+    shown = _Progress(sys.stderr) if progress else None
+    try:
+        report = run_replay(settings, flt, to_topic=to_topic, dry_run=dry_run, from_beginning=from_beginning,
+                            limit=limit, direct=direct_delivery(settings) if direct else None, progress=shown)
+    except ReplayError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(4)
+    finally:
+        if shown is not None:
+            shown.close()
+    click.echo(f"read {report.read} dead letters from {settings.kafka.dlq_topic}; {report.matched} matched; "
+               f"{report.skipped} skipped (outside the filters)")
     for r, n in sorted(report.by_reason.items()):
         click.echo(f"  {n:6d}  {r}")
     if report.truncated:

@@ -136,13 +136,14 @@ listen = "{listen}"
 """
 
 
-def ingest_toml(bootstrap: str, port: int) -> str:
+def ingest_toml(bootstrap: str, port: int, metrics_port: int) -> str:
     return f"""# Written by `capillary-aep demo`. The bearer token comes from CAPILLARY_AEP__INGEST__AUTH_TOKEN.
 [kafka]
 bootstrap_servers = "{bootstrap}"
 
 [ingest]
 listen = "127.0.0.1:{port}"
+metrics_listen = "127.0.0.1:{metrics_port}"
 auth_mode = "bearer"
 """
 
@@ -271,10 +272,10 @@ def run_demo(count: int, workdir: Path, timeout: float) -> int:
               "the emulator")
         provisioned = provision_emulator(emulator_url)
 
-        iport = _free_port()
+        iport, imetrics_port = _free_port(), _free_port()
         ingest_url = f"http://127.0.0.1:{iport}"
         ingest_config = workdir / "ingest.toml"
-        ingest_config.write_text(ingest_toml(bootstrap, iport))
+        ingest_config.write_text(ingest_toml(bootstrap, iport, imetrics_port))
         print(f"• starting the Capillary webhook ingress on {ingest_url}/capillary/events")
         ingest_env = {**os.environ, "CAPILLARY_AEP__INGEST__AUTH_TOKEN": INGEST_TOKEN,
                       "CAPILLARY_AEP__LOG__FORMAT": "json"}
@@ -296,7 +297,7 @@ def run_demo(count: int, workdir: Path, timeout: float) -> int:
         print(f"• published {sum(counts.values())} more straight to Kafka as Avro "
               "(registry framing, single-object encoding)")
         in_kafka = sum(_end_offsets(bootstrap, _partitions(bootstrap, all_topics())).values())
-        ingest_metrics = scrape(f"{ingest_url}/metrics")
+        ingest_metrics = scrape(f"http://127.0.0.1:{imetrics_port}/metrics")
         ingest.send_signal(signal.SIGTERM)
         ingest_code = ingest.wait(30)
 

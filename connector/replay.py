@@ -8,6 +8,7 @@ then processes it like any other record, with its original key, value and header
 Progress is committed under the consumer group ``<kafka.group_id>.dlq-replay`` after the replayed
 letters are safely out, so a second run continues where the first stopped (``--from-beginning``
 reads everything again). Letters that fail again are reported, not lost: they stay in the DLQ.
+The topic is streamed in windows (``WINDOW_LETTERS``/``WINDOW_BYTES``), never loaded whole.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from connector.dlq import H_OFFSET, H_PARTITION, H_REASON, H_STAGE, H_TIME, H_TOPIC, H_TRUNCATED
 from connector.source import producer_config
@@ -53,20 +54,49 @@ class ReplayReport:
     # Letters written without their whole value (too large for the DLQ): not replayable from the
     # DLQ; their source positions ("topic[partition]@offset") must be re-read from the source.
     truncated: list[str] = field(default_factory=list)
+    skipped: int = 0  # read and left alone: outside the filters
+    total: int = 0  # letters to read, from the start positions to the high watermarks (an estimate: raised to `read`)
 
 
-def read_letters(consumer: Any, idle_s: float) -> list[Any]:
-    """Everything currently in the assigned DLQ partitions (until nothing arrives for ``idle_s``)."""
+class ReplayError(Exception):
+    """The dead-letter topic cannot be read (broker unreachable, authorization…): ``dlq replay`` exit code 4."""
+
+
+# A window of letters is read, filtered, replayed and committed before the next is read: memory
+# holds one window, however large the topic (plus librdkafka's fetch queue, bounded below).
+WINDOW_LETTERS = 1000
+WINDOW_BYTES = 16 * 1024 * 1024
+_FATAL_READ = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                         KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError._SSL, KafkaError._AUTHENTICATION})
+
+
+def read_window(consumer: Any, open_partitions: set[int], max_letters: int, max_bytes: int,
+                idle_s: float) -> tuple[list[Any], bool]:
+    """Up to ``max_letters`` letters (or ``max_bytes`` of values), removing a partition from
+    ``open_partitions`` when the consumer reports its end (partition EOF: the end when it got
+    there, not a watermark read earlier, which some brokers report late). Returns the letters and
+    whether reading stopped because nothing arrived for ``idle_s``."""
+    ends = open_partitions
     out: list[Any] = []
+    size = 0
     last = time.monotonic()
-    while time.monotonic() - last < idle_s:
-        msgs = consumer.consume(500, 0.2)
-        for m in msgs:
-            if m.error() is None:
-                out.append(m)
+    while ends and len(out) < max_letters and size < max_bytes:
+        msgs = consumer.consume(min(100, max_letters - len(out)), 0.2)  # small steps: the byte bound holds
         if msgs:
             last = time.monotonic()
-    return out
+        elif time.monotonic() - last >= idle_s:
+            return out, True
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    ends.discard(m.partition())
+                elif err.fatal() or err.code() in _FATAL_READ:
+                    raise ReplayError(f"cannot read {m.topic()}: {err.str()}")
+                continue
+            out.append(m)
+            size += len(m.value() or b"")
+    return out, False
 
 
 def replay(
@@ -79,78 +109,148 @@ def replay(
     limit: int | None = None,
     direct: Callable[[list[Any]], list[bool]] | None = None,
     idle_s: float = 2.0,
+    progress: Callable[[ReplayReport], None] | None = None,
+    window_letters: int = WINDOW_LETTERS,
+    window_bytes: int = WINDOW_BYTES,
 ) -> ReplayReport:
+    """Stream the dead-letter topic from the committed replay position to its end, one window at a time: filter, replay the matching letters, commit past the window, report
+    ``progress``. After a window with failures nothing more is committed (the next run starts
+    there again; letters replayed after it may be replayed twice). Raises :class:`ReplayError`
+    when the topic cannot be read."""
     kafka = settings.kafka
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"{kafka.group_id}.dlq-replay",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    report = ReplayReport()
     try:
-        meta = consumer.list_topics(kafka.dlq_topic, timeout=10).topics.get(kafka.dlq_topic)
-        if meta is None or not meta.partitions:
-            return report
+        consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"{kafka.group_id}.dlq-replay",
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                             "enable.partition.eof": True, "queued.max.messages.kbytes": 16384,
+                             **{k: v for k, v in kafka.extra.items() if k.startswith(("security.", "sasl.", "ssl."))}})
+    except KafkaException as exc:
+        raise ReplayError(f"cannot create a consumer: {exc.args[0].str() if exc.args else exc}") from None
+    report = ReplayReport()
+    republisher: _Republisher | None = None
+    try:
+        try:
+            meta = consumer.list_topics(kafka.dlq_topic, timeout=10).topics.get(kafka.dlq_topic)
+        except KafkaException as exc:
+            raise ReplayError(f"cannot reach Kafka at {kafka.bootstrap_servers}: "
+                              f"{exc.args[0].str() if exc.args else exc}") from None
+        if meta is None or meta.error is not None or not meta.partitions:
+            return report  # no dead-letter topic yet: nothing to replay
         tps = [TopicPartition(kafka.dlq_topic, p) for p in meta.partitions]
-        if from_beginning:
-            tps = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in tps]
-        else:
-            tps = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
-                   for tp in consumer.committed(tps, timeout=10)]
-        consumer.assign(tps)
-        letters = read_letters(consumer, idle_s)
-        report.read = len(letters)
-        chosen = []
-        for m in letters:
-            headers = dict(m.headers() or [])
-            if flt.matches(headers):
+        try:
+            starts = tps if from_beginning else consumer.committed(tps, timeout=10)
+            ends: set[int] = set()
+            assign = []
+            for tp in starts:
+                low, high = consumer.get_watermark_offsets(TopicPartition(kafka.dlq_topic, tp.partition),
+                                                           timeout=10)
+                begin = low if from_beginning or tp.offset < 0 else max(tp.offset, low)
+                # Every partition is read to its EOF (a watermark is only the progress estimate).
+                ends.add(tp.partition)
+                report.total += max(0, high - begin)
+                assign.append(TopicPartition(kafka.dlq_topic, tp.partition, begin))
+        except KafkaException as exc:
+            raise ReplayError(f"cannot read the positions of {kafka.dlq_topic}: "
+                              f"{exc.args[0].str() if exc.args else exc}") from None
+        if not assign:
+            return report
+        consumer.assign(assign)
+        if not dry_run and direct is None:
+            republisher = _Republisher(settings, to_topic)
+        committing = not dry_run
+        left = limit
+        while ends and (left is None or left > 0):
+            window, idle = read_window(consumer, ends, window_letters, window_bytes, idle_s)
+            chosen: list[Any] = []
+            handled: dict[int, int] = {}  # partition -> last offset dealt with in this window
+            for m in window:
+                if left is not None and len(chosen) >= left:
+                    break  # the limit: later letters stay for the next run
+                report.read += 1
+                headers = dict(m.headers() or [])
+                handled[m.partition()] = m.offset()
+                if not flt.matches(headers):
+                    report.skipped += 1
+                    continue
+                report.matched += 1
                 report.by_reason[headers.get(H_REASON, b"?").decode()] += 1
                 if H_TRUNCATED in headers:
                     topic, part, off = (headers.get(h, b"?").decode() for h in (H_TOPIC, H_PARTITION, H_OFFSET))
                     report.truncated.append(f"{topic}[{part}]@{off}")
                     continue
                 chosen.append(m)
-        if limit is not None:
-            chosen = chosen[:limit]
-        report.matched = len(chosen) + len(report.truncated)
-        if dry_run or not chosen:
-            return report
-        if direct is not None:
-            ok = direct(chosen)
-            report.replayed = sum(ok)
-            report.failed = len(ok) - report.replayed
-        else:
-            report.replayed, report.failed = _republish(settings, chosen, to_topic)
-        if report.failed == 0:
-            # Commit past everything read (filtered-out letters stay readable with --from-beginning).
-            last: dict[int, int] = {}
-            for m in letters if limit is None else chosen:
-                last[m.partition()] = max(last.get(m.partition(), -1), m.offset())
-            consumer.commit(offsets=[TopicPartition(kafka.dlq_topic, p, o + 1) for p, o in last.items()],
-                            asynchronous=False)
+            if chosen and not dry_run:
+                if direct is not None:
+                    ok = direct(chosen)
+                    replayed = sum(ok)
+                    failed = len(ok) - replayed
+                else:
+                    assert republisher is not None
+                    replayed, failed = republisher.publish(chosen)
+                report.replayed += replayed
+                report.failed += failed
+                if failed:
+                    committing = False  # the failed letters must be read again next time
+            if committing and handled:
+                consumer.commit(offsets=[TopicPartition(kafka.dlq_topic, p, o + 1) for p, o in handled.items()],
+                                asynchronous=False)
+            if left is not None:
+                left -= len(chosen)
+            report.total = max(report.total, report.read)
+            if progress is not None:
+                progress(report)
+            del window, chosen  # before the next window is read: one window in memory at a time
+            if idle:
+                break
     finally:
+        if republisher is not None:
+            republisher.close()
         consumer.close()
     return report
 
 
+class _Republisher:
+    """One idempotent producer for the whole run; each window is flushed before it is committed."""
+
+    def __init__(self, settings: Any, to_topic: str | None) -> None:
+        self.producer = Producer({**producer_config(settings.kafka), "acks": "all", "enable.idempotence": True})
+        self.to_topic = to_topic
+        self._lock = threading.Lock()
+
+    def publish(self, letters: list[Any]) -> tuple[int, int]:
+        results = {"ok": 0, "failed": 0}
+
+        def done(err: Any, _msg: Any) -> None:
+            with self._lock:
+                results["failed" if err else "ok"] += 1
+
+        for m in letters:
+            headers = dict(m.headers() or [])
+            target = self.to_topic or headers.get(H_TOPIC, b"").decode()
+            if not target:
+                results["failed"] += 1
+                continue
+            original = [(k, v) for k, v in (m.headers() or []) if not k.startswith("dlq.")]
+            original.append(("dlq.replayed.from", f"{m.topic()}/{m.partition()}/{m.offset()}".encode()))
+            while True:
+                try:
+                    self.producer.produce(target, key=m.key(), value=m.value(), headers=original, on_delivery=done)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    self.producer.poll(0.1)
+            self.producer.poll(0)
+        left = self.producer.flush(30)
+        return results["ok"], results["failed"] + left
+
+    def close(self) -> None:
+        self.producer.flush(5)
+
+
 def _republish(settings: Any, letters: list[Any], to_topic: str | None) -> tuple[int, int]:
-    producer = Producer({**producer_config(settings.kafka), "acks": "all", "enable.idempotence": True})
-    results = {"ok": 0, "failed": 0}
-    lock = threading.Lock()
-
-    def done(err: Any, _msg: Any) -> None:
-        with lock:
-            results["failed" if err else "ok"] += 1
-
-    for m in letters:
-        headers = dict(m.headers() or [])
-        target = to_topic or headers.get(H_TOPIC, b"").decode()
-        if not target:
-            results["failed"] += 1
-            continue
-        original = [(k, v) for k, v in (m.headers() or []) if not k.startswith("dlq.")]
-        original.append(("dlq.replayed.from", f"{m.topic()}/{m.partition()}/{m.offset()}".encode()))
-        producer.produce(target, key=m.key(), value=m.value(), headers=original, on_delivery=done)
-        producer.poll(0)
-    left = producer.flush(30)
-    return results["ok"], results["failed"] + left
+    publisher = _Republisher(settings, to_topic)
+    try:
+        return publisher.publish(letters)
+    finally:
+        publisher.close()
 
 
 def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:

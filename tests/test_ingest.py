@@ -31,12 +31,14 @@ OVERRIDE = ("tierUpgraded", "custom.tiers")  # event → topic suffix, to prove 
 
 
 class Ingress:
-    def __init__(self, proc: ManagedProcess, port: int, prefix: str, topics: dict[str, str]) -> None:
+    def __init__(self, proc: ManagedProcess, port: int, prefix: str, topics: dict[str, str],
+                 metrics_port: int = 0, scheme: str = "http", verify: Any = True) -> None:
         self.proc = proc
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{scheme}://127.0.0.1:{port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # its own listener, not the webhook port
         self.prefix = prefix
         self.topics = topics
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.http = httpx.Client(base_url=self.url, timeout=30, verify=verify)
 
     def post(self, body: Any, token: str | None = TOKEN, **kw: Any) -> httpx.Response:
         headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
@@ -50,7 +52,7 @@ class Ingress:
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for family in text_string_to_metric_families(self.http.get("/metrics").text):
+        for family in text_string_to_metric_families(httpx.get(self.metrics_url, timeout=10).text):
             for s in family.samples:
                 key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}"
                                 if s.labels else "")
@@ -63,8 +65,8 @@ class Ingress:
 
 
 def start_ingress(tmp_path: Path, bootstrap: str, prefix: str, extra: str = "",
-                  env: dict[str, str] | None = None) -> Ingress:
-    port = free_port()
+                  env: dict[str, str] | None = None, scheme: str = "http", verify: Any = True) -> Ingress:
+    port, metrics_port = free_port(), free_port()
     topics = {OVERRIDE[0]: prefix + OVERRIDE[1]}
     cfg = tmp_path / f"ingest-{port}.toml"
     cfg.write_text(f"""
@@ -73,6 +75,7 @@ bootstrap_servers = "{bootstrap}"
 
 [ingest]
 listen = "127.0.0.1:{port}"
+metrics_listen = "127.0.0.1:{metrics_port}"
 topic_prefix = "{prefix}"
 topics = {{ {OVERRIDE[0]} = "{topics[OVERRIDE[0]]}" }}
 {extra}
@@ -83,8 +86,8 @@ format = "json"
     proc = ManagedProcess(python_module("connector", "ingest", "--config", str(cfg)),
                           env={"CAPILLARY_AEP__INGEST__AUTH_TOKEN": TOKEN, **(env or {})},
                           log_path=tmp_path / f"ingest-{port}.log")
-    ingress = Ingress(proc, port, prefix, topics)
-    wait_until(lambda: not proc.alive() or httpx.get(f"{ingress.url}/healthz", timeout=1).status_code == 200,
+    ingress = Ingress(proc, port, prefix, topics, metrics_port, scheme, verify)
+    wait_until(lambda: not proc.alive() or ingress.http.get("/healthz", timeout=1).status_code == 200,
                30, what="ingress health")
     assert proc.alive(), proc.log_text()[-3000:]
     return ingress
@@ -152,6 +155,8 @@ def test_every_event_answered_200_is_in_kafka_where_the_mapping_says(broker: str
     assert metrics["capillary_ingest_events_total{event_type=tierUpgraded}"] >= 5
     assert metrics["capillary_ingest_produce_latency_seconds_count"] >= 60 + len(rest) // 50
     assert metrics["capillary_ingest_requests_total{status=200}"] >= 60 + len(rest) // 50
+    assert metrics["capillary_ingest_accepted_request_duration_seconds_count"] == \
+        metrics["capillary_ingest_requests_total{status=200}"]  # the 200s' latency, and only theirs
 
 
 def _marker(ingress: Ingress) -> dict[str, Any]:
@@ -206,7 +211,8 @@ def test_health_readiness_and_metrics(ingress: Ingress) -> None:
     ready = ingress.http.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"started": True, "broker_reachable": True, "deliveries_succeeding": True}
-    text = ingress.http.get("/metrics").text
+    assert ingress.http.get("/metrics").status_code == 404  # never on the public webhook port
+    text = httpx.get(ingress.metrics_url, timeout=10).text
     for name in ("capillary_ingest_requests_total", "capillary_ingest_events_total",
                  "capillary_ingest_produce_latency_seconds_bucket", "capillary_ingest_request_duration_seconds_bucket",
                  "capillary_ingest_inflight_requests", "capillary_ingest_broker_up 1.0"):

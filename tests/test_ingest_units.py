@@ -80,6 +80,15 @@ topics = {{ tierUpgraded = "loyalty.tiers.special" }}
     ('[ingest]\nauth_mode = "none"\n[kafka]\nextra = { acks = "1" }', "kafka.extra: acks cannot be set"),
     ('[ingest]\nauth_mode = "none"\nauth_token_file = "/nonexistent/x"', "auth_token_file '/nonexistent/x'"),
     ('[ingest]\nauth_mode = "none"\nmax_inflight = 3', "ingest.max_inflight: Extra inputs are not permitted"),
+    ('[ingest]\nauth_mode = "none"\nlisten = "0.0.0.0:8090"\nmetrics_listen = "0.0.0.0:8090"',
+     "metrics_listen must differ from listen"),
+    ('[ingest]\nauth_mode = "none"\nmetrics_listen = "9401"', "ingest.metrics_listen: metrics_listen must be host:port"),
+    ('[ingest]\nauth_mode = "none"\ntls_cert_file = "/etc/hostname"', "tls_cert_file and tls_key_file go together"),
+    ('[ingest]\nauth_mode = "none"\ntls_cert_file = "/nonexistent/c"\ntls_key_file = "/nonexistent/k"',
+     "tls_cert_file/tls_key_file: cannot be read"),
+    ('[ingest]\nauth_mode = "none"\ntls_cert_file = "/etc/hostname"\ntls_key_file = "/etc/hostname"',
+     "tls_cert_file/tls_key_file: not a usable PEM certificate"),
+    ('[ingest]\nauth_mode = "none"\nbody_timeout_s = 0', "ingest.body_timeout_s"),
 ])
 def test_bad_settings_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
     cfg = tmp_path / "bad.toml"
@@ -247,3 +256,53 @@ def test_the_fast_path_agrees_with_normalize(events: list[dict[str, Any]]) -> No
         fast_hits += 1
         assert fast == door._slow(raw, None), raw
     assert fast_hits >= len(events)  # the flat samples do take the shortcut
+
+
+# -- admission -----------------------------------------------------------------------------------
+
+def test_gate_caps_each_address_and_credential_before_the_global_caps() -> None:
+    from connector.ingest.app import Gate
+
+    gate = Gate(max_requests=4, max_bytes=10_000, per_address=2, per_credential=3)
+    assert gate.admit(10, "a", "tok") is None and gate.admit(10, "a", "tok") is None
+    assert gate.admit(10, "a", "tok") == "address"  # a's share is taken; others still get in
+    assert gate.admit(10, "b", "tok") is None
+    assert gate.admit(10, "c", "tok") == "credential"
+    assert gate.admit(10, "c", "other") is None
+    assert gate.admit(10, "d", "third") == "requests"  # 4 in flight: the global cap
+    gate.release(10, "a", "tok")
+    assert gate.admit(20_000, "a", "tok") == "bytes"
+    for addr, cred in (("a", "tok"), ("b", "tok"), ("c", "other")):
+        gate.release(10, addr, cred)
+    assert (gate.requests, gate.bytes, gate.by_address, gate.by_credential) == (0, 0, {}, {})  # nothing leaks
+
+
+def test_gate_without_per_client_caps_keeps_no_tables() -> None:
+    from connector.ingest.app import Gate
+
+    gate = Gate(max_requests=2, max_bytes=100)
+    assert gate.admit(10, "a", "tok") is None and gate.admit(10, "a", "tok") is None
+    assert gate.admit(10, "a", "tok") == "requests"
+    assert gate.by_address == {} and gate.by_credential == {}
+
+
+def test_tls_reloader_keeps_the_old_pair_when_the_new_files_do_not_load(tmp_path: Path) -> None:
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    from connector.ingest.edge import TlsReloader
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    cfg = IngestConfig(auth_mode="none", tls_cert_file=str(cert), tls_key_file=str(key))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    reloader = TlsReloader(cfg, lambda: ctx)
+    assert reloader.check() is False  # nothing changed
+    other = trustme.CA().issue_cert("127.0.0.1")
+    other.cert_chain_pems[0].write_to_path(str(cert))  # the key not yet: a mismatched pair
+    assert reloader.check() is False and reloader.reloads == 0
+    other.private_key_pem.write_to_path(str(key))
+    assert reloader.check() is True and reloader.reloads == 1

@@ -39,6 +39,12 @@ def dashboard_exprs() -> list[str]:
     return exprs
 
 
+def grafana_expand(expr: str) -> str:
+    """A dashboard query as Grafana sends it with every variable at "All"."""
+    expr = expr.replace("$__rate_interval", "1m")
+    return re.sub(r"\$(job|instance|topic|ingest_job)\b", ".*", expr)
+
+
 def rule_exprs() -> list[str]:
     return [r["expr"] for r in _alert_rules()]
 
@@ -107,7 +113,7 @@ def test_compose_connector_config_targets_the_emulator_and_exposes_metrics(monke
 def test_scrape_jobs_cover_every_job_the_rules_and_dashboard_name() -> None:
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
-    named = set(re.findall(r'job=~?"([^"]+)"', "\n".join(rule_exprs() + dashboard_exprs())))
+    named = set(re.findall(r'job=~?"([^"$]+)"', "\n".join(rule_exprs() + dashboard_exprs())))  # $job: a variable
     for value in named:
         assert any(re.fullmatch(value, job) for job in jobs), value
     services = _compose()["services"]
@@ -115,8 +121,10 @@ def test_scrape_jobs_cover_every_job_the_rules_and_dashboard_name() -> None:
     port = int(listen.rpartition(":")[2])
     assert jobs["capillary-aep"]["dns_sd_configs"][0] == {"names": ["connector"], "type": "A", "port": port,
                                                           "refresh_interval": "15s"}
-    assert jobs["capillary-aep-ingest"]["dns_sd_configs"][0]["port"] == 8090
+    assert jobs["capillary-aep-ingest"]["dns_sd_configs"][0]["port"] == 9401  # its metrics listener
     assert services["ingest"]["environment"]["CAPILLARY_AEP__INGEST__LISTEN"].endswith(":8090")
+    assert services["ingest"]["environment"]["CAPILLARY_AEP__INGEST__METRICS_LISTEN"].endswith(":9401")
+    assert not any("9401" in str(p) for p in services["ingest"].get("ports", []))  # never published
     assert "alerts.yml" in prom["rule_files"]
 
 
@@ -125,9 +133,10 @@ def test_grafana_provisioning_matches_the_dashboard_datasource() -> None:
     uid = ds["datasources"][0]["uid"]
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
     doc = json.loads((DEPLOY / "grafana" / "dashboards" / "capillary-aep.json").read_text())
+    assert ds["datasources"][0]["isDefault"] is True  # the dashboard's datasource variable starts on it
     for panel in doc["panels"]:
         if panel["type"] != "row":
-            assert panel["datasource"]["uid"] == uid, panel["title"]
+            assert panel["datasource"]["uid"] in (uid, "${datasource}"), panel["title"]
     grafana = _compose()["services"]["grafana"]
     provider = yaml.safe_load(
         (DEPLOY / "grafana" / "provisioning" / "dashboards" / "capillary-aep.yml").read_text())
@@ -157,3 +166,89 @@ def test_every_alert_has_a_runbook_section_and_a_severity() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["alert"] in headings, rule["alert"]
         assert rule["annotations"]["runbook"] == f"docs/operations.md#{rule['alert'].lower()}"
+
+
+def test_every_alert_has_a_runbook_url_and_a_promtool_case_that_fires() -> None:
+    base = '{{ or $externalLabels.runbook_base "docs" }}'
+    fired: set[str] = set()
+    for path in sorted((DEPLOY / "prometheus" / "tests").glob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        assert "../alerts.yml" in doc["rule_files"], path
+        for case in doc["tests"]:
+            fired |= {t["alertname"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
+    for rule in _alert_rules():
+        anchor = rule["alert"].lower()
+        assert rule["annotations"]["runbook_url"] == f"{base}/operations.md#{anchor}", rule["alert"]
+        assert rule["alert"] in fired, f"{rule['alert']} has no promtool test in which it fires"
+
+
+def test_alertmanager_routes_every_severity_of_the_rules_and_compose_wires_it() -> None:
+    am = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    receivers = {r["name"]: r for r in am["receivers"]}
+    routed = {}
+    for route in am["route"]["routes"]:
+        (matcher,) = route["matchers"]
+        name, _, value = matcher.partition("=")
+        assert name == "severity", matcher
+        routed[value.strip('"')] = route["receiver"]
+    for rule in _alert_rules():
+        assert rule["labels"]["severity"] in routed, rule["alert"]
+    assert am["route"]["receiver"] in receivers and set(routed.values()) <= set(receivers)
+    for receiver in receivers.values():  # the example receivers are webhooks to the stack's logger
+        assert all(w["url"].startswith("http://alert-receiver:9099/") for w in receiver["webhook_configs"])
+    services = _compose()["services"]
+    assert "./deploy/alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in \
+        services["alertmanager"]["volumes"]
+    assert any("webhook_receiver.py" in v for v in services["alert-receiver"]["volumes"])
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert targets == ["alertmanager:9093"]
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    assert jobs["kafka-exporter"]["static_configs"][0]["targets"] == ["kafka-exporter:9308"]
+
+
+def test_compose_publishes_on_loopback_and_has_no_default_secrets() -> None:
+    services = _compose()["services"]
+    published = [(name, str(p)) for name, s in services.items() for p in s.get("ports", [])]
+    assert published
+    for name, port in published:
+        assert port.startswith("${CAPILLARY_AEP_BIND:-127.0.0.1}:"), (name, port)  # loopback unless told
+    ingest_token = services["ingest"]["environment"]["CAPILLARY_AEP__INGEST__AUTH_TOKEN"]
+    grafana_password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    for value in (ingest_token, grafana_password):
+        assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", value), value  # required: compose refuses without it
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text and "PASSWORD:-" not in text and "TOKEN:-" not in text
+
+
+def test_compose_gives_the_ingress_more_grace_than_its_shutdown_bound() -> None:
+    from connector.ingest.config import IngestConfig
+
+    cfg = IngestConfig(auth_mode="none")
+    bound_s = (int(cfg.produce_timeout_s) + 2) + cfg.produce_timeout_s  # answers in flight, then the flush
+    grace = _compose()["services"]["ingest"]["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > bound_s, (grace, bound_s)
+
+
+@pytest.mark.integration
+def test_example_webhook_receiver_logs_each_alert_with_its_runbook(tmp_path: Any) -> None:
+    import httpx
+
+    from support import ManagedProcess, free_port, port_open, wait_until
+
+    port = free_port()
+    proc = ManagedProcess(["python3", str(DEPLOY / "alertmanager" / "webhook_receiver.py"), str(port)],
+                          log_path=tmp_path / "receiver.log")
+    try:
+        wait_until(lambda: port_open(port), 10, what="the receiver")
+        note = {"version": "4", "status": "firing", "receiver": "critical", "alerts": [
+            {"status": "firing", "labels": {"alertname": "CapillaryAepIngestBrokerDown", "severity": "critical"},
+             "annotations": {"summary": "Webhook ingress i1 cannot deliver to Kafka",
+                             "runbook_url": "docs/operations.md#capillaryaepingestbrokerdown"}}]}
+        assert httpx.post(f"http://127.0.0.1:{port}/critical", json=note, timeout=5).status_code == 200
+        assert httpx.post(f"http://127.0.0.1:{port}/warning", content=b"not json", timeout=5).status_code == 200
+        wait_until(lambda: "not an Alertmanager notification" in proc.log_text(), 10, what="both logged")
+        assert ("[critical] firing critical CapillaryAepIngestBrokerDown: Webhook ingress i1 cannot deliver to "
+                "Kafka (docs/operations.md#capillaryaepingestbrokerdown)") in proc.log_text()
+    finally:
+        proc.stop()

@@ -19,7 +19,7 @@ from connector.produce import produce_events
 from connector.samples import generate_events
 from harness import new_group, start_connector
 from support import ROOT, ManagedProcess, free_port, wait_until
-from test_ops_deploy import dashboard_exprs, rule_exprs
+from test_ops_deploy import dashboard_exprs, grafana_expand, rule_exprs
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 NAME = re.compile(r"\bcapillary_aep_[a-z0-9_]+")
@@ -117,9 +117,10 @@ def test_prometheus_scrapes_every_series_the_dashboard_and_alerts_use(broker, em
         assert {r["name"] for r in evaluated} == {r["alert"] for r in _alerts()}
         assert [(r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"] == []
 
-        # Every dashboard query is valid PromQL (Grafana's $__rate_interval becomes a fixed range).
+        # Every dashboard query is valid PromQL (Grafana's $__rate_interval becomes a fixed range,
+        # the dashboard's variables "All").
         for expr in dashboard_exprs():
-            prom.query(expr.replace("$__rate_interval", "1m"))
+            prom.query(grafana_expand(expr))
     finally:
         prom.proc.stop()
         c.stop()

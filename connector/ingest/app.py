@@ -1,9 +1,10 @@
 """The webhook ingress: a Starlette app under uvicorn (httptools, uvloop), like the emulator.
 
 ``POST /capillary/events`` runs, cheapest check first: authentication (401) → declared size (413)
-→ admission against the in-flight caps (429) → body read → validation (400/413) → produce and wait
-for the broker (200, or 503 with ``Retry-After``). ``/healthz``, ``/readyz`` and ``/metrics`` sit
-on the same port, unauthenticated, as on the connector.
+→ admission against the per-client and global in-flight caps (429) → body read within
+``body_timeout_s`` (408) → validation (400/413) → produce and wait for the broker (200, or 503 with
+``Retry-After``). ``/healthz`` and ``/readyz`` sit on the same port, unauthenticated; ``/metrics``
+only on ``ingest.metrics_listen`` (``edge.py``: that listener, the header deadline, HTTPS).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,7 +24,6 @@ import orjson
 import uvicorn
 
 from connector.asgi import GracefulServer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -45,22 +46,50 @@ _Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 class Gate:
     """Caps on admitted-and-unanswered requests and their body bytes: over either → 429, never a queue.
-    A body of unknown length (chunked) is charged ``max_body_bytes`` up front."""
+    A body of unknown length (chunked) is charged ``max_body_bytes`` up front. Before the global caps,
+    each remote address and each credential may hold at most ``per_address`` / ``per_credential``
+    requests (0: no cap of its own), so one client cannot take every slot."""
 
-    def __init__(self, max_requests: int, max_bytes: int) -> None:
+    def __init__(self, max_requests: int, max_bytes: int, per_address: int = 0, per_credential: int = 0) -> None:
         self.max_requests, self.max_bytes = max_requests, max_bytes
+        self.per_address, self.per_credential = per_address, per_credential
         self.requests = self.bytes = 0
+        self.by_address: dict[str, int] = {}
+        self.by_credential: dict[str, int] = {}
 
-    def admit(self, nbytes: int) -> bool:
-        if self.requests >= self.max_requests or self.bytes + nbytes > self.max_bytes:
-            return False
+    def admit(self, nbytes: int, address: str = "", credential: str = "") -> str | None:
+        """``None`` when admitted (then :meth:`release` once answered), else the cap that refused."""
+        if self.per_address and self.by_address.get(address, 0) >= self.per_address:
+            return "address"
+        if self.per_credential and credential and self.by_credential.get(credential, 0) >= self.per_credential:
+            return "credential"
+        if self.requests >= self.max_requests:
+            return "requests"
+        if self.bytes + nbytes > self.max_bytes:
+            return "bytes"
         self.requests += 1
         self.bytes += nbytes
-        return True
+        if self.per_address:
+            self.by_address[address] = self.by_address.get(address, 0) + 1
+        if self.per_credential and credential:
+            self.by_credential[credential] = self.by_credential.get(credential, 0) + 1
+        return None
 
-    def release(self, nbytes: int) -> None:
+    def release(self, nbytes: int, address: str = "", credential: str = "") -> None:
         self.requests -= 1
         self.bytes -= nbytes
+        if self.per_address:
+            _decrement(self.by_address, address)
+        if self.per_credential and credential:
+            _decrement(self.by_credential, credential)
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    n = counts[key] - 1
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]  # the table holds only clients with something in flight
 
 
 class _EveryFewSeconds:
@@ -91,7 +120,11 @@ class Ingress:
         self.metrics = m = metrics or IngestMetrics()
         self.auth = Authenticator(cfg)
         self.door = Door(cfg, settings.max_message_bytes)
-        self.gate = Gate(cfg.max_inflight_requests, cfg.max_inflight_bytes)
+        self.gate = Gate(cfg.max_inflight_requests, cfg.max_inflight_bytes, cfg.max_inflight_per_address,
+                         cfg.max_inflight_per_credential)
+        # One credential is configured per mode; its key is the mode (basic: the user name). With
+        # auth_mode "none" there is no credential and only the address cap applies.
+        self._credential = {"none": ""}.get(cfg.auth_mode, f"{cfg.auth_mode}:{cfg.basic_username}")
         m.inflight_requests.set_function(lambda: self.gate.requests)
         m.inflight_bytes.set_function(lambda: self.gate.bytes)
         self.producer = ProducerBridge(settings.producer_config(), cfg.produce_timeout_s, m)
@@ -102,11 +135,19 @@ class Ingress:
         self._events = {label: m.events.labels(label) for label in (*self.door.labels, "other")}
         self._observe_request = m.request_seconds.observe
         self._observe_produce = m.produce_seconds.observe
+        self._observe_accepted = m.accepted_seconds.observe
         self._retry_after = [(b"retry-after", str(cfg.retry_after_s).encode())]
         self._challenge = [(b"www-authenticate", self.auth.challenge.encode())] if self.auth.challenge else []
         limit = cfg.max_body_bytes
         self._too_large = _doc({"error": "body_too_large", "detail": f"the body is larger than {limit} bytes"})
         self._overloaded = _doc({"error": "overloaded", "detail": "too many requests in flight; retry later"})
+        self._client_overloaded = _doc({"error": "overloaded",
+                                        "detail": "too many requests in flight from this client; retry later"})
+        self._body_late = _doc({"error": "request_timeout",
+                                "detail": f"the body was not received within {cfg.body_timeout_s:g} s"})
+        self._throttled = {cap: m.throttled.labels(cap) for cap in ("address", "credential", "requests", "bytes",
+                                                                     "stopping")}
+        self._close = [(b"connection", b"close")]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -120,7 +161,10 @@ class Ingress:
                                 *headers]})
         await send({"type": "http.response.body", "body": body})
         self._status[status].inc()
-        self._observe_request(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self._observe_request(took)
+        if status == 200:
+            self._observe_accepted(took)
 
     async def _respond(self, scope: Scope, receive: Receive) -> _Answer:
         auth_value = declared = None
@@ -139,10 +183,24 @@ class Ingress:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return 413, self._too_large, []
         charge = int(declared) if declared is not None else limit
-        if self.stopping or not self.gate.admit(charge):
+        address = _peer(scope)
+        refused = "stopping" if self.stopping else self.gate.admit(charge, address, self._credential)
+        if refused is not None:
+            self._throttled[refused].inc()
+            if refused in ("address", "credential"):
+                self._log("cap", "429 for %s: its per-%s cap of requests in flight is reached", address, refused)
+                return 429, self._client_overloaded, self._retry_after
             return 429, self._overloaded, self._retry_after
         try:
-            body = await _read_body(receive, limit)
+            try:
+                async with asyncio.timeout(self.cfg.body_timeout_s):
+                    body = await _read_body(receive, limit)
+            except TimeoutError:
+                # A slow (or stalled) upload: answer, close the connection, free the slot (finally).
+                self.metrics.timeouts.labels("body").inc()
+                self._log("body_timeout", "408 for %s: body not received within %g s", address,
+                          self.cfg.body_timeout_s)
+                return 408, self._body_late, self._close
             if body is None:
                 return 413, self._too_large, []
             try:
@@ -170,7 +228,7 @@ class Ingress:
         except ClientDisconnect:
             return 400, b'{"error":"client_disconnected"}', []  # nobody is listening; nothing was produced
         finally:
-            self.gate.release(charge)
+            self.gate.release(charge, address, self._credential)
 
     def _count(self, records: list[Record]) -> None:
         if len(records) == 1:
@@ -184,9 +242,6 @@ class Ingress:
 
     async def readyz(self, request: Request) -> Response:
         return _checks({"started": self.started and not self.stopping, **self.producer.ready()})
-
-    async def metrics_endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -222,17 +277,22 @@ def _checks(checks: dict[str, bool]) -> Response:
 
 def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -> ASGIApp:
     """The ASGI app: POST /capillary/events straight to :class:`Ingress`, everything else (health,
-    metrics, 404/405, lifespan) through Starlette."""
+    404/405, lifespan) through Starlette. ``/metrics`` is not here: see :func:`serve`."""
     ingress = Ingress(settings, metrics)
+    ingress.tls = None  # type: ignore[attr-defined]  # serve() sets a TlsReloader when HTTPS is on
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ingress.producer.start(asyncio.get_running_loop())
         ingress.started = True
         host, port = settings.ingest.host_port
-        log.info("capillary webhook ingress on http://%s:%d%s (auth: %s) → kafka %s", host, port, EVENTS_PATH,
+        scheme = "https" if settings.ingest.tls_cert_file else "http"
+        log.info("capillary webhook ingress on %s://%s:%d%s (auth: %s) → kafka %s", scheme, host, port, EVENTS_PATH,
                  settings.ingest.auth_mode, settings.kafka.bootstrap_servers)
+        reloader = asyncio.get_running_loop().create_task(ingress.tls.run()) if ingress.tls else None
         yield
+        if reloader is not None:
+            reloader.cancel()
         ingress.stopping = True
         left = await ingress.producer.close(settings.ingest.produce_timeout_s)
         if left:
@@ -243,7 +303,6 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
         Route(EVENTS_PATH, ingress, methods=["POST"]),
         Route("/healthz", ingress.healthz, methods=["GET"]),
         Route("/readyz", ingress.readyz, methods=["GET"]),
-        Route("/metrics", ingress.metrics_endpoint, methods=["GET"]),
     ], lifespan=lifespan)
     starlette.state.ingress = ingress
 
@@ -261,33 +320,67 @@ _Server = GracefulServer
 
 
 def uvicorn_config(settings: IngestSettings, metrics: IngestMetrics | None = None) -> uvicorn.Config:
-    host, port = settings.ingest.host_port
-    return uvicorn.Config(
-        create_app(settings, metrics),
+    from connector.ingest.edge import TlsReloader, header_deadline_protocol
+
+    cfg = settings.ingest
+    host, port = cfg.host_port
+    app = create_app(settings, metrics)
+    ingress: Ingress = app.ingress  # type: ignore[attr-defined]
+    timeouts = ingress.metrics.timeouts.labels("header")
+    http: Any = header_deadline_protocol(cfg.header_timeout_s, timeouts.inc) if find_spec("httptools") else "h11"
+    tls: dict[str, Any] = {}
+    if cfg.tls_cert_file:
+        tls = {"ssl_certfile": cfg.tls_cert_file, "ssl_keyfile": cfg.tls_key_file}
+    forwarded: dict[str, Any] = {"proxy_headers": False}  # the middleware costs every request
+    if cfg.forwarded_allow_ips:
+        forwarded = {"proxy_headers": True, "forwarded_allow_ips": cfg.forwarded_allow_ips}
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         loop="uvloop" if find_spec("uvloop") else "asyncio",
-        http="httptools" if find_spec("httptools") else "h11",
+        http=http,
+        **tls,
+        **forwarded,
         access_log=False,
         log_level="warning",
         lifespan="on",
         # In-flight requests get their answer (at most one produce deadline) before the producer closes.
         timeout_graceful_shutdown=int(settings.ingest.produce_timeout_s) + 2,
         server_header=False,
-        proxy_headers=False,  # nothing here reads X-Forwarded-*; the middleware costs every request
     )
+    if cfg.tls_cert_file:
+        ingress.tls = TlsReloader(cfg, lambda: config.ssl)  # type: ignore[attr-defined]
+    return config
 
 
 def serve(settings: IngestSettings) -> int:
     """Run until SIGTERM/SIGINT: stop accepting, answer what is in flight, flush, return 0."""
+    from connector.config import ConfigError
+    from connector.ingest.edge import start_metrics_server
+
     config = uvicorn_config(settings)
+    metrics_server = None
+    where = settings.ingest.metrics_host_port
+    if where is not None:
+        try:
+            metrics_server, _ = start_metrics_server(*where, config.app.ingress.metrics.registry)  # type: ignore[attr-defined]
+        except OSError as exc:
+            raise ConfigError(f"ingest.metrics_listen: cannot listen on {settings.ingest.metrics_listen}: "
+                              f"{exc.strerror or exc}") from None
+        log.info("ingress metrics on http://%s:%d/metrics", *where)
     # Freeze the start-up heap and run the cyclic GC less often: each request allocates many
     # short-lived objects and none of them form cycles worth collecting early.
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)
     server = _Server(config)
-    server.run()
+    try:
+        server.run()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     return 0 if server.started else 1
 
 
@@ -303,4 +396,10 @@ def run_ingest(settings: IngestSettings) -> int:
     register_secret(settings.ingest.basic_password.get_secret_value())
     if settings.ingest.auth_mode == "none":
         log.warning("ingest.auth_mode is 'none': anyone who can reach %s can write to Kafka", settings.ingest.listen)
-    return serve(settings)
+    from connector.config import ConfigError
+
+    try:
+        return serve(settings)
+    except ConfigError as exc:  # e.g. ingest.metrics_listen cannot be bound
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

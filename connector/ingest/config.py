@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from connector.config import ENV_PREFIX, FileSettings, KafkaConfig, LogConfig, _Section
 from connector.topics import TOPIC_PREFIX
@@ -28,6 +28,20 @@ def _read_secret(path: str, key: str) -> SecretStr:
         return SecretStr(Path(path).read_text().strip())
     except OSError as exc:
         raise ValueError(f"{key} {path!r} cannot be read: {exc.strerror}") from None
+
+
+def tls_problem(cert_file: str, key_file: str) -> str | None:
+    """Why this certificate and key cannot serve HTTPS (unreadable, not PEM, not a pair), or None."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:  # (an OSError too: first)
+        return f"not a usable PEM certificate and matching key ({exc.reason or exc})"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    return None
 
 
 class IngestConfig(_Section):
@@ -51,13 +65,30 @@ class IngestConfig(_Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     retry_after_s: int = Field(5, ge=1, le=3600)
     linger_ms: float = Field(10.0, ge=0, le=1000)
+    # Facing the internet (issue 19). /metrics is served only here, never on `listen`; "" disables it.
+    metrics_listen: str = "127.0.0.1:9401"
+    # A connection must deliver a request's headers within this long (else 408 and closed), and an
+    # admitted request its whole body (else 408, closed, its admission slot freed).
+    header_timeout_s: float = Field(10.0, gt=0, le=300)
+    body_timeout_s: float = Field(60.0, gt=0, le=3600)
+    # Per-client caps, checked before the global ones (0: no cap of its own).
+    max_inflight_per_address: int = Field(64, ge=0)
+    max_inflight_per_credential: int = Field(0, ge=0)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed ("" none, or "10.0.0.1,10.0.0.2", "*").
+    forwarded_allow_ips: str = ""
+    # Serve HTTPS directly: PEM certificate (chain) and key files, re-read when either changes.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_reload_interval_s: float = Field(10.0, gt=0, le=3600)
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
+    def _check_listen(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "metrics_listen" and value == "":
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"listen must be host:port, got {value!r}")
+            raise ValueError(f"{info.field_name} must be host:port, got {value!r}")
         return value
 
     @field_validator("topics")
@@ -88,7 +119,22 @@ class IngestConfig(_Section):
                 raise ValueError("basic_username cannot contain ':'")
         if self.max_body_bytes > self.max_inflight_bytes:
             raise ValueError("max_body_bytes cannot exceed max_inflight_bytes (such a request could never be taken)")
+        if self.metrics_listen and self.metrics_listen == self.listen:
+            raise ValueError("metrics_listen must differ from listen (/metrics is not served on the webhook port)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together (set both for HTTPS, neither for HTTP)")
+        if self.tls_cert_file:
+            problem = tls_problem(self.tls_cert_file, self.tls_key_file)
+            if problem:
+                raise ValueError(f"tls_cert_file/tls_key_file: {problem}")
         return self
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        if not self.metrics_listen:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host or "127.0.0.1", int(port)
 
     @property
     def host_port(self) -> tuple[str, int]:

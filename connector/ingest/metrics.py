@@ -25,6 +25,9 @@ class IngestMetrics:
                                         ["cause"], registry=r)
         self.request_seconds = Histogram(p + "request_duration_seconds", "Time from headers to response",
                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.accepted_seconds = Histogram(p + "accepted_request_duration_seconds",
+                                          "Time from headers to a 200 answer (every event acknowledged by Kafka)",
+                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.produce_seconds = Histogram(p + "produce_latency_seconds",
                                          "Time from the first produce() to the broker acknowledging every "
                                          "record of a request", buckets=_LATENCY_BUCKETS, registry=r)
@@ -34,5 +37,13 @@ class IngestMetrics:
                                          ["reason"], registry=r)
         self.broker_up = Gauge(p + "broker_up", "1 while the Kafka cluster is reachable and accepting records",
                                registry=r)
+        self.throttled = Counter(p + "throttled_total", "Requests answered 429, by the cap they hit (address, "
+                                 "credential, requests, bytes, stopping)", ["cap"], registry=r)
+        self.timeouts = Counter(p + "timeouts_total", "Connections cut off for reading too slowly (408), by what "
+                                "was late: header or body", ["phase"], registry=r)
         # Pre-create the children the hot path uses (cheaper, and every series exists from the start).
-        self.status = {s: self.requests.labels(str(s)) for s in (200, 400, 401, 413, 429, 500, 503)}
+        self.status = {s: self.requests.labels(str(s)) for s in (200, 400, 401, 408, 413, 429, 500, 503)}
+        for cap in ("address", "credential", "requests", "bytes", "stopping"):
+            self.throttled.labels(cap)
+        for phase in ("header", "body"):
+            self.timeouts.labels(phase)

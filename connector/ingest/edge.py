@@ -1,0 +1,129 @@
+"""What the ingress needs to face the internet, around the ASGI app: a header deadline on every
+connection, HTTPS with certificate files re-read when they change, and ``/metrics`` on its own
+listener (never on the webhook port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import threading
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
+
+from connector.ingest.config import IngestConfig, tls_problem
+
+log = logging.getLogger(__name__)
+
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                    b"content-length: 28\r\nconnection: close\r\n\r\n"
+                    b'{"error":"request_timeout"}\n')
+
+
+def header_deadline_protocol(timeout_s: float, on_timeout: Callable[[], None]) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with a deadline on request headers: from the connection's start
+    (or the first byte of a later request on it) to the end of the headers. A client that has not
+    sent its headers by then gets a 408 and the connection is closed; ``on_timeout`` counts it.
+    (uvicorn itself only times out idle keep-alive connections: a client trickling a header byte a
+    second would hold its connection for ever.) The body has its own deadline in the app."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderDeadlineProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._header_timer is None:
+                self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._header_timer = self.loop.call_later(timeout_s, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a request of this connection is being answered; its body has its own deadline
+            on_timeout()
+            self.transport.write(_REQUEST_TIMEOUT)
+            self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+class TlsReloader:
+    """Re-reads the certificate and key into the server's live ``SSLContext`` when either file
+    changes (new handshakes use the new pair; open connections keep theirs). A pair that does not
+    load (half-written, mismatched) is logged and the previous one stays in service."""
+
+    def __init__(self, cfg: IngestConfig, context: Callable[[], ssl.SSLContext | None]) -> None:
+        self.cert_file, self.key_file = cfg.tls_cert_file, cfg.tls_key_file
+        self.interval_s = cfg.tls_reload_interval_s
+        self._context = context
+        self._stamp = self._stat()
+        self.reloads = 0
+
+    def _stat(self) -> tuple[tuple[int, int, int], ...]:
+        out = []
+        for path in (self.cert_file, self.key_file):
+            try:
+                st = os.stat(path)
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append((0, 0, 0))
+        return tuple(out)
+
+    def check(self) -> bool:
+        """Reload if the files changed since the last look; True when a new pair was loaded."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False
+        context = self._context()
+        problem = tls_problem(self.cert_file, self.key_file)
+        if context is None or problem:
+            log.error("TLS certificate files changed but cannot be used (%s); still serving the previous "
+                      "certificate", problem or "no TLS context")
+            self._stamp = stamp  # retried when they change again
+            return False
+        context.load_cert_chain(self.cert_file, self.key_file)
+        self._stamp = stamp
+        self.reloads += 1
+        log.info("TLS certificate reloaded from %s", self.cert_file)
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - never let a reload problem stop the ingress
+                log.exception("TLS certificate reload failed; still serving the previous certificate")
+
+
+def start_metrics_server(host: str, port: int, registry: object) -> tuple[WSGIServer, threading.Thread]:
+    """``/metrics`` (prometheus_client's own threaded server) on ``host:port``; raises OSError when
+    the address cannot be bound."""
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, addr=host, registry=registry)  # type: ignore[arg-type]
+    return server, thread
