@@ -76,7 +76,7 @@ def main() -> int:
         emulator = Emulator(procs)
         factory = EventFactory(emulator.url, 5000)
         prefix = "latency.probe."
-        from connector.produce import ensure_topics
+        from connector.dev.produce import ensure_topics
 
         ensure_topics(bootstrap, all_topics(prefix), args.partitions)
         total = int(args.rate * args.seconds)

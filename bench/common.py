@@ -29,9 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE_ROOT = Path(os.environ.get("BENCH_CODE_ROOT") or ROOT)
 if str(CODE_ROOT) not in sys.path:
     sys.path.insert(0, str(CODE_ROOT))
+if CODE_ROOT != ROOT:  # the code under test is older: the dev tooling (connector.dev) still comes from here
+    import connector
 
-from connector import demo
-from connector.emulator import config as em
+    connector.__path__.append(str(ROOT / "connector"))
+
+from connector.dev import demo
+from connector.dev.procs import ManagedProcess, cpu_seconds, free_port, process_tree, wait_until  # noqa: F401
+from connector.dev.emulator import config as em
 from connector.topics import all_topics, topic_for
 
 PY = sys.executable
@@ -39,38 +44,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # == small helpers =========================================================================
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = pred()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - not ready yet
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last!r})")
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (the connector's transform workers are its children)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return out
+    return wait_until(pred, timeout, interval, what=what)
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -82,19 +57,6 @@ def _status_kb(pid: int, key: str) -> int:
     except OSError:  # exited meanwhile
         pass
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """user+system CPU of a process, its threads and its descendants (live and reaped), from /proc."""
-    total = 0
-    for p in process_tree(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return total / CLK_TCK
 
 
 def _pss_kb(pid: int) -> int:
@@ -164,44 +126,29 @@ def busy_box() -> dict[str, float]:
 
 # == child processes =======================================================================
 class Procs:
-    """Children of the bench, each in its own session; stopped by pid (process group)."""
+    """The bench's children (connector.dev.procs.ManagedProcess: own session, stopped by pid and
+    process group), logging to ``workdir/<name>.log``; ``start`` returns the Popen."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.procs: list[tuple[subprocess.Popen[bytes], int, Any]] = []
+        self.procs: list[ManagedProcess] = []
 
     def start(self, name: str, args: list[str], *, env: dict[str, str] | None = None,
               stop_signal: int = signal.SIGTERM, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})}, cwd=str(cwd or ROOT))
-        self.procs.append((proc, stop_signal, log))
-        return proc
+        mp = ManagedProcess(args, env=env, log_path=self.workdir / f"{name}.log", stop_signal=stop_signal, cwd=cwd)
+        self.procs.append(mp)
+        return mp.proc
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | None:
-        for i, (p, sig, log) in enumerate(self.procs):
-            if p is proc:
-                del self.procs[i]
-                _stop(p, sig, timeout)
-                log.close()
-                return p.returncode
+        for mp in self.procs:
+            if mp.proc is proc:
+                self.procs.remove(mp)
+                return mp.stop(timeout)
         return proc.returncode
 
     def stop_all(self) -> None:
         while self.procs:
-            self.stop(self.procs[-1][0], timeout=15.0)
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        except ProcessLookupError:
-            pass
+            self.procs.pop().stop(15.0)
 
 
 def start_broker(procs: Procs) -> str:
@@ -221,7 +168,7 @@ class Emulator:
     def __init__(self, procs: Procs, name: str = "emulator", store_bodies: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [PY, "-m", "connector.emulator", "--port", str(self.port),
+        args = [PY, "-m", "connector.dev.emulator", "--port", str(self.port),
                 "--store-bodies" if store_bodies else "--no-store-bodies", "--max-stored-messages", "2000000"]
         self.proc = procs.start(name, args)
         self.http = httpx.Client(base_url=self.url, timeout=30)
@@ -276,7 +223,7 @@ class Template:
 class EventFactory:
     """Kafka records for N Capillary events, built from a pool of encoded templates.
 
-    The templates are :func:`connector.samples.generate_events` events (the realistic type mix),
+    The templates are :func:`connector.dev.samples.generate_events` events (the realistic type mix),
     encoded once: a share as Avro with Confluent registry framing (schemas registered in the
     emulator's Schema Registry under their record names), the rest as JSON. Record ``i`` is
     template ``i % pool`` with its 36-character ``eventId`` replaced by a UUID derived from ``i``
@@ -287,8 +234,8 @@ class EventFactory:
 
     def __init__(self, registry_url: str, pool: int, seed: int = 7, json_share: float = 0.5) -> None:
         from connector.avro_schemas import LocalSchemas
-        from connector.produce import SampleEncoder, customer_key
-        from connector.samples import generate_events
+        from connector.dev.produce import SampleEncoder, customer_key
+        from connector.dev.samples import generate_events
 
         self.seed = seed
         now_ms = int(time.time() * 1000)
@@ -336,7 +283,7 @@ def make_producer(bootstrap: str) -> Any:
 def produce_backlog(bootstrap: str, factory: EventFactory, n: int, prefix: str, partitions: int = 4,
                     start: int = 0) -> float:
     """Produce records ``start .. start+n-1`` to the topics under ``prefix``; returns seconds taken."""
-    from connector.produce import ensure_topics
+    from connector.dev.produce import ensure_topics
 
     ensure_topics(bootstrap, all_topics(prefix), partitions)
     producer = make_producer(bootstrap)

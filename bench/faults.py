@@ -65,14 +65,14 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from conftest import Emulator  # noqa: E402
 from connector.avro_schemas import LocalSchemas  # noqa: E402
-from connector.emulator import config as em_config  # noqa: E402
-from connector.emulator.profiles import primary_key  # noqa: E402
-from connector.produce import SampleEncoder, customer_key, ensure_topics  # noqa: E402
-from connector.samples import generate_events  # noqa: E402
+from connector.dev.emulator import config as em_config  # noqa: E402
+from connector.dev.emulator.profiles import primary_key  # noqa: E402
+from connector.dev.produce import SampleEncoder, customer_key, ensure_topics  # noqa: E402
+from connector.dev.samples import generate_events  # noqa: E402
 from connector.topics import all_topics, topic_for  # noqa: E402
 from harness import (ConnectorProc, committed, dlq_topic, end_offsets, new_group, read_topic,  # noqa: E402
                      transformer, write_config)
-from support import ManagedProcess, free_port, python_module, start_broker  # noqa: E402
+from support import ManagedProcess, free_port, python_module, start_broker, wait_until  # noqa: E402
 
 MB = 1024 * 1024
 OURS_CODE: list[Path | None] = [None]  # --ours-code: connectors run an exported older tree
@@ -106,7 +106,7 @@ def stop_children() -> None:
 
 def start_emulator(workdir: Path, *args: str, port: int | None = None) -> Emulator:
     port = port or free_port()
-    proc = track(ManagedProcess(python_module("connector.emulator", "--port", str(port), "--no-store-bodies", *args),
+    proc = track(ManagedProcess(python_module("connector.dev.emulator", "--port", str(port), "--no-store-bodies", *args),
                                 log_path=workdir / f"emulator-{port}.log"))
     url = f"http://127.0.0.1:{port}"
     ok = wait_for(lambda: not proc.alive() or httpx.get(f"{url}/__emulator/health", timeout=1).status_code == 200, 30)
@@ -133,17 +133,12 @@ def start_connector(workdir: Path, *, bootstrap: str, emulator_url: str, prefix:
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.1) -> bool:
-    """Poll ``pred`` until truthy (True) or ``timeout`` passes (False); exceptions count as falsy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if pred():
-                return True
-        except Exception:  # noqa: BLE001 - e.g. a metrics endpoint not up yet
-            pass
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+    """:func:`wait_until` as a yes/no: a scenario reports a timeout instead of stopping on it."""
+    try:
+        wait_until(pred, timeout, interval)
+        return True
+    except TimeoutError:
+        return False
 
 
 def labelled(c: ConnectorProc, name: str) -> dict[str, float]:

@@ -22,8 +22,8 @@ from common import cpu_seconds  # noqa: E402
 
 from connector.avro_schemas import LocalSchemas  # noqa: E402
 from connector.config import DecodeConfig, XdmConfig  # noqa: E402
-from connector.produce import SampleEncoder  # noqa: E402
-from connector.samples import generate_events  # noqa: E402
+from connector.dev.produce import SampleEncoder  # noqa: E402
+from connector.dev.samples import generate_events  # noqa: E402
 from connector.process import ProcessorSpec, RecordProcessor  # noqa: E402
 from connector.workers import WorkerPool  # noqa: E402
 

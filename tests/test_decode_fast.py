@@ -18,9 +18,9 @@ from connector import decode
 from connector.avro_schemas import LocalSchemas
 from connector.decode import Decoder
 from connector.errors import DecodeError, RegistryUnavailable
-from connector.produce import SampleEncoder
+from connector.dev.produce import SampleEncoder
 from connector.registry import RegistryLookup
-from connector.samples import generate_events
+from connector.dev.samples import generate_events
 from connector.transform import EVENT_NAMES
 
 NOW_MS = 1_760_000_000_000

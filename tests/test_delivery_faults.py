@@ -16,9 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connector.produce import ensure_topics, produce_events
+from connector.dev.produce import ensure_topics, produce_events
 from connector.topics import all_topics
-from connector.samples import generate_events
+from connector.dev.samples import generate_events
 from harness import (assert_committed_to_end, dlq_topic, committed, expected_ids, missing, missing_profiles, new_group,
                      possible_ids,
                      read_topic,
@@ -228,7 +228,7 @@ def test_an_oversized_record_is_dead_lettered_truncated_and_its_partition_moves_
     assert_committed_to_end(broker, group, prefix)
     # dlq replay does not re-publish a partial value: it names the source offset to re-read.
     from connector.config import load_settings
-    from connector.emulator import config as em_config
+    from connector.dev.emulator import config as em_config
     from connector.replay import ReplayFilter, replay
 
     monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", em_config.DEMO_CLIENT_SECRET)

@@ -13,7 +13,7 @@ from connector.avro_schemas import LocalSchemas
 from connector.config import DecodeConfig
 from connector.dryrun import dry_run
 from connector.process import ProcessorSpec, RecordProcessor
-from connector.samples import generate_events, sample_xdm_config
+from connector.dev.samples import generate_events, sample_xdm_config
 from connector.transform import Transformer
 from support import python_module
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from support import ManagedProcess, free_port, python_module, wait_until
 
-from connector.emulator import config as em
+from connector.dev.emulator import config as em
 
 OPEN_INLET = "open-inlet-v2024"  # no auth, v2024 failure style, a validated dataset
 RAW_INLET = "raw-inlet"
@@ -47,7 +47,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     (tmp / "event.schema.json").write_text(json.dumps(EVENT_SCHEMA))
     (tmp / "emulator.json").write_text(json.dumps({"inlets": inlets}))
     port = free_port()
-    proc = ManagedProcess(python_module("connector.emulator", "--port", str(port), "--config", str(tmp / "emulator.json")),
+    proc = ManagedProcess(python_module("connector.dev.emulator", "--port", str(port), "--config", str(tmp / "emulator.json")),
                           log_path=tmp / "emulator.log")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:

@@ -12,13 +12,13 @@ import pytest
 import uvicorn
 from support import ManagedProcess, free_port, port_open, python_module, wait_until
 
-from connector.emulator import DEMO_INLET_ID, create_app, demo_config
-from connector.emulator import config as em
+from connector.dev.emulator import DEMO_INLET_ID, create_app, demo_config
+from connector.dev.emulator import config as em
 
 
 def start(tmp_path: Path, *args: str, stop_signal: int = signal.SIGTERM) -> tuple[ManagedProcess, httpx.Client]:
     port = free_port()
-    proc = ManagedProcess(python_module("connector.emulator", "--port", str(port), *args),
+    proc = ManagedProcess(python_module("connector.dev.emulator", "--port", str(port), *args),
                           log_path=tmp_path / f"emulator-{port}.log", stop_signal=stop_signal)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     wait_until(lambda: client.get("/__emulator/health").status_code == 200, 30, what="emulator health")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from harness import transformer
 
-from connector.samples import generate_events
+from connector.dev.samples import generate_events
 from connector.transform import TransformError
 from connector.transform.identity import MAX_IDENTITIES
 

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.samples import ENVELOPES, generate_events, wrap
+from connector.dev.samples import ENVELOPES, generate_events, wrap
 from connector.topics import all_topics, topic_for
 from harness import read_topic
 from support import ManagedProcess, free_port, python_module, wait_until

@@ -27,7 +27,7 @@ import httpx
 import orjson
 import pytest
 
-from connector.samples import generate_events
+from connector.dev.samples import generate_events
 from connector.topics import all_topics
 from harness import read_topic
 from support import free_port, start_broker, wait_until

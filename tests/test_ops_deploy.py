@@ -15,8 +15,8 @@ import yaml
 
 from connector.cli import main
 from connector.config import load_settings
-from connector.emulator import config as em
-from connector.emulator.__main__ import parser as emulator_parser
+from connector.dev.emulator import config as em
+from connector.dev.emulator.__main__ import parser as emulator_parser
 from support import ROOT
 
 DEPLOY = ROOT / "deploy"

@@ -12,10 +12,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.demo import connector_toml
-from connector.emulator import config as em
-from connector.produce import produce_events
-from connector.samples import generate_events
+from connector.dev.demo import connector_toml
+from connector.dev.emulator import config as em
+from connector.dev.produce import produce_events
+from connector.dev.samples import generate_events
 from harness import dlq_topic, new_group, start_connector
 from support import free_port, python_module, wait_until
 

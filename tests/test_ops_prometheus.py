@@ -15,8 +15,8 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
-from connector.produce import produce_events
-from connector.samples import generate_events
+from connector.dev.produce import produce_events
+from connector.dev.samples import generate_events
 from harness import new_group, start_connector
 from support import ROOT, ManagedProcess, free_port, wait_until
 from test_ops_deploy import dashboard_exprs, grafana_expand, rule_exprs

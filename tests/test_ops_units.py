@@ -19,13 +19,13 @@ from prometheus_client import CollectorRegistry
 from connector import check, logs
 from connector.cli import main
 from connector.config import load_settings
-from connector.demo import connector_toml
-from connector.emulator import config as em
+from connector.dev.demo import connector_toml
+from connector.dev.emulator import config as em
 from connector.health import serve_health
 from connector.metrics import Metrics
 from connector.pipeline import _event_type_label
 from connector.decode import format_of as _format_of
-from connector.produce import SampleEncoder
+from connector.dev.produce import SampleEncoder
 from connector.avro_schemas import default_schemas
 from support import ROOT, free_port
 
@@ -101,7 +101,7 @@ def test_format_label_comes_from_the_framing_bytes() -> None:
 
 
 def _sample_event() -> dict:
-    from connector.samples import generate_events
+    from connector.dev.samples import generate_events
 
     return generate_events(1, seed=3)[0]
 
@@ -289,3 +289,17 @@ def test_every_exit_code_is_documented_in_the_readme() -> None:
     for code in ExitCode:
         if code is not ExitCode.OK:
             assert f"{int(code)} " in paragraph, code
+
+
+def test_the_runtime_never_imports_the_development_tooling() -> None:
+    """connector.dev (demo, samples, producer, emulator) and its dependencies stay out of the
+    processes users run: the connector, the ingress, check, transform, dlq replay and provision."""
+    import subprocess
+    import sys
+
+    code = ("import sys, connector.app, connector.cli, connector.ingest.app, connector.pipeline, connector.check, "
+            "connector.replay, connector.dryrun, connector.provision.plan, connector.workers, connector.preload\n"
+            "print(sorted(m for m in sys.modules if m.startswith('connector.dev') or m.split('.')[0] == 'jsonschema'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -22,7 +22,7 @@ from connector.dlq import DeadLetterWriter
 from connector.metrics import METRICS
 from connector.errors import ExitCode
 from connector.pipeline import Pipeline
-from connector.samples import generate_events
+from connector.dev.samples import generate_events
 from connector.sink import BatchResult
 
 TP = ("w.points", 0)

@@ -14,7 +14,7 @@ from support import FakeMessage
 
 from connector.config import load_settings
 from connector.placement import HELD, Placement
-from connector.samples import generate_events
+from connector.dev.samples import generate_events
 
 
 def test_new_partitions_spread_over_the_workers_and_stick() -> None:

@@ -15,8 +15,8 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import parse_schema, schemaless_writer
 
 from connector.dlq import H_AEP_MESSAGE, H_HTTP_STATUS, H_REASON, H_STAGE, H_XACTION_ID
-from connector.produce import ensure_topics, produce_events
-from connector.samples import generate_events
+from connector.dev.produce import ensure_topics, produce_events
+from connector.dev.samples import generate_events
 from connector.topics import all_topics, topic_for
 from harness import dlq_topic, assert_committed_to_end, expected_ids, missing, missing_profiles, new_group, read_topic, start_connector
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from connector.emulator import config as em
-from connector.produce import ensure_topics, produce_events
-from connector.samples import generate_events
+from connector.dev.emulator import config as em
+from connector.dev.produce import ensure_topics, produce_events
+from connector.dev.samples import generate_events
 from connector.topics import all_topics
 from harness import dlq_topic, expected_ids, missing, missing_profiles, new_group, read_topic, start_connector
 from support import python_module, wait_until

@@ -17,9 +17,9 @@ from confluent_kafka import Producer
 
 from connector.cli import _parse_time, _Progress, main
 from connector.config import KafkaConfig
-from connector.demo import connector_toml
+from connector.dev.demo import connector_toml
 from connector.dlq import H_REASON, H_STAGE, H_TIME, H_TOPIC
-from connector.produce import ensure_topics
+from connector.dev.produce import ensure_topics
 from connector.replay import ReplayFilter, ReplayReport, replay
 from harness import read_topic
 from support import free_port

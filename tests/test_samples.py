@@ -8,7 +8,7 @@ import pytest
 from fastavro.validation import validate
 
 from connector.avro_schemas import LocalSchemas
-from connector.samples import CUSTOMER_POOL, ENVELOPES, MIX, generate_events, wrap
+from connector.dev.samples import CUSTOMER_POOL, ENVELOPES, MIX, generate_events, wrap
 from connector.transform import EVENT_NAMES, normalize
 
 NOW_MS = 1_760_000_000_000

@@ -13,7 +13,7 @@ from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import validate
 
 from connector.avro_schemas import DEFAULT_DIR, LocalSchemas, SchemaLoadError, encode_single_object
-from connector.samples import generate_events
+from connector.dev.samples import generate_events
 from connector.transform import EVENT_NAMES
 
 NOW_MS = 1_760_000_000_000

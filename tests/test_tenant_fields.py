@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.samples import generate_events, sample_xdm_config
+from connector.dev.samples import generate_events, sample_xdm_config
 from connector.transform import Transformer, TransformError, events, tenant
 from connector.transform.values import num, text
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.samples import sample_xdm_config
+from connector.dev.samples import sample_xdm_config
 from connector.transform import Transformer
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -13,7 +13,7 @@ import pytest
 from fastavro import schemaless_reader, schemaless_writer
 
 from connector.avro_schemas import LocalSchemas
-from connector.samples import generate_events, sample_xdm_config
+from connector.dev.samples import generate_events, sample_xdm_config
 from connector.transform import REASONS, Transformer, TransformError, XdmMessage
 from connector.transform import events as event_specs
 

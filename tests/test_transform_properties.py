@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.samples import ENVELOPES, generate_events, sample_xdm_config, wrap
+from connector.dev.samples import ENVELOPES, generate_events, sample_xdm_config, wrap
 from connector.transform import EVENT_NAMES, REASONS, Transformer, TransformError
 from connector.transform.validate import XdmValidator
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not XDM_ROOT.is_dir(), reason="official XDM sche
 jsonschema = pytest.importorskip("jsonschema")
 referencing = pytest.importorskip("referencing")
 
-from connector.samples import generate_events, sample_xdm_config  # noqa: E402
+from connector.dev.samples import generate_events, sample_xdm_config  # noqa: E402
 from connector.transform import Transformer  # noqa: E402
 from connector.transform.validate import SCHEMA_DIR, XdmValidator  # noqa: E402
 
@@ -160,7 +160,7 @@ def entities() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def _rare_events() -> list[str]:
-    from connector.samples import MIX
+    from connector.dev.samples import MIX
 
     return [name for name, weight in MIX.items() if weight < 30]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from connector.samples import generate_events, sample_xdm_config
+from connector.dev.samples import generate_events, sample_xdm_config
 from connector.transform import Transformer
 from connector.transform.validate import _SPACES, XdmValidator, _fast_check, load_schema
 

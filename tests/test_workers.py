@@ -17,8 +17,8 @@ from connector.avro_schemas import LocalSchemas
 from connector.config import load_settings
 from connector.errors import RegistryUnavailable, WorkerCrashed
 from connector.metrics import METRICS
-from connector.produce import SampleEncoder
-from connector.samples import generate_events
+from connector.dev.produce import SampleEncoder
+from connector.dev.samples import generate_events
 from connector.process import Empty, Encoded, ProcessorSpec, RecordProcessor, Rejected
 from connector.workers import WorkerPool, resolve_workers
 from harness import write_config

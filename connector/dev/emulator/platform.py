@@ -30,13 +30,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from connector.emulator.config import DatasetConfig, InletConfig
+from connector.dev.emulator.config import DatasetConfig, InletConfig
 from connector.provision import artifacts as art
 from connector.transform.tenant import close
 from connector.transform.validate import standard_schema
 
 if TYPE_CHECKING:
-    from connector.emulator.app import Emulator
+    from connector.dev.emulator.app import Emulator
 
 STANDARD_NAMESPACES = ("ECID", "Email", "Phone", "CRMID", "AAID")
 _KNOWN_REFS = {ref for refs in art.COMPOSITIONS.values() for ref in refs}

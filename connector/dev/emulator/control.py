@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 if TYPE_CHECKING:
-    from connector.emulator.app import Emulator
+    from connector.dev.emulator.app import Emulator
 
 MAX_PAGE = 100_000
 

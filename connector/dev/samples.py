@@ -512,16 +512,6 @@ def wrap(event: dict[str, Any], style: str) -> dict[str, Any]:
 
 def sample_xdm_config(**overrides: Any) -> Any:
     """An ``XdmConfig`` with placeholder routes (tenant ``capillary``), for tests, benchmarks and demos."""
-    from connector.config import XdmConfig
+    from connector.dryrun import placeholder_xdm_config
 
-    values: dict[str, Any] = {
-        "tenant_id": "capillary",
-        "event": {"dataset_id": "5f1e0c0ffee0000000000001",
-                  "schema_id": "https://ns.adobe.com/capillary/schemas/capillary-loyalty-events",
-                  "flow_id": "d3b07384-d9a0-4c9b-8f3e-2c1a0e4b5f60"},
-        "profile": {"dataset_id": "5f1e0c0ffee0000000000002",
-                    "schema_id": "https://ns.adobe.com/capillary/schemas/capillary-loyalty-profiles",
-                    "flow_id": "d3b07384-d9a0-4c9b-8f3e-2c1a0e4b5f61"},
-    }
-    values.update(overrides)
-    return XdmConfig(**values)
+    return placeholder_xdm_config(**overrides)

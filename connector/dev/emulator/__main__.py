@@ -1,4 +1,4 @@
-"""``python -m connector.emulator``: run the emulator with the demo configuration (or a file
+"""``python -m connector.dev.emulator``: run the emulator with the demo configuration (or a file
 whose keys override it)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from connector.emulator.app import serve
-from connector.emulator.config import EmulatorConfig, demo_config, load_config
+from connector.dev.emulator.app import serve
+from connector.dev.emulator.config import EmulatorConfig, demo_config, load_config
 
 
 def build_config(args: argparse.Namespace) -> EmulatorConfig:
@@ -34,7 +34,7 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m connector.emulator", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m connector.dev.emulator", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--token-ttl", type=float, default=None, metavar="S", help="IMS token lifetime in seconds")

@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from connector.emulator.config import DatasetConfig, EmulatorConfig, InletConfig
-from connector.emulator.faults import FaultState
-from connector.emulator.ims import TokenIssuer
-from connector.emulator.store import Accepted, DatasetRecords, Store
-from connector.emulator.validation import AsyncValidator, build_validator, violations
+from connector.dev.emulator.config import DatasetConfig, EmulatorConfig, InletConfig
+from connector.dev.emulator.faults import FaultState
+from connector.dev.emulator.ims import TokenIssuer
+from connector.dev.emulator.store import Accepted, DatasetRecords, Store
+from connector.dev.emulator.validation import AsyncValidator, build_validator, violations
 
 JSON = "application/json"
 INLET_PROBLEM = "http://ns.adobe.com/adobecloud/problem/data-collection-service/inlet"

@@ -1,6 +1,6 @@
 """Rough throughput check of the emulator's batch endpoint.
 
-    python -m connector.emulator.bench [--requests 200] [--concurrency 4] [--store-bodies]
+    python -m connector.dev.emulator.bench [--requests 200] [--concurrency 4] [--store-bodies]
                                        [--url http://127.0.0.1:8080]
 
 Without ``--url`` it starts its own emulator (demo config) on a free port. Bodies (~1 MB of
@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import orjson
 
-from connector.emulator.config import (
+from connector.dev.procs import cpu_seconds, free_port
+from connector.dev.emulator.config import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     DEMO_EVENT_DATASET_ID,
@@ -74,20 +75,8 @@ def build_bodies(n: int, max_bytes: int = 1_000_000) -> tuple[list[bytes], int]:
     return bodies, i
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    """user+system CPU of a process (Linux /proc), to separate server cost from client cost."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m connector.emulator.bench")
+    ap = argparse.ArgumentParser(prog="python -m connector.dev.emulator.bench")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--store-bodies", action="store_true", help="keep envelopes in the started emulator")
@@ -98,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     proc = None
     url = args.url
     if url is None:
-        port = _free_port()
-        cmd = [sys.executable, "-m", "connector.emulator", "--port", str(port),
+        port = free_port()
+        cmd = [sys.executable, "-m", "connector.dev.emulator", "--port", str(port),
                "--store-bodies" if args.store_bodies else "--no-store-bodies",
                *(["--no-null-check"] if args.no_null_check else [])]
         proc = subprocess.Popen(cmd, start_new_session=True)
@@ -140,14 +129,14 @@ def main(argv: list[str] | None = None) -> None:
                         errors.append(f"{r.status_code} {r.text[:200]}")
 
         threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
-        cpu0 = _cpu_seconds(proc.pid) if proc else None
+        cpu0 = cpu_seconds(proc.pid, tree=False) if proc else None
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t0
-        cpu = _cpu_seconds(proc.pid) - cpu0 if proc and cpu0 is not None else None
+        cpu = cpu_seconds(proc.pid, tree=False) - cpu0 if proc and cpu0 is not None else None
         stats = client.get(f"{url}/__emulator/stats").json()
         print(f"{len(bodies)} requests, {total} messages, {nbytes / 1e6:.1f} MB in {elapsed:.2f} s: "
               f"{total / elapsed:,.0f} messages/s, {len(bodies) / elapsed:.1f} requests/s, "
