@@ -36,6 +36,7 @@ from connector.errors import AuthFailure, RegistryUnavailable, TransientError
 from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
 from connector.placement import HELD, Placement
+from connector.egress import aep_client
 from connector.registry import RegistryLookup
 from connector.governor import Governor
 from connector.sink import BatchResult, Sink
@@ -93,7 +94,7 @@ class Pipeline:
                                   s.log.level, s.log.format)
         self.workers = resolve_workers(s.processing.workers)
         # Writer schemas are fetched here, on the consumer's side, in both modes (workers do no I/O).
-        self.registry_lookup = RegistryLookup(s.decode.schema_registry_url) if s.decode.schema_registry_url else None
+        self.registry_lookup = RegistryLookup.from_config(s.decode) if s.decode.schema_registry_url else None
         # Decode → transform → encode on this thread when there are no workers; with workers the
         # consumer process keeps no transformer (its validator and schemas would be unused memory).
         self.processor = RecordProcessor(self.spec, self.registry_lookup) if self.workers == 0 else None
@@ -102,7 +103,8 @@ class Pipeline:
         self._next_placement = 0.0
         self._chunks: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # seq → records at a worker
         self._waiting: dict[int, list[tuple[Any, TopicPartition, int]]] = {}  # worker → records for its next chunk
-        self.client = httpx.Client(
+        self.client = aep_client(
+            s.aep.http,
             timeout=httpx.Timeout(s.delivery.request_timeout_s, connect=s.delivery.connect_timeout_s),
             limits=httpx.Limits(max_connections=s.batch.lanes + 1, max_keepalive_connections=s.batch.lanes + 1,
                                 keepalive_expiry=60),

@@ -82,10 +82,12 @@ def replay(
     idle_s: float = 2.0,
 ) -> ReplayReport:
     kafka = settings.kafka
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"{kafka.group_id}.dlq-replay",
+    # Connection settings as the connector's own clients (kafka.security and kafka.extra's security keys).
+    consumer = Consumer({**producer_config(kafka), "group.id": f"{kafka.group_id}.dlq-replay",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     report = ReplayReport()
     try:
+        consumer.poll(0)  # serves a token callback (MSK IAM) before the first metadata request
         meta = consumer.list_topics(kafka.dlq_topic, timeout=10).topics.get(kafka.dlq_topic)
         if meta is None or not meta.partitions:
             return report
@@ -156,19 +158,19 @@ def _republish(settings: Any, letters: list[Any], to_topic: str | None) -> tuple
 
 def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:
     """Deliver letters straight to AEP with the connector's own decode/transform/sink stages."""
-    import httpx
 
     from connector.auth import TokenProvider
     from connector.avro_schemas import LocalSchemas
     from connector.batch import PendingRecord
     from connector.decode import Decoder
+    from connector.egress import aep_client
     from connector.registry import RegistryLookup
     from connector.sink import Sink
     from connector.transform import Transformer
 
     s = settings
     decoder = Decoder(LocalSchemas.load(s.decode.schemas_dir or None),
-                      RegistryLookup(s.decode.schema_registry_url) if s.decode.schema_registry_url else None)
+                      RegistryLookup.from_config(s.decode) if s.decode.schema_registry_url else None)
     transformer = Transformer(s.xdm, org_id=s.aep.org_id, source_name=s.aep.source_name)
 
     def deliver(letters: list[Any]) -> list[bool]:
@@ -187,7 +189,7 @@ def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:
             index.append(i)
         if not records:
             return ok
-        with httpx.Client(timeout=s.delivery.request_timeout_s) as client:
+        with aep_client(s.aep.http, timeout=s.delivery.request_timeout_s) as client:
             tokens = TokenProvider(s.aep.ims, client) if s.aep.authentication_required else None
             sink = Sink(s.aep, s.delivery, client, tokens, coalesce_profiles=s.batch.coalesce_profiles,
                         max_bytes=s.batch.max_bytes)
