@@ -3,7 +3,8 @@
 Uses the Confluent client from ``confluent-kafka[schemaregistry]``. A registry that answers
 "not found" yields ``None`` (the record is dead-lettered as ``unknown_schema_id``); a registry
 that does not answer raises :class:`RegistryUnavailable` after a few quick retries, so the record
-is retried, never dead-lettered.
+is retried, never dead-lettered; so does one that rejects the credentials (401/403). The URL in
+messages never carries credentials (they go in ``decode.schema_registry_*``, see :func:`client_config`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class RegistryLookup:
                 return str(self._client.get_schema(schema_id).schema_str)
             except SchemaRegistryError as exc:
                 status = exc.http_status_code
+                if status in (401, 403):
+                    # Rejected credentials are not an unknown schema: never dead-letter for them.
+                    log.warning("schema registry rejected the credentials: HTTP %s", status)
+                    raise RegistryUnavailable(f"schema registry at {self.url} rejected the credentials "
+                                              f"(HTTP {status})") from None
                 if exc.error_code in _NOT_FOUND_CODES or (status is not None and 400 <= status < 500):
                     return None
                 err = exc
