@@ -182,6 +182,9 @@ def replay(config: str | None, reason: tuple[str, ...], stage: tuple[str, ...], 
     from connector.replay import replay as run_replay
 
     settings = _load(config)
+    from connector.logs import register_settings_secrets
+
+    register_settings_secrets(settings)  # librdkafka and HTTP errors may be logged
     flt = ReplayFilter(frozenset(reason), frozenset(stage), _parse_time(since), _parse_time(until))
     report = run_replay(settings, flt, to_topic=to_topic, dry_run=dry_run, from_beginning=from_beginning,
                         limit=limit, direct=direct_delivery(settings) if direct else None)
