@@ -110,3 +110,35 @@ def test_ims_and_inlet_through_an_authenticating_proxy(tmp_path: Path) -> None:
     finally:
         proxy.close()
         proc.stop()
+
+
+@pytest.mark.integration
+def test_the_connector_delivers_over_mutual_tls_through_the_proxy(broker, prefix, tmp_path: Path) -> None:
+    """The running connector (not only check): IMS token and inlet batches over mTLS, via the proxy."""
+    import ssl
+
+    from connector.produce import produce_events
+    from connector.samples import generate_events
+    from harness import new_group, start_connector
+
+    tls = make_tls_files(tmp_path / "tls")
+    url, proc = start_https_emulator(tmp_path, tls, mtls=True)
+    proxy = ConnectProxy()
+    try:
+        events = generate_events(30, seed=1818)
+        produce_events(broker, events, "json", topic_prefix=prefix)
+        c = start_connector(tmp_path, bootstrap=broker, emulator_url=url, prefix=prefix, group=new_group(),
+                            extra=f"[aep.http]\nproxy = '{proxy.url}'\nca_file = '{tls.ca}'\n"
+                                  f"client_cert = '{tls.client_cert}'\nclient_key = '{tls.client_key}'\n")
+        try:
+            c.wait_acknowledged(len(events))
+        finally:
+            c.stop()
+        ctx = ssl.create_default_context(cafile=str(tls.ca))
+        ctx.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+        stats = httpx.get(f"{url}/__emulator/stats", verify=ctx, timeout=5).json()
+        assert stats["messages_accepted"] >= len(events) and stats["tokens_issued"] >= 1, stats
+        assert proxy.targets and set(proxy.targets) == {url.removeprefix("https://")}
+    finally:
+        proxy.close()
+        proc.stop()
