@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings.exceptions import SettingsError
 
 from connector.egress import AepHttpConfig
-from connector.kafka_security import SECRET_PROPERTIES, KafkaSecurityConfig
+from connector.kafka_security import SECRET_PROPERTIES, KafkaSecurityConfig, load_secret_file
 
 ENV_PREFIX = "CAPILLARY_AEP__"
 
@@ -113,8 +113,6 @@ class DecodeConfig(_Section):
 
     @model_validator(mode="after")
     def _registry_auth(self) -> DecodeConfig:
-        from connector.kafka_security import _load_file
-
         parts = urlsplit(self.schema_registry_url)
         if parts.username is not None or parts.password is not None:
             if not self.schema_registry_username:
@@ -122,8 +120,8 @@ class DecodeConfig(_Section):
             if not self.schema_registry_password.get_secret_value():
                 object.__setattr__(self, "schema_registry_password", SecretStr(unquote(parts.password or "")))
             object.__setattr__(self, "schema_registry_url", strip_userinfo(self.schema_registry_url))
-        _load_file(self, "schema_registry_password")
-        _load_file(self, "schema_registry_bearer_token")
+        load_secret_file(self, "schema_registry_password")
+        load_secret_file(self, "schema_registry_bearer_token")
         basic = bool(self.schema_registry_username or self.schema_registry_password.get_secret_value())
         if basic and self.schema_registry_bearer_token.get_secret_value():
             raise ValueError("schema_registry_username/password and schema_registry_bearer_token exclude each other")

@@ -29,9 +29,9 @@ class AepHttpConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> AepHttpConfig:
-        from connector.kafka_security import _load_file
+        from connector.kafka_security import load_secret_file
 
-        _load_file(self, "proxy_password")
+        load_secret_file(self, "proxy_password")
         if self.proxy:
             url = httpx.URL(self.proxy)
             if url.scheme not in ("http", "https") or not url.host:

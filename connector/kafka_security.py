@@ -40,7 +40,7 @@ def _read_secret(path: str, key: str) -> SecretStr:
         raise ValueError(f"{key} {path!r} cannot be read: {exc.strerror}") from None
 
 
-def _load_file(model: BaseModel, field: str) -> None:
+def load_secret_file(model: BaseModel, field: str) -> None:
     """``<field>_file`` fills ``<field>`` when the secret itself is not set (env wins)."""
     path = getattr(model, f"{field}_file")
     if path and not getattr(model, field).get_secret_value():
@@ -66,8 +66,8 @@ class SaslConfig(_Section):
 
     @model_validator(mode="after")
     def _files(self) -> SaslConfig:
-        _load_file(self, "password")
-        _load_file(self, "client_secret")
+        load_secret_file(self, "password")
+        load_secret_file(self, "client_secret")
         return self
 
 
@@ -85,7 +85,7 @@ class KafkaSecurityConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> KafkaSecurityConfig:
-        _load_file(self, "key_password")
+        load_secret_file(self, "key_password")
         tls = self.protocol in ("SSL", "SASL_SSL")
         sasl = self.protocol.startswith("SASL_")
         for key in ("ca_file", "cert_file", "key_file"):
