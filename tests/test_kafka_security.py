@@ -216,12 +216,3 @@ def test_dead_letter_headers_mask_a_registered_secret(tmp_path: Path) -> None:
     headers = b"".join(v for _, v in letter.kafka_headers())
     assert PASSWORD.encode() not in headers and b"**********" in headers
 
-
-def test_metrics_never_carry_a_kafka_secret(tmp_path: Path) -> None:
-    from prometheus_client import generate_latest
-
-    from connector.metrics import METRICS
-
-    s = load_settings(_write(tmp_path, GOOD + SCRAM + f"password = '{PASSWORD}'\n"))
-    register_settings_secrets(s)
-    assert PASSWORD.encode() not in generate_latest(METRICS.registry)

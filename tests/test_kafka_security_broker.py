@@ -89,3 +89,26 @@ def test_check_names_the_sasl_failure_without_the_password(auth_broker, tmp_path
     assert kafka_line.startswith("✗") and "(SASL_PLAINTEXT)" in kafka_line, r.stdout
     assert "SASL SCRAM authentication failed" in kafka_line, r.stdout
     assert PASSWORD not in r.stdout + r.stderr
+
+
+def test_a_connector_refused_by_the_broker_leaks_the_password_nowhere(auth_broker, emulator, prefix,
+                                                                     tmp_path: Path) -> None:
+    """The running connector with SCRAM settings: the refusal is in its log; the password is in
+    neither its log, its metrics nor its health answers."""
+    import httpx
+
+    from harness import new_group, start_connector
+
+    bootstrap, _ = auth_broker
+    c = start_connector(tmp_path, bootstrap=bootstrap, emulator_url=emulator.url, prefix=prefix, group=new_group(),
+                        extra="[kafka.security]\nprotocol = 'SASL_PLAINTEXT'\n[kafka.security.sasl]\n"
+                              "mechanism = 'SCRAM-SHA-256'\nusername = 'svc-capillary'\n",
+                        env={"CAPILLARY_AEP__KAFKA__SECURITY__SASL__PASSWORD": PASSWORD})
+    try:
+        wait_until(lambda: "SASL SCRAM authentication failed" in c.proc.log_text(), 30, what="the SASL refusal logged")
+        base = f"http://127.0.0.1:{c.metrics_port}"
+        answers = [httpx.get(base + path, timeout=5).text for path in ("/metrics", "/healthz", "/readyz")]
+        assert c.proc.alive()  # a refused login is retried, not fatal
+    finally:
+        c.stop()
+    assert PASSWORD not in c.proc.log_text() and all(PASSWORD not in a for a in answers)
