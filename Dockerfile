@@ -2,6 +2,10 @@
 # (`ingest`), the AEP/IMS emulator (`emulator`) and the sample producer (`produce-samples`).
 ARG PYTHON_VERSION=3.12
 
+# Any CPU: `docker buildx build --platform linux/amd64,linux/arm64 .` Every dependency comes as a
+# binary wheel (--only-binary), so the slim build stage needs no compiler; cavro, which has wheels
+# only for x86-64, is left out elsewhere by its marker in pyproject.toml (fastavro reads instead).
+
 # -- build: the project wheel and the wheels of its dependencies, installed into a venv ---------------
 FROM python:${PYTHON_VERSION}-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -9,9 +13,14 @@ WORKDIR /src
 # README.md* : optional (pyproject names it; the glob keeps the build working without it).
 COPY pyproject.toml README.md* ./
 COPY connector ./connector
-RUN pip wheel --wheel-dir /wheels . \
+# The compose stack runs the emulator and the sample producer from this image: the `emulator` extra
+# (jsonschema). `--build-arg EXTRAS=` builds the runtime alone (connector, ingress, check, provision).
+ARG EXTRAS=emulator
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+ && whl=$(ls /wheels/capillary_aep_connector-*.whl) \
+ && pip wheel --only-binary=:all: --wheel-dir /wheels "${whl}${EXTRAS:+[$EXTRAS]}" \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-index --find-links=/wheels capillary-aep-connector
+ && /opt/venv/bin/pip install --no-index --find-links=/wheels "capillary-aep-connector${EXTRAS:+[$EXTRAS]}"
 
 # -- runtime: slim, non-root, only the venv (no compiler, no wheels, no sources) -----------------------
 FROM python:${PYTHON_VERSION}-slim

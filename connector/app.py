@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from connector.config import Settings
 from connector.health import loop_alive, serve_health
-from connector.logs import register_secret, setup_logging
+from connector.logs import register_secret, register_settings_secrets, setup_logging
 from connector.metrics import METRICS
 from connector.pipeline import Pipeline
 
@@ -25,6 +25,7 @@ def _version() -> str:
 def run_connector(settings: Settings) -> int:
     setup_logging(settings.log.level, settings.log.format)
     register_secret(settings.aep.ims.client_secret.get_secret_value())
+    register_settings_secrets(settings)
     METRICS.build_info.info({"version": _version()})
     pipeline = Pipeline(settings)
     pipeline.install_signal_handlers()

@@ -30,10 +30,12 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 from pydantic_settings import SettingsError
 
 from connector.auth import TokenProvider
-from connector.config import ConfigError, Settings, load_settings
+from connector.config import ConfigError, DecodeConfig, Settings, load_settings, strip_userinfo
+from connector.egress import aep_client
 from connector.errors import AuthFailure, TransientError
-from connector.logs import redact, register_secret
+from connector.logs import redact, register_secret, register_settings_secrets
 from connector.governor import share
+from connector.registry import client_config
 from connector.source import producer_config, subscribed_partitions, subscription_matcher
 
 MASK = "**********"
@@ -59,10 +61,11 @@ def run_checks(config: str | None, timeout: float = 10.0) -> list[Result]:
         return [Result("config", "fail", str(exc))]
     secret = settings.aep.ims.client_secret.get_secret_value()
     register_secret(secret)
+    register_settings_secrets(settings)  # Kafka SASL/TLS, registry credentials, proxy password
     results = [Result("config", "pass", f"{config or '(environment only)'} is valid")]
     results += _kafka(settings, timeout)
-    results.append(_registry(settings.decode.schema_registry_url, timeout))
-    with httpx.Client(timeout=timeout) as client:
+    results.append(_registry(settings.decode, timeout))
+    with aep_client(settings.aep.http, timeout=timeout) as client:
         token_result, token = _ims(settings, client)
         results.append(token_result)
         results.append(_inlet(settings, client, token, token_result.status == "fail"))
@@ -92,18 +95,27 @@ def _quiet_logger() -> logging.Logger:
 
 def _kafka(s: Settings, timeout: float) -> list[Result]:
     bootstrap = s.kafka.bootstrap_servers
-    admin = AdminClient({**producer_config(s.kafka), "logger": _quiet_logger()})
+    conf = producer_config(s.kafka)
+    errors: list[str] = []  # librdkafka's own verdicts (a SASL/TLS failure says more than "transport failure")
+    admin = AdminClient({**conf, "logger": _quiet_logger(), "error_cb": lambda err: errors.append(err.str())})
+    if "oauth_cb" in conf:
+        admin.poll(0)  # the token callback (MSK IAM) is served from poll()
     try:
         meta = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
+        admin.poll(0)  # deliver pending error callbacks
+        auth = next((e for e in errors if "SASL" in e or "SSL" in e or "uthenticat" in e), None)
+        why = f"{_kafka_error(exc)}; {auth}" if auth else _kafka_error(exc)
+        protocol = s.kafka.security.protocol
         return [
-            Result("kafka", "fail", f"{bootstrap} not reachable within {timeout:.0f}s: {_kafka_error(exc)}"),
+            Result("kafka", "fail", f"{bootstrap} ({protocol}) not reachable within {timeout:.0f}s: {why}"),
             Result("topics", "skip", "Kafka not reachable"),
             Result("dlq", "skip", "Kafka not reachable"),
             Result("budget", "skip", "Kafka not reachable"),
         ]
     topics = sorted(t for t in meta.topics if not t.startswith("__"))
-    kafka = Result("kafka", "pass", f"{bootstrap}: {len(meta.brokers)} broker(s), {len(topics)} topic(s)")
+    kafka = Result("kafka", "pass", f"{bootstrap} ({s.kafka.security.protocol}): {len(meta.brokers)} broker(s), "
+                                    f"{len(topics)} topic(s)")
     partitions = subscribed_partitions(meta, s.kafka.topics)
     return [kafka, _subscription(s.kafka.topics, topics, s.kafka.dlq_topic), _dlq(admin, meta, s, timeout),
             _budget(s, partitions)]
@@ -166,24 +178,27 @@ def _kafka_error(exc: KafkaException) -> str:
 
 
 # -- HTTP dependencies ------------------------------------------------------------------------------
-def _registry(url: str, timeout: float) -> Result:
-    if not url:
+def _registry(decode: DecodeConfig, timeout: float) -> Result:
+    if not decode.schema_registry_url:
         return Result("registry", "skip", "no decode.schema_registry_url: Confluent wire-format records "
                                           "would be dead-lettered")
-    target = f"{url.rstrip('/')}/subjects"
+    # The connector's own client and settings (credentials, TLS); the URL never carries userinfo.
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    target = f"{strip_userinfo(decode.schema_registry_url).rstrip('/')}/subjects"
+    auth = (" (basic auth)" if decode.schema_registry_username else
+            " (bearer token)" if decode.schema_registry_bearer_token.get_secret_value() else "")
     try:
-        resp = httpx.get(target, timeout=timeout)
-    except httpx.HTTPError as exc:
-        return Result("registry", "fail", f"{target} not reachable: {type(exc).__name__}")
-    if resp.status_code != 200:
-        return Result("registry", "fail", f"{target} answered HTTP {resp.status_code}")
-    try:
-        subjects = resp.json()
-    except ValueError:
-        subjects = None
+        client = SchemaRegistryClient({**client_config(decode), "timeout": timeout, "max.retries": 0})
+        subjects = client.get_subjects()
+    except SchemaRegistryError as exc:
+        return Result("registry", "fail", f"{target}{auth} answered HTTP {exc.http_status_code}")
+    except Exception as exc:  # noqa: BLE001 - connection and TLS errors come as several types
+        return Result("registry", "fail", f"{target}{auth} not reachable: {type(exc).__name__}")
     if not isinstance(subjects, list):
         return Result("registry", "fail", f"{target} did not answer a list of subjects")
-    return Result("registry", "pass", f"{target}: {len(subjects)} subject(s)")
+    return Result("registry", "pass", f"{target}{auth}: {len(subjects)} subject(s)")
 
 
 def _ims(s: Settings, client: httpx.Client) -> tuple[Result, str | None]:

@@ -374,6 +374,9 @@ def replay(config: str | None, reason: tuple[str, ...], stage: tuple[str, ...], 
         click.echo("error: --until must be later than --since", err=True)
         sys.exit(2)
     settings = _load(config)
+    from connector.logs import register_settings_secrets
+
+    register_settings_secrets(settings)  # librdkafka and HTTP errors may be logged
     flt = ReplayFilter(frozenset(reason), frozenset(stage), since, until)
     shown = _Progress(sys.stderr) if progress else None
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -21,8 +22,19 @@ from pydantic_settings.exceptions import SettingsError
 
 from connector.errors import ConnectorError
 from connector.topics import DEFAULT_DLQ_TOPIC, DEFAULT_SUBSCRIPTION
+from connector.egress import AepHttpConfig
+from connector.kafka_security import SECRET_PROPERTIES, KafkaSecurityConfig, load_secret_file
 
 ENV_PREFIX = "CAPILLARY_AEP__"
+
+
+def strip_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: what may be printed or logged."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 class ConfigError(ConnectorError):
@@ -48,6 +60,18 @@ class KafkaConfig(_Section):
     dlq_topic: str = DEFAULT_DLQ_TOPIC  # outside the default subscription
     # Raw librdkafka properties merged last into the consumer and producer configs.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # TLS / SASL for every Kafka client (connector/kafka_security.py).
+    security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
+
+    @field_validator("extra")
+    @classmethod
+    def _no_secrets_in_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        # A secret here would be a plain dict entry: printed by repr(), unknown to the log redaction.
+        bad = sorted(SECRET_PROPERTIES & set(extra))
+        if bad:
+            raise ValueError(f"{', '.join(bad)} is a secret: set it in kafka.security (e.g. "
+                             "kafka.security.sasl.password or password_file), where it is masked and redacted")
+        return extra
 
     @model_validator(mode="after")
     def _dlq_outside_subscription(self) -> KafkaConfig:
@@ -75,6 +99,49 @@ class DecodeConfig(_Section):
     schema_registry_url: str = ""
     # Directory with the .avsc files used for Avro single-object encoding; default: the packaged schemas.
     schemas_dir: str = ""
+    # Schema Registry credentials: HTTP basic or a bearer token (secrets, also as *_file), TLS trust
+    # and client certificate. Credentials written into the URL (user:pass@) are moved here at load,
+    # so the URL that is printed or logged never carries them.
+    schema_registry_username: str = ""
+    schema_registry_password: SecretStr = SecretStr("")
+    schema_registry_password_file: str = ""
+    schema_registry_bearer_token: SecretStr = SecretStr("")
+    schema_registry_bearer_token_file: str = ""
+    # Confluent Cloud's registry id (lsrc-…) sent with a bearer token as target-sr-cluster.
+    schema_registry_logical_cluster: str = ""
+    schema_registry_ca_file: str = ""
+    schema_registry_cert_file: str = ""
+    schema_registry_key_file: str = ""
+
+    @model_validator(mode="after")
+    def _registry_auth(self) -> DecodeConfig:
+        parts = urlsplit(self.schema_registry_url)
+        if parts.username is not None or parts.password is not None:
+            if not self.schema_registry_username:
+                object.__setattr__(self, "schema_registry_username", unquote(parts.username or ""))
+            if not self.schema_registry_password.get_secret_value():
+                object.__setattr__(self, "schema_registry_password", SecretStr(unquote(parts.password or "")))
+            object.__setattr__(self, "schema_registry_url", strip_userinfo(self.schema_registry_url))
+        load_secret_file(self, "schema_registry_password")
+        load_secret_file(self, "schema_registry_bearer_token")
+        basic = bool(self.schema_registry_username or self.schema_registry_password.get_secret_value())
+        if basic and self.schema_registry_bearer_token.get_secret_value():
+            raise ValueError("schema_registry_username/password and schema_registry_bearer_token exclude each other")
+        if basic and not (self.schema_registry_username and self.schema_registry_password.get_secret_value()):
+            raise ValueError("schema_registry_username and schema_registry_password go together")
+        if ":" in self.schema_registry_username:
+            raise ValueError("schema_registry_username cannot contain ':'")
+        for key in ("schema_registry_ca_file", "schema_registry_cert_file", "schema_registry_key_file"):
+            path = getattr(self, key)
+            if path and not Path(path).is_file():
+                raise ValueError(f"{key} {path!r} is not a readable file")
+        if bool(self.schema_registry_cert_file) != bool(self.schema_registry_key_file):
+            raise ValueError("schema_registry_cert_file and schema_registry_key_file go together")
+        return self
+
+    def secret_values(self) -> list[str]:
+        return [v.get_secret_value() for v in (self.schema_registry_password, self.schema_registry_bearer_token)
+                if v.get_secret_value()]
 
 
 class ImsConfig(_Section):
@@ -108,6 +175,8 @@ class AepConfig(_Section):
     source_name: str = "capillary-aep-connector"
     authentication_required: bool = True
     ims: ImsConfig = Field(default_factory=ImsConfig)
+    # Proxy, CA bundle and client certificate towards IMS and the inlet (connector/egress.py).
+    http: AepHttpConfig = Field(default_factory=AepHttpConfig)
 
     @property
     def batch_url(self) -> str:

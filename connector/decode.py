@@ -28,6 +28,9 @@ fastavro stays the reference reader:
   is read again by fastavro, whose verdict (the record, or the ``corrupt_avro`` detail) is final.
   Corrupt records therefore cost two reads, and a record decodes exactly as fastavro decodes it
   (fastavro also accepts a few malformed encodings cavro rejects, e.g. a union index of -1).
+
+cavro is optional: it has wheels only for CPython ≤ 3.12 on x86-64 Linux (pyproject installs it only
+there). Without it every record is read by fastavro, with the same results, about three times slower.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from functools import lru_cache
 from io import BytesIO
 from typing import Any
 
-import cavro
 import orjson
 from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import to_parsing_canonical_form
@@ -63,10 +65,16 @@ _JSON_STARTS = frozenset(b"{[ \t\r\n")
 # fastavro parsed schema.
 RegistryLookup = Callable[[int], Any]
 
-_CAVRO_OPTIONS = cavro.Options(record_decodes_to_dict=True)
-# Read after the record: fails (EOFError) exactly when the record used up the whole body.
-_ONE_MORE_BYTE = cavro.Schema('{"type": "fixed", "name": "trailing", "size": 1}')
-_MemoryReader = cavro.MemoryReader
+try:
+    import cavro
+except ImportError:  # no wheel for this CPU or Python (pyproject's marker): fastavro reads every record
+    cavro = None
+HAVE_CAVRO = cavro is not None
+if cavro is not None:
+    _CAVRO_OPTIONS = cavro.Options(record_decodes_to_dict=True)
+    # Read after the record: fails (EOFError) exactly when the record used up the whole body.
+    _ONE_MORE_BYTE = cavro.Schema('{"type": "fixed", "name": "trailing", "size": 1}')
+    _MemoryReader = cavro.MemoryReader
 
 # (cavro schema or None, fastavro writer, fastavro reader or None)
 _Plan = tuple[Any, Any, Any]
@@ -246,6 +254,8 @@ def _has_logical_type(node: Any) -> bool:
 
 def _compile(schema: Any) -> Any | None:
     """A cavro schema for a record schema it reads exactly like fastavro, else None (use fastavro)."""
+    if cavro is None:
+        return None
     if not (isinstance(schema, dict) and schema.get("type") == "record") or not _cavro_safe(schema, {}):
         return None
     try:

@@ -32,7 +32,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from connector.logs import RateLimitedLog
+from connector.logs import RateLimitedLog, redact
 from connector.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -96,12 +96,13 @@ class DeadLetter:
             (H_REASON, self.reason.encode()),
             (H_TIME, str(int(time.time() * 1000)).encode()),
         ]
+        # Free text from errors and AEP: masked like log lines (a registered secret never leaves).
         if self.detail:
-            own.append((H_DETAIL, self.detail[:1000].encode()))
+            own.append((H_DETAIL, redact(self.detail)[:1000].encode()))
         if self.http_status is not None:
             own.append((H_HTTP_STATUS, str(self.http_status).encode()))
         if self.aep_message:
-            own.append((H_AEP_MESSAGE, self.aep_message[:1000].encode()))
+            own.append((H_AEP_MESSAGE, redact(self.aep_message)[:1000].encode()))
         if self.xaction_id:
             own.append((H_XACTION_ID, self.xaction_id.encode()))
         if self.truncated:

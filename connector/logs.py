@@ -22,6 +22,25 @@ def register_secret(value: str) -> None:
         _SECRETS.add(value)
 
 
+def register_settings_secrets(settings: Any) -> None:
+    """Every secret of a loaded configuration: Kafka security, Schema Registry credentials, the
+    password of a proxy URL. Duck-typed, so the ingress and the connector settings both fit."""
+    from connector.kafka_security import secret_values
+
+    kafka = getattr(settings, "kafka", None)
+    if kafka is not None:
+        for value in secret_values(kafka.security):
+            register_secret(value)
+    decode = getattr(settings, "decode", None)
+    if decode is not None:
+        for value in decode.secret_values():
+            register_secret(value)
+    aep = getattr(settings, "aep", None)
+    if aep is not None:
+        for value in aep.http.secret_values():
+            register_secret(value)
+
+
 def register_token(value: str) -> None:
     """The current access token replaces the previous one (tokens rotate; the set must not grow)."""
     _TOKEN[0] = value

@@ -42,6 +42,7 @@ from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
 from connector.process import Empty, Encoded, Outcome, ProcessorSpec, Rejected
 from connector.processing import Entry, make_processing
+from connector.egress import aep_client
 from connector.registry import RegistryLookup
 from connector.sink import MessageFailure, Sink
 from connector.source import Source, producer_config
@@ -67,9 +68,10 @@ class Pipeline:
                                   s.log.level, s.log.format)
         self.workers = resolve_workers(s.processing.workers)
         # Writer schemas are fetched here, on the consumer's side, in both modes (workers do no I/O).
-        self.registry_lookup = RegistryLookup(s.decode.schema_registry_url) if s.decode.schema_registry_url else None
+        self.registry_lookup = RegistryLookup.from_config(s.decode) if s.decode.schema_registry_url else None
         self.processing = make_processing(self.workers, self.spec, self.registry_lookup, self._integrate)
-        self.client = httpx.Client(
+        self.client = aep_client(
+            s.aep.http,
             timeout=httpx.Timeout(s.delivery.request_timeout_s, connect=s.delivery.connect_timeout_s),
             limits=httpx.Limits(max_connections=s.batch.lanes + 1, max_keepalive_connections=s.batch.lanes + 1,
                                 keepalive_expiry=60),

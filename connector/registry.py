@@ -3,17 +3,20 @@
 Uses the Confluent client from ``confluent-kafka[schemaregistry]``. A registry that answers
 "not found" yields ``None`` (the record is dead-lettered as ``unknown_schema_id``); a registry
 that does not answer raises :class:`RegistryUnavailable` after a few quick retries, so the record
-is retried, never dead-lettered.
+is retried, never dead-lettered; so does one that rejects the credentials (401/403). The URL in
+messages never carries credentials (they go in ``decode.schema_registry_*``, see :func:`client_config`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from connector.config import DecodeConfig, strip_userinfo
 from connector.errors import RegistryUnavailable
 
 log = logging.getLogger(__name__)
@@ -29,9 +32,13 @@ class RegistryLookup:
     fastavro and for cavro (which needs the plain schema, not fastavro's parsed form).
     """
 
-    def __init__(self, url: str, client: SchemaRegistryClient | None = None) -> None:
-        self.url = url
-        self._client = client or SchemaRegistryClient({"url": url})
+    def __init__(self, url: str, client: SchemaRegistryClient | None = None, conf: dict[str, Any] | None = None) -> None:
+        self.url = strip_userinfo(url)  # printed in RegistryUnavailable: never with credentials
+        self._client = client or SchemaRegistryClient(conf or {"url": url})
+
+    @classmethod
+    def from_config(cls, decode: DecodeConfig) -> RegistryLookup:
+        return cls(decode.schema_registry_url, conf=client_config(decode))
 
     def __call__(self, schema_id: int) -> str | None:
         return self._fetch(schema_id)
@@ -44,6 +51,11 @@ class RegistryLookup:
                 return str(self._client.get_schema(schema_id).schema_str)
             except SchemaRegistryError as exc:
                 status = exc.http_status_code
+                if status in (401, 403):
+                    # Rejected credentials are not an unknown schema: never dead-letter for them.
+                    log.warning("schema registry rejected the credentials: HTTP %s", status)
+                    raise RegistryUnavailable(f"schema registry at {self.url} rejected the credentials "
+                                              f"(HTTP {status})") from None
                 if exc.error_code in _NOT_FOUND_CODES or (status is not None and 400 <= status < 500):
                     return None
                 err = exc
@@ -54,3 +66,21 @@ class RegistryLookup:
                 delay *= 2
         log.warning("schema registry unavailable: %s", type(err).__name__)
         raise RegistryUnavailable(f"schema registry at {self.url} unavailable: {type(err).__name__}")
+
+
+def client_config(decode: DecodeConfig) -> dict[str, Any]:
+    """The Confluent client's settings: URL, basic or bearer credentials, TLS trust and client cert."""
+    conf: dict[str, Any] = {"url": decode.schema_registry_url}
+    if decode.schema_registry_username:
+        conf["basic.auth.user.info"] = (
+            f"{decode.schema_registry_username}:{decode.schema_registry_password.get_secret_value()}")
+    token = decode.schema_registry_bearer_token.get_secret_value()
+    if token:
+        conf.update({"bearer.auth.credentials.source": "STATIC_TOKEN", "bearer.auth.token": token,
+                     "bearer.auth.logical.cluster": decode.schema_registry_logical_cluster})
+    if decode.schema_registry_ca_file:
+        conf["ssl.ca.location"] = decode.schema_registry_ca_file
+    if decode.schema_registry_cert_file:
+        conf["ssl.certificate.location"] = decode.schema_registry_cert_file
+        conf["ssl.key.location"] = decode.schema_registry_key_file
+    return conf

@@ -119,16 +119,17 @@ def replay(
     when the topic cannot be read."""
     kafka = settings.kafka
     try:
-        consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"{kafka.group_id}.dlq-replay",
+        # Connection settings as the connector's own clients (kafka.security and kafka.extra's security keys).
+        consumer = Consumer({**producer_config(kafka), "group.id": f"{kafka.group_id}.dlq-replay",
                              "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                             "enable.partition.eof": True, "queued.max.messages.kbytes": 16384,
-                             **{k: v for k, v in kafka.extra.items() if k.startswith(("security.", "sasl.", "ssl."))}})
+                             "enable.partition.eof": True, "queued.max.messages.kbytes": 16384})
     except KafkaException as exc:
         raise ReplayError(f"cannot create a consumer: {exc.args[0].str() if exc.args else exc}") from None
     report = ReplayReport()
     republisher: _Republisher | None = None
     try:
         try:
+            consumer.poll(0)  # serves a token callback (MSK IAM) before the first metadata request
             meta = consumer.list_topics(kafka.dlq_topic, timeout=10).topics.get(kafka.dlq_topic)
         except KafkaException as exc:
             raise ReplayError(f"cannot reach Kafka at {kafka.bootstrap_servers}: "
@@ -255,18 +256,18 @@ def _republish(settings: Any, letters: list[Any], to_topic: str | None) -> tuple
 
 def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:
     """Deliver letters straight to AEP with the connector's own decode/transform/sink stages."""
-    import httpx
 
     from connector.auth import TokenProvider
     from connector.batch import PendingRecord
     from connector.process import Encoded, ProcessorSpec, RecordProcessor
+    from connector.egress import aep_client
     from connector.registry import RegistryLookup
     from connector.sink import Sink
 
     s = settings
     processor = RecordProcessor(
         ProcessorSpec(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size),
-        RegistryLookup(s.decode.schema_registry_url) if s.decode.schema_registry_url else None)
+        RegistryLookup.from_config(s.decode) if s.decode.schema_registry_url else None)
 
     def deliver(letters: list[Any]) -> list[bool]:
         ok = [False] * len(letters)
@@ -282,7 +283,7 @@ def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:
             index.append(i)
         if not records:
             return ok
-        with httpx.Client(timeout=s.delivery.request_timeout_s) as client:
+        with aep_client(s.aep.http, timeout=s.delivery.request_timeout_s) as client:
             tokens = TokenProvider(s.aep.ims, client) if s.aep.authentication_required else None
             sink = Sink(s.aep, s.delivery, client, tokens, coalesce_profiles=s.batch.coalesce_profiles,
                         max_bytes=s.batch.max_bytes)

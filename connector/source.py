@@ -17,6 +17,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from connector.config import KafkaConfig
+from connector.kafka_security import security_properties
 from connector.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,15 @@ def consumer_config(cfg: KafkaConfig) -> dict[str, Any]:
     }
     if cfg.group_instance_id:
         conf["group.instance.id"] = cfg.group_instance_id
+    conf.update(security_properties(cfg.security))
     conf.update(cfg.extra)
     return conf
 
 
 def producer_config(cfg: KafkaConfig) -> dict[str, Any]:
-    conf: dict[str, Any] = {"bootstrap.servers": cfg.bootstrap_servers}
+    """Connection settings only (bootstrap, kafka.security, connection keys of kafka.extra): what
+    any client — producer, admin, the replay consumer — needs to reach the cluster."""
+    conf: dict[str, Any] = {"bootstrap.servers": cfg.bootstrap_servers, **security_properties(cfg.security)}
     # Pass through connection/security settings only; consumer-only keys would be rejected.
     for key, value in cfg.extra.items():
         if key.startswith(("security.", "sasl.", "ssl.", "socket.", "client.")):

@@ -394,6 +394,10 @@ def run_ingest(settings: IngestSettings) -> int:
     setup_logging(settings.log.level, settings.log.format)
     register_secret(settings.ingest.auth_token.get_secret_value())
     register_secret(settings.ingest.basic_password.get_secret_value())
+    from connector.kafka_security import secret_values
+
+    for value in secret_values(settings.kafka.security):
+        register_secret(value)
     if settings.ingest.auth_mode == "none":
         log.warning("ingest.auth_mode is 'none': anyone who can reach %s can write to Kafka", settings.ingest.listen)
     from connector.config import ConfigError

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from connector.config import ENV_PREFIX, FileSettings, KafkaConfig, LogConfig, _Section
+from connector.kafka_security import security_properties
 from connector.topics import TOPIC_PREFIX
 
 # librdkafka properties the ingress owns: weakening them would make a 200 a lie.
@@ -175,6 +176,7 @@ class IngestSettings(FileSettings):
             "queue.buffering.max.messages": 500_000,
             "socket.keepalive.enable": True,
         }
+        conf.update(security_properties(self.kafka.security))
         conf.update(self.kafka.extra)
         conf.update({
             "acks": "all",

@@ -26,6 +26,8 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         overrides["strict_schemas"] = True
     if args.tenant is not None:
         overrides["tenant_id"] = args.tenant
+    if args.registry_authorization is not None:
+        overrides["registry_authorization"] = args.registry_authorization
     cfg = load_config(args.config, **overrides) if args.config else demo_config(**overrides)
     if args.no_auth:
         for inlet in cfg.inlets:
@@ -52,12 +54,29 @@ def parser() -> argparse.ArgumentParser:
                         "(datasets created through the emulated Platform APIs, or with a json_schema)")
     p.add_argument("--tenant", default=None, metavar="ID", help="tenant id of the emulated Schema Registry "
                    "(default: capillary)")
+    p.add_argument("--registry-authorization", default=None, metavar="VALUE",
+                   help='Schema Registry requires this Authorization header ("Basic …" or "Bearer …")')
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's key")
+    p.add_argument("--tls-client-ca", default=None, metavar="PEM",
+                   help="require client certificates issued by this CA (mutual TLS)")
     return p
+
+
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.tls_cert:
+        return {}
+    import ssl
+
+    opts: dict[str, Any] = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+    if args.tls_client_ca:
+        opts.update(ssl_ca_certs=args.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return opts
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    serve(build_config(args), host=args.host, port=args.port)
+    serve(build_config(args), host=args.host, port=args.port, **tls_options(args))
 
 
 if __name__ == "__main__":

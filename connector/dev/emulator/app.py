@@ -80,6 +80,13 @@ def create_app(cfg: EmulatorConfig) -> Starlette:
         em.validator.stop()
 
     registry_methods = ["GET", "POST", "PUT", "DELETE"]
+
+    async def registry(request: Request) -> Response:
+        wanted = cfg.registry_authorization
+        if wanted and request.headers.get("authorization", "") != wanted:
+            return _json({"error_code": 40101, "message": "Unauthorized"}, 401)
+        return await em.registry.handle(request)
+
     routes = [
         Route("/collection/batch/{inlet_id}", em.dcs.batch, methods=["POST"]),
         Route("/collection/{inlet_id}", em.dcs.single, methods=["POST"]),
@@ -87,7 +94,7 @@ def create_app(cfg: EmulatorConfig) -> Starlette:
         Route("/ims/token/v2", em.ims_token, methods=["POST"]),  # legacy, same semantics
         *control_routes(em),
         *em.platform.routes(),
-        *(Route(f"/{head}{{rest:path}}", em.registry.handle, methods=registry_methods)
+        *(Route(f"/{head}{{rest:path}}", registry, methods=registry_methods)
           for head in ("subjects", "schemas", "config", "mode", "compatibility")),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -107,7 +114,9 @@ class EmulatorHttpProtocol(HttpToolsProtocol):
 _Server = GracefulServer
 
 
-def uvicorn_config(cfg: EmulatorConfig, host: str = "127.0.0.1", port: int = 8080) -> uvicorn.Config:
+def uvicorn_config(cfg: EmulatorConfig, host: str = "127.0.0.1", port: int = 8080,
+                   **tls: Any) -> uvicorn.Config:
+    """``tls``: uvicorn's ``ssl_certfile``/``ssl_keyfile``/``ssl_ca_certs``/``ssl_cert_reqs`` (HTTPS)."""
     return uvicorn.Config(
         create_app(cfg),
         host=host,
@@ -118,6 +127,7 @@ def uvicorn_config(cfg: EmulatorConfig, host: str = "127.0.0.1", port: int = 808
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=5,
+        **tls,
     )
 
 
@@ -131,8 +141,8 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 10)
 
 
-def serve(cfg: EmulatorConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(cfg: EmulatorConfig, host: str = "127.0.0.1", port: int = 8080, **tls: Any) -> None:
     """Run the emulator until SIGTERM/SIGINT (then return normally)."""
-    config = uvicorn_config(cfg, host, port)
+    config = uvicorn_config(cfg, host, port, **tls)
     tune_gc()
     _Server(config).run()

@@ -120,6 +120,9 @@ class EmulatorConfig(_Model):
     strict_schemas: bool = False
 
     max_body_bytes: int = Field(1_048_576, ge=1)  # "1 MB" request cap → 413
+    # Schema Registry endpoints answer 401 unless the request's Authorization header is exactly this
+    # ("Basic <base64 user:pass>" or "Bearer <token>"); empty: open, like a local registry.
+    registry_authorization: str = ""
     # Count messages with null/empty values in xdmEntity (about a quarter of the per-message cost).
     check_null_or_empty: bool = True
     store_bodies: bool = True  # keep accepted envelopes for /__emulator/messages
