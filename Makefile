@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-unit test-integration check bench bench-smoke clean
+.PHONY: install install-bench demo test test-unit test-integration check bench bench-smoke clean lint
 
 install: $(STAMP)
 
@@ -33,6 +33,13 @@ bench-smoke: install
 ## demo: embedded broker + emulator + sample events + the connector, then a summary
 demo: install
 	$(PY) -m connector demo
+
+## lint: ruff over the tree and mypy (strict) over the core stages, as CI runs them
+MYPY_CORE := connector/process.py connector/processing.py connector/delivery.py connector/offsets.py \
+             connector/housekeeping.py connector/errors.py connector/batch.py connector/pipeline.py
+lint: install
+	$(VENV)/bin/ruff check connector tests bench scripts
+	$(VENV)/bin/mypy $(MYPY_CORE)
 
 ## test: the whole suite (unit + integration against a real broker, emulator and processes)
 test: install

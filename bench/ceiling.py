@@ -25,13 +25,13 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MemoryPeak, cpu_seconds  # noqa: E402
+from common import MemoryPeak, cpu_seconds
 
-from connector.batch import encode_body  # noqa: E402
-from connector.config import load_settings  # noqa: E402
-from connector.metrics import METRICS  # noqa: E402
-from connector.pipeline import Pipeline  # noqa: E402
-from connector.sink import BatchResult  # noqa: E402
+from connector.batch import encode_body
+from connector.config import load_settings
+from connector.metrics import METRICS
+from connector.pipeline import Pipeline
+from connector.sink import BatchResult
 
 
 def acknowledged() -> float:
@@ -53,7 +53,7 @@ def main() -> int:
     sent = {"requests": 0, "messages": 0, "bytes": 0, "max_bytes": 0}
     lock = threading.Lock()
 
-    def deliver(records, cancel):  # noqa: ANN001, ANN202 - Sink.deliver's signature
+    def deliver(records, cancel):
         body = encode_body(m for r in records for m in r.messages)
         with lock:
             sent["requests"] += 1

@@ -34,10 +34,10 @@ if CODE_ROOT != ROOT:  # the code under test is older: the dev tooling (connecto
 
     connector.__path__.append(str(ROOT / "connector"))
 
-from connector.dev import demo
-from connector.dev.procs import ManagedProcess, cpu_seconds, free_port, process_tree, wait_until  # noqa: F401
-from connector.dev.emulator import config as em
-from connector.topics import all_topics, topic_for
+from connector.dev import demo  # noqa: E402 - after the sys.path set-up above
+from connector.dev.emulator import config as em  # noqa: E402
+from connector.dev.procs import ManagedProcess, cpu_seconds, free_port, process_tree, wait_until  # noqa: E402
+from connector.topics import all_topics, topic_for  # noqa: E402
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -43,7 +43,6 @@ import os
 import platform
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -51,7 +50,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +60,17 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
 from conftest import Emulator  # noqa: E402
+from harness import ConnectorProc, committed, dlq_topic, end_offsets, new_group, read_topic, transformer, write_config  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from support import ManagedProcess, free_port, python_module, start_broker, wait_until  # noqa: E402
+
 from connector.avro_schemas import LocalSchemas  # noqa: E402
 from connector.dev.emulator import config as em_config  # noqa: E402
 from connector.dev.emulator.profiles import primary_key  # noqa: E402
 from connector.dev.produce import SampleEncoder, customer_key, ensure_topics  # noqa: E402
 from connector.dev.samples import generate_events  # noqa: E402
 from connector.topics import all_topics, topic_for  # noqa: E402
-from harness import (ConnectorProc, committed, dlq_topic, end_offsets, new_group, read_topic,  # noqa: E402
-                     transformer, write_config)
-from support import ManagedProcess, free_port, python_module, start_broker, wait_until  # noqa: E402
 
 MB = 1024 * 1024
 OURS_CODE: list[Path | None] = [None]  # --ours-code: connectors run an exported older tree
@@ -460,7 +458,7 @@ def scenario_crash(ctx: Ctx) -> Result:
                 time.sleep(rng.uniform(0.1, 3.0))
             else:
                 phase = "delivering"  # at a random moment after the first acknowledgement
-                wait_for(lambda: c.metric("capillary_aep_records_acknowledged_total") > 0, 30, 0.05)
+                wait_for(lambda c=c: c.metric("capillary_aep_records_acknowledged_total") > 0, 30, 0.05)
                 time.sleep(rng.uniform(0.0, max_up))
             up = time.monotonic() - t_start
             m = {}
@@ -945,7 +943,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
 def machine() -> str:
     mem = psutil.virtual_memory().total / 1024**3
     return (f"{platform.node()} · nproc={os.cpu_count()} · RAM {mem:.1f} GiB · Python {platform.python_version()} · "
-            f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+            f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}")
 
 
 def table(results: list[Result]) -> str:

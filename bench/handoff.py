@@ -18,14 +18,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import cpu_seconds  # noqa: E402
+from common import cpu_seconds
 
-from connector.avro_schemas import LocalSchemas  # noqa: E402
-from connector.config import DecodeConfig, XdmConfig  # noqa: E402
-from connector.dev.produce import SampleEncoder  # noqa: E402
-from connector.dev.samples import generate_events  # noqa: E402
-from connector.process import ProcessorSpec, RecordProcessor  # noqa: E402
-from connector.workers import WorkerPool  # noqa: E402
+from connector.avro_schemas import LocalSchemas
+from connector.config import DecodeConfig, XdmConfig
+from connector.dev.produce import SampleEncoder
+from connector.dev.samples import generate_events
+from connector.process import ProcessorSpec, RecordProcessor
+from connector.workers import WorkerPool
 
 
 def spec() -> ProcessorSpec:

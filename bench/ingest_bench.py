@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connector.dev.procs import free_port, port_open, wait_until  # noqa: E402
 from connector.dev.procs import cpu_seconds as _cpu  # noqa: E402
+from connector.dev.procs import free_port, port_open, wait_until  # noqa: E402
 from connector.dev.samples import generate_events  # noqa: E402
 from connector.topics import all_topics  # noqa: E402
 

@@ -37,19 +37,19 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quixstreams import Application  # noqa: E402
-from quixstreams.models.serializers import (  # noqa: E402
+from quixstreams import Application
+from quixstreams.models.serializers import (
     Deserializer,
     JSONDeserializer,
     SchemaRegistryClientConfig,
     SerializationContext,
 )
-from quixstreams.models.serializers.avro import AvroDeserializer  # noqa: E402
-from quixstreams.sinks import BatchingSink, SinkBatch  # noqa: E402
+from quixstreams.models.serializers.avro import AvroDeserializer
+from quixstreams.sinks import BatchingSink, SinkBatch
 
-from connector.config import XdmConfig  # noqa: E402
-from connector.dev.emulator import config as em  # noqa: E402
-from connector.transform import Transformer, TransformError  # noqa: E402
+from connector.config import XdmConfig
+from connector.dev.emulator import config as em
+from connector.transform import Transformer, TransformError
 
 log = logging.getLogger("peer")
 MAX_BODY = 900_000

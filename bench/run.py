@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import subprocess
@@ -48,12 +47,13 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     CONNECTOR_ENV,
     PY,
     ROOT,
     Emulator,
     EventFactory,
+    MemoryPeak,
     PacedProducer,
     Procs,
     RunResult,
@@ -64,14 +64,12 @@ from common import (  # noqa: E402
     free_port,
     iso_to_ms,
     machine,
-    MemoryPeak,
     percentile,
     produce_backlog,
-    wait_for,
 )
 
-from connector.dev.procs import scrape  # noqa: E402
-from connector.topics import all_topics  # noqa: E402
+from connector.dev.procs import scrape
+from connector.topics import all_topics
 
 MODES = ("all", "rate", "peer", "latency", "steady", "ceiling", "drain", "emulator", "smoke")
 MB = 1_000_000
@@ -528,7 +526,7 @@ def summary_line(r: RunResult) -> str:
 
 
 def fmt(v: float | None, digits: int = 0) -> str:
-    if v is None or v != v:  # noqa: PLR0124 - NaN
+    if v is None or v != v:
         return "—"
     return f"{v:,.{digits}f}"
 
@@ -554,7 +552,7 @@ def report(results: dict[str, Any]) -> str:
         o, p = get(f"{scen}/ours"), get(f"{scen}/peer")
         if not o and not p:
             continue
-        v = (lambda r, attr: getattr(r, attr) if r else None)  # noqa: E731
+        v = (lambda r, attr: getattr(r, attr) if r else None)
         add(f"{label}: steady events/s (first→last ack)", v(o, "steady_rate"), v(p, "steady_rate"),
             "≥ 50,000 and ≥ 2.5× peer")
         add(f"{label}: events/s incl. start-up", v(o, "rate_with_startup"), v(p, "rate_with_startup"), "")
@@ -666,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = args.mode
     peers = [] if args.no_peer or mode == "smoke" else ["peer"]
     results: dict[str, Any] = {"machine": machine(), "box_before": busy_box(), "command": " ".join(sys.argv),
-                               "args": {k: v for k, v in vars(args).items()}, "runs": {}}
+                               "args": dict(vars(args)), "runs": {}}
     say(f"machine: {results['machine']}; load: {results['box_before']}")
     started = time.monotonic()
     ok = True

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,17 +29,17 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import EventFactory, busy_box  # noqa: E402
-from support import FakeMessage as Msg  # noqa: E402
-from support import FakeSource  # noqa: E402
+from common import EventFactory, busy_box
+from support import FakeMessage as Msg
+from support import FakeSource
 
-from connector.avro_schemas import LocalSchemas  # noqa: E402
-from connector.batch import encode_body  # noqa: E402
-from connector.config import load_settings  # noqa: E402
-from connector.decode import Decoder  # noqa: E402
-from connector.dev.emulator import config as em  # noqa: E402
-from connector.sink import BatchResult  # noqa: E402
-from connector.topics import TOPIC_PREFIX  # noqa: E402
+from connector.avro_schemas import LocalSchemas
+from connector.batch import encode_body
+from connector.config import load_settings
+from connector.decode import Decoder
+from connector.dev.emulator import config as em
+from connector.sink import BatchResult
+from connector.topics import TOPIC_PREFIX
 
 
 class _Registry:
@@ -111,8 +110,8 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
     # Works on the stages layout and, for --ab against older revisions, on the one before it.
     processor = p.processing.processor if hasattr(p, "processing") else p.processor
     dispatch, collect = (p.delivery.dispatch, p.delivery.collect) if hasattr(p, "delivery") else (
-        p._dispatch, p._collect)  # noqa: SLF001
-    processor.decoder._registry_lookup = parsed.get  # noqa: SLF001
+        p._dispatch, p._collect)
+    processor.decoder._registry_lookup = parsed.get
 
     def deliver(records: list[Any], _cancel: Any) -> BatchResult:
         encode_body(m for r in records for m in r.messages)
@@ -122,7 +121,7 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
     if stub is not None:
         # The transform replaced by a lookup of its output: what is left is the pipeline's own cost.
         processor.transformer.transform = lambda ev: stub[ev["eventId"]]  # type: ignore[method-assign]
-    p.source = src.factory(s.kafka, p._on_assign, p._on_revoke, p._on_lost)  # noqa: SLF001
+    p.source = src.factory(s.kafka, p._on_assign, p._on_revoke, p._on_lost)
     n = len(msgs)
     t0 = time.process_time()
     deadline = time.monotonic() + 600
@@ -134,11 +133,11 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
     while p.batcher.queued() or p.inflight:
         dispatch(time.monotonic(), flush=True)
         collect()
-        p._store()  # noqa: SLF001
+        p._store()
     took = time.process_time() - t0
     ends: dict[tuple[str, int], int] = {}
     for m in msgs:
-        ends[(m._topic, m._partition)] = m._offset + 1  # noqa: SLF001
+        ends[(m._topic, m._partition)] = m._offset + 1
     if src.stored != ends:
         raise RuntimeError("stored offsets do not reach the end of every partition")
     (p.delivery.executor if hasattr(p, "delivery") else p.executor).shutdown(wait=True)
@@ -177,7 +176,7 @@ def main() -> int:
 
             dec = Decoder(LocalSchemas.load(), lambda sid: registry.schemas[sid - 1])
             tr0 = Transformer(s.xdm, org_id=em.DEMO_ORG_ID, source_name=s.aep.source_name)
-            stub0 = {ev["eventId"]: tr0.transform(ev) for m in msgs for ev in dec.decode(m._value)}  # noqa: SLF001
+            stub0 = {ev["eventId"]: tr0.transform(ev) for m in msgs for ev in dec.decode(m._value)}
         else:
             stub0 = None
         if args.profile == "pyinstrument":
@@ -206,7 +205,7 @@ def main() -> int:
     if args.pipeline_only:
         tr0 = Transformer(s.xdm, org_id=em.DEMO_ORG_ID, source_name=s.aep.source_name)
         dec0 = Decoder(LocalSchemas.load(), lambda sid: registry.schemas[sid - 1])
-        stub0 = {ev["eventId"]: tr0.transform(ev) for m in msgs for ev in dec0.decode(m._value)}  # noqa: SLF001
+        stub0 = {ev["eventId"]: tr0.transform(ev) for m in msgs for ev in dec0.decode(m._value)}
         passes = [msgs[i:i + 5000] for i in range(0, n, 5000) if len(msgs[i:i + 5000]) == 5000]
         whole = min(run_pipeline(s, part, registry) / len(part) for _ in range(args.repeat) for part in passes)
         stubbed = min(run_pipeline(s, part, registry, stub0) / len(part) for _ in range(args.repeat) for part in passes)
@@ -214,9 +213,9 @@ def main() -> int:
         return 0
 
     decoder = Decoder(LocalSchemas.load(), lambda sid: registry.schemas[sid - 1])
-    avro = [m._value for m in msgs if m._value[0] == 0]  # noqa: SLF001
-    js = [m._value for m in msgs if m._value[0] != 0]  # noqa: SLF001
-    decoded = [ev for m in msgs for ev in decoder.decode(m._value)]  # noqa: SLF001
+    avro = [m._value for m in msgs if m._value[0] == 0]
+    js = [m._value for m in msgs if m._value[0] != 0]
+    decoded = [ev for m in msgs for ev in decoder.decode(m._value)]
     tr = Transformer(s.xdm, org_id=em.DEMO_ORG_ID, source_name=s.aep.source_name)
     outs = [tr.transform(ev) for ev in decoded]
     envelopes = [x.envelope for out in outs for x in out]
@@ -225,7 +224,7 @@ def main() -> int:
     from fastavro import schemaless_reader
 
     writers = {sid + 1: parse_schema(orjson.loads(text)) for sid, text in enumerate(registry.schemas)}
-    readers = {sid: decoder._readers.get(w["name"]) for sid, w in writers.items()}  # noqa: SLF001
+    readers = {sid: decoder._readers.get(w["name"]) for sid, w in writers.items()}
 
     def decode_with_reader(values: list[bytes]) -> None:
         # How the decoder read wire-format records before caching "reader == writer" per schema id.
@@ -279,7 +278,8 @@ def main() -> int:
                                               for _ in range(args.repeat) for part in passes if len(part) == 5000)
     rows["pipeline overhead (stubbed loop − decode − encode)"] = (
         rows["pipeline, transform stubbed"] - rows["decode (mix)"] - rows["encode (orjson per envelope)"])
-    print(f"{n:,} events, {len(envelopes) / n:.2f} XDM messages per event; µs of CPU per event (best 2,000-item slice of {args.repeat} rounds; pipeline: best 5,000-event pass):")
+    print(f"{n:,} events, {len(envelopes) / n:.2f} XDM messages per event; µs of CPU per event "
+          f"(best 2,000-item slice of {args.repeat} rounds; pipeline: best 5,000-event pass):")
     for k, v in rows.items():
         print(f"  {k:<58} {v * 1e6:8.1f}")
     print(f"  → single-core ceiling of the whole loop: {1 / rows['pipeline (whole loop, no HTTP)']:,.0f} events/s")

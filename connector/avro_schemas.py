@@ -43,7 +43,7 @@ class LocalSchemas:
             self._by_fp[fp] = name
 
     @classmethod
-    def load(cls, dir: str | Path | None = None) -> LocalSchemas:  # noqa: A002 - the documented name
+    def load(cls, dir: str | Path | None = None) -> LocalSchemas:
         root = Path(dir) if dir is not None else DEFAULT_DIR
         if not root.is_dir():
             raise SchemaLoadError(f"Avro schema directory {str(root)!r} does not exist")

@@ -33,8 +33,8 @@ from connector.auth import TokenProvider
 from connector.config import ConfigError, DecodeConfig, Settings, load_settings, strip_userinfo
 from connector.egress import aep_client
 from connector.errors import AuthFailure, TransientError
-from connector.logs import redact, register_secret, register_settings_secrets
 from connector.governor import share
+from connector.logs import redact, register_secret, register_settings_secrets
 from connector.registry import client_config
 from connector.source import producer_config, subscribed_partitions, subscription_matcher
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import click
@@ -148,9 +149,8 @@ def demo(count: int, workdir: str, timeout: float) -> None:
 def transform(file: object, config: str | None) -> None:
     """Dry run: print the XDM envelopes FILE's events would become (JSON lines or Avro; - for stdin)."""
     from connector.config import BatchConfig, DecodeConfig
-    from connector.dryrun import dry_run
+    from connector.dryrun import dry_run, placeholder_xdm_config
     from connector.process import ProcessorSpec, RecordProcessor
-    from connector.dryrun import placeholder_xdm_config
 
     if config:
         s = _load(config)
@@ -175,7 +175,7 @@ def xdm() -> None:
 @click.option("--tenant", default=None, help="Tenant id (the _<tenant> namespace); overrides the config's.")
 def xdm_export(directory: str, config: str | None, tenant: str | None) -> None:
     """Write the Schema Registry and Identity Service request bodies to DIRECTORY (see its README.md)."""
-    from connector.config import ProvisionXdm, ProvisionSettings
+    from connector.config import ProvisionSettings, ProvisionXdm
     from connector.provision.export import export
 
     names = ProvisionXdm()
@@ -256,7 +256,7 @@ def _parse_time(value: str | None, now_ms: int | None = None) -> int | None:
     if value is None:
         return None
     import time
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     text = value.strip()
     if text.isdigit():
@@ -270,7 +270,7 @@ def _parse_time(value: str | None, now_ms: int | None = None) -> int | None:
     except ValueError:
         raise ValueError(f"{value!r} is not a time: use {_TIME_FORMS}") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)
 
 

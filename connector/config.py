@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
 from typing import Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
-from connector.errors import ConnectorError
-from connector.topics import DEFAULT_DLQ_TOPIC, DEFAULT_SUBSCRIPTION
 from connector.egress import AepHttpConfig
+from connector.errors import ConnectorError
 from connector.kafka_security import SECRET_PROPERTIES, KafkaSecurityConfig, load_secret_file
+from connector.topics import DEFAULT_DLQ_TOPIC, DEFAULT_SUBSCRIPTION
 
 ENV_PREFIX = "CAPILLARY_AEP__"
 

@@ -253,7 +253,7 @@ class DeadLetterWriter:
         self._producer = self._factory(self._config)
         try:
             old.flush(0)
-        except Exception:  # noqa: BLE001 - the old producer is unusable anyway
+        except Exception:  # noqa: BLE001, S110 - the old producer is unusable anyway
             pass
         # Outstanding letters of the old producer will never be confirmed: send them again.
         for seq, (letter, _done, _first) in list(self._outstanding.items()):

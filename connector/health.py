@@ -32,7 +32,7 @@ def serve_health(
     host, _, port = listen.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
@@ -57,10 +57,10 @@ def serve_health(
         def log_message(self, fmt: str, *args: object) -> None:  # scrapes are not news
             pass
 
-    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)  # noqa: S104 - configurable
+    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
-    log.info("metrics and health on http://%s:%s/metrics", host or "0.0.0.0", server.server_address[1])  # noqa: S104
+    log.info("metrics and health on http://%s:%s/metrics", host or "0.0.0.0", server.server_address[1])
     return server
 
 

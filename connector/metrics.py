@@ -10,8 +10,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector,
-                               ProcessCollector)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString

@@ -35,6 +35,7 @@ from connector.batch import Batcher, PendingRecord
 from connector.config import Settings
 from connector.delivery import Delivery
 from connector.dlq import DeadLetter, DeadLetterWriter
+from connector.egress import aep_client
 from connector.errors import ExitCode, RegistryUnavailable, Stage, WorkerCrashed
 from connector.governor import Governor
 from connector.housekeeping import AuthProbe, Housekeeping
@@ -42,7 +43,6 @@ from connector.metrics import METRICS, observe_many
 from connector.offsets import OffsetTracker, TopicPartition
 from connector.process import Empty, Encoded, Outcome, ProcessorSpec, Rejected
 from connector.processing import Entry, make_processing
-from connector.egress import aep_client
 from connector.registry import RegistryLookup
 from connector.sink import MessageFailure, Sink
 from connector.source import Source, producer_config
@@ -254,9 +254,9 @@ class Pipeline:
                             "capillary_aep_identities_dropped_total, not logged again", reason, tp[0], tp[1], offset)
 
     def _consumer_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):  # noqa: SLF001 - librdkafka's local codes are spelled so
+        if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
             return  # EOF is not an error; a regex subscription may match no topic yet
-        if err.fatal() or err.code() == KafkaError._MAX_POLL_EXCEEDED:  # noqa: SLF001 - see above
+        if err.fatal() or err.code() == KafkaError._MAX_POLL_EXCEEDED:
             log.error("fatal consumer error: %s; stopping", err)
             self._stop(ExitCode.CONSUMER, f"fatal consumer error: {err.name()}")
             return

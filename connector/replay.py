@@ -113,7 +113,8 @@ def replay(
     window_letters: int = WINDOW_LETTERS,
     window_bytes: int = WINDOW_BYTES,
 ) -> ReplayReport:
-    """Stream the dead-letter topic from the committed replay position to its end, one window at a time: filter, replay the matching letters, commit past the window, report
+    """Stream the dead-letter topic from the committed replay position to its end, one window at a
+    time: filter, replay the matching letters, commit past the window, report
     ``progress``. After a window with failures nothing more is committed (the next run starts
     there again; letters replayed after it may be replayed twice). Raises :class:`ReplayError`
     when the topic cannot be read."""
@@ -259,8 +260,8 @@ def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:
 
     from connector.auth import TokenProvider
     from connector.batch import PendingRecord
-    from connector.process import Encoded, ProcessorSpec, RecordProcessor
     from connector.egress import aep_client
+    from connector.process import Encoded, ProcessorSpec, RecordProcessor
     from connector.registry import RegistryLookup
     from connector.sink import Sink
 

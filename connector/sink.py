@@ -11,7 +11,8 @@ answer                action
 207/200               per message: accepted → delivered; 4xx → permanent failure (dead letter);
                       5xx/429 → re-send it; a profile update with every later update of the
                       same customer (Kafka key) in the request, so a customer's last write
-                      is always the newest (ExperienceEvents need no order). The re-send follows at once (short jitter) if the round accepted anything,
+                      is always the newest (ExperienceEvents need no order). The re-send follows
+                      at once (short jitter) if the round accepted anything,
                       else after the growing backoff. A message failing in more than
                       ``delivery.max_message_retries`` rounds that accepted others → dead letter
 413                   split the request in halves; a single message → permanent failure
@@ -171,7 +172,7 @@ class Sink:
                 if progressed:
                     # Most of the request went through: the inlet works, these messages were unlucky.
                     attempt = 0
-                    pause = random.uniform(0, self._delivery.backoff_initial_s)  # noqa: S311 - jitter
+                    pause = random.uniform(0, self._delivery.backoff_initial_s)
                 else:
                     attempt += 1
                     pause = self._backoff(attempt, None)
@@ -383,7 +384,7 @@ class Sink:
         if retry_after is not None:
             return min(retry_after, _RETRY_AFTER_CAP_S)
         cap = min(self._delivery.backoff_max_s, self._delivery.backoff_initial_s * (2 ** min(attempt, 20)))
-        return random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
+        return random.uniform(0, cap)
 
     def _note_failure(self) -> None:
         if self.failing_since is None:

@@ -87,8 +87,7 @@ class Resolver:
         if depth > 60:
             raise SystemExit(f"reference cycle below {base}")
         parts: list[dict[str, Any]] = []
-        if "$ref" in node:
-            if node["$ref"] != EXTENSIBLE_CONTEXT:  # JSON-LD prefix rules: meaningless in xed-full JSON
+        if "$ref" in node and node["$ref"] != EXTENSIBLE_CONTEXT:  # JSON-LD prefix rules: meaningless in xed-full
                 target, target_base = self.follow(node["$ref"], base)
                 parts.append(self.resolve(target, target_base, depth + 1))
         for sub in node.get("allOf", ()):

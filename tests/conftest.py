@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from support import ManagedProcess, free_port, python_module, start_broker, wait_until
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from connector.dev.procs import (  # noqa: F401 - re-exported for the tests
+from connector.dev.procs import (
     ROOT,
     ManagedProcess,
     broker_binary,

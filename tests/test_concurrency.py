@@ -24,7 +24,7 @@ def test_throttle_halves_once_per_cooldown_down_to_the_minimum() -> None:
     lim.throttled()
     lim.throttled()  # same burst: one signal
     assert lim.limit == 4
-    assert METRICS.inflight_limit._value.get() == 4  # noqa: SLF001 - the exported gauge
+    assert METRICS.inflight_limit._value.get() == 4
     for _ in range(5):
         clock.now += 1.0
         lim.throttled()

@@ -6,9 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support import python_module
 
 from connector.config import ConfigError, load_settings
-from support import python_module
 
 GOOD = """
 [aep]

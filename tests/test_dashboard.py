@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from support import ROOT
 
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -76,7 +75,7 @@ def test_every_query_follows_the_variables() -> None:
             assert 'job=~"$job"' in labels and 'instance=~"$instance"' in labels, (title, expr)
             if name in TOPIC_METRICS:
                 assert 'topic=~"$topic"' in labels, (title, expr)
-        for name, labels in re.findall(r"\b(capillary_ingest_[a-z0-9_]+)(\{[^}]*\})?", expr):
+        for _name, labels in re.findall(r"\b(capillary_ingest_[a-z0-9_]+)(\{[^}]*\})?", expr):
             assert 'job=~"$ingest_job"' in labels, (title, expr)
         assert 'job="' not in expr, (title, expr)  # no job name hard-coded
 

@@ -17,10 +17,10 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from connector import decode
 from connector.avro_schemas import LocalSchemas
 from connector.decode import Decoder
-from connector.errors import DecodeError, RegistryUnavailable
 from connector.dev.produce import SampleEncoder
-from connector.registry import RegistryLookup
 from connector.dev.samples import generate_events
+from connector.errors import DecodeError, RegistryUnavailable
+from connector.registry import RegistryLookup
 from connector.transform import EVENT_NAMES
 
 NOW_MS = 1_760_000_000_000

@@ -15,15 +15,23 @@ from pathlib import Path
 
 import orjson
 import pytest
+from harness import (
+    assert_committed_to_end,
+    committed,
+    dlq_topic,
+    expected_ids,
+    missing,
+    missing_profiles,
+    new_group,
+    possible_ids,
+    read_topic,
+    start_connector,
+)
+from support import wait_until
 
 from connector.dev.produce import ensure_topics, produce_events
-from connector.topics import all_topics
 from connector.dev.samples import generate_events
-from harness import (assert_committed_to_end, dlq_topic, committed, expected_ids, missing, missing_profiles, new_group,
-                     possible_ids,
-                     read_topic,
-                     start_connector)
-from support import wait_until
+from connector.topics import all_topics
 
 pytestmark = pytest.mark.integration
 

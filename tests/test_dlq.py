@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from connector.dlq import (H_OFFSET, H_ORIGINAL_SHA256, H_ORIGINAL_SIZE, H_PARTITION, H_TOPIC, H_TRUNCATED,
-                           DeadLetter, DeadLetterWriter)
+from connector.dlq import (
+    H_OFFSET,
+    H_ORIGINAL_SHA256,
+    H_ORIGINAL_SIZE,
+    H_PARTITION,
+    H_TOPIC,
+    H_TRUNCATED,
+    DeadLetter,
+    DeadLetterWriter,
+)
 
 
 class Clock:

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import orjson
 from fastavro import parse_schema, writer
+from support import python_module
 
 from connector.avro_schemas import LocalSchemas
 from connector.config import DecodeConfig
+from connector.dev.samples import generate_events, sample_xdm_config
 from connector.dryrun import dry_run
 from connector.process import ProcessorSpec, RecordProcessor
-from connector.dev.samples import generate_events, sample_xdm_config
 from connector.transform import Transformer
-from support import python_module
 
 
 def transformer() -> Transformer:

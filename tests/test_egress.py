@@ -12,14 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from connector.config import ConfigError, load_settings
-from connector.dev.demo import connector_toml
-from connector.egress import AepHttpConfig, client_options
-from connector.dev.emulator import config as em
 from support import free_port, python_module
 from test_kafka_security import GOOD
 from tls_support import ConnectProxy, make_tls_files, start_https_emulator
+
+from connector.config import ConfigError, load_settings
+from connector.dev.demo import connector_toml
+from connector.dev.emulator import config as em
+from connector.egress import AepHttpConfig, client_options
 
 PROXY_PASSWORD = "Pr0xy-pass-n0t-for-logs"
 
@@ -117,9 +117,10 @@ def test_the_connector_delivers_over_mutual_tls_through_the_proxy(broker, prefix
     """The running connector (not only check): IMS token and inlet batches over mTLS, via the proxy."""
     import ssl
 
+    from harness import new_group, start_connector
+
     from connector.dev.produce import produce_events
     from connector.dev.samples import generate_events
-    from harness import new_group, start_connector
 
     tls = make_tls_files(tmp_path / "tls")
     url, proc = start_https_emulator(tmp_path, tls, mtls=True)

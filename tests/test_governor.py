@@ -58,8 +58,8 @@ def test_the_governor_follows_the_partition_share_and_waits_for_profiles_too() -
     clock = Clock()
     g = Governor(1000.0, 300.0, clock)
     g.rebalanced(3, 12)  # a quarter of the partitions
-    assert METRICS.rate_share.labels("all")._value.get() == 250  # noqa: SLF001
-    assert METRICS.rate_share.labels("profile")._value.get() == 75  # noqa: SLF001
+    assert METRICS.rate_share.labels("all")._value.get() == 250
+    assert METRICS.rate_share.labels("profile")._value.get() == 75
     waits: list[float] = []
 
     class Cancel(threading.Event):

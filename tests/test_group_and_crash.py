@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import assert_committed_to_end, expected_ids, missing, missing_profiles, new_group, start_connector
+from support import wait_until
 
 from connector.dev.produce import ensure_topics, produce_events
 from connector.dev.samples import generate_events
 from connector.topics import all_topics
-from harness import assert_committed_to_end, expected_ids, missing, missing_profiles, new_group, start_connector
-from support import wait_until
 
 pytestmark = pytest.mark.integration
 

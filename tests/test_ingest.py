@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from harness import read_topic
 from prometheus_client.parser import text_string_to_metric_families
+from support import ManagedProcess, free_port, python_module, wait_until
 
 from connector.dev.samples import ENVELOPES, generate_events, wrap
 from connector.topics import all_topics, topic_for
-from harness import read_topic
-from support import ManagedProcess, free_port, python_module, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-
 from support import ManagedProcess, free_port, python_module, wait_until
 from test_ingest import TOKEN, Ingress, start_ingress
 

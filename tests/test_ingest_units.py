@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from connector.config import ConfigError, load_settings
+from connector.dev.samples import ENVELOPES, generate_events, wrap
 from connector.ingest.auth import Authenticator
 from connector.ingest.config import IngestConfig, IngestSettings
 from connector.ingest.validate import Door, Rejected
-from connector.dev.samples import ENVELOPES, generate_events, wrap
 from connector.topics import topic_for
 
 TOKEN = "tok-0123456789abcdef"

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from support import ManagedProcess, broker_binary, free_port, port_open, python_module, wait_until
 
 from connector.dev.demo import connector_toml
 from connector.kafka_security import KafkaSecurityConfig, security_properties
-from support import ManagedProcess, broker_binary, free_port, port_open, python_module, wait_until
 
 pytestmark = pytest.mark.integration
 PASSWORD = "Scram-Pa55-never-printed"
@@ -96,7 +96,6 @@ def test_a_connector_refused_by_the_broker_leaks_the_password_nowhere(auth_broke
     """The running connector with SCRAM settings: the refusal is in its log; the password is in
     neither its log, its metrics nor its health answers."""
     import httpx
-
     from harness import new_group, start_connector
 
     bootstrap, _ = auth_broker

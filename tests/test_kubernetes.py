@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
+from support import ROOT
+from tls_support import make_tls_files
 
 from connector.config import DeliveryConfig, Settings, load_settings
 from connector.ingest.config import IngestSettings
 from connector.topics import all_topics
-from support import ROOT
-from tls_support import make_tls_files
 
 SECRETS_DIR = "/var/run/secrets/capillary/"
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")

@@ -12,12 +12,12 @@ from typing import Any
 import click
 import pytest
 import yaml
+from support import ROOT
 
 from connector.cli import main
 from connector.config import load_settings
 from connector.dev.emulator import config as em
 from connector.dev.emulator.__main__ import parser as emulator_parser
-from support import ROOT
 
 DEPLOY = ROOT / "deploy"
 
@@ -233,7 +233,6 @@ def test_compose_gives_the_ingress_more_grace_than_its_shutdown_bound() -> None:
 @pytest.mark.integration
 def test_example_webhook_receiver_logs_each_alert_with_its_runbook(tmp_path: Any) -> None:
     import httpx
-
     from support import ManagedProcess, free_port, port_open, wait_until
 
     port = free_port()

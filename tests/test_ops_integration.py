@@ -10,14 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness import dlq_topic, new_group, start_connector
 from prometheus_client.parser import text_string_to_metric_families
+from support import free_port, python_module, wait_until
 
 from connector.dev.demo import connector_toml
 from connector.dev.emulator import config as em
 from connector.dev.produce import produce_events
 from connector.dev.samples import generate_events
-from harness import dlq_topic, new_group, start_connector
-from support import free_port, python_module, wait_until
 
 pytestmark = pytest.mark.integration
 

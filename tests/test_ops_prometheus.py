@@ -14,12 +14,12 @@ import httpx
 import pytest
 import yaml
 from confluent_kafka import Producer
-
-from connector.dev.produce import produce_events
-from connector.dev.samples import generate_events
 from harness import new_group, start_connector
 from support import ROOT, ManagedProcess, free_port, wait_until
 from test_ops_deploy import dashboard_exprs, grafana_expand, rule_exprs
+
+from connector.dev.produce import produce_events
+from connector.dev.samples import generate_events
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 NAME = re.compile(r"\bcapillary_aep_[a-z0-9_]+")

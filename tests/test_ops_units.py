@@ -15,19 +15,19 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
+from support import ROOT, free_port
 
 from connector import check, logs
+from connector.avro_schemas import default_schemas
 from connector.cli import main
 from connector.config import load_settings
+from connector.decode import format_of as _format_of
 from connector.dev.demo import connector_toml
 from connector.dev.emulator import config as em
+from connector.dev.produce import SampleEncoder
 from connector.health import serve_health
 from connector.metrics import Metrics
 from connector.pipeline import _event_type_label
-from connector.decode import format_of as _format_of
-from connector.dev.produce import SampleEncoder
-from connector.avro_schemas import default_schemas
-from support import ROOT, free_port
 
 _BOUNDED_LABELS = {"topic", "partition", "format", "kind", "event_type", "stage", "reason", "endpoint", "status",
                    "outcome", "error", "retriable",
@@ -57,14 +57,14 @@ def test_metric_names_follow_prometheus_conventions_and_labels_are_bounded() -> 
         else:
             assert not name.endswith("_total"), name
         assert not re.search(r"_(milliseconds|ms|kilobytes|kb)(_|$)", name), f"{name}: use base units"
-    for collector in Metrics().registry._collector_to_names:  # noqa: SLF001 - label names are not public
+    for collector in Metrics().registry._collector_to_names:
         if hasattr(collector, "_labelnames"):  # ours (the process/platform collectors have none)
-            assert set(collector._labelnames) <= _BOUNDED_LABELS, collector._name  # noqa: SLF001
+            assert set(collector._labelnames) <= _BOUNDED_LABELS, collector._name
 
 
 def test_every_metric_is_documented_and_every_documented_metric_exists() -> None:
     doc = (ROOT / "docs" / "operations.md").read_text()
-    table = {m for m in re.findall(r"^\| `(capillary_aep_[a-z0-9_]+)`", doc, re.M)}
+    table = set(re.findall(r"^\| `(capillary_aep_[a-z0-9_]+)`", doc, re.M))
     assert table == set(_families(Metrics()))
 
 
@@ -252,7 +252,7 @@ def test_inlet_probe_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s
     assert seen[0].content == b'{"messages":[]}' and seen[0].headers["authorization"] == "Bearer tok"
 
 
-def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202 - Settings
+def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     cfg = tmp_path / "c.toml"
     cfg.write_text(connector_toml(bootstrap="127.0.0.1:1", emulator_url="http://127.0.0.1:1", metrics_port=9400))
     monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", em.DEMO_CLIENT_SECRET)

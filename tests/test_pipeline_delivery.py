@@ -18,17 +18,17 @@ from support import FakeMessage
 from support import FakeSource as Source
 
 from connector.config import load_settings
-from connector.dlq import DeadLetterWriter
-from connector.metrics import METRICS
-from connector.errors import ExitCode
-from connector.pipeline import Pipeline
 from connector.dev.samples import generate_events
+from connector.dlq import DeadLetterWriter
+from connector.errors import ExitCode
+from connector.metrics import METRICS
+from connector.pipeline import Pipeline
 from connector.sink import BatchResult
 
 TP = ("w.points", 0)
 
 
-def Msg(tp: tuple[str, int], off: int, value: bytes, key: bytes | None = None) -> FakeMessage:  # noqa: N802
+def Msg(tp: tuple[str, int], off: int, value: bytes, key: bytes | None = None) -> FakeMessage:
     return FakeMessage(tp[0], tp[1], off, key, value, int(time.time() * 1000))
 
 
@@ -40,7 +40,7 @@ def pipeline(tmp_path: Path, source: Source, extra: str = "") -> Pipeline:
     path = write_config(tmp_path / "c.toml", bootstrap="127.0.0.1:9", emulator_url="http://127.0.0.1:9",
                         prefix="w.", group="g", metrics_port=9, extra=extra + "[processing]\nworkers = 0\n")
     p = Pipeline(load_settings(path, aep={"authentication_required": False}), source_factory=source.factory)
-    p.source = source.factory(None, p._on_assign, p._on_revoke, p._on_lost)  # noqa: SLF001
+    p.source = source.factory(None, p._on_assign, p._on_revoke, p._on_lost)
     return p
 
 
@@ -75,12 +75,12 @@ def test_a_sender_that_raises_once_loses_nothing_and_the_commit_point_moves(tmp_
         return BatchResult(records, requests=1)
 
     p.sink.deliver = deliver  # type: ignore[method-assign]
-    before = METRICS.sender_errors._value.get()  # noqa: SLF001
+    before = METRICS.sender_errors._value.get()
     try:
         run_until(p, lambda: src.stored.get(TP) == 30)
     finally:
         close(p)
-    assert calls["n"] >= 2 and METRICS.sender_errors._value.get() == before + 1  # noqa: SLF001
+    assert calls["n"] >= 2 and METRICS.sender_errors._value.get() == before + 1
     assert sorted(delivered) == list(range(30))  # each record once, none lost
     assert delivered == sorted(delivered)  # and in order: the batch went back to the head of its lane
     assert p.sender_errors == 0 and p.exit_code == 0
@@ -136,11 +136,11 @@ def test_a_record_holding_the_commit_point_is_named_and_counted(tmp_path: Path, 
         t0 = time.monotonic()
         p.housekeeping.check_stalls(t0)  # the loop calls it every second; here with a chosen clock
         p.housekeeping.check_stalls(t0 + 29)
-        assert METRICS.stalled_partitions._value.get() == 0  # noqa: SLF001
+        assert METRICS.stalled_partitions._value.get() == 0
         with caplog.at_level(logging.WARNING, logger="connector.housekeeping"):
             p.housekeeping.check_stalls(t0 + 31)
             p.housekeeping.check_stalls(t0 + 32)  # logged once per stall_warning_s, not every check
-        assert METRICS.stalled_partitions._value.get() == 1  # noqa: SLF001
+        assert METRICS.stalled_partitions._value.get() == 1
         lines = [r.getMessage() for r in caplog.records if "has not moved" in r.getMessage()]
         assert len(lines) == 1 and "w.points[0]@5" in lines[0] and "14 later records" in lines[0]
     finally:
@@ -193,12 +193,12 @@ def test_identities_aep_would_skip_are_counted_and_the_record_still_delivered(tm
         return BatchResult(records, requests=1)
 
     p.sink.deliver = deliver  # type: ignore[method-assign]
-    before = METRICS.identities_dropped.labels("too_long")._value.get()  # noqa: SLF001
+    before = METRICS.identities_dropped.labels("too_long")._value.get()
     try:
         with caplog.at_level(logging.WARNING, logger="connector.pipeline"):
             run_until(p, lambda: src.stored.get(TP) == 6)
     finally:
         close(p)
-    assert METRICS.identities_dropped.labels("too_long")._value.get() == before + 1  # noqa: SLF001
+    assert METRICS.identities_dropped.labels("too_long")._value.get() == before + 1
     assert not any(b"7" * 5000 in m for m in sent)  # never sent
     assert sum("AEP would skip (too_long)" in r.getMessage() for r in caplog.records) == 1

@@ -7,18 +7,29 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Producer
+from harness import (
+    assert_committed_to_end,
+    assert_exactly_once,
+    committed,
+    diff_paths,
+    dlq_topic,
+    end_offsets,
+    expected_envelopes,
+    expected_ids,
+    expected_profiles,
+    new_group,
+    read_topic,
+    start_connector,
+    transformer,
+)
+from support import wait_until
 
-from connector.dlq import H_OFFSET, H_REASON, H_STAGE
 from connector.dev.emulator import config as em
 from connector.dev.emulator.profiles import primary_key
 from connector.dev.produce import ensure_topics, produce_events
-from connector.topics import all_topics
 from connector.dev.samples import generate_events
-from connector.topics import topic_for
-from harness import (assert_committed_to_end, assert_exactly_once, committed, diff_paths, dlq_topic, end_offsets,
-                     expected_envelopes, expected_ids, expected_profiles, new_group, read_topic, start_connector,
-                     transformer)
-from support import wait_until
+from connector.dlq import H_OFFSET, H_REASON, H_STAGE
+from connector.topics import all_topics, topic_for
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from harness import write_config
 from support import FakeMessage
 
 from connector.config import load_settings
-from connector.placement import HELD, Placement
 from connector.dev.samples import generate_events
+from connector.placement import HELD, Placement
 
 
 def test_new_partitions_spread_over_the_workers_and_stick() -> None:

@@ -13,12 +13,21 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import parse_schema, schemaless_writer
+from harness import (
+    assert_committed_to_end,
+    dlq_topic,
+    expected_ids,
+    missing,
+    missing_profiles,
+    new_group,
+    read_topic,
+    start_connector,
+)
 
-from connector.dlq import H_AEP_MESSAGE, H_HTTP_STATUS, H_REASON, H_STAGE, H_XACTION_ID
 from connector.dev.produce import ensure_topics, produce_events
 from connector.dev.samples import generate_events
+from connector.dlq import H_AEP_MESSAGE, H_HTTP_STATUS, H_REASON, H_STAGE, H_XACTION_ID
 from connector.topics import all_topics, topic_for
-from harness import dlq_topic, assert_committed_to_end, expected_ids, missing, missing_profiles, new_group, read_topic, start_connector
 
 pytestmark = pytest.mark.integration
 

@@ -21,11 +21,11 @@ from support import ManagedProcess, python_module, wait_until
 from connector.config import ImsConfig
 from connector.dev.emulator import config as em
 from connector.dev.produce import produce_events
+from connector.dev.samples import generate_events, sample_xdm_config
 from connector.provision import artifacts as art
 from connector.provision.export import export
 from connector.provision.plan import Provisioner, Request, as_dict
 from connector.provision.platform import Platform, PlatformError
-from connector.dev.samples import generate_events, sample_xdm_config
 from connector.transform import Transformer, TransformError
 from connector.transform.tenant import close
 

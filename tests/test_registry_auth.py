@@ -11,13 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import start_emulator
+from tls_support import make_tls_files, start_https_emulator
 
 from connector.check import _registry
 from connector.config import ConfigError, DecodeConfig, load_settings, strip_userinfo
 from connector.errors import RegistryUnavailable
 from connector.registry import RegistryLookup, client_config
-from conftest import start_emulator
-from tls_support import make_tls_files, start_https_emulator
 
 USER, PASSWORD, TOKEN = "sr-key", "Sr-Secret-n0t-for-logs", "sr-Bearer-t0ken-n0t-for-logs"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

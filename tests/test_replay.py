@@ -6,13 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import dlq_topic, expected_ids, missing, missing_profiles, new_group, read_topic, start_connector
+from support import python_module, wait_until
 
 from connector.dev.emulator import config as em
 from connector.dev.produce import ensure_topics, produce_events
 from connector.dev.samples import generate_events
 from connector.topics import all_topics
-from harness import dlq_topic, expected_ids, missing, missing_profiles, new_group, read_topic, start_connector
-from support import python_module, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def test_replay_republishes_then_direct_delivers(broker, emulator, prefix, tmp_p
     events = generate_events(20, seed=51)
     bad = [events[3], events[11]]
     bad_ids = [i for e in bad for i in expected_ids([e])]
-    emulator.faults(message_status_by_id={i: 400 for i in bad_ids})
+    emulator.faults(message_status_by_id=dict.fromkeys(bad_ids, 400))
     produce_events(broker, events, "json", topic_prefix=prefix)
     group = new_group()
     c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)

@@ -14,15 +14,15 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Producer
+from harness import read_topic
+from support import free_port
 
 from connector.cli import _parse_time, _Progress, main
 from connector.config import KafkaConfig
 from connector.dev.demo import connector_toml
-from connector.dlq import H_REASON, H_STAGE, H_TIME, H_TOPIC
 from connector.dev.produce import ensure_topics
+from connector.dlq import H_REASON, H_STAGE, H_TIME, H_TOPIC
 from connector.replay import ReplayFilter, ReplayReport, replay
-from harness import read_topic
-from support import free_port
 
 LETTERS = 2400
 VALUE_BYTES = 8 * 1024  # 2,400 x 8 KiB: ~19 MiB of letters

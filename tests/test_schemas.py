@@ -26,7 +26,8 @@ def schemas() -> LocalSchemas:
 
 @pytest.fixture(scope="module")
 def samples() -> list[dict[str, Any]]:
-    return generate_events(300, seed=5, now_ms=NOW_MS) + generate_events(240, seed=6, now_ms=NOW_MS, event_names=list(EVENT_NAMES))
+    return (generate_events(300, seed=5, now_ms=NOW_MS)
+            + generate_events(240, seed=6, now_ms=NOW_MS, event_names=list(EVENT_NAMES)))
 
 
 def _rabin64(data: bytes) -> bytes:

@@ -267,7 +267,7 @@ def test_rounds_that_make_progress_retry_promptly_and_only_stuck_rounds_back_off
         if rounds["n"] <= 6:  # each round the first message fails again, the others pass
             return ok_207(r, {got[0]: 500})
         if rounds["n"] <= 10:  # then every message fails: no progress
-            return ok_207(r, {i: 503 for i in got})
+            return ok_207(r, dict.fromkeys(got, 503))
         return ok_207(r)
 
     sink, _ = make_sink(handler, delivery)
@@ -300,7 +300,7 @@ def test_a_message_failing_in_rounds_without_progress_is_never_given_up() -> Non
 
     def handler(r: httpx.Request) -> httpx.Response:
         rounds["n"] += 1
-        return ok_207(r, {i: 503 for i in ids(r)}) if rounds["n"] <= 8 else ok_207(r)
+        return ok_207(r, dict.fromkeys(ids(r), 503)) if rounds["n"] <= 8 else ok_207(r)
 
     sink, _ = make_sink(handler, delivery)
     assert sink.deliver(keyed([b"a", b"b"]), threading.Event()).failures == {}

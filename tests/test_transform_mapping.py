@@ -174,7 +174,8 @@ def test_identity_map_sha256_has_no_clear_text_pii() -> None:
         {"fieldName": "email", "previousValue": "old@example.com", "currentValue": "Asha@Example.COM"}])
     messages = transformer.transform(raw)
     ids = entity(messages[0])["identityMap"]
-    assert ids["Email_LC_SHA256"] == [{"id": hashlib.sha256(b"asha@example.com").hexdigest(), "authenticatedState": "authenticated"}]
+    assert ids["Email_LC_SHA256"] == [{"id": hashlib.sha256(b"asha@example.com").hexdigest(),
+                                       "authenticatedState": "authenticated"}]
     assert ids["Phone_SHA256"] == [{"id": hashlib.sha256(b"919300000001").hexdigest(), "authenticatedState": "authenticated"}]
     assert "Email" not in ids and "Phone" not in ids
     text = orjson.dumps([m.envelope for m in messages]).decode().lower()

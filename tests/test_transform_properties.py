@@ -9,6 +9,7 @@ validator would otherwise hide a mapping bug behind ``xdm_invalid``).
 from __future__ import annotations
 
 import copy
+from datetime import UTC
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -82,7 +83,8 @@ def damaged_events(draw: st.DrawFn) -> dict[str, Any]:
             parent[f"{key} "] = parent.pop(key)
     created = event.get("createdAt")
     if isinstance(created, int) and not isinstance(created, bool):
-        event["createdAt"] = draw(st.sampled_from([created, float(created), created / 1000, str(created), f"{created / 1e12}E12"]))
+        event["createdAt"] = draw(st.sampled_from([created, float(created), created / 1000, str(created),
+                                                    f"{created / 1e12}E12"]))
     return wrap(event, draw(st.sampled_from(ENVELOPES))) if "eventName" in event and "createdAt" in event else event
 
 
@@ -130,10 +132,10 @@ def test_envelope_does_not_change_the_output(raw: dict[str, Any], style: str) ->
 
 @given(st.integers(0, 253_402_300_799_999), st.integers(0, 999))
 def test_iso_ms_matches_the_calendar_also_from_its_cache(ms: int, other_ms: int) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from connector.transform.times import iso_ms
 
     for value in (ms, ms - ms % 1000 + other_ms):  # the second call hits the per-second cache
-        want = datetime.fromtimestamp(value // 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        want = datetime.fromtimestamp(value // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         assert iso_ms(value) == f"{want}.{value % 1000:03d}Z"

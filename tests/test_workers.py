@@ -12,17 +12,17 @@ from typing import Any
 
 import orjson
 import pytest
+from harness import write_config
+from support import wait_until
 
 from connector.avro_schemas import LocalSchemas
 from connector.config import load_settings
-from connector.errors import RegistryUnavailable, WorkerCrashed
-from connector.metrics import METRICS
 from connector.dev.produce import SampleEncoder
 from connector.dev.samples import generate_events
+from connector.errors import RegistryUnavailable, WorkerCrashed
+from connector.metrics import METRICS
 from connector.process import Empty, Encoded, ProcessorSpec, RecordProcessor, Rejected
 from connector.workers import WorkerPool, resolve_workers
-from harness import write_config
-from support import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_writer_schemas_are_fetched_by_the_parent_once_and_follow_a_restarted_wo
     the first chunk that needs it (and to a worker's successor); an unknown id is a dead letter;
     an unreachable registry raises in the parent before anything is sent."""
     schemas = LocalSchemas.load()
-    events = [ev for ev in generate_events(30, seed=9, now_ms=int(time.time() * 1000))]
+    events = list(generate_events(30, seed=9, now_ms=int(time.time() * 1000)))
     ids = {name: i for i, name in enumerate(sorted({ev["eventName"] for ev in events}), start=10)}
 
     def wire(ev: dict[str, Any], sid: int | None = None) -> bytes:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import trustme
-
 from support import ManagedProcess, free_port, python_module, wait_until
 
 

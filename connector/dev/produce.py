@@ -32,7 +32,7 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4, ti
     new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
     if not new:
         return
-    for topic, future in admin.create_topics(new, operation_timeout=timeout).items():
+    for future in admin.create_topics(new, operation_timeout=timeout).values():
         try:
             future.result(timeout)
         except KafkaException as exc:

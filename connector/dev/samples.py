@@ -28,7 +28,7 @@ DEFAULT_PROGRAM = {"id": 2649, "name": "DemoRetail DefaultProgram", "isDefault":
                              {"tierNumber": 3, "tierName": "GOLD"}, {"tierNumber": 4, "tierName": "PLATINUM"}]}
 PARTNER_PROGRAM = {"id": 2650, "name": "DemoRetail Partner Miles", "isDefault": False, "pointsToCurrencyRatio": 1.0,
                    "tiers": [{"tierNumber": 1, "tierName": "BLUE"}, {"tierNumber": 2, "tierName": "BLACK"}]}
-STORES = [("prod.demo.store.%d" % i, "Demo Store %d" % i, str(12591530 + i)) for i in range(1, 21)]
+STORES = [(f"prod.demo.store.{i}", f"Demo Store {i}", str(12591530 + i)) for i in range(1, 21)]
 FIRST_NAMES = ["Asha", "Budi", "Chen", "Dewi", "Eko", "Farah", "Gita", "Hadi", "Intan", "Joko", "Kiran", "Lina"]
 LAST_NAMES = ["Sharma", "Santoso", "Wang", "Lestari", "Prasetyo", "Rahman", "Putri", "Wijaya", "Nair", "Tan"]
 CURRENCIES = ["IDR", "INR", "SGD", "USD", " "]  # Capillary samples include a blank code
@@ -96,7 +96,10 @@ class _Gen:
 
     def customer(self) -> Customer:
         # Skewed towards a core of frequent shoppers, like real loyalty traffic.
-        index = min(int(self.rng.paretovariate(1.2)) - 1, CUSTOMER_POOL - 1) if self.maybe(0.5) else self.rng.randrange(CUSTOMER_POOL)
+        if self.maybe(0.5):
+            index = min(int(self.rng.paretovariate(1.2)) - 1, CUSTOMER_POOL - 1)
+        else:
+            index = self.rng.randrange(CUSTOMER_POOL)
         return self.customers[index]
 
     def identifiers(self, c: Customer) -> dict[str, Any]:

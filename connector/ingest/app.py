@@ -22,14 +22,13 @@ from typing import Any
 
 import orjson
 import uvicorn
-
-from connector.asgi import GracefulServer
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from connector.asgi import GracefulServer
 from connector.ingest.auth import Authenticator
 from connector.ingest.config import IngestSettings
 from connector.ingest.metrics import IngestMetrics

@@ -140,7 +140,7 @@ class IngestConfig(_Section):
     @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
-        return host or "0.0.0.0", int(port)  # noqa: S104 - configurable
+        return host or "0.0.0.0", int(port)
 
 
 class IngestSettings(FileSettings):

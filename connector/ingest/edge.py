@@ -116,7 +116,7 @@ class TlsReloader:
             await asyncio.sleep(self.interval_s)
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 - never let a reload problem stop the ingress
+            except Exception:
                 log.exception("TLS certificate reload failed; still serving the previous certificate")
 
 

@@ -246,5 +246,5 @@ def _discard(producer: Producer) -> None:
     try:
         producer.purge(in_queue=True, in_flight=True, blocking=False)
         producer.flush(1.0)
-    except Exception:  # noqa: BLE001 - best effort: the producer is being thrown away
+    except Exception:
         log.debug("discarding the old producer failed", exc_info=True)

@@ -2,7 +2,8 @@
 
 Cheap on purpose (one ``orjson.loads`` and :func:`normalize` per event): a request is accepted
 when it is a JSON object or an array of objects in which every event has an event name, an
-``eventId`` and a usable envelope (see :func:`normalize`; an empty array is accepted as nothing). Capillary never retries a 4xx, so only what
+``eventId`` and a usable envelope (see :func:`normalize`; an empty array is accepted as nothing).
+Capillary never retries a 4xx, so only what
 can never succeed downstream is rejected; unknown event names are accepted (they go to the
 ``other`` family topic and the connector decides). A request is all or nothing: one bad event
 makes the whole request 400 and nothing of it is produced, and the answer lists every bad index.

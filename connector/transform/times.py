@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from math import isfinite
 from typing import Any
 
@@ -55,14 +55,14 @@ def _text_to_ms(s: str) -> int | None:
     m = _DATE.match(s)
     try:
         if m:
-            dt = datetime(int(m[1]), int(m[2]), int(m[3]), tzinfo=timezone.utc)
+            dt = datetime(int(m[1]), int(m[2]), int(m[3]), tzinfo=UTC)
         else:
             m = _DATETIME.match(s)
             if not m:
                 return None
             dt = datetime.fromisoformat(s.replace(" ", "T", 1).replace("Z", "+00:00"))
             if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=timezone.utc)
+                dt = dt.replace(tzinfo=UTC)
     except ValueError:
         return None
     ms = int(dt.timestamp() * 1000)

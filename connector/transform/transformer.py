@@ -101,7 +101,7 @@ class Transformer:
             return self._transform(raw)
         except TransformError:
             raise
-        except Exception as exc:  # noqa: BLE001 - see the docstring
+        except Exception as exc:
             raise TransformError("invalid_value", f"unexpected payload shape ({type(exc).__name__})") from exc
 
     def _transform(self, raw: Mapping[str, Any]) -> list[XdmMessage]:

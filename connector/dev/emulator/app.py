@@ -11,14 +11,13 @@ from typing import Any
 
 import orjson
 import uvicorn
-
-from connector.asgi import GracefulServer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from connector.asgi import GracefulServer
 from connector.dev.emulator.config import EmulatorConfig
 from connector.dev.emulator.control import control_routes
 from connector.dev.emulator.dcs import TRANSPORT_KEY, Dcs

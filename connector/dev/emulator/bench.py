@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,6 @@ from typing import Any
 import httpx
 import orjson
 
-from connector.dev.procs import cpu_seconds, free_port
 from connector.dev.emulator.config import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
@@ -32,6 +30,7 @@ from connector.dev.emulator.config import (
     DEMO_INLET_ID,
     DEMO_ORG_ID,
 )
+from connector.dev.procs import cpu_seconds, free_port
 
 CT = "application/vnd.adobe.xed-full+json;version=1"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import bisect
 import threading
-from array import array
 import time
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
