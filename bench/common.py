@@ -36,7 +36,7 @@ if CODE_ROOT != ROOT:  # the code under test is older: the dev tooling (connecto
 
 from connector.dev import demo  # noqa: E402 - after the sys.path set-up above
 from connector.dev.emulator import config as em  # noqa: E402
-from connector.dev.procs import ManagedProcess, cpu_seconds, free_port, process_tree, wait_until  # noqa: E402
+from connector.dev.procs import ManagedProcess, cpu_seconds, free_port, process_tree, scrape, wait_until  # noqa: E402
 from connector.topics import all_topics, topic_for  # noqa: E402
 
 PY = sys.executable
@@ -360,8 +360,12 @@ class Watcher(threading.Thread):
     """Samples, every ``interval`` s, the emulator's accepted-message count and the worker's CPU
     time, so the first and last acknowledgement and the CPU spent up to each are known."""
 
-    def __init__(self, emulator: Emulator, pid: int | None, interval: float = 0.05) -> None:
+    def __init__(self, emulator: Emulator, pid: int | None, interval: float = 0.05,
+                 others: dict[str, int] | None = None, metrics_url: str | None = None) -> None:
         super().__init__(daemon=True, name="watcher")
+        self.others = others or {}  # more processes whose CPU share is reported (broker, emulator)
+        self.metrics_url = metrics_url  # ours: the workers' busy time
+        self.util: list[tuple[float, dict[str, float], dict[str, float]]] = []
         self.emulator = emulator
         self.pid = pid
         self.interval = interval
@@ -380,6 +384,7 @@ class Watcher(threading.Thread):
                 accepted, cpu = -1, 0.0
             if accepted >= 0:
                 self.samples.append((t, accepted, cpu))
+            self._sample_util(t)
             if self.pid and (not self.rss or t - self.rss[-1][0] >= 1.0):
                 try:
                     self.rss.append((t, rss_mb(self.pid)))
@@ -399,6 +404,40 @@ class Watcher(threading.Thread):
                 return t, cpu
         return None
 
+    def utilization(self, start: float, end: float) -> dict[str, Any]:
+        """CPU share of every process (the worker, each of its children, broker, emulator: CPU seconds
+        per wall second) and each transform worker's busy fraction, between ``start`` and ``end``."""
+        pts = [u for u in self.util if start <= u[0] <= end] or self.util[-2:]
+        if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
+            return {}
+        (t0, cpu0, busy0), (t1, cpu1, busy1) = pts[0], pts[-1]
+        span = t1 - t0
+        share = {name: round((cpu1[name] - cpu0.get(name, 0.0)) / span, 3) for name in cpu1}
+        busy = {w: round((busy1[w] - busy0.get(w, 0.0)) / span, 3) for w in busy1}
+        return {"cpu_share": share, "worker_busy": busy, "window_s": round(span, 1)}
+
+    def _sample_util(self, t: float) -> None:
+        """Per-process CPU (each process on its own) and the workers' busy seconds, twice a second."""
+        if self.util and t - self.util[-1][0] < 0.5:
+            return
+        cpu: dict[str, float] = {}
+        if self.pid:
+            cpu["connector"] = cpu_seconds(self.pid, tree=False)
+            direct = set(_children(self.pid))  # forkserver, resource tracker; the workers are their children
+            for i, child in enumerate(sorted(process_tree(self.pid)[1:])):
+                cpu[f"{'helper' if child in direct else 'worker'}-{i}"] = cpu_seconds(child, tree=False)
+        for name, pid in self.others.items():
+            cpu[name] = cpu_seconds(pid, tree=False)
+        busy: dict[str, float] = {}
+        if self.metrics_url:
+            try:
+                for key, value in scrape(self.metrics_url).items():
+                    if key.startswith("capillary_aep_worker_busy_seconds_total{"):
+                        busy[key.split("worker=", 1)[1].rstrip("}")] = value
+            except (httpx.HTTPError, OSError):
+                pass
+        self.util.append((t, cpu, busy))
+
     def last_ack(self) -> tuple[float, float, int] | None:
         """(time, cpu, messages) of the first sample that already showed the final count."""
         if not self.samples:
@@ -408,6 +447,14 @@ class Watcher(threading.Thread):
             if n >= final:
                 return t, cpu, final
         return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
 
 
 # == figures ===============================================================================

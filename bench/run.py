@@ -241,6 +241,7 @@ class Context:
 
         say(f"work directory {self.workdir}")
         self.bootstrap = start_broker(self.procs)
+        self.broker_pid = self.procs.procs[-1].pid
         say(f"broker (tansu) on {self.bootstrap}")
         self.emulator = Emulator(self.procs, "emulator")
         say(f"emulator on {self.emulator.url} (--no-store-bodies)")
@@ -288,7 +289,9 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
     w.start()
     assert w.proc is not None
     res.launch = w.launch
-    watcher = Watcher(emulator, w.proc.pid)
+    others = {"broker": ctx.broker_pid, "emulator": emulator.proc.pid}
+    metrics_url = f"http://127.0.0.1:{w.metrics_port}/metrics" if isinstance(w, Ours) else None
+    watcher = Watcher(emulator, w.proc.pid, others=others, metrics_url=metrics_url)
     watcher.start()
     memory = MemoryPeak(w.proc.pid)
     memory.start()
@@ -309,6 +312,7 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
         res.first_ack, cpu_first = first
         res.last_ack, res.cpu_s, _ = last
         res.cpu_steady_s = res.cpu_s - cpu_first
+        res.extra.update(watcher.utilization(res.first_ack, res.last_ack))
     res.requests = stats["batch_requests"]
     res.messages = stats["messages_accepted"]
     res.bytes = stats["bytes_received"]
@@ -337,6 +341,9 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
         + (f"; mean inlet request {res.extra['mean_request_ms']} ms" if "mean_request_ms" in res.extra else ""))
     if "rss_curve_mb" in res.extra:
         say(f"    memory (s, MB PSS): {res.extra['rss_curve_mb']}")
+    if "cpu_share" in res.extra:
+        say(f"    CPU share while draining (cores): {res.extra['cpu_share']}"
+            + (f"; transform workers busy: {res.extra['worker_busy']}" if res.extra.get("worker_busy") else ""))
     return res
 
 

@@ -15,11 +15,15 @@ from __future__ import annotations
 import sys
 from datetime import UTC
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
 from connector.config import ConfigError, Settings, load_settings
 from connector.errors import Stage
+
+if TYPE_CHECKING:
+    from connector.replay import ReplayReport
 
 
 def _dev_tooling(what: str) -> None:
@@ -159,7 +163,7 @@ def transform(file: object, config: str | None) -> None:
         spec = ProcessorSpec(DecodeConfig(), placeholder_xdm_config(), "EXAMPLE0RG@AdobeOrg", "dry-run",
                              BatchConfig().max_record_size)
     out = click.get_binary_stream("stdout")
-    sent, rejected = dry_run(file.read(), RecordProcessor(spec), out, sys.stderr)  # type: ignore[attr-defined]
+    sent, rejected = dry_run(file.read(), RecordProcessor(spec), out, sys.stderr)  # type: ignore[attr-defined] # click.File
     click.echo(f"{sent} envelopes, {rejected} records would be dead-lettered", err=True)
 
 
@@ -301,39 +305,38 @@ class _OneLineErrors(click.Command):
 class _Progress:
     """Replay progress on stderr: a bar on a terminal, else a line at most every ``every_s`` seconds."""
 
-    def __init__(self, stream: object, every_s: float = 5.0) -> None:
+    def __init__(self, stream: TextIO, every_s: float = 5.0) -> None:
         self.stream, self.every_s = stream, every_s
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self._bar: object | None = None
+        self.tty = stream.isatty()
+        self._bar: Any = None  # click's ProgressBar, entered on the first report
         self._shown = 0
         self._last = 0.0
 
     @staticmethod
-    def line(report: object) -> str:
-        r = report
-        return (f"read {r.read:,} of {r.total:,} letters, re-published {r.replayed:,}, "  # type: ignore[attr-defined]
-                f"skipped {r.skipped + len(r.truncated):,}, failed {r.failed:,}")  # type: ignore[attr-defined]
+    def line(r: ReplayReport) -> str:
+        return (f"read {r.read:,} of {r.total:,} letters, re-published {r.replayed:,}, "
+                f"skipped {r.skipped + len(r.truncated):,}, failed {r.failed:,}")
 
-    def __call__(self, report: object) -> None:
+    def __call__(self, report: ReplayReport) -> None:
         import time
 
         if self.tty:
             if self._bar is None:
-                self._bar = click.progressbar(length=max(1, report.total), label="dlq replay",  # type: ignore[attr-defined]
-                                              file=self.stream, show_pos=True)  # type: ignore[arg-type]
-                self._bar.__enter__()  # type: ignore[attr-defined]
-            self._bar.label = self.line(report)  # type: ignore[attr-defined]
-            self._bar.update(report.read - self._shown)  # type: ignore[attr-defined]
-            self._shown = report.read  # type: ignore[attr-defined]
+                self._bar = click.progressbar(length=max(1, report.total), label="dlq replay", file=self.stream,
+                                              show_pos=True)
+                self._bar.__enter__()
+            self._bar.label = self.line(report)
+            self._bar.update(report.read - self._shown)
+            self._shown = report.read
             return
         now = time.monotonic()
         if now - self._last >= self.every_s:
             self._last = now
-            click.echo(self.line(report), file=self.stream)  # type: ignore[arg-type]
+            click.echo(self.line(report), file=self.stream)
 
     def close(self) -> None:
         if self._bar is not None:
-            self._bar.__exit__(None, None, None)  # type: ignore[attr-defined]
+            self._bar.__exit__(None, None, None)
 
 
 @dlq.command(cls=_OneLineErrors)

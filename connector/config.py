@@ -28,6 +28,14 @@ from connector.topics import DEFAULT_DLQ_TOPIC, DEFAULT_SUBSCRIPTION
 ENV_PREFIX = "CAPILLARY_AEP__"
 
 
+def bearer_token_supported() -> bool:
+    """confluent-kafka's registry client takes a static bearer token without an identity pool from 2.14
+    on (the bench's Quix Streams peer holds it below 2.13 in its own environment)."""
+    import confluent_kafka
+
+    return tuple(int(p) for p in confluent_kafka.__version__.split(".")[:2]) >= (2, 14)
+
+
 def strip_userinfo(url: str) -> str:
     """``url`` without ``user:password@``: what may be printed or logged."""
     parts = urlsplit(url)
@@ -137,6 +145,11 @@ class DecodeConfig(_Section):
                 raise ValueError(f"{key} {path!r} is not a readable file")
         if bool(self.schema_registry_cert_file) != bool(self.schema_registry_key_file):
             raise ValueError("schema_registry_cert_file and schema_registry_key_file go together")
+        if self.schema_registry_bearer_token.get_secret_value() and not bearer_token_supported():
+            import confluent_kafka
+
+            raise ValueError(f"schema_registry_bearer_token needs confluent-kafka >= 2.14 (installed: "
+                             f"{confluent_kafka.__version__}, which also demands an identity pool id); upgrade it")
         return self
 
     def secret_values(self) -> list[str]:
