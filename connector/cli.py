@@ -283,7 +283,7 @@ class _TimeParam(click.ParamType):
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
         if value is None or isinstance(value, int):
-            return value  # type: ignore[return-value]
+            return value  # type: ignore[return-value] # click hands the default through unconverted
         try:
             return _parse_time(str(value))
         except ValueError as exc:
@@ -296,7 +296,7 @@ class _OneLineErrors(click.Command):
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: object) -> click.Context:
         try:
-            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[arg-type]
+            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[arg-type] # click types **extra loosely
         except click.UsageError as exc:
             click.echo(f"error: {exc.format_message()} (see --help)", err=True)
             sys.exit(2)

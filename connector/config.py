@@ -430,7 +430,7 @@ def load_settings(path: str | Path | None = None, cls: type[S] | None = None, **
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
     _TOML_PATH[0] = str(path) if path is not None else None
     try:
-        return (cls or Settings)(**overrides)  # type: ignore[return-value]
+        return (cls or Settings)(**overrides)  # type: ignore[return-value] # S is Settings when cls is None
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
     except SettingsError as exc:  # e.g. an environment value that should be JSON and is not

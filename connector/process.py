@@ -91,7 +91,7 @@ class RecordProcessor:
             except DecodeError as exc:
                 append(Rejected(Stage.DECODE, "DecodeError", exc.reason, exc.detail))
                 continue
-            append(self.events(events, format_of(value)))  # type: ignore[arg-type]
+            append(self.events(events, format_of(value)))  # type: ignore[arg-type] # value is bytes here: decode raised on None
         return out
 
     def events(self, events: list[dict[str, Any]], fmt: str) -> Outcome:

@@ -213,7 +213,7 @@ class WorkerPool:
                     continue
                 text = self._schemas.get(sid)
                 if text is None:
-                    text = self._lookup(sid)  # type: ignore[misc]
+                    text = self._lookup(sid)  # type: ignore[misc] # _lookup is set: the caller checked
                     if text is not None:
                         self._schemas[sid] = text
                 if out is None:
@@ -243,12 +243,12 @@ class WorkerPool:
             return 0
         n = 0
         for conn in wait(list(busy), timeout):
-            w = busy[conn]  # type: ignore[index]
+            w = busy[conn]  # type: ignore[index] # wait() returns the connections it was given
             while True:
                 try:
-                    if not conn.poll(0):  # type: ignore[union-attr]
+                    if not conn.poll(0):  # type: ignore[union-attr] # wait() returns the connections it was given
                         break
-                    raw = conn.recv_bytes()  # type: ignore[union-attr]
+                    raw = conn.recv_bytes()  # type: ignore[union-attr] # wait() returns the connections it was given
                 except (EOFError, OSError):
                     self._restart(w)
                     break

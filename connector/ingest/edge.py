@@ -33,7 +33,7 @@ def header_deadline_protocol(timeout_s: float, on_timeout: Callable[[], None]) -
     class HeaderDeadlineProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override] # uvicorn's protocol types the transport more loosely
             super().connection_made(transport)
             self._arm()
 
@@ -125,5 +125,5 @@ def start_metrics_server(host: str, port: int, registry: object) -> tuple[WSGISe
     the address cannot be bound."""
     from prometheus_client import start_http_server
 
-    server, thread = start_http_server(port, addr=host, registry=registry)  # type: ignore[arg-type]
+    server, thread = start_http_server(port, addr=host, registry=registry)  # type: ignore[arg-type] # prometheus_client accepts any CollectorRegistry
     return server, thread

@@ -8,7 +8,7 @@ from connector.errors import ConnectorError
 
 Reason = Literal["invalid_envelope", "unknown_event", "missing_field", "invalid_value", "future_timestamp", "xdm_invalid",
                  "identity_rejected"]
-REASONS: frozenset[str] = frozenset(Reason.__args__)  # type: ignore[attr-defined]
+REASONS: frozenset[str] = frozenset(Reason.__args__)  # type: ignore[attr-defined] # a Literal's members, not in typing's stubs
 
 
 class TransformError(ConnectorError):

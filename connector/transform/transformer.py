@@ -167,7 +167,7 @@ class Transformer:
                 self._validate("profile", profile, name)
         if profile is not None:
             route = self._profile_routes.get(name, self._profile_route)
-            messages.append(XdmMessage("profile", name, "profile", route.envelope(profile)))  # type: ignore[union-attr]
+            messages.append(XdmMessage("profile", name, "profile", route.envelope(profile)))  # type: ignore[union-attr] # set in __init__ whenever this path is taken
         return messages
 
     def _lineage(
@@ -258,7 +258,7 @@ class Transformer:
             profile["mobilePhone"] = {"number": digits}
 
     def _validate(self, kind: Literal["event", "profile"], entity: dict[str, Any], name: str) -> None:
-        errors = self._validator.errors(kind, entity)  # type: ignore[union-attr]
+        errors = self._validator.errors(kind, entity)  # type: ignore[union-attr] # set in __init__ whenever this path is taken
         if errors:
             raise TransformError("xdm_invalid", f"{name} {kind}: " + "; ".join(errors))
 

@@ -332,7 +332,7 @@ def _fast_check(schema: dict[str, Any]) -> Callable[[Any], bool]:
     strict = _strict_schema(schema)
     strict["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     strict["$defs"] = _FREE_DEFS
-    return jsonschema_rs.validator_for(strict, validate_formats=False).is_valid  # type: ignore[no-any-return]
+    return jsonschema_rs.validator_for(strict, validate_formats=False).is_valid  # type: ignore[no-any-return] # jsonschema-rs is untyped
 
 
 class XdmValidator:

@@ -106,7 +106,7 @@ class EmulatorHttpProtocol(HttpToolsProtocol):
     connection without any response (ASGI itself has no way to do that)."""
 
     def on_headers_complete(self) -> None:
-        self.scope[TRANSPORT_KEY] = self.transport  # type: ignore[literal-required]
+        self.scope[TRANSPORT_KEY] = self.transport  # type: ignore[literal-required] # our own key in uvicorn's scope
         super().on_headers_complete()
 
 

@@ -492,13 +492,13 @@ class Dcs:
                 fail(i, 400, err[0], err[1], _entity_id(m))
                 continue
             if message_faults and (fault := self._message_fault(entity)) is not None:
-                fail(i, fault[0], "fault_injected", fault[1], entity.get("_id"))  # type: ignore[union-attr]
+                fail(i, fault[0], "fault_injected", fault[1], entity.get("_id"))  # type: ignore[union-attr] # entity is set whenever err is None
                 continue
-            if strict and (bad := self._strict_violation(inlet, ds_id, entity)) is not None:  # type: ignore[arg-type]
-                fail(i, 400, "schema_violation", bad, entity.get("_id"))  # type: ignore[union-attr]
+            if strict and (bad := self._strict_violation(inlet, ds_id, entity)) is not None:  # type: ignore[arg-type] # entity and ds_id are set whenever err is None
+                fail(i, 400, "schema_violation", bad, entity.get("_id"))  # type: ignore[union-attr] # entity is set whenever err is None
                 continue
             xaction_id = f"{batch_id}:{i}"
-            accept((i, xaction_id, entity, ds_id))  # type: ignore[arg-type]
+            accept((i, xaction_id, entity, ds_id))  # type: ignore[arg-type] # entity and ds_id are set whenever err is None
             append({"xactionId": xaction_id})
         self._book(inlet, received_ms, accepted, body, True)
         out = {"inletId": inlet.inlet_id, "batchId": batch_id, "receivedTimeMs": received_ms, "responses": responses}

@@ -248,7 +248,7 @@ class PlatformApi:
         if obj.get("baseConnectionId") not in self.flow_objects["connections"]:
             raise ApiError(400, "Bad Request", "baseConnectionId is not a connection")
 
-    def _new_targetConnections(self, request: Request, obj: dict[str, Any]) -> None:  # noqa: N802
+    def _new_targetConnections(self, request: Request, obj: dict[str, Any]) -> None:  # noqa: N802 - named after the API path
         ds_id = (obj.get("params") or {}).get("dataSetId")
         if ds_id not in self.datasets:
             raise ApiError(400, "Bad Request", f"dataset {ds_id} does not exist")
@@ -260,12 +260,12 @@ class PlatformApi:
         if not sources or not targets or None in sources or None in targets:
             raise ApiError(400, "Bad Request", "sourceConnectionIds and targetConnectionIds must exist")
         for source in sources:
-            base = self.flow_objects["connections"][source["baseConnectionId"]]  # type: ignore[index]
+            base = self.flow_objects["connections"][source["baseConnectionId"]]  # type: ignore[index] # checked above: no None among them
             inlet_id = base["auth"]["params"]["inletId"]
             for target in targets:
-                schema_id = target["data"]["schema"]["id"]  # type: ignore[index]
+                schema_id = target["data"]["schema"]["id"]  # type: ignore[index] # checked above: no None among them
                 composed, record_type = self.composed(schema_id)
-                self.em.dcs.bind_dataset(inlet_id, target["params"]["dataSetId"], obj["id"],  # type: ignore[index]
+                self.em.dcs.bind_dataset(inlet_id, target["params"]["dataSetId"], obj["id"],  # type: ignore[index] # checked above: no None among them
                                          DatasetConfig(schema_id=schema_id, record_type=record_type,
                                                        json_schema=composed))
 
