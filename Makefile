@@ -35,7 +35,7 @@ demo: install
 	$(PY) -m connector demo
 
 ## lint: ruff over the tree and mypy (strict) over the core stages, as CI runs them
-MYPY_CORE := connector/process.py connector/processing.py connector/delivery.py connector/offsets.py \
+MYPY_CORE := connector/process.py connector/processing.py connector/delivery.py connector/offsets.py connector/acknowledge.py \
              connector/housekeeping.py connector/errors.py connector/batch.py connector/pipeline.py
 lint: install
 	$(VENV)/bin/ruff check connector tests bench scripts

@@ -25,28 +25,28 @@ import sys
 import threading
 import time
 from collections import Counter as Tally
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from confluent_kafka import KafkaError
 
+from connector.acknowledge import Ledger
 from connector.auth import TokenProvider
-from connector.batch import Batcher, PendingRecord
+from connector.batch import Batcher
 from connector.config import Settings
 from connector.delivery import Delivery
-from connector.dlq import DeadLetter, DeadLetterWriter
+from connector.dlq import DeadLetterWriter
 from connector.egress import aep_client
-from connector.errors import ExitCode, RegistryUnavailable, Stage, WorkerCrashed
+from connector.errors import ExitCode, RegistryUnavailable, WorkerCrashed
 from connector.governor import Governor
 from connector.housekeeping import AuthProbe, Housekeeping
-from connector.metrics import METRICS, observe_many
-from connector.offsets import OffsetTracker, TopicPartition
-from connector.process import Empty, Encoded, Outcome, ProcessorSpec, Rejected
+from connector.metrics import METRICS
+from connector.offsets import OffsetTracker
+from connector.process import ProcessorSpec
 from connector.processing import Entry, make_processing
 from connector.registry import RegistryLookup
-from connector.sink import MessageFailure, Sink
+from connector.sink import Sink
 from connector.source import Source, producer_config
-from connector.transform.events import SPECS
 from connector.workers import resolve_workers, tune_malloc
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class Pipeline:
         self.workers = resolve_workers(s.processing.workers)
         # Writer schemas are fetched here, on the consumer's side, in both modes (workers do no I/O).
         self.registry_lookup = RegistryLookup.from_config(s.decode) if s.decode.schema_registry_url else None
-        self.processing = make_processing(self.workers, self.spec, self.registry_lookup, self._integrate)
+        self.ledger = Ledger(self.tracker, self.batcher, DeadLetterWriter(s.kafka.dlq_topic, producer_config(s.kafka)))
+        self.processing = make_processing(self.workers, self.spec, self.registry_lookup, self.ledger.integrate)
         self.client = aep_client(
             s.aep.http,
             timeout=httpx.Timeout(s.delivery.request_timeout_s, connect=s.delivery.connect_timeout_s),
@@ -81,9 +82,8 @@ class Pipeline:
         self.sink = Sink(s.aep, s.delivery, self.client, self.tokens, s.batch.lanes,
                          coalesce_profiles=s.batch.coalesce_profiles, max_bytes=s.batch.max_bytes,
                          governor=self.governor)
-        self.delivery = Delivery(self.batcher, self.sink, self.tracker, delivered=self._delivered,
-                                 rejected=self._rejected, sender_failing=lambda why: self._stop(ExitCode.SENDER, why))
-        self.dlq = DeadLetterWriter(s.kafka.dlq_topic, producer_config(s.kafka))
+        self.delivery = Delivery(self.batcher, self.sink, self.tracker, delivered=self.ledger.delivered,
+                                 rejected=self.ledger.rejected, sender_failing=lambda why: self._stop(ExitCode.SENDER, why))
         self.housekeeping = Housekeeping(self.tracker, s.delivery, lambda: self.processing.pids)
         self.auth_probe = AuthProbe(self.tokens, self.sink, time.monotonic)
         self._source_factory = source_factory
@@ -93,9 +93,14 @@ class Pipeline:
         self.last_loop = time.monotonic()
         self.exit_code: int = ExitCode.OK
         self.stop_reason = ""  # why the pipeline stopped on its own (for /readyz and the log)
-        self._dropped_logged: set[str] = set()
-        self._topic_counters: dict[str, Any] = {}
-        self._decoded_counters: dict[tuple[str, str], Any] = {}
+
+    @property
+    def dlq(self) -> DeadLetterWriter:
+        return self.ledger.dlq
+
+    @dlq.setter
+    def dlq(self, writer: DeadLetterWriter) -> None:  # tests put a writer with a fake producer here
+        self.ledger.dlq = writer
 
     @property
     def inflight(self) -> dict[int, Any]:
@@ -188,7 +193,7 @@ class Pipeline:
 
     # == ingest: consumed records → processing → batch ========================================
     def _ingest(self, msgs: list[Any]) -> None:
-        """Track what was consumed, then hand it to processing (outcomes come back to _integrate)."""
+        """Track what was consumed, then hand it to processing (outcomes go to the ledger)."""
         received = self.tracker.received
         consumed: list[str] = []
         entries: list[Entry] = []
@@ -209,50 +214,6 @@ class Pipeline:
         if entries:
             self.processing.submit(entries)
 
-    def _integrate(self, entries: list[Entry], outcomes: list[Outcome]) -> None:
-        # The hot loop: per record only what must be per record. Metric labels are collected in
-        # lists and counted once per chunk (Counter counts a list in C).
-        now = time.monotonic()
-        epoch_of = self.tracker.epoch
-        add = self.batcher.add
-        decoded: list[tuple[str, str]] = []
-        transformed: list[tuple[str, str]] = []
-        for (m, tp, epoch), o in zip(entries, outcomes):
-            if epoch_of(tp) != epoch:
-                continue  # revoked while a worker had it: the next owner reads it again
-            if type(o) is Encoded:
-                decoded.append((tp[0], o.format))
-                transformed += o.labels
-                add(PendingRecord(tp, m.offset(), epoch, m.timestamp()[1], m.key(), m.value(), m.headers(),
-                                  o.bodies, o.labels, o.size), now)
-                if o.dropped:
-                    self._identities_dropped(tp, m.offset(), o.dropped)
-            elif type(o) is Empty:
-                decoded.append((tp[0], o.format))
-                self._ack(tp, epoch, m.offset())  # nothing to send for this record (e.g. filtered)
-            else:
-                o = cast(Rejected, o)
-                if o.format is not None:
-                    decoded.append((tp[0], o.format))
-                self._send_dead_letter(DeadLetter(tp[0], tp[1], m.offset(), m.key(), m.value(), m.headers(),
-                                                  o.stage, o.error_class, o.reason, o.detail, o.http_status), epoch)
-        for key, n in Tally(decoded).items():
-            child = self._decoded_counters.get(key)
-            if child is None:
-                child = self._decoded_counters[key] = METRICS.records_decoded.labels(*key)
-            child.inc(n)
-        for (kind_label, etype), n in Tally(transformed).items():
-            METRICS.records_transformed.labels(kind_label, _event_type_label(etype)).inc(n)
-
-    def _identities_dropped(self, tp: TopicPartition, offset: int, reasons: tuple[str, ...]) -> None:
-        """Identities AEP would skip, left out of a record: counted, logged once per reason."""
-        for reason, n in Tally(reasons).items():
-            METRICS.identities_dropped.labels(reason).inc(n)
-            if reason not in self._dropped_logged:
-                self._dropped_logged.add(reason)
-                log.warning("left an identity AEP would skip (%s) out of %s[%d]@%d; counted in "
-                            "capillary_aep_identities_dropped_total, not logged again", reason, tp[0], tp[1], offset)
-
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
             return  # EOF is not an error; a regex subscription may match no topic yet
@@ -261,47 +222,6 @@ class Pipeline:
             self._stop(ExitCode.CONSUMER, f"fatal consumer error: {err.name()}")
             return
         log.warning("consumer error: %s", err)
-
-    # == acknowledgements: the only ways a record's offset is released ========================
-    def _delivered(self, records: list[PendingRecord]) -> None:
-        """AEP accepted every message of these records."""
-        ack = self.tracker.ack
-        labels: list[tuple[str, str]] = []
-        born: list[int] = []
-        acked: list[str] = []
-        for rec in records:
-            labels += rec.labels
-            born.append(rec.timestamp_ms)
-            if ack(rec.tp, rec.epoch, rec.offset):
-                acked.append(rec.tp[0])
-        now_ms = time.time() * 1000
-        observe_many(METRICS.delivery_latency, [max(0.0, (now_ms - ts) / 1000) for ts in born])
-        for topic, n in Tally(acked).items():
-            self._topic_counter(topic).inc(n)
-        for (kind, etype), n in Tally(labels).items():
-            METRICS.records_delivered.labels(kind, _event_type_label(etype)).inc(n)
-
-    def _rejected(self, rec: PendingRecord, failure: MessageFailure) -> None:
-        """AEP refused a message of this record for good: dead-letter the record."""
-        self._send_dead_letter(DeadLetter(rec.tp[0], rec.tp[1], rec.offset, rec.key, rec.value, rec.headers,
-                                          Stage.DELIVER, "AepRejected", f"aep_{failure.status}", "", failure.status,
-                                          failure.message, failure.xaction_id), rec.epoch)
-
-    def _send_dead_letter(self, letter: DeadLetter, epoch: int) -> None:
-        tp = (letter.topic, letter.partition)
-        log.warning("dead-lettering %s[%d]@%d at %s: %s %s", tp[0], tp[1], letter.offset, letter.stage,
-                    letter.reason, letter.detail[:200])
-        self.dlq.send(letter, lambda dl: self._ack(tp, epoch, dl.offset))
-
-    def _ack(self, tp: TopicPartition, epoch: int, offset: int) -> None:
-        if self.tracker.ack(tp, epoch, offset):
-            self._topic_counter(tp[0]).inc()
-
-    def _topic_counter(self, topic: str) -> Any:
-        c = self._topic_counters.get(topic)
-        if c is None:
-            c = self._topic_counters[topic] = METRICS.records_acknowledged.labels(topic)
-        return c
 
     def _store(self) -> None:
         offsets = self.tracker.take_committable()
@@ -425,11 +345,3 @@ class Pipeline:
         self.processing.close()
         self.client.close()
         log.info("stopped")
-
-
-# Label values must stay bounded: passthrough events (any name) share "other".
-_EVENT_TYPES = frozenset(spec.event_type for spec in SPECS.values()) | {"profile"}
-
-
-def _event_type_label(event_type: str) -> str:
-    return event_type if event_type in _EVENT_TYPES else "other"

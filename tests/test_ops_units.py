@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from support import ROOT, free_port
 
 from connector import check, logs
+from connector.acknowledge import _event_type_label
 from connector.avro_schemas import default_schemas
 from connector.cli import main
 from connector.config import load_settings
@@ -27,7 +28,6 @@ from connector.dev.emulator import config as em
 from connector.dev.produce import SampleEncoder
 from connector.health import serve_health
 from connector.metrics import Metrics
-from connector.pipeline import _event_type_label
 
 _BOUNDED_LABELS = {"topic", "partition", "format", "kind", "event_type", "stage", "reason", "endpoint", "status",
                    "outcome", "error", "retriable",
