@@ -49,6 +49,10 @@ _CRASH_WINDOW_S = 60.0
 _STOP_TIMEOUT_S = 5.0
 _M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # glibc mallopt parameters
 _MMAP_THRESHOLD = 256 * 1024
+# The one consumer process spends ~60 µs per event (bench/run.py's per-process shares: ~0.4 core at
+# 6–7k events/s) and a worker ~125 µs: the consumer is saturated when about two cores of workers
+# are busy. Four leave headroom; more would idle (~50 MB each) — more cores want more replicas.
+MAX_AUTO_WORKERS = 4
 
 
 # == worker processes ===========================================================================
@@ -288,8 +292,9 @@ class WorkerPool:
 
 def resolve_workers(setting: int | str, cgroup_root: str = "/sys/fs/cgroup") -> int:
     """``"auto"``: one worker per CPU this process may use, none on a single CPU (the consumer
-    thread then does the work itself, with no pickling). A container's CPU quota counts: Docker's
-    ``--cpus`` and Kubernetes CPU limits leave every host CPU in the affinity mask."""
+    thread then does the work itself, with no pickling), and at most ``MAX_AUTO_WORKERS``. A
+    container's CPU quota counts: Docker's ``--cpus`` and Kubernetes CPU limits leave every host CPU
+    in the affinity mask."""
     if setting != "auto":
         return int(setting)
     try:
@@ -299,7 +304,7 @@ def resolve_workers(setting: int | str, cgroup_root: str = "/sys/fs/cgroup") -> 
     quota = _cgroup_cpu_quota(cgroup_root)
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
-    return 0 if cpus < 2 else min(cpus, 8)
+    return 0 if cpus < 2 else min(cpus, MAX_AUTO_WORKERS)
 
 
 def _cgroup_cpu_quota(root: str) -> float | None:

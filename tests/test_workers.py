@@ -22,7 +22,7 @@ from connector.dev.samples import generate_events
 from connector.errors import RegistryUnavailable, WorkerCrashed
 from connector.metrics import METRICS
 from connector.process import Empty, Encoded, ProcessorSpec, RecordProcessor, Rejected
-from connector.workers import WorkerPool, resolve_workers
+from connector.workers import MAX_AUTO_WORKERS, WorkerPool, resolve_workers
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_resolve_workers() -> None:
     assert resolve_workers(3) == 3
     auto = resolve_workers("auto")
     cpus = len(os.sched_getaffinity(0))
-    assert auto == (0 if cpus < 2 else min(cpus, 8))
+    assert auto == (0 if cpus < 2 else min(cpus, MAX_AUTO_WORKERS))
 
 
 def test_writer_schemas_are_fetched_by_the_parent_once_and_follow_a_restarted_worker(spec: ProcessorSpec) -> None:
@@ -196,7 +196,7 @@ def test_auto_workers_follow_a_container_cpu_quota(tmp_path: Path) -> None:
     (tmp_path / "cpu.max").write_text("100000 100000\n")  # one CPU: work on the consumer thread
     assert resolve_workers("auto", str(tmp_path)) == 0
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert resolve_workers("auto", str(tmp_path)) == (0 if cpus < 2 else min(cpus, 8))
+    assert resolve_workers("auto", str(tmp_path)) == (0 if cpus < 2 else min(cpus, MAX_AUTO_WORKERS))
     (tmp_path / "cpu.max").unlink()
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")  # cgroup v1: one CPU
