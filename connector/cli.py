@@ -158,7 +158,7 @@ def transform(file: object, config: str | None) -> None:
 
     if config:
         s = _load(config)
-        spec = ProcessorSpec(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size)
+        spec = ProcessorSpec.from_settings(s)
     else:
         spec = ProcessorSpec(DecodeConfig(), placeholder_xdm_config(), "EXAMPLE0RG@AdobeOrg", "dry-run",
                              BatchConfig().max_record_size)

@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 _SWITCH_INTERVAL_S = 0.001
 _CLOSE_TIMEOUT_S = 5.0  # consumer close (leave the group, final commit): part of the shutdown bound
 # What stops the pipeline on its own, by the exception that says so.
-_FATAL: tuple[type[Exception], ...] = (RegistryUnavailable, WorkerCrashed)
-_FATAL_CODES = {RegistryUnavailable: ExitCode.REGISTRY, WorkerCrashed: ExitCode.WORKERS}
+_FATAL_CODES: dict[type[Exception], ExitCode] = {RegistryUnavailable: ExitCode.REGISTRY, WorkerCrashed: ExitCode.WORKERS}
+_FATAL = tuple(_FATAL_CODES)
 
 
 class Pipeline:
@@ -64,8 +64,7 @@ class Pipeline:
         self.settings = s = settings
         self.tracker = OffsetTracker()
         self.batcher = Batcher(s.batch.lanes, s.batch.max_records, s.batch.max_bytes, s.batch.linger_ms / 1000)
-        self.spec = ProcessorSpec(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, self.batcher.max_record_size,
-                                  s.log.level, s.log.format)
+        self.spec = ProcessorSpec.from_settings(s)
         self.workers = resolve_workers(s.processing.workers)
         # Writer schemas are fetched here, on the consumer's side, in both modes (workers do no I/O).
         self.registry_lookup = RegistryLookup.from_config(s.decode) if s.decode.schema_registry_url else None

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from connector.config import DecodeConfig, XdmConfig
+from connector.config import DecodeConfig, Settings, XdmConfig
 from connector.errors import DecodeError, Stage
 from connector.transform import TransformError
 
@@ -63,6 +63,11 @@ class ProcessorSpec:
     max_record_size: int
     log_level: str = "INFO"
     log_format: str = "auto"
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ProcessorSpec:
+        return cls(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size, s.log.level,
+                   s.log.format)
 
 
 class RecordProcessor:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 Entry = tuple[Any, TopicPartition, int]  # (consumed message, its partition, the partition's epoch)
 OnOutcomes = Callable[[list[Entry], list[Outcome]], None]
-RegistryLookup = Callable[[int], "str | None"]
+SchemaLookup = Callable[[int], "str | None"]  # schema id → writer schema (connector.registry)
 
 FULL_CHUNK = 256  # records: a chunk worth queueing behind the one a worker is on
 MAX_CHUNK = 1_000  # records per chunk: bounds the memory of a hand-off on both sides
@@ -54,7 +54,7 @@ class InlineProcessing:
 
     workers = 0
 
-    def __init__(self, spec: ProcessorSpec, registry_lookup: RegistryLookup | None, on_outcomes: OnOutcomes) -> None:
+    def __init__(self, spec: ProcessorSpec, registry_lookup: SchemaLookup | None, on_outcomes: OnOutcomes) -> None:
         self.processor = RecordProcessor(spec, registry_lookup)
         self._on_outcomes = on_outcomes
 
@@ -92,7 +92,7 @@ class PoolProcessing:
     """In ``workers`` processes. ``pool_factory(workers, spec, registry_lookup)`` makes the pool
     (connector.workers.WorkerPool) when the stage starts."""
 
-    def __init__(self, workers: int, spec: ProcessorSpec, registry_lookup: RegistryLookup | None,
+    def __init__(self, workers: int, spec: ProcessorSpec, registry_lookup: SchemaLookup | None,
                  on_outcomes: OnOutcomes, pool_factory: Callable[..., Any] | None = None) -> None:
         self.workers = workers
         self._spec = spec
@@ -219,8 +219,8 @@ class PoolProcessing:
             self.pool.close()
 
 
-def make_processing(workers: int, spec: ProcessorSpec, registry_lookup: RegistryLookup | None,
-                    on_outcomes: OnOutcomes) -> InlineProcessing | PoolProcessing:
+def make_processing(workers: int, spec: ProcessorSpec, registry_lookup: SchemaLookup | None,
+                    on_outcomes: OnOutcomes) -> Processing:
     if workers == 0:
         return InlineProcessing(spec, registry_lookup, on_outcomes)
     return PoolProcessing(workers, spec, registry_lookup, on_outcomes)

@@ -266,9 +266,8 @@ def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:
     from connector.sink import Sink
 
     s = settings
-    processor = RecordProcessor(
-        ProcessorSpec(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size),
-        RegistryLookup.from_config(s.decode) if s.decode.schema_registry_url else None)
+    processor = RecordProcessor(ProcessorSpec.from_settings(s),
+                                RegistryLookup.from_config(s.decode) if s.decode.schema_registry_url else None)
 
     def deliver(letters: list[Any]) -> list[bool]:
         ok = [False] * len(letters)

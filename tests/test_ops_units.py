@@ -288,7 +288,7 @@ def test_every_exit_code_is_documented_in_the_readme() -> None:
     paragraph = text[start:text.index("\n\n", start)]
     for code in ExitCode:
         if code is not ExitCode.OK:
-            assert f"{int(code)} " in paragraph, code
+            assert re.search(rf"(?<![\d.]){int(code)} [a-zA-Z]", paragraph), code
 
 
 def test_the_runtime_never_imports_the_development_tooling() -> None:

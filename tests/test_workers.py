@@ -69,6 +69,7 @@ def test_outcomes_in_a_worker_equal_the_in_process_ones(spec: ProcessorSpec) -> 
     assert [o.reason for o in local if type(o) is Rejected] == ["invalid_json", "unknown_event", "no_registry",
                                                                  "empty_value"]
     assert Empty not in kinds or all(len(o) == 1 for o in local if type(o) is Empty)
+    busy_before = [METRICS.worker_busy.labels(str(n))._value.get() for n in (0, 1)]
     pool = WorkerPool(2, spec)
     try:
         seqs = [pool.submit(0, values[:30]), pool.submit(1, values[30:])]
@@ -76,6 +77,8 @@ def test_outcomes_in_a_worker_equal_the_in_process_ones(spec: ProcessorSpec) -> 
     finally:
         pool.close()
     assert got[seqs[0]] + got[seqs[1]] == local
+    # Each worker reported the time it spent on its chunk (capillary_aep_worker_busy_seconds_total).
+    assert all(METRICS.worker_busy.labels(str(n))._value.get() > busy_before[n] for n in (0, 1))
 
 
 def test_a_killed_worker_is_restarted_and_its_chunks_are_answered_once(spec: ProcessorSpec) -> None:

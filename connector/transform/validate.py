@@ -28,6 +28,8 @@ from typing import Any, Literal
 import jsonschema_rs
 import orjson
 
+from connector.transform import tenant
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "xdm"
 MAX_ERRORS = 5  # AEP's synchronous validation also reports at most five violations
 
@@ -260,8 +262,6 @@ def load_schema(kind: Literal["event", "profile"], tenant_id: str, schema_dir: P
     """The compact schema of one record kind, with the tenant namespace as the mapping declares it
     (:mod:`connector.transform.tenant`), closed like the rest."""
     schema = standard_schema(kind, schema_dir)
-    from connector.transform import tenant  # here: tenant imports the mapping, which imports this module's users
-
     capillary = tenant.event_tenant_schema() if kind == "event" else tenant.profile_tenant_schema()
     key, block = tenant.tenant_block(tenant_id, capillary)
     schema["properties"][key] = block
