@@ -413,8 +413,12 @@ class Watcher(threading.Thread):
         (t0, cpu0, busy0), (t1, cpu1, busy1) = pts[0], pts[-1]
         span = t1 - t0
         share = {name: round((cpu1[name] - cpu0.get(name, 0.0)) / span, 3) for name in cpu1}
-        busy = {w: round((busy1[w] - busy0.get(w, 0.0)) / span, 3) for w in busy1}
-        return {"cpu_share": share, "worker_busy": busy, "window_s": round(span, 1)}
+        rates = {w: round((busy1[w] - busy0.get(w, 0.0)) / span, 3) for w in busy1}
+        loop = {k: rates.pop(k) for k in list(rates) if k in _LOOP_SERIES.values()}
+        paused = [u[2].get("paused", 0.0) > 0 for u in pts]
+        loop["paused"] = round(sum(paused) / len(paused), 3)
+        return {"cpu_share": share, "worker_busy": rates, "loop": loop, "window_s": round(span, 1),
+                "waits_on": waits_on(share, rates, loop, os.cpu_count() or 1)}
 
     def _sample_util(self, t: float) -> None:
         """Per-process CPU (each process on its own) and the workers' busy seconds, twice a second."""
@@ -428,12 +432,15 @@ class Watcher(threading.Thread):
                 cpu[f"{'helper' if child in direct else 'worker'}-{i}"] = cpu_seconds(child, tree=False)
         for name, pid in self.others.items():
             cpu[name] = cpu_seconds(pid, tree=False)
+        cpu["box"] = box_cpu_seconds()
         busy: dict[str, float] = {}
         if self.metrics_url:
             try:
                 for key, value in scrape(self.metrics_url).items():
                     if key.startswith("capillary_aep_worker_busy_seconds_total{"):
                         busy[key.split("worker=", 1)[1].rstrip("}")] = value
+                    elif key in _LOOP_SERIES:
+                        busy[_LOOP_SERIES[key]] = value
             except (httpx.HTTPError, OSError):
                 pass
         self.util.append((t, cpu, busy))
@@ -447,6 +454,43 @@ class Watcher(threading.Thread):
             if n >= final:
                 return t, cpu, final
         return None
+
+
+# Series of ours the watcher reads besides the workers' busy time: the consumer loop's input wait
+# (a counter: its rate is the fraction of time) and the paused partitions (a gauge: sampled).
+_LOOP_SERIES = {"capillary_aep_input_wait_seconds_total": "input_wait",
+                "capillary_aep_paused_partitions": "paused"}
+BUSY_TARGET = 0.9  # issue 17: under a backlog the workers are busy ≥ 90 % of the time
+
+
+def box_cpu_seconds() -> float:
+    """CPU seconds every core of the machine spent on anything but idling (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def waits_on(share: dict[str, float], busy: dict[str, float], loop: dict[str, float], cores: int) -> str:
+    """Where the transform workers' idle time goes, from the drain's figures: "" when they are busy
+    ≥ 90 %; otherwise the stage they wait on, with the figure that shows it."""
+    if not busy:
+        return ""
+    least = min(busy.values())
+    if least >= BUSY_TARGET:
+        return ""
+    used = share.get("box", sum(share.values()))
+    consumer = share.get("connector", 0.0)
+    if loop.get("input_wait", 0.0) >= 0.2:
+        return f"input: the consumer loop found nothing fetched {loop['input_wait']:.0%} of the time"
+    if loop.get("paused", 0.0) >= 0.2:
+        return f"delivery: consumption paused (buffers full) {loop['paused']:.0%} of the time"
+    if consumer >= 0.85:
+        return f"the consumer process: {consumer:.2f} of a core (its loop feeds and collects the workers)"
+    if used >= 0.9 * cores:
+        return (f"CPU: the box is saturated ({used:.2f} of {cores} cores busy): the workers are ready but "
+                f"wait for a core")
+    return f"undetermined: workers {least:.0%} busy, {used:.2f} of {cores} cores in use"
 
 
 def _children(pid: int) -> list[int]:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx is imported where a client or URL is made, not here: connector.config imports this module,
+# and the transform workers, which never talk HTTP, should not carry httpx (and its CLI's imports).
 
 
 class AepHttpConfig(BaseModel):
@@ -33,6 +38,8 @@ class AepHttpConfig(BaseModel):
 
         load_secret_file(self, "proxy_password")
         if self.proxy:
+            import httpx
+
             url = httpx.URL(self.proxy)
             if url.scheme not in ("http", "https") or not url.host:
                 raise ValueError("proxy must be an http:// or https:// URL with a host")
@@ -80,6 +87,8 @@ def client_options(cfg: AepHttpConfig) -> dict[str, Any]:
         opts["verify"] = ctx
     if cfg.proxy:
         auth = (cfg.proxy_username, cfg.proxy_password.get_secret_value()) if cfg.proxy_username else None
+        import httpx
+
         opts["proxy"] = httpx.Proxy(cfg.proxy, auth=auth)
         opts["trust_env"] = False
     return opts
@@ -87,4 +96,6 @@ def client_options(cfg: AepHttpConfig) -> dict[str, Any]:
 
 def aep_client(cfg: AepHttpConfig, **kwargs: Any) -> httpx.Client:
     """The HTTP client for IMS and the inlet."""
+    import httpx
+
     return httpx.Client(**client_options(cfg), **kwargs)

@@ -189,6 +189,9 @@ class Metrics:
         self.worker_busy = Counter(
             p + "worker_busy_seconds_total", "Wall time each transform worker spent on chunks (its rate is the "
             "worker's busy fraction; the rest it waited for input)", ["worker"], registry=r)
+        self.input_wait = Counter(
+            p + "input_wait_seconds_total", "Wall time the consumer loop found nothing fetched while it could have "
+            "taken records (its rate near 1 with idle workers: input is what limits the rate)", registry=r)
         self.partition_moves = Counter(
             p + "partition_moves_total", "Partitions moved between transform workers to even out their load",
             registry=r)

@@ -148,13 +148,17 @@ class Pipeline:
     def run_once(self) -> None:
         processing = self.processing
         if processing.full():
-            msgs: list[Any] = []  # the workers are the bottleneck: wait for them, not for Kafka
-            wait_s = 0.015
-        else:
-            # With chunks at the workers, do not sit in the consumer's wait while answers are due.
-            msgs = self.source.consume(0.0 if processing.outstanding else None)
-            wait_s = 0.0 if msgs else 0.005
-        self._step(msgs, wait_s, draining=False)
+            # The workers are the bottleneck: wait for them, not for Kafka.
+            self._step([], 0.015, draining=False)
+            return
+        # With chunks at the workers, do not sit in the consumer's wait while answers are due.
+        started, paused = time.monotonic(), self.paused
+        msgs = self.source.consume(0.0 if processing.outstanding else None)
+        self._step(msgs, 0.0 if msgs else 0.005, draining=False)
+        if not msgs and not paused:
+            # Nothing fetched while the pipeline had room: time it waited for input (bench/run.py
+            # reads this to name the stage that idle workers wait on).
+            METRICS.input_wait.inc(time.monotonic() - started)
 
     def _step(self, msgs: list[Any], wait_s: float, *, draining: bool) -> None:
         """One turn of the loop, running or draining: take in what was consumed, hand over what the

@@ -43,16 +43,21 @@ def consumer_config(cfg: KafkaConfig) -> dict[str, Any]:
         # A regex subscription only sees topics created later at the next metadata refresh
         # (librdkafka's default is 5 minutes).
         "topic.metadata.refresh.interval.ms": 30_000,
-        # Latency and memory (bench/run.py --mode steady / drain): a broker that holds a fetch for
-        # the whole wait (tansu does) adds up to fetch.wait.max.ms to every record (default 500 ms;
-        # 25 ms: p99 402 -> 157 ms at 2.5k events/s; Kafka answers as soon as data is there), and the
-        # prefetch queue (default 64 MB + 50 MB fetches) is RSS the pipeline never needs: 4 MB is
-        # about half a second of input at 10k events/s, and smaller fetches cost no throughput
-        # measurably (-35 MB of RSS under a backlog). Override in kafka.extra.
+        # Latency: a broker that holds a fetch for the whole wait (tansu does) adds up to
+        # fetch.wait.max.ms to every record (default 500 ms; 25 ms: p99 402 -> 157 ms at 2.5k
+        # events/s; Kafka answers as soon as data is there).
         "fetch.wait.max.ms": 25,
-        "queued.max.messages.kbytes": 4_096,
-        "fetch.max.bytes": 2 * 1024 * 1024,
-        "max.partition.fetch.bytes": 512 * 1024,
+        # Input and memory (bench/input.py: the consumer alone on the bench's backlog; issue 17).
+        # librdkafka fetches again only while its queue is below queued.max.messages.kbytes, so a
+        # queue of several fetches keeps one in flight while the pipeline reads the others: 4 MB
+        # fetches into a 12 MB queue read ~255k events/s (170 MB/s) here; the former 2 MB into 4 MB
+        # read ~70k, and 16 MB into 16 MB no more than this. The queue is what input costs in memory
+        # (≤ 12 MB + one fetch); librdkafka's defaults (50 MB fetches, 64 MB queue) cost ~80 MB more PSS
+        # under a backlog and nothing else. Memory beyond that is bounded by the pipeline's own
+        # buffers (delivery.max_buffered_records / _bytes, by pausing). Override in kafka.extra.
+        "fetch.max.bytes": 4 * 1024 * 1024,
+        "max.partition.fetch.bytes": 1024 * 1024,
+        "queued.max.messages.kbytes": 12 * 1024,
     }
     if cfg.group_instance_id:
         conf["group.instance.id"] = cfg.group_instance_id

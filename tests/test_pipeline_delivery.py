@@ -202,3 +202,28 @@ def test_identities_aep_would_skip_are_counted_and_the_record_still_delivered(tm
     assert METRICS.identities_dropped.labels("too_long")._value.get() == before + 1
     assert not any(b"7" * 5000 in m for m in sent)  # never sent
     assert sum("AEP would skip (too_long)" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_loop_counts_the_time_it_found_no_input_unless_it_paused_itself(tmp_path: Path) -> None:
+    """capillary_aep_input_wait_seconds_total is what bench/run.py reads to say that idle workers wait
+    on Kafka: it grows on turns that fetched nothing while there was room, not on turns with records,
+    nor while consumption is paused by the pipeline's own buffers (that is delivery's backpressure)."""
+    src = Source(events(5))
+    p = pipeline(tmp_path, src)
+    p.sink.deliver = lambda records, _cancel: BatchResult(records, requests=1)  # type: ignore[method-assign]
+    try:
+        waited = METRICS.input_wait._value.get
+        before = waited()
+        p.run_once()  # five records: not a wait
+        assert waited() == before
+        run_until(p, lambda: src.stored.get(TP) == 5)
+        before = waited()
+        p.run_once()
+        p.run_once()
+        assert waited() > before  # nothing left to fetch: each turn counted (≥ the 5 ms it waits)
+        p.paused = True
+        before = waited()
+        p.run_once()
+        assert waited() == before
+    finally:
+        close(p)
