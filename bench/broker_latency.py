@@ -42,7 +42,7 @@ bootstrap, n, fetch_wait, prefix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3
 c = Consumer({"bootstrap.servers": bootstrap, "group.id": "broker-latency", "auto.offset.reset": "earliest",
               "enable.auto.commit": False, "session.timeout.ms": 6000, "isolation.level": "read_committed",
               "partition.assignment.strategy": "cooperative-sticky", "fetch.wait.max.ms": fetch_wait,
-              "queued.max.messages.kbytes": 12288, "fetch.max.bytes": 4194304, "max.partition.fetch.bytes": 1048576})
+              "queued.max.messages.kbytes": 8192, "fetch.max.bytes": 2097152, "max.partition.fetch.bytes": 1048576})
 c.subscribe(["^" + prefix.replace(".", "\\.") + ".*"])
 print("ready", flush=True)
 lat, idle_since = [], time.monotonic()

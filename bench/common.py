@@ -415,8 +415,12 @@ class Watcher(threading.Thread):
         share = {name: round((cpu1[name] - cpu0.get(name, 0.0)) / span, 3) for name in cpu1}
         rates = {w: round((busy1[w] - busy0.get(w, 0.0)) / span, 3) for w in busy1}
         loop = {k: rates.pop(k) for k in list(rates) if k in _LOOP_SERIES.values()}
+        for gauge in _GAUGES:
+            loop.pop(gauge, None)
         paused = [u[2].get("paused", 0.0) > 0 for u in pts]
         loop["paused"] = round(sum(paused) / len(paused), 3)
+        buffered = sorted(u[2].get("buffered", 0.0) for u in pts)
+        loop["buffered_records_p50_max"] = [int(buffered[len(buffered) // 2]), int(buffered[-1])]
         return {"cpu_share": share, "worker_busy": rates, "loop": loop, "window_s": round(span, 1),
                 "waits_on": waits_on(share, rates, loop, os.cpu_count() or 1)}
 
@@ -459,7 +463,10 @@ class Watcher(threading.Thread):
 # Series of ours the watcher reads besides the workers' busy time: the consumer loop's input wait
 # (a counter: its rate is the fraction of time) and the paused partitions (a gauge: sampled).
 _LOOP_SERIES = {"capillary_aep_input_wait_seconds_total": "input_wait",
-                "capillary_aep_paused_partitions": "paused"}
+                "capillary_aep_input_held_seconds_total": "held",
+                "capillary_aep_paused_partitions": "paused",
+                "capillary_aep_buffered_records": "buffered"}
+_GAUGES = ("paused", "buffered")
 BUSY_TARGET = 0.9  # issue 17: under a backlog the workers are busy ≥ 90 % of the time
 
 
@@ -483,13 +490,16 @@ def waits_on(share: dict[str, float], busy: dict[str, float], loop: dict[str, fl
     consumer = share.get("connector", 0.0)
     if loop.get("input_wait", 0.0) >= 0.2:
         return f"input: the consumer loop found nothing fetched {loop['input_wait']:.0%} of the time"
+    if used >= 0.9 * cores:
+        # Everything waits on the CPU then, delivery's sender threads included (a held loop is a symptom).
+        return (f"CPU: the box is saturated ({used:.2f} of {cores} cores busy): the workers are ready but "
+                f"wait for a core")
+    if loop.get("held", 0.0) >= 0.2:
+        return f"delivery: the loop held input (buffers full) {loop['held']:.0%} of the time"
     if loop.get("paused", 0.0) >= 0.2:
         return f"delivery: consumption paused (buffers full) {loop['paused']:.0%} of the time"
     if consumer >= 0.85:
         return f"the consumer process: {consumer:.2f} of a core (its loop feeds and collects the workers)"
-    if used >= 0.9 * cores:
-        return (f"CPU: the box is saturated ({used:.2f} of {cores} cores busy): the workers are ready but "
-                f"wait for a core")
     return f"undetermined: workers {least:.0%} busy, {used:.2f} of {cores} cores in use"
 
 

@@ -276,10 +276,12 @@ class DeliveryConfig(_Section):
     request_timeout_s: float = Field(30.0, gt=0)
     backoff_initial_s: float = Field(0.2, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
-    # Received-but-unacknowledged records; above this the assignment is paused (memory bound).
-    # 20k is two full requests per lane at the default 8 lanes: enough to keep every lane busy
-    # (bench/run.py --mode drain), and what bounds RSS under a backlog.
-    max_buffered_records: int = Field(20_000, ge=100)
+    # Received-but-unacknowledged records (and queued request bytes): at this bound the loop stops
+    # reading (librdkafka keeps its small prefetch queue), past 1.5 × it pauses the assignment (a
+    # long outage). What bounds RSS under a backlog, now that fetches no longer starve the input:
+    # 12k is about what keeps every stage busy at once (8 lanes with a request in flight and one
+    # filling, two chunks per worker, the next chunks waiting); bench/run.py reports the p50/max.
+    max_buffered_records: int = Field(12_000, ge=100)
     max_buffered_bytes: int = Field(64_000_000, ge=1_000_000)
     # SIGTERM: time to finish in-flight batches and dead letters; the process then ends within this
     # plus the consumer close (at most 5 s): 20 + 5 fits Kubernetes' default 30 s grace period.

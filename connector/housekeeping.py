@@ -1,7 +1,7 @@
 """What the pipeline checks on the side, at most once a second: partitions whose commit point is
-stuck, the catch-up ETA, the workers' memory, and — while credentials are rejected or no request
-has renewed the token — an IMS probe, so consumption resumes once the credentials are fixed and
-``/readyz`` stays truthful."""
+stuck, the catch-up ETA, the workers' memory, the heap's free pages, and — while credentials are
+rejected or no request has renewed the token — an IMS probe, so consumption resumes once the
+credentials are fixed and ``/readyz`` stays truthful."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from connector.auth import TokenProvider
 from connector.config import DeliveryConfig
 from connector.errors import AuthFailure, TransientError
+from connector.heap import HeapTrimmer
 from connector.metrics import METRICS
 from connector.offsets import OffsetTracker, TopicPartition
 from connector.sink import Sink
@@ -34,12 +35,14 @@ class Housekeeping:
         self._next = 0.0
         self._stall_logged: dict[TopicPartition, float] = {}
         self._ack_samples: deque[tuple[float, int]] = deque()  # (time, acknowledged so far), last minute
+        self._trim = HeapTrimmer()  # the consumer process's free heap pages back to the system
         METRICS.catchup_objective.set(delivery.catchup_objective_s)
 
     def __call__(self, now: float) -> None:
         if now < self._next:
             return
         self._next = now + INTERVAL_S
+        self._trim(now)
         self.check_stalls(now)
         self._catchup_eta(now)
         pids = self._worker_pids()

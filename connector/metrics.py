@@ -192,6 +192,9 @@ class Metrics:
         self.input_wait = Counter(
             p + "input_wait_seconds_total", "Wall time the consumer loop found nothing fetched while it could have "
             "taken records (its rate near 1 with idle workers: input is what limits the rate)", registry=r)
+        self.input_held = Counter(
+            p + "input_held_seconds_total", "Wall time the consumer loop read nothing because its buffers were full "
+            "(delivery.max_buffered_*): delivery is what limits the rate", registry=r)
         self.partition_moves = Counter(
             p + "partition_moves_total", "Partitions moved between transform workers to even out their load",
             registry=r)

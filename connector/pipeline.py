@@ -39,6 +39,7 @@ from connector.dlq import DeadLetterWriter
 from connector.egress import aep_client
 from connector.errors import ExitCode, RegistryUnavailable, WorkerCrashed
 from connector.governor import Governor
+from connector.heap import tune_malloc
 from connector.housekeeping import AuthProbe, Housekeeping
 from connector.metrics import METRICS
 from connector.offsets import OffsetTracker
@@ -47,12 +48,17 @@ from connector.processing import Entry, make_processing
 from connector.registry import RegistryLookup
 from connector.sink import Sink
 from connector.source import Source, producer_config
-from connector.workers import resolve_workers, tune_malloc
+from connector.workers import resolve_workers
 
 log = logging.getLogger(__name__)
 
 _SWITCH_INTERVAL_S = 0.001
 _CLOSE_TIMEOUT_S = 5.0  # consumer close (leave the group, final commit): part of the shutdown bound
+# Buffers full (delivery.max_buffered_*): the loop stops reading, but still consumes this often so
+# that rebalance callbacks are served; what that brings in is ingested. Past this many times the
+# bounds (a long inlet outage), the assignment is paused.
+HOLD_POLL_INTERVAL_S = 0.5
+PAUSE_FACTOR = 1.5
 # What stops the pipeline on its own, by the exception that says so.
 _FATAL_CODES: dict[type[Exception], ExitCode] = {RegistryUnavailable: ExitCode.REGISTRY, WorkerCrashed: ExitCode.WORKERS}
 _FATAL = tuple(_FATAL_CODES)
@@ -88,6 +94,7 @@ class Pipeline:
         self._source_factory = source_factory
         self.source: Any = None
         self.paused = False
+        self._last_consume = 0.0  # monotonic time of the last consume (the hold still serves callbacks)
         self.stop_event = threading.Event()
         self.last_loop = time.monotonic()
         self.exit_code: int = ExitCode.OK
@@ -151,14 +158,29 @@ class Pipeline:
             # The workers are the bottleneck: wait for them, not for Kafka.
             self._step([], 0.015, draining=False)
             return
+        now = time.monotonic()
+        if self._over(1) and now - self._last_consume < HOLD_POLL_INTERVAL_S:
+            # Buffers full: read nothing this turn. What librdkafka prefetched stays in its queue
+            # (bounded by queued.max.messages.kbytes, and it stops fetching when that is full),
+            # where a pause would throw it away to fetch it again on resume.
+            self._step([], 0.005, draining=False)
+            METRICS.input_held.inc(time.monotonic() - now)
+            return
         # With chunks at the workers, do not sit in the consumer's wait while answers are due.
-        started, paused = time.monotonic(), self.paused
+        self._last_consume = now
+        paused = self.paused
         msgs = self.source.consume(0.0 if processing.outstanding else None)
         self._step(msgs, 0.0 if msgs else 0.005, draining=False)
         if not msgs and not paused:
             # Nothing fetched while the pipeline had room: time it waited for input (bench/run.py
             # reads this to name the stage that idle workers wait on).
-            METRICS.input_wait.inc(time.monotonic() - started)
+            METRICS.input_wait.inc(time.monotonic() - now)
+
+    def _over(self, factor: float) -> bool:
+        """More than ``factor`` times the buffer bounds is pending (records or bytes)."""
+        d = self.settings.delivery
+        return (self.tracker.pending >= d.max_buffered_records * factor
+                or self.batcher.queued_bytes() >= d.max_buffered_bytes * factor)
 
     def _step(self, msgs: list[Any], wait_s: float, *, draining: bool) -> None:
         """One turn of the loop, running or draining: take in what was consumed, hand over what the
@@ -247,18 +269,17 @@ class Pipeline:
 
     # == backpressure and auth ================================================================
     def _backpressure(self) -> None:
-        d = self.settings.delivery
-        pending = self.tracker.pending
-        buffered = self.batcher.queued_bytes()
-        over = pending >= d.max_buffered_records or buffered >= d.max_buffered_bytes or self.sink.auth_failed
+        """Pause the assignment when the hold is not enough: the credentials are rejected, or the
+        records read while holding (to serve callbacks, ``HOLD_POLL_INTERVAL_S``) have doubled the
+        buffer bounds, as they do during a long inlet outage. Resume below the bounds."""
+        over = self._over(PAUSE_FACTOR) or self.sink.auth_failed
         if over and not self.paused:
             self.paused = True
             self.source.pause(self.tracker.assigned())
             METRICS.paused_partitions.set(len(self.tracker.assigned()))
-            log.info("pausing consumption: %d records buffered%s", pending,
+            log.info("pausing consumption: %d records buffered%s", self.tracker.pending,
                      " (credentials rejected)" if self.sink.auth_failed else "")
-        elif self.paused and not self.sink.auth_failed and not self.stop_event.is_set() \
-                and pending < d.max_buffered_records // 2 and buffered < d.max_buffered_bytes // 2:
+        elif self.paused and not self.sink.auth_failed and not self.stop_event.is_set() and not self._over(1):
             self.paused = False
             self.source.resume(self.tracker.assigned())
             METRICS.paused_partitions.set(0)

@@ -49,15 +49,16 @@ def consumer_config(cfg: KafkaConfig) -> dict[str, Any]:
         "fetch.wait.max.ms": 25,
         # Input and memory (bench/input.py: the consumer alone on the bench's backlog; issue 17).
         # librdkafka fetches again only while its queue is below queued.max.messages.kbytes, so a
-        # queue of several fetches keeps one in flight while the pipeline reads the others: 4 MB
-        # fetches into a 12 MB queue read ~255k events/s (170 MB/s) here; the former 2 MB into 4 MB
-        # read ~70k, and 16 MB into 16 MB no more than this. The queue is what input costs in memory
-        # (≤ 12 MB + one fetch); librdkafka's defaults (50 MB fetches, 64 MB queue) cost ~80 MB more PSS
-        # under a backlog and nothing else. Memory beyond that is bounded by the pipeline's own
-        # buffers (delivery.max_buffered_records / _bytes, by pausing). Override in kafka.extra.
-        "fetch.max.bytes": 4 * 1024 * 1024,
+        # queue of several fetches keeps one in flight while the pipeline reads the others: 2 MB
+        # fetches into an 8 MB queue read ~230–250k events/s (~160 MB/s) here, 4 MB into 12 MB no
+        # more, 2 MB into 4 MB (the former setting) ~70k. The queue is what input costs in memory
+        # (≤ 8 MB + one fetch); librdkafka's defaults (50 MB fetches, 64 MB queue) cost ~80 MB more
+        # PSS under a backlog and read no faster. Memory beyond that is bounded by the pipeline's
+        # own buffers (delivery.max_buffered_records / _bytes, by pausing). Override in kafka.extra
+        # (a distant broker: larger fetches, the queue kept at about four of them).
+        "fetch.max.bytes": 2 * 1024 * 1024,
         "max.partition.fetch.bytes": 1024 * 1024,
-        "queued.max.messages.kbytes": 12 * 1024,
+        "queued.max.messages.kbytes": 8 * 1024,
     }
     if cfg.group_instance_id:
         conf["group.instance.id"] = cfg.group_instance_id

@@ -20,7 +20,6 @@ orchestrator instead of silently spinning).
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import gc
 import logging
@@ -38,6 +37,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from connector.errors import WorkerCrashed
+from connector.heap import HeapTrimmer, tune_malloc
 from connector.metrics import METRICS
 from connector.process import Outcome, ProcessorSpec, RecordProcessor
 
@@ -47,8 +47,6 @@ _PIPE_BYTES = 4 << 20  # a chunk each way fits: neither side waits for the other
 _MAX_CRASHES = 3
 _CRASH_WINDOW_S = 60.0
 _STOP_TIMEOUT_S = 5.0
-_M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # glibc mallopt parameters
-_MMAP_THRESHOLD = 256 * 1024
 # The one consumer process spends ~60 µs per event (bench/run.py's per-process shares: ~0.4 core at
 # 6–7k events/s) and a worker ~125 µs: the consumer is saturated when about two cores of workers
 # are busy. Four leave headroom; more would idle (~50 MB each) — more cores want more replicas.
@@ -84,6 +82,7 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
 
     threading.Thread(target=receive, name="receive", daemon=True).start()
     gc.freeze()
+    trim = HeapTrimmer()
     while (raw := chunks.get()) is not None:
         seq, values, new_schemas = pickle.loads(raw)
         if new_schemas:
@@ -97,25 +96,8 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
             outbox.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, OSError):
             return
-
-
-def tune_malloc() -> None:
-    """glibc, for both sides of the hand-off (bench/run.py --mode rate: 267 → 243 MB PSS for the
-    tree, no throughput cost). Each thread that allocates gets its own arena (up to 8 per core):
-    with sender, receiver and librdkafka threads, freed memory stays spread over them; two arenas
-    are enough. Blocks of 100 KB–1 MB (request bodies, chunks) are freed and allocated all the
-    time, and glibc's sliding mmap threshold soon serves them from the heap, where they fragment:
-    a fixed threshold keeps them mmapped, returned to the system when freed. MALLOC_* variables win."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        if not os.environ.get("MALLOC_ARENA_MAX"):
-            libc.mallopt(_M_ARENA_MAX, 2)
-        if not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-    except (OSError, AttributeError):  # not glibc
-        pass
+        del raw, values, outcomes, answer
+        trim(time.monotonic())
 
 
 def _grow_pipe(conn: Connection) -> None:

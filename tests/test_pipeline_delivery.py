@@ -227,3 +227,38 @@ def test_the_loop_counts_the_time_it_found_no_input_unless_it_paused_itself(tmp_
         assert waited() == before
     finally:
         close(p)
+
+
+def test_full_buffers_hold_reading_and_keep_what_was_fetched_pausing_only_past_the_slack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At delivery.max_buffered_records the loop stops reading (librdkafka keeps its prefetched queue;
+    a pause would discard it); it pauses only when the reads that serve callbacks while holding have
+    taken the buffer past 1.5 × the bound (a long outage)."""
+    import connector.pipeline as pipeline_module
+
+    src = Source(events(300), batch=50)
+    p = pipeline(tmp_path, src, extra="max_buffered_records = 100\n")  # appended to [delivery]
+    release = threading.Event()
+
+    def deliver(records: list[Any], _cancel: threading.Event) -> BatchResult:
+        release.wait(30)  # the inlet does not answer until the test says so
+        return BatchResult(records, requests=1)
+
+    p.sink.deliver = deliver  # type: ignore[method-assign]
+    try:
+        monkeypatch.setattr(pipeline_module, "HOLD_POLL_INTERVAL_S", 3600.0)
+        held = METRICS.input_held._value.get()
+        for _ in range(6):
+            p.run_once()
+        assert src.pos == 100  # two batches read, then nothing: the buffer is at its bound
+        assert not p.paused
+        assert METRICS.input_held._value.get() > held
+        monkeypatch.setattr(pipeline_module, "HOLD_POLL_INTERVAL_S", 0.0)  # every held turn serves callbacks
+        p.run_once()
+        assert p.paused and src.pos == 150  # 150 buffered = 1.5 × the bound: paused
+        release.set()
+        run_until(p, lambda: src.stored.get(TP) == 300)
+        assert not p.paused
+    finally:
+        release.set()
+        close(p)
