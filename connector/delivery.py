@@ -63,6 +63,15 @@ class Delivery:
             self.inflight[lane_no] = InFlight(future, cancel, frozenset(r.tp for r in records), records)
         METRICS.inflight_batches.set(len(self.inflight))
 
+    def wait(self, timeout: float) -> None:
+        """Block up to ``timeout`` for the first request in flight to finish (the GIL is free
+        meanwhile, for the sender threads): what a loop that holds its input waits on."""
+        futures = [fl.future for fl in self.inflight.values()]
+        if futures:
+            wait(futures, timeout, return_when=FIRST_COMPLETED)
+        else:
+            time.sleep(timeout)  # records wait in the lanes for their linger: nothing to wait on
+
     def collect(self) -> None:
         for lane_no, fl in list(self.inflight.items()):
             if fl.future.done():

@@ -164,6 +164,8 @@ class Pipeline:
             # (bounded by queued.max.messages.kbytes, and it stops fetching when that is full),
             # where a pause would throw it away to fetch it again on resume.
             self._step([], 0.005, draining=False)
+            if not processing.outstanding:
+                self.delivery.wait(0.005)  # else the loop would spin, taking the GIL from the senders
             METRICS.input_held.inc(time.monotonic() - now)
             return
         # With chunks at the workers, do not sit in the consumer's wait while answers are due.

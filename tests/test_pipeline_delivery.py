@@ -247,12 +247,16 @@ def test_full_buffers_hold_reading_and_keep_what_was_fetched_pausing_only_past_t
     p.sink.deliver = deliver  # type: ignore[method-assign]
     try:
         monkeypatch.setattr(pipeline_module, "HOLD_POLL_INTERVAL_S", 3600.0)
+        waits: list[float] = []
+        wait = p.delivery.wait
+        monkeypatch.setattr(p.delivery, "wait", lambda t: (waits.append(t), wait(t)))
         held = METRICS.input_held._value.get()
         for _ in range(6):
             p.run_once()
         assert src.pos == 100  # two batches read, then nothing: the buffer is at its bound
         assert not p.paused
         assert METRICS.input_held._value.get() > held
+        assert len(waits) >= 4  # each held turn blocks on the request in flight instead of spinning
         monkeypatch.setattr(pipeline_module, "HOLD_POLL_INTERVAL_S", 0.0)  # every held turn serves callbacks
         p.run_once()
         assert p.paused and src.pos == 150  # 150 buffered = 1.5 × the bound: paused
