@@ -5,9 +5,9 @@
 The steady-rate rows of ``bench/run.py`` measure record birth → inlet; part of that is the embedded
 broker's own delay. This starts tansu and the emulator (for the Schema Registry the event factory
 registers with), feeds the bench's event mix at ``--rate`` with the bench's paced producer, and reads
-it back with a bare confluent-kafka consumer in its own process, configured like the connector's
-(cooperative-sticky, read_committed, the same fetch sizes and wait), which does nothing with the
-records. It prints p50/p99/max of consume time − Kafka record timestamp.
+it back with a bare confluent-kafka consumer in its own process, configured by the connector's own
+``consumer_config`` (cooperative-sticky, read_committed, the same fetch sizes; ``--fetch-wait-ms``
+overrides the wait), which does nothing with the records. It prints p50/p99/max of consume time − Kafka record timestamp.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from common import (
 _CONSUMER = r"""
 import sys, time, orjson
 from confluent_kafka import Consumer
+from connector.config import KafkaConfig
+from connector.source import consumer_config
 bootstrap, n, fetch_wait, prefix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-c = Consumer({"bootstrap.servers": bootstrap, "group.id": "broker-latency", "auto.offset.reset": "earliest",
-              "enable.auto.commit": False, "session.timeout.ms": 6000, "isolation.level": "read_committed",
-              "partition.assignment.strategy": "cooperative-sticky", "fetch.wait.max.ms": fetch_wait,
-              "queued.max.messages.kbytes": 8192, "fetch.max.bytes": 2097152, "max.partition.fetch.bytes": 1048576})
+c = Consumer(consumer_config(KafkaConfig(bootstrap_servers=bootstrap, group_id="broker-latency", session_timeout_ms=6000,
+                                         extra={"fetch.wait.max.ms": fetch_wait, "enable.auto.commit": False})))
 c.subscribe(["^" + prefix.replace(".", "\\.") + ".*"])
 print("ready", flush=True)
 lat, idle_since = [], time.monotonic()
@@ -72,7 +72,7 @@ def main() -> int:
     procs = Procs(Path(tempfile.mkdtemp(prefix="broker-latency-")))
     try:
         bootstrap = start_broker(procs)
-        broker_pid = procs.procs[-1][0].pid
+        broker_pid = procs.procs[-1].pid
         emulator = Emulator(procs)
         factory = EventFactory(emulator.url, 5000)
         prefix = "latency.probe."

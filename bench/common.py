@@ -413,10 +413,9 @@ class Watcher(threading.Thread):
         (t0, cpu0, busy0), (t1, cpu1, busy1) = pts[0], pts[-1]
         span = t1 - t0
         share = {name: round((cpu1[name] - cpu0.get(name, 0.0)) / span, 3) for name in cpu1}
-        rates = {w: round((busy1[w] - busy0.get(w, 0.0)) / span, 3) for w in busy1}
-        loop = {k: rates.pop(k) for k in list(rates) if k in _LOOP_SERIES.values()}
-        for gauge in _GAUGES:
-            loop.pop(gauge, None)
+        # Counters become fractions of the window (their rate); gauges are read from every sample.
+        rates = {k: round((busy1[k] - busy0.get(k, 0.0)) / span, 3) for k in busy1 if k not in _LOOP_GAUGES.values()}
+        loop = {name: rates.pop(name) for name in _LOOP_COUNTERS.values() if name in rates}
         paused = [u[2].get("paused", 0.0) > 0 for u in pts]
         loop["paused"] = round(sum(paused) / len(paused), 3)
         buffered = sorted(u[2].get("buffered", 0.0) for u in pts)
@@ -443,8 +442,8 @@ class Watcher(threading.Thread):
                 for key, value in scrape(self.metrics_url).items():
                     if key.startswith("capillary_aep_worker_busy_seconds_total{"):
                         busy[key.split("worker=", 1)[1].rstrip("}")] = value
-                    elif key in _LOOP_SERIES:
-                        busy[_LOOP_SERIES[key]] = value
+                    elif key in _LOOP_COUNTERS or key in _LOOP_GAUGES:
+                        busy[_LOOP_COUNTERS.get(key) or _LOOP_GAUGES[key]] = value
             except (httpx.HTTPError, OSError):
                 pass
         self.util.append((t, cpu, busy))
@@ -460,13 +459,12 @@ class Watcher(threading.Thread):
         return None
 
 
-# Series of ours the watcher reads besides the workers' busy time: the consumer loop's input wait
-# (a counter: its rate is the fraction of time) and the paused partitions (a gauge: sampled).
-_LOOP_SERIES = {"capillary_aep_input_wait_seconds_total": "input_wait",
-                "capillary_aep_input_held_seconds_total": "held",
-                "capillary_aep_paused_partitions": "paused",
-                "capillary_aep_buffered_records": "buffered"}
-_GAUGES = ("paused", "buffered")
+# Series of ours the watcher reads besides the workers' busy time: the consumer loop's time waiting
+# for input and held on full buffers (counters: their rate is the fraction of time), the paused
+# partitions and the buffered records (gauges: sampled).
+_LOOP_COUNTERS = {"capillary_aep_input_wait_seconds_total": "input_wait",
+                  "capillary_aep_input_held_seconds_total": "held"}
+_LOOP_GAUGES = {"capillary_aep_paused_partitions": "paused", "capillary_aep_buffered_records": "buffered"}
 BUSY_TARGET = 0.9  # issue 17: under a backlog the workers are busy ≥ 90 % of the time
 
 

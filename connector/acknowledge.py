@@ -121,7 +121,6 @@ class Ledger:
         return c
 
 
-
 # Label values must stay bounded: passthrough events (any name) share "other".
 _EVENT_TYPES = frozenset(spec.event_type for spec in SPECS.values()) | {"profile"}
 

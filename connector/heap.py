@@ -47,7 +47,6 @@ def tune_malloc() -> None:
         pass
 
 
-
 class HeapTrimmer:
     """Every ``TRIM_INTERVAL_S`` at most, ``malloc_trim(0)``: under a backlog the heap's free pages
     (chunks, decoded records, request bodies that came and went) stay resident until glibc is asked

@@ -272,8 +272,8 @@ class Pipeline:
     # == backpressure and auth ================================================================
     def _backpressure(self) -> None:
         """Pause the assignment when the hold is not enough: the credentials are rejected, or the
-        records read while holding (to serve callbacks, ``HOLD_POLL_INTERVAL_S``) have doubled the
-        buffer bounds, as they do during a long inlet outage. Resume below the bounds."""
+        records read while holding (to serve callbacks, ``HOLD_POLL_INTERVAL_S``) have taken the buffer
+        past ``PAUSE_FACTOR`` × its bounds, as they do during a long inlet outage. Resume below the bounds."""
         over = self._over(PAUSE_FACTOR) or self.sink.auth_failed
         if over and not self.paused:
             self.paused = True

@@ -54,7 +54,7 @@ def consumer_config(cfg: KafkaConfig) -> dict[str, Any]:
         # more, 2 MB into 4 MB (the former setting) ~70k. The queue is what input costs in memory
         # (≤ 8 MB + one fetch); librdkafka's defaults (50 MB fetches, 64 MB queue) cost ~80 MB more
         # PSS under a backlog and read no faster. Memory beyond that is bounded by the pipeline's
-        # own buffers (delivery.max_buffered_records / _bytes, by pausing). Override in kafka.extra
+        # own buffers (delivery.max_buffered_records / _bytes: the loop holds). Override in kafka.extra
         # (a distant broker: larger fetches, the queue kept at about four of them).
         "fetch.max.bytes": 2 * 1024 * 1024,
         "max.partition.fetch.bytes": 1024 * 1024,

@@ -49,7 +49,7 @@ _CRASH_WINDOW_S = 60.0
 _STOP_TIMEOUT_S = 5.0
 # The one consumer process spends ~60 µs per event (bench/run.py's per-process shares: ~0.4 core at
 # 6–7k events/s) and a worker ~125 µs: the consumer is saturated when about two cores of workers
-# are busy. Four leave headroom; more would idle (~50 MB each) — more cores want more replicas.
+# are busy. Four leave headroom; more would idle (~35–40 MB each) — more cores want more replicas.
 MAX_AUTO_WORKERS = 4
 
 
