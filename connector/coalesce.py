@@ -25,15 +25,27 @@ import orjson
 IDENTITY_MAP = "identityMap"
 
 
-def merge_entities(entities: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The result of applying ``entities`` (partial profile records) one after another."""
+def merge_entities(entities: Iterable[dict[str, Any]], *, owned: bool = False) -> dict[str, Any]:
+    """The result of applying ``entities`` (partial profile records) one after another.
+
+    ``owned``: the entities are the caller's to consume (parsed for this merge and dropped after),
+    so their objects are moved into the result instead of copied — the sender merges freshly parsed
+    records, and copying them was a third of the merge's cost.
+    """
     out: dict[str, Any] = {}
-    for entity in entities:
+    put = _move if owned else _put
+    for n, entity in enumerate(entities):
+        if owned and n == 0:
+            out = entity  # the first update is the base: nothing to merge it with
+            identities = out.get(IDENTITY_MAP)
+            if type(identities) is dict:
+                out[IDENTITY_MAP] = union_identities(None, identities, owned=True)  # each id once
+            continue
         for key, value in entity.items():
             if key == IDENTITY_MAP and type(value) is dict:
-                out[key] = union_identities(out.get(key), value)
+                out[key] = union_identities(out.get(key), value, owned=owned)
             else:
-                _put(out, key, value)
+                put(out, key, value)
     return out
 
 
@@ -48,6 +60,19 @@ def _put(dst: dict[str, Any], key: str, value: Any) -> None:
         dst[key] = _copy(value)
 
 
+def _move(dst: dict[str, Any], key: str, value: Any) -> None:
+    """``_put`` for values nobody else holds: a subtree with nothing to merge into is taken as is."""
+    if type(value) is dict:
+        current = dst.get(key)
+        if type(current) is not dict:
+            dst[key] = value
+            return
+        for k, v in value.items():
+            _move(current, k, v)
+    else:
+        dst[key] = value
+
+
 def _copy(value: Any) -> Any:
     if type(value) is dict:
         return {k: _copy(v) for k, v in value.items()}
@@ -56,9 +81,15 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def union_identities(earlier: dict[str, Any] | None, later: dict[str, Any]) -> dict[str, Any]:
-    """Per namespace, every identity once (by ``id``), in first-seen order; a later entry wins."""
-    out: dict[str, Any] = {ns: [_copy(e) for e in entries] for ns, entries in (earlier or {}).items()}
+def union_identities(earlier: dict[str, Any] | None, later: dict[str, Any], *, owned: bool = False) -> dict[str, Any]:
+    """Per namespace, every identity once (by ``id``), in first-seen order; a later entry wins.
+    ``owned``: ``earlier`` is extended in place and ``later``'s entries are taken as they are."""
+    if owned:
+        out = earlier if earlier is not None else {}
+        take = _same
+    else:
+        out = {ns: [_copy(e) for e in entries] for ns, entries in (earlier or {}).items()}
+        take = _copy
     for ns, entries in later.items():
         have = out.setdefault(ns, [])
         index = {e.get("id"): i for i, e in enumerate(have) if type(e) is dict}
@@ -66,10 +97,14 @@ def union_identities(earlier: dict[str, Any] | None, later: dict[str, Any]) -> d
             i = index.get(entry.get("id")) if type(entry) is dict else None
             if i is None:
                 index[entry.get("id") if type(entry) is dict else None] = len(have)
-                have.append(_copy(entry))
+                have.append(take(entry))
             else:
-                have[i] = _copy(entry)
+                have[i] = take(entry)
     return out
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def primary_identity(entity: dict[str, Any]) -> tuple[str, str] | None:
@@ -139,7 +174,7 @@ def coalesce(
             if len(group) < 2:
                 continue
             last_i, envelope = group[-1]
-            envelope["body"]["xdmEntity"] = merge_entities(env["body"]["xdmEntity"] for _, env in group)
+            envelope["body"]["xdmEntity"] = merge_entities((env["body"]["xdmEntity"] for _, env in group), owned=True)
             body = orjson.dumps(envelope)
             if len(body) > max_size:
                 continue

@@ -8,6 +8,7 @@ import copy
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,12 +52,15 @@ def test_applying_the_merged_record_equals_applying_each_update_in_order(updates
     merged_state = copy.deepcopy(start)
     apply(merged_state, merge_entities(updates))
     assert merged_state == one_by_one
+    # The sender's way: the updates are its own (freshly parsed) and are moved, not copied.
+    assert merge_entities(copy.deepcopy(updates), owned=True) == merge_entities(updates)
 
 
+@pytest.mark.parametrize("owned", [False, True])
 @settings(max_examples=200, deadline=None)
-@given(st.lists(update(), min_size=2, max_size=6))
-def test_identities_are_unioned_and_nothing_is_null_or_empty(updates: list[dict]) -> None:
-    merged = merge_entities(copy.deepcopy(updates))
+@given(updates=st.lists(update(), min_size=2, max_size=6))
+def test_identities_are_unioned_and_nothing_is_null_or_empty(updates: list[dict], owned: bool) -> None:
+    merged = merge_entities(copy.deepcopy(updates), owned=owned)
     for u in updates:
         for ns, entries in u["identityMap"].items():
             have = {e["id"] for e in merged["identityMap"][ns]}
