@@ -5,6 +5,7 @@ when it keeps dying."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
 from pathlib import Path
@@ -19,10 +20,10 @@ from connector.avro_schemas import LocalSchemas
 from connector.config import load_settings
 from connector.dev.produce import SampleEncoder
 from connector.dev.samples import generate_events
-from connector.errors import RegistryUnavailable, WorkerCrashed
+from connector.errors import RegistryUnavailable, Stage, WorkerCrashed
 from connector.metrics import METRICS
 from connector.process import Empty, Encoded, ProcessorSpec, RecordProcessor, Rejected
-from connector.workers import MAX_AUTO_WORKERS, WorkerPool, resolve_workers
+from connector.workers import MAX_AUTO_WORKERS, WorkerPool, pack, resolve_workers, unpack
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,15 @@ def _collect_all(pool: WorkerPool, want: int, deadline_s: float = 60) -> dict[in
     return got
 
 
+def test_outcomes_cross_the_pipe_as_the_same_typed_records() -> None:
+    outcomes = [Encoded("json", [b"{}"], [("event", "t")], 3, ("too_long",)), Empty("avro-registry"),
+                Rejected(Stage.DECODE, "DecodeError", "invalid_json", "detail", None, None)]
+    back = unpack(pickle.loads(pickle.dumps(pack(outcomes))))
+    assert back == outcomes
+    assert [type(o) for o in back] == [Encoded, Empty, Rejected]
+    assert back[0].bodies == [b"{}"] and back[2].reason == "invalid_json"
+
+
 def test_outcomes_in_a_worker_equal_the_in_process_ones(spec: ProcessorSpec) -> None:
     values = _values(60)
     local = RecordProcessor(spec).run(values)
@@ -77,6 +87,7 @@ def test_outcomes_in_a_worker_equal_the_in_process_ones(spec: ProcessorSpec) -> 
     finally:
         pool.close()
     assert got[seqs[0]] + got[seqs[1]] == local
+    assert [type(o) for o in got[seqs[0]] + got[seqs[1]]] == kinds  # equal tuples are not enough
     # Each worker reported the time it spent on its chunk (capillary_aep_worker_busy_seconds_total).
     assert all(METRICS.worker_busy.labels(str(n))._value.get() > busy_before[n] for n in (0, 1))
 
