@@ -45,7 +45,13 @@ class PendingRecord:
 
 
 def encode_body(messages: Iterable[bytes]) -> bytes:
-    return BATCH_PREFIX + b",".join(messages) + BATCH_SUFFIX
+    """The request body, copied once: ``prefix + join + suffix`` copied a ~1 MB body three times."""
+    parts = list(messages)
+    if not parts:
+        return BATCH_PREFIX + BATCH_SUFFIX
+    parts[0] = BATCH_PREFIX + parts[0]  # small copies at the ends, one big copy in the join
+    parts[-1] = parts[-1] + BATCH_SUFFIX
+    return b",".join(parts)
 
 
 class Lane:
