@@ -356,7 +356,7 @@ class PacedProducer(threading.Thread):
 
 
 # == watching a run ========================================================================
-UTIL_INTERVAL_S = 2.0
+UTIL_INTERVAL_S = 1.0
 class Watcher(threading.Thread):
     """Samples, every ``interval`` s, the emulator's accepted-message count and the worker's CPU
     time, so the first and last acknowledgement and the CPU spent up to each are known."""
@@ -414,6 +414,9 @@ class Watcher(threading.Thread):
         (t0, cpu0, busy0), (t1, cpu1, busy1) = pts[0], pts[-1]
         span = t1 - t0
         share = {name: round((cpu1[name] - cpu0.get(name, 0.0)) / span, 3) for name in cpu1}
+        # The consumer process by thread (cores); an exited thread's seconds leave its group's sum,
+        # so a group never shows less than nothing.
+        threads = {name[len(_THREADS):]: max(0.0, share.pop(name)) for name in list(share) if name.startswith(_THREADS)}
         # Counters become fractions of the window (their rate); gauges are read from every sample.
         rates = {k: round((busy1[k] - busy0.get(k, 0.0)) / span, 3) for k in busy1 if k not in _LOOP_GAUGES.values()}
         loop = {name: rates.pop(name) for name in _LOOP_COUNTERS.values() if name in rates}
@@ -421,19 +424,22 @@ class Watcher(threading.Thread):
         loop["paused"] = round(sum(paused) / len(paused), 3)
         buffered = sorted(u[2].get("buffered", 0.0) for u in pts)
         loop["buffered_records_p50_max"] = [int(buffered[len(buffered) // 2]), int(buffered[-1])]
-        return {"cpu_share": share, "worker_busy": rates, "loop": loop, "window_s": round(span, 1),
+        return {"cpu_share": share, "consumer_threads": threads, "worker_busy": rates, "loop": loop,
+                "window_s": round(span, 1),
                 "waits_on": waits_on(share, rates, loop, os.cpu_count() or 1)}
 
     def _sample_util(self, t: float) -> None:
         """Per-process CPU (each process on its own) and the workers' busy seconds, every
         ``UTIL_INTERVAL_S``: each sample scrapes the connector's /metrics, which costs it ~6 ms of
-        CPU on this box (Prometheus scrapes every 15–30 s; twice a second added ~2 % to the CPU
-        per event the bench reports)."""
+        CPU on this box (Prometheus scrapes every 15–30 s; the bench's three scrapes a second —
+        this twice, the completion check once — added ~2 % to the CPU per event it reports)."""
         if self.util and t - self.util[-1][0] < UTIL_INTERVAL_S:
             return
         cpu: dict[str, float] = {}
         if self.pid:
             cpu["connector"] = cpu_seconds(self.pid, tree=False)
+            for role, seconds in thread_cpu_seconds(self.pid).items():
+                cpu[f"{_THREADS}{role}"] = seconds
             direct = set(_children(self.pid))  # forkserver, resource tracker; the workers are their children
             for i, child in enumerate(sorted(process_tree(self.pid)[1:])):
                 cpu[f"{'helper' if child in direct else 'worker'}-{i}"] = cpu_seconds(child, tree=False)
@@ -469,7 +475,35 @@ class Watcher(threading.Thread):
 _LOOP_COUNTERS = {"capillary_aep_input_wait_seconds_total": "input_wait",
                   "capillary_aep_input_held_seconds_total": "held"}
 _LOOP_GAUGES = {"capillary_aep_paused_partitions": "paused", "capillary_aep_buffered_records": "buffered"}
+_THREADS = "connector/"  # prefix of the consumer process's per-thread entries in a utilization sample
 BUSY_TARGET = 0.9  # issue 17: under a backlog the workers are busy ≥ 90 % of the time
+
+
+# The consumer process's threads by their OS names (connector.thread_names; librdkafka names its own).
+_THREAD_GROUPS = (("sender", "senders"), ("rdk:", "librdkafka"))
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of one process's live threads, by role: ``loop`` (the main thread, which runs the
+    consumer loop), ``senders``, ``librdkafka`` and ``other`` (health server, scrape handlers)."""
+    out = {"loop": 0.0, "senders": 0.0, "librdkafka": 0.0, "other": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        role = "loop" if tid == str(pid) else next((r for prefix, r in _THREAD_GROUPS if name.startswith(prefix)),
+                                                   "other")
+        out[role] += (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def box_cpu_seconds() -> float:

@@ -344,6 +344,8 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
     if "cpu_share" in res.extra:
         say(f"    CPU share while draining (cores): {res.extra['cpu_share']}"
             + (f"; transform workers busy: {res.extra['worker_busy']}" if res.extra.get("worker_busy") else ""))
+        if res.extra.get("consumer_threads"):
+            say(f"    consumer process by thread (cores): {res.extra['consumer_threads']}")
         if res.extra.get("loop"):
             say(f"    consumer loop (fraction of the drain): {res.extra['loop']}"
                 + (f"; workers wait on {res.extra['waits_on']}" if res.extra.get("waits_on") else ""))

@@ -21,6 +21,7 @@ from connector.batch import Batcher, PendingRecord
 from connector.metrics import METRICS
 from connector.offsets import OffsetTracker, TopicPartition
 from connector.sink import BatchResult, MessageFailure, Sink
+from connector.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class Delivery:
         self._delivered = delivered
         self._rejected = rejected
         self._sender_failing = sender_failing
-        self.executor = ThreadPoolExecutor(max_workers=len(batcher.lanes), thread_name_prefix="sender")
+        self.executor = ThreadPoolExecutor(max_workers=len(batcher.lanes), thread_name_prefix="sender",
+                                           initializer=name_os_thread)
         self.inflight: dict[int, InFlight] = {}
         self.sender_errors = 0  # batches in a row whose sender raised
 

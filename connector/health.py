@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from connector.thread_names import name_os_thread
+
 log = logging.getLogger(__name__)
 
 Check = Callable[[], dict[str, bool]]
@@ -59,7 +61,11 @@ def serve_health(
 
     server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    def serve() -> None:
+        name_os_thread()
+        server.serve_forever()
+
+    threading.Thread(target=serve, name="health", daemon=True).start()
     log.info("metrics and health on http://%s:%s/metrics", host or "0.0.0.0", server.server_address[1])
     return server
 

@@ -39,7 +39,8 @@ from typing import Any
 from connector.errors import WorkerCrashed
 from connector.heap import HeapTrimmer, tune_malloc
 from connector.metrics import METRICS
-from connector.process import Empty, Encoded, Outcome, ProcessorSpec, Rejected, RecordProcessor
+from connector.process import Empty, Encoded, Outcome, ProcessorSpec, RecordProcessor, Rejected
+from connector.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tune_malloc()
+    name_os_thread(mp.current_process().name)  # "transform-N": the process's name in top and ps
     sys.setswitchinterval(0.001)  # the receiving thread gets the GIL back quickly after each read
     from connector.logs import setup_logging
 
@@ -91,6 +93,7 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
     chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
 
     def receive() -> None:
+        name_os_thread()
         try:
             while True:
                 chunks.put(inbox.recv_bytes())

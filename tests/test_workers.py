@@ -84,6 +84,8 @@ def test_outcomes_in_a_worker_equal_the_in_process_ones(spec: ProcessorSpec) -> 
     try:
         seqs = [pool.submit(0, values[:30]), pool.submit(1, values[30:])]
         got = _collect_all(pool, 2)
+        # Each worker is named in top and ps (the chunks above prove it has started and named itself).
+        assert [Path(f"/proc/{pid}/comm").read_text().strip() for pid in pool.pids] == ["transform-0", "transform-1"]
     finally:
         pool.close()
     assert got[seqs[0]] + got[seqs[1]] == local
