@@ -6,7 +6,7 @@ events), and placing partitions by count alone can leave one worker with twice t
 other: in ``bench/run.py`` one worker was busy while the other idled, and the tail of a backlog
 was drained by one worker alone. Records differ in cost too (a transaction costs ~20 % less to
 transform than a points event). So the work each partition brings is summed — its records weighed
-by the CPU seconds the worker spent on each, in records of the mean cost, halved every interval: the
+by the seconds the worker spent on each, in records of the mean cost, halved every interval: the
 last few seconds weigh most — and when the busiest worker carries clearly more than the least busy
 one, one partition moves. A moving partition is *held*: its records wait in the
 consumer process until the old worker has answered every chunk holding that partition, and only

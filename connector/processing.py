@@ -150,8 +150,8 @@ class PoolProcessing:
     def _charge(self, entries: list[Entry], costs: Sequence[float]) -> None:
         """Tell placement what each partition's records cost the worker. Topics differ (a transaction
         costs ~20 % less than a points event): balancing record counts left one worker 90 % busy and
-        the other 68 %. Costs (CPU seconds) are in records of the mean cost, so placement's
-        thresholds keep their meaning; without costs (an older worker), each record counts one."""
+        the other 68 %. Costs are in records of the mean cost, so placement's thresholds keep their
+        meaning; without costs (an older worker), each record counts one."""
         if len(costs) != len(entries) or not entries:
             self.placement.count(e[1] for e in entries)
             return

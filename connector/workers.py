@@ -245,7 +245,7 @@ class WorkerPool:
 
     def collect(self, timeout: float, on_answer: Callable[[int, list[Outcome], Sequence[float]], None]) -> int:
         """Hand every available answer to ``on_answer(seq, outcomes, costs)`` (``costs``: each record's
-        CPU seconds at the worker); wait up to ``timeout`` for the first one. Raises :class:`WorkerCrashed`."""
+        seconds at the worker); wait up to ``timeout`` for the first one. Raises :class:`WorkerCrashed`."""
         busy = {w.outbox: w for w in self._workers if w.outstanding}
         if not busy:
             return 0
