@@ -4,11 +4,9 @@ A partition's records are transformed in order, so a partition belongs to one wo
 Topics carry very different traffic (in the sample mix, points and transactions bring 3/4 of the
 events), and placing partitions by count alone can leave one worker with twice the work of the
 other: in ``bench/run.py`` one worker was busy while the other idled, and the tail of a backlog
-was drained by one worker alone. Records differ in cost too (a transaction costs ~20 % less to
-transform than a points event). So the work each partition brings is summed — its records weighed
-by the seconds the worker spent on each, in records of the mean cost, halved every interval: the
-last few seconds weigh most — and when the busiest worker carries clearly more than the least busy
-one, one partition moves. A moving partition is *held*: its records wait in the
+was drained by one worker alone. So the records of each partition are counted (halved every
+interval: the last few seconds weigh most), and when the busiest worker carries clearly more than
+the least busy one, one partition moves. A moving partition is *held*: its records wait in the
 consumer process until the old worker has answered every chunk holding that partition, and only
 then go to the new worker, which therefore sees only records after the old one's. Per-partition
 order holds across a move.
@@ -20,7 +18,7 @@ partition's records under :data:`HELD` and calls :meth:`release` when the old wo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 HELD = -1  # the owner of a partition that is moving: its records wait for the move to finish
@@ -39,7 +37,7 @@ class Placement:
         self._owner: dict[Any, int] = {}
         self._partitions = [0] * workers  # partitions per worker, for placing new ones
         self._moving: dict[Any, tuple[int, int]] = {}  # partition → (from, to)
-        self.recent: Counter[Any] = Counter()  # partition → records lately, weighed by cost (decayed by plan())
+        self.recent: Counter[Any] = Counter()  # partition → records lately (decayed by plan())
         self.moves = 0
 
     def owner(self, key: Any) -> int:
@@ -52,14 +50,8 @@ class Placement:
         return no
 
     def count(self, keys: Iterable[Any]) -> None:
-        """Records just processed, one key per record, each counting one."""
+        """Records just consumed, one key per record."""
         self.recent.update(keys)
-
-    def charge(self, loads: Mapping[Any, float]) -> None:
-        """Work just done per partition, in records of the mean cost (see PoolProcessing._charge)."""
-        recent = self.recent
-        for key, amount in loads.items():
-            recent[key] += amount
 
     @property
     def moving(self) -> dict[Any, tuple[int, int]]:
@@ -78,7 +70,7 @@ class Placement:
         counts. One move at a time."""
         loads = self.loads()
         recent = self.recent
-        self.recent = Counter({k: n / 2 for k, n in recent.items() if n > 1})
+        self.recent = Counter({k: n // 2 for k, n in recent.items() if n > 1})
         total = sum(loads)
         if self._moving or self.workers < 2 or total < _MIN_RECORDS:
             return None

@@ -11,8 +11,6 @@ pipes as plain tuples, and read by name).
 
 from __future__ import annotations
 
-import time
-from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -87,26 +85,18 @@ class RecordProcessor:
         self.max_record_size = cfg.max_record_size
         self._format_of = format_of
 
-    def run(self, values: Iterable[bytes | None], costs: array[float] | None = None) -> list[Outcome]:
-        """The outcome of each value, in order; with ``costs``, also each record's seconds (the
-        workers report them, so partitions are placed by the work they bring, not their record counts)."""
+    def run(self, values: Iterable[bytes | None]) -> list[Outcome]:
         decode = self.decoder.decode
         format_of = self._format_of
         out: list[Outcome] = []
         append = out.append
-        clock = time.perf_counter
-        started = clock() if costs is not None else 0.0
         for value in values:
             try:
                 events = decode(value)
             except DecodeError as exc:
                 append(Rejected(Stage.DECODE, "DecodeError", exc.reason, exc.detail))
-            else:
-                append(self.events(events, format_of(value)))  # type: ignore[arg-type] # value is bytes here: decode raised on None
-            if costs is not None:
-                now = clock()
-                costs.append(now - started)
-                started = now
+                continue
+            append(self.events(events, format_of(value)))  # type: ignore[arg-type] # value is bytes here: decode raised on None
         return out
 
     def events(self, events: list[dict[str, Any]], fmt: str) -> Outcome:

@@ -14,7 +14,7 @@ only reads ``message.value()``. Not thread-safe: the consumer thread owns it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from connector.metrics import METRICS
@@ -103,7 +103,6 @@ class PoolProcessing:
         self.placement = Placement(workers)
         self._next_placement = 0.0
         self.chunks: dict[int, list[Entry]] = {}  # seq → entries at a worker
-        self._mean_cost = 0.0  # seconds per record at the workers, smoothed over chunks
         self.waiting: dict[int, list[Entry]] = {}  # worker (or HELD) → entries for its next chunk
 
     def start(self) -> None:
@@ -132,6 +131,7 @@ class PoolProcessing:
         owner = self.placement.owner
         for e in entries:
             waiting.setdefault(owner(e[1]), []).append(e)
+        self.placement.count(e[1] for e in entries)
         self._feed()
 
     def poll(self, timeout: float) -> None:
@@ -142,28 +142,8 @@ class PoolProcessing:
         if self.waiting:
             self._feed()
 
-    def _answer(self, seq: int, outcomes: list[Outcome], costs: Sequence[float]) -> None:
-        entries = self.chunks.pop(seq)
-        self._charge(entries, costs)
-        self._on_outcomes(entries, outcomes)
-
-    def _charge(self, entries: list[Entry], costs: Sequence[float]) -> None:
-        """Tell placement what each partition's records cost the worker. Topics differ (a transaction
-        costs ~20 % less than a points event): balancing record counts left one worker 90 % busy and
-        the other 68 %. Costs are in records of the mean cost, so placement's thresholds keep their
-        meaning; without costs (an older worker), each record counts one."""
-        if len(costs) != len(entries) or not entries:
-            self.placement.count(e[1] for e in entries)
-            return
-        chunk_mean = sum(costs) / len(costs)
-        if chunk_mean <= 0:
-            self.placement.count(e[1] for e in entries)
-            return
-        mean = self._mean_cost = chunk_mean if not self._mean_cost else 0.9 * self._mean_cost + 0.1 * chunk_mean
-        spent: dict[TopicPartition, float] = {}
-        for e, cost in zip(entries, costs):
-            spent[e[1]] = spent.get(e[1], 0.0) + cost
-        self.placement.charge({tp: seconds / mean for tp, seconds in spent.items()})
+    def _answer(self, seq: int, outcomes: list[Outcome]) -> None:
+        self._on_outcomes(self.chunks.pop(seq), outcomes)
 
     def _feed(self) -> None:
         """Send each worker the records waiting for it, as one chunk, when it is idle, or when it is

@@ -32,8 +32,7 @@ import signal
 import sys
 import threading
 import time
-from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -111,14 +110,13 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
         if seq == 0:
             continue  # schemas only (sent to a restarted worker)
         started = time.perf_counter()
-        costs = array("d")
-        outcomes = processor.run(values, costs)  # no lookup here can fail: schemas come with the chunks
-        answer = (seq, pack(outcomes), time.perf_counter() - started, costs)
+        outcomes = processor.run(values)  # no lookup here can fail: schemas come with the chunks
+        answer = (seq, pack(outcomes), time.perf_counter() - started)
         try:
             outbox.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, OSError):
             return
-        del raw, values, outcomes, answer, costs
+        del raw, values, outcomes, answer
         trim(time.monotonic())
 
 
@@ -243,9 +241,9 @@ class WorkerPool:
         """Chunks sent to a worker and not answered yet."""
         return len(self._workers[worker_no].outstanding)
 
-    def collect(self, timeout: float, on_answer: Callable[[int, list[Outcome], Sequence[float]], None]) -> int:
-        """Hand every available answer to ``on_answer(seq, outcomes, costs)`` (``costs``: each record's
-        seconds at the worker); wait up to ``timeout`` for the first one. Raises :class:`WorkerCrashed`."""
+    def collect(self, timeout: float, on_answer: Callable[[int, list[Outcome]], None]) -> int:
+        """Hand every available answer to ``on_answer(seq, outcomes)``; wait up to ``timeout`` for
+        the first one. Raises :class:`WorkerCrashed`."""
         busy = {w.outbox: w for w in self._workers if w.outstanding}
         if not busy:
             return 0
@@ -260,10 +258,10 @@ class WorkerPool:
                 except (EOFError, OSError):
                     self._restart(w)
                     break
-                seq, packed, busy_s, costs = pickle.loads(raw)
+                seq, packed, busy_s = pickle.loads(raw)
                 w.outstanding.pop(seq, None)
                 w.busy.inc(busy_s)
-                on_answer(seq, unpack(packed), costs)
+                on_answer(seq, unpack(packed))
                 n += 1
         return n
 

@@ -57,35 +57,6 @@ def test_an_even_or_small_load_moves_nothing() -> None:
     assert Placement(1).plan() is None
 
 
-def test_partitions_are_weighed_by_what_their_records_cost_the_workers() -> None:
-    """Equal record counts, unequal work (points events cost more than transactions): the stage
-    charges placement with the workers' per-record seconds, and the costlier side gives up a partition."""
-    from connector.processing import PoolProcessing
-
-    stage = PoolProcessing(2, None, None, lambda _e, _o: None, pool_factory=lambda *_: None)  # type: ignore[arg-type]
-    parts = [("t", p) for p in range(8)]
-    assert [stage.placement.owner(k) for k in parts] == [0, 1] * 4
-    entries = [(None, parts[i % 8], 1) for i in range(800)]
-    # Worker 0's partitions (the even ones) cost 150 µs a record, worker 1's 100 µs.
-    costs = [150e-6 if e[1][1] % 2 == 0 else 100e-6 for e in entries]
-    counted = Placement(2)
-    for k in parts:
-        counted.owner(k)
-    counted.count(e[1] for e in entries)
-    assert counted.plan() is None  # by record counts the load is even
-    stage.chunks[7] = entries
-    stage._answer(7, [None] * len(entries), costs)  # type: ignore[list-item]
-    loads = stage.placement.loads()
-    assert sum(loads) == pytest.approx(800)  # in records of the mean cost
-    assert loads[0] / loads[1] == pytest.approx(1.5)
-    move = stage.placement.plan()
-    assert move is not None and move[1:] == (0, 1)
-    # A chunk answered without costs (a worker of an older build) counts each record once.
-    stage.chunks[8] = entries[:10]
-    stage._answer(8, [None] * 10, [])  # type: ignore[list-item]
-    assert sum(stage.placement.recent.values()) == pytest.approx(sum(loads) / 2 + 10)
-
-
 def test_a_revoked_partition_is_forgotten_even_while_it_moves() -> None:
     pl = Placement(2)
     a, b = ("t", 0), ("t", 1)

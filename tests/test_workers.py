@@ -56,7 +56,7 @@ def _collect_all(pool: WorkerPool, want: int, deadline_s: float = 60) -> dict[in
     got: dict[int, list[Any]] = {}
     deadline = time.monotonic() + deadline_s
     while len(got) < want and time.monotonic() < deadline:
-        pool.collect(0.2, lambda seq, outcomes, _costs: got.__setitem__(seq, outcomes) if seq not in got else
+        pool.collect(0.2, lambda seq, outcomes: got.__setitem__(seq, outcomes) if seq not in got else
                      pytest.fail(f"chunk {seq} answered twice"))
     assert len(got) == want, f"{want - len(got)} chunks never answered"
     return got
