@@ -102,3 +102,44 @@ def test_a_merge_larger_than_the_limit_is_not_made() -> None:
     messages = [envelope(profile("a", "1", loyalty={"tier": "x" * 500})),
                 envelope(profile("a", "2", loyalty={"points": 1}))]
     assert [m for _, m in coalesce(messages, ["a", "a"], max_size=300)] == [[0], [1]]
+
+
+def test_the_layout_of_a_record_does_not_change_its_merge() -> None:
+    """Key order in the envelope, or a key named like the envelope's inside the entity, change nothing."""
+    updates = [profile("a", "1", loyalty={"points": 10, "tier": "Silver"}),
+               profile("a", "2", loyalty={"points": 20}, _capillary={"capillary": {"xdmEntity": "a key of that name"}})]
+    ours = [envelope(u) for u in updates]
+    body_first = [orjson.dumps({"body": {"xdmMeta": {"schemaRef": {"id": "s"}}, "xdmEntity": u},
+                                "header": {"schemaRef": {"id": "s"}, "datasetId": "p1"}}) for u in updates]
+    results = []
+    for messages in (ours, body_first):
+        out = coalesce(messages, ["a", "a"], max_size=1_000_000)
+        assert [members for _, members in out] == [[0, 1]]
+        results.append(orjson.loads(out[0][0]))
+    assert results[0] == results[1]
+    assert results[0]["body"]["xdmEntity"] == merge_entities(copy.deepcopy(updates))
+    assert results[0]["header"] == {"schemaRef": {"id": "s"}, "datasetId": "p1"}
+
+
+def test_real_profile_updates_merge_as_a_whole_parse_would() -> None:
+    """Profile records as the transform writes them, merged by the sender, equal the last record's
+    envelope around the merge of every entity, applied in order."""
+    from connector.dev.emulator import config as em
+    from connector.dev.samples import generate_events, sample_xdm_config
+    from connector.transform import Transformer
+
+    transformer = Transformer(sample_xdm_config(), org_id=em.DEMO_ORG_ID, source_name="capillary-aep-connector")
+    by_customer: dict[str, list[bytes]] = {}
+    for event in generate_events(400, seed=9):
+        for m in transformer.transform(event):
+            if m.kind == "profile":
+                key = primary_identity(m.envelope["body"]["xdmEntity"])[1]  # type: ignore[index]
+                by_customer.setdefault(key, []).append(orjson.dumps(m.envelope))
+    groups = [msgs for msgs in by_customer.values() if len(msgs) >= 3][:20]
+    assert len(groups) >= 5  # the test means nothing without customers with several updates
+    for msgs in groups:
+        out = coalesce(msgs, ["c"] * len(msgs), max_size=10_000_000)
+        assert [members for _, members in out] == [list(range(len(msgs)))]
+        want = orjson.loads(msgs[-1])
+        want["body"]["xdmEntity"] = merge_entities([orjson.loads(m)["body"]["xdmEntity"] for m in msgs])
+        assert orjson.loads(out[0][0]) == want
