@@ -61,6 +61,7 @@ def serve_health(
 
     server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
     server.daemon_threads = True
+
     def serve() -> None:
         name_os_thread()
         server.serve_forever()
