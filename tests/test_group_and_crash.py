@@ -85,10 +85,18 @@ def _assigned(*members: object) -> list[float]:
     return [m.metric("capillary_aep_assigned_partitions") for m in members]  # type: ignore[attr-defined]
 
 
+def _settled(total: int, *members: object) -> bool:
+    """The group has finished rebalancing: all partitions owned, evenly. Every member holding some is
+    not enough — cooperative-sticky moves partitions in rounds, and a join can show 8/12/4 before the
+    round that makes it 8/8/8 (seen: the member stopped next left during that round)."""
+    counts = _assigned(*members)
+    return sum(counts) == total and max(counts) - min(counts) <= 1
+
+
 def test_members_joining_and_leaving_mid_stream_lose_nothing(broker, emulator, prefix, tmp_path: Path) -> None:
     """Members join, one leaves gracefully, one is killed, while events keep coming.
 
-    Each step waits for the group to settle (every member holding partitions, all 24 owned once)
+    Each step waits for the group to settle (all 24 partitions owned once, evenly: see ``_settled``)
     before the next one. The embedded broker (tansu) needs that: when the group leader leaves while
     a rebalance is still in progress, tansu keeps naming the departed member as leader in every
     JoinGroup answer, so no SyncGroup ever completes and the other members never get an assignment
@@ -104,13 +112,12 @@ def test_members_joining_and_leaving_mid_stream_lose_nothing(broker, emulator, p
     wait_until(lambda: _assigned(a) == [total], 60, what="a owns every partition")
     b = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group,
                         env=GROUP, name="b")
-    wait_until(lambda: all(_assigned(a, b)) and sum(_assigned(a, b)) == total, 60, what="a and b share the partitions")
+    wait_until(lambda: _settled(total, a, b), 60, what="a and b share the partitions evenly")
     c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group,
                         env=GROUP, name="c")
-    wait_until(lambda: all(_assigned(a, b, c)) and sum(_assigned(a, b, c)) == total, 60,
-               what="a, b and c share the partitions")
+    wait_until(lambda: _settled(total, a, b, c), 60, what="a, b and c share the partitions evenly")
     assert a.stop() == 0  # graceful leave: drain, commit, revoke
-    wait_until(lambda: sum(_assigned(b, c)) == total, 60, what="b and c took over a's partitions")
+    wait_until(lambda: _settled(total, b, c), 60, what="b and c took over a's partitions, evenly")
     b.proc.signal(signal.SIGKILL)  # ungraceful leave: its partitions move after the session timeout
     wait_until(lambda: _assigned(c) == [total], 60, what="c owns every partition")
     events = producer.finish()
