@@ -16,7 +16,8 @@ _MMAP_THRESHOLD = 256 * 1024
 TRIM_INTERVAL_S = 2.0
 
 
-def _libc() -> Any | None:
+def load_libc() -> Any | None:
+    """glibc, for calls Python does not wrap (here; connector.thread_names); None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -25,7 +26,7 @@ def _libc() -> Any | None:
         return None
 
 
-_LIBC = _libc()
+_LIBC = load_libc()
 
 
 def tune_malloc() -> None:

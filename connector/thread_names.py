@@ -1,29 +1,18 @@
 """The OS sees our threads by name: ``top -H``, ``ps -L`` and /proc/<pid>/task/*/comm then tell the
 consumer loop, the sender threads, librdkafka's threads (it names its own, ``rdk:…``) and the
 transform workers apart, and the bench splits the consumer process's CPU by them. CPython (before
-3.14) leaves every thread named after the executable. Linux only; elsewhere a no-op."""
+3.14) leaves every thread named after the executable. Linux with glibc; elsewhere a no-op."""
 
 from __future__ import annotations
 
 import ctypes
-import sys
 import threading
-from typing import Any
+
+from connector.heap import load_libc
 
 _PR_SET_NAME = 15
 _NAME_BYTES = 15  # the kernel keeps 16 bytes, the last a NUL
-
-
-def _prctl() -> Any | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _prctl()
+_PRCTL = getattr(load_libc(), "prctl", None)
 
 
 def name_os_thread(name: str | None = None) -> None:
