@@ -36,7 +36,15 @@ if CODE_ROOT != ROOT:  # the code under test is older: the dev tooling (connecto
 
 from connector.dev import demo  # noqa: E402 - after the sys.path set-up above
 from connector.dev.emulator import config as em  # noqa: E402
-from connector.dev.procs import ManagedProcess, cpu_seconds, free_port, process_tree, scrape, wait_until  # noqa: E402
+from connector.dev.procs import (  # noqa: E402
+    ManagedProcess,
+    cpu_seconds,
+    free_port,
+    process_tree,
+    scrape,
+    thread_cpu_seconds,
+    wait_until,
+)
 from connector.topics import all_topics, topic_for  # noqa: E402
 
 PY = sys.executable
@@ -438,7 +446,7 @@ class Watcher(threading.Thread):
         cpu: dict[str, float] = {}
         if self.pid:
             cpu["connector"] = cpu_seconds(self.pid, tree=False)
-            for role, seconds in thread_cpu_seconds(self.pid).items():
+            for role, seconds in thread_roles_cpu_seconds(self.pid).items():
                 cpu[f"{_THREADS}{role}"] = seconds
             direct = set(_children(self.pid))  # forkserver, resource tracker; the workers are their children
             for i, child in enumerate(sorted(process_tree(self.pid)[1:])):
@@ -483,26 +491,13 @@ BUSY_TARGET = 0.9  # issue 17: under a backlog the workers are busy ≥ 90 % of 
 _THREAD_GROUPS = (("sender", "senders"), ("rdk:", "librdkafka"))
 
 
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
+def thread_roles_cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds of one process's live threads, by role: ``loop`` (the main thread, which runs the
     consumer loop), ``senders``, ``librdkafka`` and ``other`` (health server, scrape handlers)."""
     out = {"loop": 0.0, "senders": 0.0, "librdkafka": 0.0, "other": 0.0}
-    tick = os.sysconf("SC_CLK_TCK")
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        name = raw[raw.index("(") + 1:raw.rindex(")")]
-        fields = raw.rsplit(")", 1)[1].split()
-        role = "loop" if tid == str(pid) else next((r for prefix, r in _THREAD_GROUPS if name.startswith(prefix)),
-                                                   "other")
-        out[role] += (int(fields[11]) + int(fields[12])) / tick
+    for tid, (name, seconds) in thread_cpu_seconds(pid).items():
+        role = "loop" if tid == pid else next((r for prefix, r in _THREAD_GROUPS if name.startswith(prefix)), "other")
+        out[role] += seconds
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,29 @@ def test_the_delivery_stage_names_its_sender_threads() -> None:
         assert names
     finally:
         delivery.executor.shutdown(wait=True)
+
+
+def test_the_bench_reads_each_threads_cpu_under_its_name() -> None:
+    """connector.dev.procs.thread_cpu_seconds: what bench/run.py splits the consumer process by."""
+    import os
+
+    from connector.dev.procs import thread_cpu_seconds
+
+    done = threading.Event()
+    seen: dict[int, tuple[str, float]] = {}
+
+    def spin() -> None:
+        name_os_thread()
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:  # CPU to account for, as much as the kernel's tick shows
+            pass
+        seen.update(thread_cpu_seconds(os.getpid()))
+        done.set()
+
+    t = threading.Thread(target=spin, name="sender_7")
+    t.start()
+    t.join()
+    assert done.is_set()
+    mine = [cpu for name, cpu in seen.values() if name == "sender_7"]
+    assert mine and mine[0] > 0
+    assert os.getpid() in seen  # the main thread is listed under the process id

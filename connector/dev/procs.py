@@ -126,17 +126,40 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def _stat(path: str) -> tuple[str, list[str]] | None:
+    """A /proc …/stat file: the task's name and the fields after it (None: the task is gone)."""
+    try:
+        with open(path) as f:
+            raw = f.read()
+    except OSError:
+        return None
+    head, _, rest = raw.rpartition(")")
+    return head[head.index("(") + 1:], rest.split()
+
+
 def cpu_seconds(pid: int, tree: bool = True) -> float:
     """user+system CPU (Linux /proc) of a process and, with ``tree``, its descendants live and reaped."""
     total = 0
     for p in process_tree(pid) if tree else [pid]:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in fields[11:15 if tree else 13])  # utime stime [cutime cstime]
+        stat = _stat(f"/proc/{p}/stat")
+        if stat is not None:
+            total += sum(int(x) for x in stat[1][11:15 if tree else 13])  # utime stime [cutime cstime]
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """user+system CPU of each live thread of a process: thread id → (its OS name, seconds)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in tids:
+        stat = _stat(f"/proc/{pid}/task/{tid}/stat")
+        if stat is not None:
+            out[tid] = (stat[0], (int(stat[1][11]) + int(stat[1][12])) / tick)
+    return out
 
 
 def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
