@@ -19,13 +19,14 @@ resolved and merged; ``required``, ``type``, ``format``, ``pattern``, ``enum``, 
 (``additionalProperties: false``), as AEP rejects unknown fields. The tenant namespace
 (``_<tenant>``) is added at load time by :mod:`connector.transform.validate`, free-form.
 
-Usage: python scripts/build_xdm_schemas.py [--xdm /work/shared/xdm] [--out connector/transform/xdm]
+Usage: python scripts/build_xdm_schemas.py [--xdm vendor/adobe-xdm] [--out connector/transform/xdm]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,7 +153,7 @@ def close(schema: dict[str, Any]) -> dict[str, Any]:
 
 def build(xdm_root: Path, out_dir: Path) -> None:
     resolver = Resolver(xdm_root)
-    commit = _commit(xdm_root)
+    commit = source_commit(xdm_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, ids in COMPOSITIONS.items():
         schema: dict[str, Any] = {}
@@ -172,19 +173,24 @@ def build(xdm_root: Path, out_dir: Path) -> None:
         print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
-def _commit(xdm_root: Path) -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(xdm_root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0:
-            return out.stdout.strip()
-    except OSError:
-        pass
-    return "4a4fc5f8dd175cd81f2419b85130a6fc25053890"  # the copy documented in capillary-events.md
+def source_commit(xdm_root: Path) -> str:
+    """The adobe/xdm commit of ``xdm_root``: its own git checkout, else the commit its README names."""
+    if (xdm_root / ".git").exists():
+        try:
+            out = subprocess.run(["git", "-C", str(xdm_root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                 timeout=10)
+            if out.returncode == 0:
+                return out.stdout.strip()
+        except OSError:
+            pass
+    readme = xdm_root / "README.md"
+    found = re.search(r"commit ([0-9a-f]{40})", readme.read_text()) if readme.is_file() else None
+    return found.group(1) if found else "4a4fc5f8dd175cd81f2419b85130a6fc25053890"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--xdm", type=Path, default=Path("/work/shared/xdm"))
+    parser.add_argument("--xdm", type=Path, default=ROOT / "vendor" / "adobe-xdm")
     parser.add_argument("--out", type=Path, default=ROOT / "connector" / "transform" / "xdm")
     args = parser.parse_args(argv)
     build(args.xdm, args.out)

@@ -30,7 +30,7 @@ from connector.transform import Transformer, TransformError
 from connector.transform.tenant import close
 
 ROOT = Path(__file__).resolve().parent.parent
-XDM_ROOT = ROOT.parent / "shared" / "xdm"
+XDM_ROOT = ROOT / "vendor" / "adobe-xdm"
 REQUEST = Request("capillary", "CapillaryCustomerId", "CapillaryExternalId", "LoyaltyCardNumber")
 
 
