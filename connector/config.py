@@ -379,6 +379,8 @@ class PlatformAccess(BaseModel):
     sandbox: str = "prod"
     authentication_required: bool = True
     ims: ImsConfig = Field(default_factory=ImsConfig)
+    # The way out to Adobe, as the connector's (proxy, CA bundle, client certificate): same key, same client.
+    http: AepHttpConfig = Field(default_factory=AepHttpConfig)
 
     @model_validator(mode="after")
     def _check_credentials(self) -> PlatformAccess:
