@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from connector.dev.samples import generate_events, sample_xdm_config
-from connector.transform import Transformer, TransformError, events, tenant
+from connector.transform import Transformer, TransformError, events, tenant, xdm_rules
 from connector.transform.values import num, text
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "mapping.md"
@@ -88,3 +88,54 @@ def test_an_undeclared_converter_is_an_error() -> None:
 def test_the_docs_table_is_the_declaration() -> None:
     """docs/mapping.md carries the generated table (python -m connector.transform.tenant)."""
     assert tenant.markdown_table() in DOCS.read_text()
+
+
+# -- XDM's rules for custom fields (connector/transform/xdm_rules.py) -------------------------------
+
+STRING_MAP = {"type": "object", "meta:xdmType": "map", "additionalProperties": {"type": "string"}}
+
+
+@pytest.mark.parametrize(("field", "complaint"), [
+    ({"type": "object", "additionalProperties": {"type": "string"}}, "must be a map"),  # no map marker
+    ({**STRING_MAP, "additionalProperties": {"type": "object", "properties": {"a": {"type": "string"}}}},
+     "string or integer"),  # a map of objects
+    ({**STRING_MAP, "additionalProperties": {"type": "number"}}, "string or integer"),
+    ({**STRING_MAP, "additionalProperties": {"type": "array", "items": {"type": "string"}}}, "string or integer"),
+    ({**STRING_MAP, "properties": {"a": {"type": "string"}}}, "must not define properties"),
+    ({"type": "object"}, "must define properties"),
+    ({"type": "array"}, "needs items"),
+    ({"type": "map"}, "not an XDM field type"),
+])
+def test_fields_aep_refuses_are_named_by_path(field: dict, complaint: str) -> None:
+    found = xdm_rules.violations({"type": "object", "properties": {"outer": {"type": "object",
+                                                                             "properties": {"bad": field}}}})
+    assert len(found) == 1 and found[0].startswith("/outer/bad") and complaint in found[0], found
+
+
+def test_legal_fields_pass() -> None:
+    legal = {"type": "object", "properties": {
+        "names": STRING_MAP, "counts": {**STRING_MAP, "additionalProperties": {"type": "integer"}},
+        "list": {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}},
+        "when": {"type": "string", "format": "date-time"}, "n": {"type": "number"}}}
+    assert xdm_rules.violations(legal) == []
+
+
+def test_the_generated_tenant_fields_obey_the_rules() -> None:
+    for schema in (tenant.event_tenant_schema(), tenant.profile_tenant_schema()):
+        assert xdm_rules.violations(schema) == []
+    assert tenant.event_tenant_schema()["properties"]["behavioralEventAttributes"] == STRING_MAP
+    programs = tenant.profile_tenant_schema()["properties"]["programs"]["properties"]
+    assert programs["points"] == STRING_MAP and programs["tierNumber"]["additionalProperties"] == {"type": "integer"}
+
+
+def test_a_declaration_aep_would_refuse_fails_at_derivation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A builder that writes a map of objects: AEP answers 400 to the field group, so deriving it must fail.
+    spec = events.SPECS["pointsIssued"]
+    shaped = events.record_of((("a", text),))
+    map_of_objects = lambda value: value
+    monkeypatch.setitem(tenant._SCALARS, map_of_objects,
+                        {"type": "object", "additionalProperties": tenant.field_schema(shaped)})
+    monkeypatch.setitem(events.SPECS, "pointsIssued",
+                        dataclasses.replace(spec, tenant=(*spec.tenant, ("perProgram", map_of_objects))))
+    with pytest.raises(tenant.DeclarationError, match="perProgram"):
+        tenant.event_tenant_schema()

@@ -271,7 +271,12 @@ def test_non_default_program_state_goes_to_the_tenant_block() -> None:
                                           programCurrentPoints=50, programLifetimePoints=70))
     body = entity(profile)
     assert "loyalty" not in body
-    assert body["_capillary"]["capillary"]["programs"] == {"2650": {"points": 50, "lifetimePoints": 70, "program": "Partner"}}
+    assert body["_capillary"]["capillary"]["programs"] == {
+        "points": {"2650": "50"}, "lifetimePoints": {"2650": "70"}, "program": {"2650": "Partner"}}
+    fractional = make().transform(event(loyaltyProgramId=2650, loyaltyProgramDetails=details,
+                                        programCurrentPoints=12.5, programLifetimePoints=70.0))
+    assert entity(fractional[1])["_capillary"]["capillary"]["programs"]["points"] == {"2650": "12.5"}
+    assert entity(fractional[1])["_capillary"]["capillary"]["programs"]["lifetimePoints"] == {"2650": "70"}
 
 
 def test_customer_added_profile() -> None:

@@ -19,7 +19,7 @@ import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from connector.transform import events
+from connector.transform import events, xdm_rules
 from connector.transform.times import to_date, to_iso
 from connector.transform.values import boolean, currency, id_str, int_or_none, key_values, num, string_map, text
 
@@ -39,8 +39,8 @@ _SCALARS: dict[Callable[[Any], Any], Schema] = {
     to_iso: {"type": "string", "format": "date-time"},
     to_date: {"type": "string", "format": "date"},
     key_values: {"type": "array", "items": _KEY_VALUE},
-    # An XDM map (object with string values). [UNCERTAIN] the payload's shape is undocumented.
-    string_map: {"type": "object", "additionalProperties": _STRING},
+    # An XDM map of strings. [UNCERTAIN] the payload's shape is undocumented.
+    string_map: {"type": "object", "meta:xdmType": "map", "additionalProperties": _STRING},
 }
 
 # Written for every event by connector.transform.transformer (_lineage).
@@ -51,12 +51,13 @@ LINEAGE: Fields = (
         ("name", text), ("requestId", text), ("identifiers", key_values), ("additionalAttributes", key_values)))),
     ("tillCode", text), ("storeCode", text), ("storeName", text), ("storeExternalId", text),
 )
-# The profile's loyalty.* fields a non-default program's state carries (transformer._PROGRAM_FIELDS),
-# typed as in Loyalty Details; ``tierNumber`` where the tier's name is not known yet.
-_PROGRAM_STATE: Fields = (
-    ("points", num), ("lifetimePoints", num), ("promisedPoints", num), ("tier", text),
-    ("tierUpgradeDate", to_iso), ("tierExpiryDate", to_iso), ("program", text), ("tierNumber", int_or_none),
-)
+# A non-default program's state (transformer._PROGRAM_FIELDS, the program's name, ``tierNumber`` where
+# the tier's name is not known yet): one XDM map per field, keyed by program id. XDM maps hold strings
+# or integers only, so balances are decimal text and dates ISO text (docs/mapping.md, "Multi-program").
+PROGRAM_MAPS: dict[str, str] = {
+    "points": "string", "lifetimePoints": "string", "promisedPoints": "string", "tier": "string",
+    "tierUpgradeDate": "string", "tierExpiryDate": "string", "program": "string", "tierNumber": "integer",
+}
 
 
 class DeclarationError(ValueError):
@@ -121,17 +122,29 @@ def event_tenant_schema() -> Schema:
     for fields in event_fields().values():
         for name, convert in fields:
             _add(merged, name, field_schema(convert), "")
-    return _sorted(merged)
+    return _checked(_sorted(merged), "event")
 
 
 def profile_tenant_schema() -> Schema:
     """The ``capillary`` object of the profile tenant block (connector.transform.transformer._profile)."""
-    state = object_schema(_PROGRAM_STATE)
-    return _sorted({"type": "object", "properties": {
+    programs = {name: map_of(kind) for name, kind in PROGRAM_MAPS.items()}
+    return _checked(_sorted({"type": "object", "properties": {
         "tierNumber": field_schema(int_or_none),
-        # A map keyed by loyalty program id. [UNCERTAIN] maps of objects can be made only via the API.
-        "programs": {"type": "object", "additionalProperties": state},
-    }})
+        "programs": {"type": "object", "properties": programs},
+    }}), "profile")
+
+
+def map_of(value_type: str) -> Schema:
+    """An XDM map (*Define map fields*): no properties, values of one type, string or integer."""
+    return {"type": "object", "meta:xdmType": "map", "additionalProperties": {"type": value_type}}
+
+
+def _checked(schema: Schema, kind: str) -> Schema:
+    """``schema`` if it obeys XDM's rules for custom fields, else the declaration is wrong."""
+    broken = xdm_rules.violations(schema)
+    if broken:
+        raise DeclarationError(f"the {kind} tenant fields break XDM's rules: " + "; ".join(broken))
+    return schema
 
 
 def tenant_block(tenant_id: str, capillary: Schema, *, closed: bool = True) -> tuple[str, Schema]:

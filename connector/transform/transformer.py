@@ -221,7 +221,7 @@ class Transformer:
                 if program.name is not None:
                     state["program"] = program.name
                 state.update(tenant)
-                tenant = {"programs": {draft.program_id: state}}
+                tenant = {"programs": _program_maps(draft.program_id, state)}
             elif program is not None and program.name is not None:
                 loyalty["program"] = program.name
         profile: dict[str, Any] = {"_id": f"{record_id}-profile", "identityMap": identity_map}
@@ -358,3 +358,20 @@ def _triggering_activity(activity: Any) -> dict[str, Any] | None:
             if pairs is not None:
                 out[key] = pairs
     return out or None
+
+
+def _program_maps(program_id: str, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One program's state as XDM maps keyed by its id (``programs.<field>.<programId>``): a map holds
+    strings or integers only, so a balance is its decimal text; Profile merges a map key by key, so
+    one program's update leaves the others' values in place."""
+    maps: dict[str, dict[str, Any]] = {}
+    for key, value in state.items():
+        if key != "tierNumber" and (type(value) is int or type(value) is float):
+            value = _decimal(value)
+        maps[key] = {program_id: value}
+    return maps
+
+
+def _decimal(value: float) -> str:
+    """``120`` for 120.0, ``12.5`` for 12.5: the shortest text that reads back as the same number."""
+    return str(int(value)) if type(value) is int or value.is_integer() else repr(value)
