@@ -8,7 +8,10 @@ order, the way AEP applies partial records one after another:
 
 * a later value wins, leaf by leaf (objects merge, anything else is replaced);
 * an array is a leaf: the later array replaces the earlier one, as AEP does;
-* ``identityMap`` is the union: per namespace, every id once, a later entry for an id wins.
+* ``identityMap`` is the union: per namespace, every id once, a later entry for an id wins; and
+  AEP's per-record identity guardrails hold for the union as they held for each source record
+  (Identity Service skips a record with more than 20 identities): the primary is kept, then the
+  most recently seen, and any identity that would be skipped (length, blocked value) is left out.
 
 The merged record keeps the envelope (header, ``xdmMeta``) and the ``_id`` of the last update, and
 stands for every source record: it is acknowledged, retried or dead-lettered for all of them.
@@ -21,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
+
+from connector.transform.identity import MAX_IDENTITIES, identity_offence
 
 IDENTITY_MAP = "identityMap"
 
@@ -144,15 +149,67 @@ def _route_and_identity(envelope: Any) -> tuple[Any, ...] | None:
         return None
 
 
+def by_recency(entities: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """Every ``(namespace, id)`` of ``entities`` (in offset order), the most recently seen first."""
+    order: dict[tuple[str, Any], None] = {}
+    for entity in reversed(entities):
+        identity_map = entity.get(IDENTITY_MAP)
+        if type(identity_map) is not dict:
+            continue
+        for ns, entries in identity_map.items():
+            for e in entries if type(entries) is list else ():
+                if type(e) is dict:
+                    order.setdefault((ns, e.get("id")), None)
+    return list(order)
+
+
+def guard_identities(entity: dict[str, Any], recency: Sequence[tuple[str, Any]]) -> list[str]:
+    """Hold a merged record to Identity Service's per-record guardrails, in place: drop identities
+    it would skip (``too_long``, ``blocked_value``), then keep at most ``MAX_IDENTITIES``: the
+    primary, then the most recent (``recency``). Returns the reason of each identity dropped."""
+    identity_map = entity.get(IDENTITY_MAP)
+    if type(identity_map) is not dict:
+        return []
+    dropped: list[str] = []
+    primary: list[tuple[str, Any]] = []
+    keep: set[tuple[str, Any]] = set()
+    for ns, entries in identity_map.items():
+        for e in entries if type(entries) is list else ():
+            if type(e) is not dict:
+                continue
+            key = (ns, e.get("id"))
+            if e.get("primary") is True:
+                primary.append(key)  # the transform refused a record whose primary offends
+            elif type(key[1]) is str and (offence := identity_offence(key[1])) is not None:
+                dropped.append(offence)
+                continue
+            keep.add(key)
+    if len(keep) > MAX_IDENTITIES:
+        chosen = primary + [k for k in recency if k in keep and k not in primary]
+        chosen = chosen[:MAX_IDENTITIES]
+        dropped += ["too_many"] * (len(keep) - len(chosen))
+        keep = set(chosen)
+    if dropped:
+        for ns in list(identity_map):
+            entries = identity_map[ns]
+            kept = [e for e in entries if type(e) is dict and (ns, e.get("id")) in keep] if type(entries) is list else []
+            if kept:
+                identity_map[ns] = kept
+            else:
+                del identity_map[ns]
+    return dropped
+
+
 def coalesce(
-    messages: Sequence[bytes], hints: Sequence[Any], max_size: int
+    messages: Sequence[bytes], hints: Sequence[Any], max_size: int, dropped: list[str] | None = None,
 ) -> list[tuple[bytes, list[int]]]:
     """Merge the profile records (``messages``, in offset order) that describe the same profile.
 
     ``hints[i]`` is a cheap pre-grouping key for message i (``identity_hint``; None: never
     merged): only messages sharing one are parsed. Returns ``(message, [indexes it stands for])`` in the
     order of each group's last member (everything else stays where it was). A merged record
-    larger than ``max_size`` bytes is not made: its sources go as they are.
+    larger than ``max_size`` bytes is not made: its sources go as they are. The reason of every
+    identity a merged record had to leave out (:func:`guard_identities`) is appended to ``dropped``.
     """
     candidates: dict[Any, list[int]] = {}
     for i, hint in enumerate(hints):
@@ -174,10 +231,15 @@ def coalesce(
             if len(group) < 2:
                 continue
             last_i, envelope = group[-1]
-            envelope["body"]["xdmEntity"] = merge_entities((env["body"]["xdmEntity"] for _, env in group), owned=True)
+            entities = [env["body"]["xdmEntity"] for _, env in group]
+            recency = by_recency(entities)
+            merged = envelope["body"]["xdmEntity"] = merge_entities(entities, owned=True)
+            left_out = guard_identities(merged, recency)
             body = orjson.dumps(envelope)
             if len(body) > max_size:
                 continue
+            if dropped is not None:
+                dropped += left_out
             replacement[last_i] = body
             stands_for[last_i] = [i for i, _ in group]
             merged_into.update(i for i, _ in group[:-1])

@@ -224,8 +224,11 @@ class Sink:
         if not profiles:
             return items
         if self._coalesce and len(profiles) > 1:
+            left_out: list[str] = []
             merged = coalesce([items[k][1] for k in profiles], [items[k][2] for k in profiles],
-                              self._max_message_bytes)
+                              self._max_message_bytes, left_out)
+            for reason in left_out:
+                METRICS.identities_dropped.labels(reason).inc()
             if len(merged) < len(profiles):
                 keep: dict[int, _Item] = {}
                 for message, members in merged:

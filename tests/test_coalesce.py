@@ -143,3 +143,38 @@ def test_real_profile_updates_merge_as_a_whole_parse_would() -> None:
         want = orjson.loads(msgs[-1])
         want["body"]["xdmEntity"] = merge_entities([orjson.loads(m)["body"]["xdmEntity"] for m in msgs])
         assert orjson.loads(out[0][0]) == want
+
+
+def _identities(entity: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(ns, e["id"]) for ns, entries in entity["identityMap"].items() for e in entries}
+
+
+def test_a_merged_record_keeps_identity_service_guardrails() -> None:
+    """Six updates of one customer, four cards each: 25 identities in the union, more than the 20
+    Identity Service takes from one record. The merge keeps the primary, then the most recent."""
+    updates = []
+    for n in range(6):
+        record = profile("a", str(n), loyalty={"points": n})
+        record["identityMap"]["LoyaltyCardNumber"] = [{"id": f"card-{n}-{c}"} for c in range(4)]
+        updates.append(record)
+    updates[-1]["identityMap"]["Email"] = [{"id": "null"}]  # a value Identity Service blocks
+    dropped: list[str] = []
+    out = coalesce([envelope(u) for u in updates], ["a"] * 6, max_size=1_000_000, dropped=dropped)
+    assert [members for _, members in out] == [list(range(6))]  # still one record for all six
+    merged = orjson.loads(out[0][0])["body"]["xdmEntity"]
+    kept = _identities(merged)
+    assert len(kept) == 20 and ("CapillaryCustomerId", "a") in kept
+    assert primary_identity(merged) == ("CapillaryCustomerId", "a")
+    newest = {("LoyaltyCardNumber", f"card-{n}-{c}") for n in range(2, 6) for c in range(4)}
+    assert newest <= kept and not any(i[1].startswith("card-0-") for i in kept)
+    assert ("Email", "null") not in kept and "Email" not in merged["identityMap"]
+    assert sorted(dropped) == ["blocked_value"] + ["too_many"] * 5
+    assert merged["loyalty"] == {"points": 5}
+
+
+def test_records_within_the_guardrails_merge_untouched() -> None:
+    updates = [profile("a", "1"), profile("a", "2")]
+    updates[0]["identityMap"]["Email"] = [{"id": "x@example.com"}]
+    dropped: list[str] = []
+    out = coalesce([envelope(u) for u in updates], ["a", "a"], max_size=1_000_000, dropped=dropped)
+    assert dropped == [] and orjson.loads(out[0][0])["body"]["xdmEntity"] == merge_entities(updates)

@@ -76,3 +76,27 @@ def test_the_worker_outcome_carries_the_reasons_to_the_pipeline() -> None:
                                            orjson.dumps(with_cards(["CARD-1"]))])
     assert type(out[0]) is Encoded and out[0].dropped == ("too_long",)
     assert type(out[1]) is Encoded and out[1].dropped == ()  # nothing dropped
+
+
+# -- the emulator holds records to the same guardrails (as Identity Service does after the inlet's 200) --
+
+def _record(customer: str, cards: int, **extra: Any) -> dict[str, Any]:
+    ids = {"CapillaryCustomerId": [{"id": customer, "primary": True}],
+           "LoyaltyCardNumber": [{"id": f"c{n}"} for n in range(cards)]}
+    return {"_id": customer, "identityMap": ids, "loyalty": {"points": 1}, **extra}
+
+
+def test_the_emulated_profile_store_skips_records_identity_service_would_skip() -> None:
+    from connector.dev.emulator.profiles import Profiles
+
+    store = Profiles()
+    store.accept_request([_record("a", MAX_IDENTITIES - 1),  # 20 identities: taken
+                          _record("b", MAX_IDENTITIES),  # 21: skipped whole
+                          _record("null", 0)])  # a blocked primary value: skipped whole
+    assert set(store.state) == {"CapillaryCustomerId:a"}
+    assert store.skipped == {"too_many_identities": 1, "primary_identity_skipped": 1}
+    blocked = _record("d", 1)
+    blocked["identityMap"]["Email"] = [{"id": "anonymous"}]
+    store.accept_request([blocked])
+    assert store.state["CapillaryCustomerId:d"]["identityMap"] == {
+        "CapillaryCustomerId": [{"id": "d", "primary": True}], "LoyaltyCardNumber": [{"id": "c0"}]}

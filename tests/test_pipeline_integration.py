@@ -218,6 +218,7 @@ def test_profile_state_after_a_backlog_equals_the_events_applied_in_order(
     assert c.stop() == 0
     stats = emulator.stats()
     assert stats["max_profile_records_per_identity_in_request"] == 1
+    assert stats["profile_records_skipped"] == {}  # Identity Service took every record
     want = expected_profiles(events)
     got = emulator.http.get("/__emulator/profiles").json()["profiles"]
     assert set(got) == set(want)

@@ -5,6 +5,12 @@ primary identity: objects merge field by field, anything else (arrays included) 
 the newer value, and ``identityMap`` gathers every identity seen. Written independently of the
 connector's coalescing (``connector/coalesce.py``) so that tests can hold one against the other.
 
+Identity Service's per-record guardrails (Experience League, *Identity Service guardrails*) hold
+before a record reaches a profile: a record with more than 20 identities, or whose primary identity
+is blank, "null", "anonymous", "invalid" or longer than 1,024 characters, is skipped whole — the
+inlet still answered 200, as AEP does, so only ``skipped`` (and a profile that never changes)
+shows it; any other identity with such a value is left out of the record.
+
 Also counts, per request, how many profile records share a primary identity (the connector sends
 at most one per customer and route per request when it coalesces).
 """
@@ -12,7 +18,37 @@ at most one per customer and route per request when it coalesces).
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from typing import Any
+
+MAX_IDENTITIES_PER_RECORD = 20
+MAX_IDENTITY_LENGTH = 1_024
+BLOCKED_IDENTITY_VALUES = ("", "null", "anonymous", "invalid")
+
+
+def _skipped_value(value: Any) -> bool:
+    return not isinstance(value, str) or len(value) > MAX_IDENTITY_LENGTH \
+        or value.strip().lower() in BLOCKED_IDENTITY_VALUES
+
+
+def guardrail(record: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """``(why the record is skipped, None if it is not; the record as Identity Service takes it)``."""
+    identity_map = record.get("identityMap")
+    if not isinstance(identity_map, dict):
+        return None, record
+    entries = [(ns, e) for ns, es in identity_map.items() for e in (es if isinstance(es, list) else ())
+               if isinstance(e, dict)]
+    if len(entries) > MAX_IDENTITIES_PER_RECORD:
+        return "too_many_identities", record
+    if any(e.get("primary") is True and _skipped_value(e.get("id")) for _, e in entries):
+        return "primary_identity_skipped", record
+    if not any(_skipped_value(e.get("id")) for _, e in entries):
+        return None, record
+    kept: dict[str, list[Any]] = {}
+    for ns, e in entries:
+        if not _skipped_value(e.get("id")):
+            kept.setdefault(ns, []).append(e)
+    return None, {**record, "identityMap": kept}
 
 
 def apply(state: dict[str, Any], record: dict[str, Any]) -> None:
@@ -48,6 +84,7 @@ class Profiles:
         self.keep_state = keep_state  # off in benchmarks (--no-store-bodies): counting only
         self.state: dict[str, dict[str, Any]] = {}
         self.records = 0
+        self.skipped: Counter[str] = Counter()  # records Identity Service's guardrails skipped, by reason
         self.max_per_identity_in_request = 0
 
     def accept_request(self, records: list[dict[str, Any]]) -> None:
@@ -56,6 +93,10 @@ class Profiles:
         for record in records:
             key = primary_key(record)
             if key is None:
+                continue
+            skipped, record = guardrail(record)
+            if skipped is not None:
+                self.skipped[skipped] += 1
                 continue
             self.records += 1
             seen[key] = seen.get(key, 0) + 1

@@ -215,6 +215,7 @@ class Store:
             "accepted_per_second": {str(k): v for k, v in sorted(self.accepted_per_second.items())},
             "profile_records": self.profiles.records,
             "profile_identities": len(self.profiles.state),
+            "profile_records_skipped": dict(self.profiles.skipped),
             "max_profile_records_per_identity_in_request": self.profiles.max_per_identity_in_request,
             "duplicate_ids": self.duplicate_ids,
             "duplicate_ids_by_dataset": dict(self.duplicate_ids_by_dataset),
