@@ -195,6 +195,15 @@ class Metrics:
         self.input_held = Counter(
             p + "input_held_seconds_total", "Wall time the consumer loop read nothing because its buffers were full "
             "(delivery.max_buffered_*): delivery is what limits the rate", registry=r)
+        self.lane_seconds = Counter(
+            p + "lane_seconds_total", "Wall time each request lane spent in each state: idle (nothing queued), "
+            "filling (a batch not yet ready), sending (its request in flight, nothing ready behind it), blocked "
+            "(its request in flight and a batch ready behind it), ready (a batch ready, nothing in flight)",
+            ["lane", "state"], registry=r)
+        self.inflight_batch_seconds = Counter(
+            p + "inflight_batch_seconds_total", "Wall time with this many batches in flight (all lanes together)",
+            ["batches"], registry=r)
+        self.lane_records = Counter(p + "lane_records_total", "Records sent per request lane", ["lane"], registry=r)
         self.partition_moves = Counter(
             p + "partition_moves_total", "Partitions moved between transform workers to even out their load",
             registry=r)
