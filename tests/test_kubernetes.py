@@ -68,6 +68,72 @@ def test_the_example_configs_load_and_take_every_secret_from_the_mounted_secret(
         assert mounts == {SECRETS_DIR}
 
 
+CONFIG_OF = {"capillary-aep-connector": "connector.toml", "capillary-aep-ingest": "ingest.toml"}
+
+
+def _secret_files(rendered: list[dict[str, Any]], deployment: str) -> tuple[str, set[str]]:
+    """(the Secret a Deployment mounts, the files it mounts of it)."""
+    spec = _one(rendered, "Deployment", deployment)["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if "secret" in v]
+    (mount,) = [m for c in spec["containers"] for m in c["volumeMounts"] if m["name"] == volume["name"]]
+    secret = volume["secret"]
+    assert "items" in secret, f"{deployment} mounts every key of {secret['secretName']}"
+    return secret["secretName"], {mount["mountPath"].rstrip("/") + "/" + i["path"] for i in secret["items"]}
+
+
+def test_each_pod_mounts_only_the_secret_keys_its_configuration_reads(rendered) -> None:
+    data = _one(rendered, "ConfigMap", "capillary-aep-config")["data"]
+    names = {}
+    for deployment, config in CONFIG_OF.items():
+        name, mounted = _secret_files(rendered, deployment)
+        names[deployment] = name
+        read = {p for p in _files(data[config]) if p.startswith(SECRETS_DIR)}
+        assert mounted == read, f"{deployment}: mounts {sorted(mounted)}, its config reads {sorted(read)}"
+    assert len(set(names.values())) == len(names)  # no Secret shared between the workloads
+    _, ingress_files = _secret_files(rendered, "capillary-aep-ingest")
+    assert not any(f.endswith(("ims-client-secret", "schema-registry-password")) for f in ingress_files)
+    users = {d: tomllib.loads(data[c])["kafka"].get("security", {}).get("sasl", {}).get("username")
+             for d, c in CONFIG_OF.items()}
+    assert users["capillary-aep-ingest"] != users["capillary-aep-connector"]  # a produce-only identity
+    keda = _one(rendered, "TriggerAuthentication", "capillary-aep-kafka")["spec"]["secretTargetRef"]
+    assert {ref["name"] for ref in keda}.isdisjoint(names.values())
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def test_a_network_policy_limits_every_workload(rendered) -> None:
+    policies = [d for d in rendered if d["kind"] == "NetworkPolicy"]
+    for deployment in CONFIG_OF:
+        pod = _one(rendered, "Deployment", deployment)["spec"]["template"]
+        ports = {p["containerPort"] for c in pod["spec"]["containers"] for p in c["ports"]}
+        (policy,) = [p for p in policies if _selects(p["spec"]["podSelector"], pod["metadata"]["labels"])]
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        allowed_in = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert allowed_in == ports  # every port the pod listens on, and only those, from named sources
+        assert all(rule.get("from") for rule in policy["spec"]["ingress"])
+        egress = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+        assert 53 in egress and 9092 in egress
+        if deployment == "capillary-aep-ingest":
+            assert 443 not in egress  # the internet-facing ingress never calls AEP
+
+
+def test_every_service_monitor_scrapes_the_port_the_config_serves_metrics_on(rendered) -> None:
+    data = _one(rendered, "ConfigMap", "capillary-aep-config")["data"]
+    listens = {"capillary-aep-connector": tomllib.loads(data["connector.toml"])["metrics"]["listen"],
+               "capillary-aep-ingest": tomllib.loads(data["ingest.toml"])["ingest"]["metrics_listen"]}
+    for deployment, listen in listens.items():
+        monitor = _one(rendered, "ServiceMonitor", deployment)["spec"]
+        (service,) = [d for d in rendered if d["kind"] == "Service"
+                      and _selects(monitor["selector"], d["metadata"]["labels"])]
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == monitor["endpoints"][0]["port"]]
+        pod = _one(rendered, "Deployment", deployment)["spec"]["template"]["spec"]
+        by_name = {p["name"]: p["containerPort"] for c in pod["containers"] for p in c["ports"]}
+        assert by_name[port["targetPort"]] == int(listen.rsplit(":", 1)[1]), (deployment, listen)
+        assert not listen.startswith("127."), f"{deployment}: metrics on loopback cannot be scraped"
+
+
 def test_connector_stop_fits_the_grace_period_and_readiness_does_not_gate_on_partitions(rendered) -> None:
     spec = _one(rendered, "Deployment", "capillary-aep-connector")["spec"]["template"]["spec"]
     drain_bound = DeliveryConfig().drain_timeout_s + 5  # drain, then the consumer close (README)
