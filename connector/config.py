@@ -120,6 +120,10 @@ class DecodeConfig(_Section):
     schema_registry_ca_file: str = ""
     schema_registry_cert_file: str = ""
     schema_registry_key_file: str = ""
+    # Decode limits (connector/avro_guard.py): items one Avro array may declare, and the estimated
+    # size of a record's decoded objects per byte of the record (at least 1 MiB). Over: dead-lettered.
+    max_array_items: int = Field(100_000, ge=1)
+    max_decoded_ratio: int = Field(100, ge=1)
 
     @model_validator(mode="after")
     def _registry_auth(self) -> DecodeConfig:

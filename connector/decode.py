@@ -29,6 +29,13 @@ fastavro stays the reference reader:
   Corrupt records therefore cost two reads, and a record decodes exactly as fastavro decodes it
   (fastavro also accepts a few malformed encodings cavro rejects, e.g. a union index of -1).
 
+What is never read (``connector.avro_guard``, each a ``DecodeError``): a registry schema that is not
+Avro (``not_avro_schema``), one that does not parse (``invalid_schema``), a recursive or too deeply
+nested one (``recursive_schema``, ``schema_too_deep``: a deep record would overflow the readers' C
+stacks), and a record whose declared counts the bytes cannot back or whose decoded objects would
+be far larger than the record (``corrupt_avro``: a count or length past the end; ``too_many_items``, ``decoded_too_large``).
+Refusals are remembered per schema id.
+
 cavro is optional: it has wheels only for CPython ≤ 3.12 on x86-64 Linux (pyproject installs it only
 there). Without it every record is read by fastavro, with the same results, about three times slower.
 """
@@ -44,6 +51,7 @@ import orjson
 from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import to_parsing_canonical_form
 
+from connector.avro_guard import ForeignSchema, Limits, Shape, needs_scan, scan, shape
 from connector.avro_schemas import LocalSchemas
 from connector.errors import DecodeError
 
@@ -62,8 +70,9 @@ _JSON_STARTS = frozenset(b"{[ \t\r\n")
 
 # schema id → writer schema, or None if the registry does not know the id. The schema may be given
 # as its JSON text (what ``connector.registry.RegistryLookup`` returns), as decoded JSON, or as a
-# fastavro parsed schema.
+# fastavro parsed schema; a registry schema of another type is a ``ForeignSchema`` (dead-lettered).
 RegistryLookup = Callable[[int], Any]
+_MAX_REFUSED = 10_000  # schema ids remembered as unreadable (anyone can pick ids: the map is bounded)
 
 try:
     import cavro
@@ -76,17 +85,20 @@ if cavro is not None:
     _ONE_MORE_BYTE = cavro.Schema('{"type": "fixed", "name": "trailing", "size": 1}')
     _MemoryReader = cavro.MemoryReader
 
-# (cavro schema or None, fastavro writer, fastavro reader or None)
-_Plan = tuple[Any, Any, Any]
+# (cavro schema or None, fastavro writer, fastavro reader or None, the writer's Shape)
+_Plan = tuple[Any, Any, Any, Shape]
 
 
 class Decoder:
     """Turns one record value into a list of event dicts (one for Avro, one or more for JSON)."""
 
-    def __init__(self, local: LocalSchemas | None, registry_lookup: RegistryLookup | None = None) -> None:
+    def __init__(self, local: LocalSchemas | None, registry_lookup: RegistryLookup | None = None,
+                 limits: Limits | None = None) -> None:
         self._local = local
         self._registry_lookup = registry_lookup
+        self._limits = limits or Limits()
         self._by_id: dict[int, _Plan] = {}  # schema id → plan
+        self._refused: dict[int, DecodeError] = {}  # schema id → why its records are not read
         self._by_fp: dict[bytes, _Plan] = {}  # single-object fingerprint → plan
         self._readers: dict[str, Any] = {}  # full record name → fastavro parsed local schema
         self._reader_forms: dict[str, str | None] = {}  # full record name → Parsing Canonical Form
@@ -113,12 +125,23 @@ class Decoder:
         schema_id = int.from_bytes(value[1:5], "big")
         plan = self._by_id.get(schema_id)
         if plan is None:
+            refused = self._refused.get(schema_id)
+            if refused is not None:
+                raise DecodeError(refused.reason, refused.detail)
             if self._registry_lookup is None:
                 raise DecodeError("no_registry", f"schema id {schema_id}: no schema registry configured")
             found = self._registry_lookup(schema_id)  # may raise RegistryUnavailable (transient)
             if found is None:
                 raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not in the registry")
-            plan = self._by_id[schema_id] = self._plan(found)
+            try:
+                if isinstance(found, ForeignSchema):
+                    raise DecodeError("not_avro_schema", f"a {found.schema_type} schema, not Avro")
+                plan = self._by_id[schema_id] = self._plan(found)
+            except DecodeError as exc:
+                if len(self._refused) >= _MAX_REFUSED:
+                    self._refused.clear()
+                self._refused[schema_id] = exc
+                raise DecodeError(exc.reason, f"schema id {schema_id}: {exc.detail}") from None
         return self._read(value, 5, plan)
 
     def _decode_single_object(self, value: bytes) -> dict[str, Any]:
@@ -132,13 +155,18 @@ class Decoder:
                 raise DecodeError("unknown_fingerprint", f"fingerprint {fp.hex()} matches no local schema")
             # The writer is the local schema itself: nothing to resolve.
             writer = self._local.parsed(name)
-            plan = self._by_fp[fp] = (_compiled(self._local.schema_json(name)), writer, None)
+            plan = self._by_fp[fp] = (_compiled(self._local.schema_json(name)), writer, None, shape(writer))
         return self._read(value, 10, plan)
 
     def _plan(self, found: Any) -> _Plan:
-        """Decide once per schema id how its records are read."""
-        text = _schema_text(found)
-        writer, form = _parsed_writer(text)  # a schema fastavro rejects raises, as it always has
+        """Decide once per schema id how its records are read. Raises :class:`DecodeError` for a
+        schema that is not to be read: one that does not parse, a recursive or too deep one."""
+        try:
+            text = _schema_text(found)
+            writer, form = _parsed_writer(text)
+        except Exception as exc:  # noqa: BLE001 - fastavro raises many types (UnknownType, SchemaParseException…)
+            raise DecodeError("invalid_schema", f"{type(exc).__name__}: {exc}"[:300]) from None
+        guard = _shape(text)
         name = writer.get("name") if isinstance(writer, dict) else None
         reader = self._readers.get(name) if name is not None else None
         if reader is not None and self._reader_form(name) == form:
@@ -147,8 +175,8 @@ class Decoder:
             # deep comparison on every record.
             reader = None
         if reader is not None:
-            return (None, writer, reader)  # resolution: fastavro
-        return (_compiled(text), writer, None)
+            return (None, writer, reader, guard)  # resolution: fastavro
+        return (_compiled(text), writer, None, guard)
 
     def _reader_form(self, name: str) -> str | None:
         """The local reader's Parsing Canonical Form; None if it has logical types: the form leaves
@@ -158,9 +186,10 @@ class Decoder:
             self._reader_forms[name] = None if _has_logical_type(reader) else to_parsing_canonical_form(reader)
         return self._reader_forms[name]
 
-    @staticmethod
-    def _read(value: bytes, start: int, plan: _Plan) -> dict[str, Any]:
-        fast, writer, reader = plan
+    def _read(self, value: bytes, start: int, plan: _Plan) -> dict[str, Any]:
+        fast, writer, reader, guard = plan
+        if needs_scan(guard, len(value) - start):
+            scan(guard, value, start, self._limits)  # raises for counts the bytes cannot back
         if fast is not None:
             buf = _MemoryReader(value[start:])
             try:
@@ -229,6 +258,13 @@ def _parsed_writer(text: str) -> tuple[Any, str]:
     """fastavro's parsed schema and the Parsing Canonical Form of one writer schema."""
     writer = parse_schema(_plain_schema(text))
     return writer, to_parsing_canonical_form(writer)
+
+
+@lru_cache(maxsize=_PREPARED_SCHEMAS)
+def _shape(text: str) -> Shape:
+    """The writer's Shape; raises DecodeError for a recursive or too deep one (not cached: the
+    Decoder remembers the refusal per schema id)."""
+    return shape(_parsed_writer(text)[0])
 
 
 @lru_cache(maxsize=_PREPARED_SCHEMAS)

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 Entry = tuple[Any, TopicPartition, int]  # (consumed message, its partition, the partition's epoch)
 OnOutcomes = Callable[[list[Entry], list[Outcome]], None]
-SchemaLookup = Callable[[int], "str | None"]  # schema id → writer schema (connector.registry)
+# schema id → writer schema text, ForeignSchema (not Avro) or None (connector.registry)
+SchemaLookup = Callable[[int], Any]
 
 FULL_CHUNK = 256  # records: a chunk worth queueing behind the one a worker is on
 MAX_CHUNK = 1_000  # records per chunk: bounds the memory of a hand-off on both sides

@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from connector.avro_guard import ForeignSchema
 from connector.config import DecodeConfig, strip_userinfo
 from connector.errors import RegistryUnavailable
 
@@ -26,10 +27,12 @@ _ATTEMPTS = 3
 
 
 class RegistryLookup:
-    """Callable ``schema_id → writer schema JSON text | None`` backed by a Schema Registry.
+    """Callable ``schema_id → writer schema JSON text | ForeignSchema | None`` backed by a Schema Registry.
 
     The text is returned as the registry serves it: the decoder parses it once per schema id, for
-    fastavro and for cavro (which needs the plain schema, not fastavro's parsed form).
+    fastavro and for cavro (which needs the plain schema, not fastavro's parsed form). A shared
+    registry also holds JSON Schema and Protobuf subjects, and a producer picks any id: those come
+    back as ``ForeignSchema(type)``, and the decoder dead-letters their records.
     """
 
     def __init__(self, url: str, client: SchemaRegistryClient | None = None, conf: dict[str, Any] | None = None) -> None:
@@ -40,15 +43,17 @@ class RegistryLookup:
     def from_config(cls, decode: DecodeConfig) -> RegistryLookup:
         return cls(decode.schema_registry_url, conf=client_config(decode))
 
-    def __call__(self, schema_id: int) -> str | None:
+    def __call__(self, schema_id: int) -> str | ForeignSchema | None:
         return self._fetch(schema_id)
 
-    def _fetch(self, schema_id: int) -> str | None:
+    def _fetch(self, schema_id: int) -> str | ForeignSchema | None:
         delay = 0.2
         err: Exception | None = None
         for attempt in range(_ATTEMPTS):
             try:
-                return str(self._client.get_schema(schema_id).schema_str)
+                found = self._client.get_schema(schema_id)
+                kind = (found.schema_type or "AVRO").upper()  # Confluent leaves schemaType out for Avro
+                return str(found.schema_str) if kind == "AVRO" else ForeignSchema(kind)
             except SchemaRegistryError as exc:
                 status = exc.http_status_code
                 if status in (401, 403):

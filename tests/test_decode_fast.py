@@ -122,15 +122,23 @@ def test_the_registry_lookup_may_return_text_json_or_a_parsed_schema(
     assert all((plan[0] is not None) == decode.HAVE_CAVRO for plan in decoder._by_id.values())
 
 
-def test_registry_lookup_returns_the_schema_text() -> None:
+def test_registry_lookup_returns_the_schema_text_or_the_type_of_a_foreign_one() -> None:
+    from confluent_kafka.schema_registry import Schema
+
+    from connector.avro_guard import ForeignSchema
+
+    text = '{"type": "record", "name": "r", "fields": []}'
+    served = {7: Schema(text, "AVRO"), 8: Schema(text, None), 9: Schema('{"type": "object"}', "JSON"),
+              10: Schema("syntax = \"proto3\";", "PROTOBUF")}
+
     class Client:
         def get_schema(self, schema_id: int) -> Any:
-            class S:
-                schema_str = '{"type": "record", "name": "r", "fields": []}'
+            return served[schema_id]
 
-            return S()
-
-    assert RegistryLookup("http://registry", client=Client())(7) == '{"type": "record", "name": "r", "fields": []}'
+    lookup = RegistryLookup("http://registry", client=Client())
+    assert lookup(7) == text and lookup(8) == text  # Confluent leaves schemaType out for Avro
+    assert lookup(9) == ForeignSchema("JSON")
+    assert lookup(10) == ForeignSchema("PROTOBUF")
 
 
 def test_a_writer_without_a_local_reader_is_read_by_cavro(monkeypatch: pytest.MonkeyPatch) -> None:
