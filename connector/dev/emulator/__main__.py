@@ -26,6 +26,8 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         overrides["strict_schemas"] = True
     if args.tenant is not None:
         overrides["tenant_id"] = args.tenant
+    if args.page_size is not None:
+        overrides["platform_page_size"] = args.page_size
     if args.registry_authorization is not None:
         overrides["registry_authorization"] = args.registry_authorization
     cfg = load_config(args.config, **overrides) if args.config else demo_config(**overrides)
@@ -54,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
                         "(datasets created through the emulated Platform APIs, or with a json_schema)")
     p.add_argument("--tenant", default=None, metavar="ID", help="tenant id of the emulated Schema Registry "
                    "(default: capillary)")
+    p.add_argument("--page-size", type=int, default=None, metavar="N",
+                   help="items per page of the Platform API lists (default: 20)")
     p.add_argument("--registry-authorization", default=None, metavar="VALUE",
                    help='Schema Registry requires this Authorization header ("Basic …" or "Bearer …")')
     p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (chain)")

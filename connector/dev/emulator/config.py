@@ -118,6 +118,9 @@ class EmulatorConfig(_Model):
     # Reject (400) an inlet message that does not validate against its dataset's schema, as AEP
     # rejects fields the schema lacks; off: only the async validation of accepted messages.
     strict_schemas: bool = False
+    # Items per page of the Platform API lists (Schema Registry, Catalog, Flow Service): tests set 1
+    # so every lookup pages. Pages are cut before the name/title filter applies.
+    platform_page_size: int = Field(20, ge=1, le=100)
 
     max_body_bytes: int = Field(1_048_576, ge=1)  # "1 MB" request cap → 413
     # Schema Registry endpoints answer 401 unless the request's Authorization header is exactly this
