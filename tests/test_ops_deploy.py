@@ -61,6 +61,17 @@ def test_compose_uses_the_official_images_and_builds_the_rest_from_the_dockerfil
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
 
 
+def test_every_compose_service_runs_without_privileges_and_ours_on_a_read_only_root() -> None:
+    services = _compose()["services"]
+    for name, svc in services.items():
+        assert svc.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in svc.get("security_opt", ()), name
+        assert not svc.get("privileged"), name
+        if "build" in svc:  # our image: nothing writes outside /tmp
+            assert svc.get("read_only") is True and any(t.startswith("/tmp") for t in svc["tmpfs"]), name
+    assert not any("enable-lifecycle" in arg for arg in services["prometheus"]["command"])  # no remote reload/quit
+
+
 def test_compose_connector_scales_and_every_dependency_waits_on_a_condition() -> None:
     services = _compose()["services"]
     connector = services["connector"]
