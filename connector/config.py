@@ -22,7 +22,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from connector.egress import AepHttpConfig
 from connector.errors import ConnectorError
-from connector.kafka_security import SECRET_PROPERTIES, KafkaSecurityConfig, load_secret_file
+from connector.kafka_security import KafkaSecurityConfig, is_secret_property, load_secret_file
 from connector.topics import DEFAULT_DLQ_TOPIC, DEFAULT_SUBSCRIPTION
 
 ENV_PREFIX = "CAPILLARY_AEP__"
@@ -75,7 +75,7 @@ class KafkaConfig(_Section):
     @classmethod
     def _no_secrets_in_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
         # A secret here would be a plain dict entry: printed by repr(), unknown to the log redaction.
-        bad = sorted(SECRET_PROPERTIES & set(extra))
+        bad = sorted(name for name in extra if is_secret_property(name))
         if bad:
             raise ValueError(f"{', '.join(bad)} is a secret: set it in kafka.security (e.g. "
                              "kafka.security.sasl.password or password_file), where it is masked and redacted")

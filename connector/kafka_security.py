@@ -12,6 +12,7 @@ MSK IAM has no static credential: librdkafka calls ``oauth_cb`` for a short-live
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -21,12 +22,22 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 
-# librdkafka properties that hold secrets: refused in kafka.extra, where they would be a plain
-# dict entry (printed by repr(), unknown to the log redaction).
+# librdkafka properties that hold secrets (CONFIGURATION.md marks them sensitive): refused in
+# kafka.extra, where they would be a plain dict entry (printed by repr(), unknown to the log
+# redaction). Any other name that reads like a secret is refused too (:func:`is_secret_property`),
+# so a property librdkafka adds later is not let through by default.
 SECRET_PROPERTIES = frozenset({
     "sasl.password", "sasl.oauthbearer.client.secret", "ssl.key.password", "ssl.keystore.password",
-    "ssl.key.pem", "sasl.oauthbearer.config",
+    "ssl.key.pem", "ssl_key", "sasl.oauthbearer.config", "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem", "sasl.kerberos.keytab",
 })
+_SECRET_NAME = re.compile(r"password|passphrase|secret|token|credential|private\.key|\.pem\Z|keytab", re.I)
+
+
+def is_secret_property(name: str) -> bool:
+    # ssl.certificate.pem and ssl.ca.pem are public material, not secrets.
+    return name in SECRET_PROPERTIES or (bool(_SECRET_NAME.search(name))
+                                         and name not in ("ssl.certificate.pem", "ssl.ca.pem"))
 
 
 class _Section(BaseModel):

@@ -66,6 +66,17 @@ class _RedactFilter(logging.Filter):
         return True
 
 
+def _redacted(value: Any) -> Any:
+    """``value`` with every string in it redacted, at any depth (a field may hold a dict or a list)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_redacted(v) for v in value]
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -76,7 +87,7 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and not key.startswith("_"):
-                doc[key] = redact(value) if isinstance(value, str) else value
+                doc[key] = _redacted(value)
         if record.exc_info:
             doc["exc"] = redact(self.formatException(record.exc_info))
         if record.stack_info:

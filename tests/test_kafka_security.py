@@ -134,6 +134,26 @@ def test_bad_security_config_names_the_key(tmp_path: Path, toml: str, expected: 
     assert "in-clear" not in str(info.value)
 
 
+@pytest.mark.parametrize("prop", [
+    "sasl.password", "sasl.oauthbearer.client.secret", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem",
+    "sasl.oauthbearer.config", "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem", "sasl.kerberos.keytab",
+    "sasl.oauthbearer.some.future.secret", "ssl.engine.key.password",  # not listed: refused by name
+])
+def test_every_secret_librdkafka_property_is_refused_in_extra_without_echoing_it(
+        tmp_path: Path, prop: str, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, GOOD + f"[kafka]\nextra = {{ '{prop}' = 'in-clear-value' }}\n"))
+    assert f"kafka.extra: {prop} is a secret" in str(info.value)
+    assert "in-clear-value" not in str(info.value) + repr(info.value) + caplog.text
+
+
+def test_public_material_and_ordinary_properties_stay_allowed_in_extra(tmp_path: Path) -> None:
+    extra = "{ 'ssl.certificate.pem' = 'PEM', 'ssl.ca.pem' = 'PEM', 'fetch.min.bytes' = 1 }"
+    settings = load_settings(_write(tmp_path, GOOD + f"[kafka]\nextra = {extra}\n"))
+    assert set(settings.kafka.extra) == {"ssl.certificate.pem", "ssl.ca.pem", "fetch.min.bytes"}
+
+
 def test_password_file_and_env_and_the_secret_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pw = tmp_path / "kafka-password"
     pw.write_text(PASSWORD + "\n")

@@ -186,7 +186,8 @@ def test_logs_are_json_off_a_tty_and_secrets_are_masked_everywhere(root_logging:
     log = logging.getLogger("ops.test")
 
     def emit() -> None:
-        log.info("secret %s in args", secret, extra={"detail": f"token={token}", "n": 3})
+        log.info("secret %s in args", secret, extra={"detail": f"token={token}", "n": 3,
+                                                      "nested": {"conf": [{"sasl.password": secret}], "n": 1}})
         try:
             raise ValueError(f"boom {secret}")
         except ValueError:
@@ -198,6 +199,7 @@ def test_logs_are_json_off_a_tty_and_secrets_are_masked_everywhere(root_logging:
     assert first["level"] == "INFO" and first["logger"] == "ops.test" and first["ts"].endswith("Z")
     assert first["msg"] == "secret ********** in args"
     assert first["detail"] == "token=**********" and first["n"] == 3
+    assert first["nested"] == {"conf": [{"sasl.password": "**********"}], "n": 1}
     assert second["msg"] == "failed with **********" and "boom **********" in second["exc"]
 
     text = _log_lines("text", emit)
