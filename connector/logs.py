@@ -24,7 +24,8 @@ def register_secret(value: str) -> None:
 
 def register_settings_secrets(settings: Any) -> None:
     """Every secret of a loaded configuration: Kafka security, Schema Registry credentials, the
-    password of a proxy URL. Duck-typed, so the ingress and the connector settings both fit."""
+    IMS client secret, the password of a proxy URL. Duck-typed, so the ingress, the connector and
+    the provisioning settings all fit; every command that loads settings calls it."""
     from connector.kafka_security import secret_values
 
     kafka = getattr(settings, "kafka", None)
@@ -39,6 +40,9 @@ def register_settings_secrets(settings: Any) -> None:
     if aep is not None:
         for value in aep.http.secret_values():
             register_secret(value)
+        ims = getattr(aep, "ims", None)
+        if ims is not None:
+            register_secret(ims.client_secret.get_secret_value())
 
 
 def register_token(value: str) -> None:

@@ -226,6 +226,17 @@ def test_registered_kafka_secrets_are_masked_in_log_lines(tmp_path: Path) -> Non
     assert PASSWORD not in line and "**********" in line
 
 
+def test_loading_settings_registers_the_ims_secret_for_every_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # dlq replay --direct, check and provision load settings the same way: none may log the IMS secret.
+    ims_secret = "ims-Secret-Value-4242"
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", ims_secret)
+    s = load_settings(_write(tmp_path, GOOD))
+    register_settings_secrets(s)
+    record = logging.LogRecord("connector", logging.ERROR, __file__, 1, "IMS said %s", (f"bad {ims_secret}",), None)
+    assert ims_secret not in JsonFormatter().format(record)
+
+
 def test_dead_letter_headers_mask_a_registered_secret(tmp_path: Path) -> None:
     from connector.dlq import DeadLetter
 
