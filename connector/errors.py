@@ -10,7 +10,9 @@ The pipeline decides what to do by the type it catches, never by a message or a 
     ├── TransientError           goes away by itself: retry with backoff; never dead-letter, never commit
     │   └── RegistryUnavailable  the Schema Registry cannot be reached       → stop without committing (exit 3)
     ├── AuthFailure              IMS or the inlet rejects our credentials    → pause, unhealthy, probe every 30 s
-    ├── WorkerCrashed            transform workers keep dying                → stop without committing (exit 5)
+    ├── WorkerCrashed            transform workers keep dying as they start  → stop without committing (exit 5)
+    │                            (one dying on a record: that record is isolated and dead-lettered at
+    │                            stage "process", reason "crashed_processing": connector.isolation)
     └── PlatformError            a Platform API call of ``provision`` failed  (connector.provision.platform; exit 8)
 
 Problems that are states rather than exceptions (a stalled partition, an unusable dead-letter topic, a
@@ -52,7 +54,7 @@ class AuthFailure(ConnectorError):
 
 
 class WorkerCrashed(ConnectorError):
-    """Worker processes keep dying: stop rather than spin."""
+    """Worker processes keep dying before they are ready (no record is to blame): stop rather than spin."""
 
 
 class Stage(StrEnum):
@@ -62,6 +64,7 @@ class Stage(StrEnum):
     TRANSFORM = "transform"
     VALIDATE = "validate"  # pre-flight XDM validation
     DELIVER = "deliver"  # AEP rejected it, or it cannot fit in a request
+    PROCESS = "process"  # decode → transform → encode as a whole: the process died on it (crashed_processing)
 
 
 class ExitCode(IntEnum):
@@ -72,7 +75,7 @@ class ExitCode(IntEnum):
     CONFIG = 2  # invalid configuration
     REGISTRY = 3  # the Schema Registry cannot be reached
     CONSUMER = 4  # fatal consumer error (e.g. max.poll.interval.ms exceeded)
-    WORKERS = 5  # transform workers crash in a loop
+    WORKERS = 5  # transform workers crash in a loop as they start
     DLQ = 6  # the dead-letter topic cannot take letters (authorization, unknown topic, size)
     SENDER = 7  # the sender keeps failing with an internal error
     PLATFORM = 8  # provision: a Platform API call failed

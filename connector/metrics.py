@@ -186,6 +186,9 @@ class Metrics:
             p + "transform_workers", "Worker processes decoding and transforming (0: the consumer thread)", registry=r)
         self.worker_restarts = Counter(
             p + "worker_restarts_total", "Transform worker processes that died and were restarted", registry=r)
+        self.records_crashed = Counter(
+            p + "records_crashed_total", "Records that killed the processes processing them, isolated and "
+            "dead-lettered (stage process, reason crashed_processing)", registry=r)
         self.worker_busy = Counter(
             p + "worker_busy_seconds_total", "Wall time each transform worker spent on chunks (its rate is the "
             "worker's busy fraction; the rest it waited for input)", ["worker"], registry=r)

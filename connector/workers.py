@@ -13,9 +13,11 @@ per replica). A chunk's outcomes carry everything the parent needs to batch or d
 record; the parent drops outcomes of partitions revoked meanwhile (epochs, see ``offsets``).
 
 A worker that dies (OOM kill, a crash in a C extension) is restarted and its outstanding chunks are
-sent again; if workers die ``_MAX_CRASHES`` times within ``_CRASH_WINDOW_S``, :class:`WorkerCrashed`
-stops the connector without committing the records concerned (a crash loop is then visible to the
-orchestrator instead of silently spinning).
+sent again, the one it was on split until the record that kills it is found and dead-lettered
+(connector/isolation.py). A worker says when it is ready; if workers die before that
+``_MAX_CRASHES`` times within ``_CRASH_WINDOW_S`` (they cannot start: no record is to blame),
+:class:`WorkerCrashed` stops the connector without committing the records concerned (a crash loop
+is then visible to the orchestrator instead of silently spinning).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from connector.errors import WorkerCrashed
+from connector.errors import Stage, WorkerCrashed
 from connector.heap import HeapTrimmer, tune_malloc
+from connector.isolation import Isolation, describe_exit
 from connector.metrics import METRICS
 from connector.process import Empty, Encoded, Outcome, ProcessorSpec, RecordProcessor, Rejected
 from connector.thread_names import name_os_thread
@@ -88,6 +91,10 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
     # does no I/O, and a registry outage is handled where the consumer is.
     schemas: dict[int, str | None] = {}
     processor = RecordProcessor(spec, schemas.get if spec.decode.schema_registry_url else None)
+    try:
+        outbox.send_bytes(_READY)  # from here on, a death is blamed on the chunk we are on
+    except (BrokenPipeError, OSError):
+        return
     # Chunks are read on a thread so the parent's send never waits for us to finish a chunk while
     # we wait for it to read our answer (two blocked writers on two full pipes).
     chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -120,6 +127,9 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
         trim(time.monotonic())
 
 
+_READY = pickle.dumps((0, None, 0.0), protocol=pickle.HIGHEST_PROTOCOL)  # seq 0: started, no chunk
+
+
 def _grow_pipe(conn: Connection) -> None:
     """Linux pipes hold 64 KB: a 500 KB chunk would make the writer wait for the reader's GIL-bound
     thread many times over (seen as the consumer thread blocked in send). Ask for more; the
@@ -136,7 +146,7 @@ def _grow_pipe(conn: Connection) -> None:
 
 
 class _Worker:
-    __slots__ = ("busy", "inbox", "known", "no", "outbox", "outstanding", "process")
+    __slots__ = ("busy", "inbox", "known", "no", "outbox", "outstanding", "process", "ready")
 
     def __init__(self, no: int, ctx: Any, spec: ProcessorSpec) -> None:
         self.no = no
@@ -150,6 +160,7 @@ class _Worker:
         in_r.close()
         out_w.close()
         self.outstanding: dict[int, bytes] = {}  # seq → pickled chunk, until answered
+        self.ready = False  # said it has started: a death from now on is blamed on its first chunk
         self.known: set[int] = set()  # schema ids this worker was sent
         self.busy = METRICS.worker_busy.labels(str(no))  # time on chunks, as the worker measured it
 
@@ -177,7 +188,7 @@ class WorkerPool:
     answers as they come (per worker in submission order)."""
 
     def __init__(self, workers: int, spec: ProcessorSpec,
-                 registry_lookup: Callable[[int], str | None] | None = None) -> None:
+                 registry_lookup: Callable[[int], Any] | None = None) -> None:
         # Never fork a process that runs librdkafka threads: workers are forked from a fresh server
         # process that imported this module once, so they start fast and share its pages.
         self._ctx = mp.get_context("forkserver")
@@ -186,9 +197,10 @@ class WorkerPool:
         self._spec = spec
         self._workers = [_Worker(i, self._ctx, spec) for i in range(workers)]
         self._seq = 0
-        self._crashes: list[float] = []
+        self._crashes: list[float] = []  # deaths before ready, within _CRASH_WINDOW_S
+        self._isolation = Isolation(self._next_seq)
         self._lookup = registry_lookup
-        self._schemas: dict[int, str] = {}  # schema id → writer schema text, as found in the registry
+        self._schemas: dict[int, str] = {}  # schema id → writer schema text (or ForeignSchema), as found in the registry
 
     def __len__(self) -> int:
         return len(self._workers)
@@ -202,9 +214,12 @@ class WorkerPool:
         if a writer schema it needs cannot be fetched."""
         w = self._workers[worker_no]
         new_schemas = self._schemas_for(w, values) if self._lookup is not None else None
+        seq = self._next_seq()
+        w.send(seq, pickle.dumps((seq, values, new_schemas), protocol=pickle.HIGHEST_PROTOCOL))
+        return seq
+
+    def _next_seq(self) -> int:
         self._seq += 1
-        payload = pickle.dumps((self._seq, values, new_schemas), protocol=pickle.HIGHEST_PROTOCOL)
-        w.send(self._seq, payload)
         return self._seq
 
     def _schemas_for(self, w: _Worker, values: list[bytes | None]) -> dict[int, str | None] | None:
@@ -235,7 +250,8 @@ class WorkerPool:
 
     def pending(self, worker_no: int) -> list[int]:
         """Sequence numbers of the chunks a worker has not answered yet."""
-        return list(self._workers[worker_no].outstanding)
+        chunk_of = self._isolation.chunk_of
+        return list(dict.fromkeys(chunk_of(seq) for seq in self._workers[worker_no].outstanding))
 
     def busy(self, worker_no: int) -> int:
         """Chunks sent to a worker and not answered yet."""
@@ -256,26 +272,60 @@ class WorkerPool:
                         break
                     raw = conn.recv_bytes()  # type: ignore[union-attr] # wait() returns the connections it was given
                 except (EOFError, OSError):
-                    self._restart(w)
+                    n += self._restart(w, on_answer)
                     break
                 seq, packed, busy_s = pickle.loads(raw)
+                if seq == 0:
+                    w.ready = True
+                    continue
                 w.outstanding.pop(seq, None)
                 w.busy.inc(busy_s)
-                on_answer(seq, unpack(packed))
-                n += 1
+                n += self._answer(seq, unpack(packed), on_answer)
         return n
 
-    def _restart(self, w: _Worker) -> None:
-        now = time.monotonic()
-        self._crashes = [t for t in self._crashes if now - t < _CRASH_WINDOW_S] + [now]
-        code = w.process.exitcode if not w.process.is_alive() else None
-        w.stop(0.5)
-        if len(self._crashes) >= _MAX_CRASHES:
-            raise WorkerCrashed(f"transform workers died {len(self._crashes)} times in {_CRASH_WINDOW_S:.0f}s "
-                                f"(last exit code {code})")
-        log.error("transform worker %d died (exit code %s); restarting it and re-sending %d chunks",
-                  w.no, code, len(w.outstanding))
+    def _answer(self, seq: int, outcomes: list[Outcome], on_answer: Callable[[int, list[Outcome]], None]) -> int:
+        whole = self._isolation.answered(seq, outcomes)
+        if whole is None:
+            return 0  # a piece of a chunk being narrowed down: the chunk is answered once whole
+        on_answer(*whole)
+        return 1
+
+    def _restart(self, w: _Worker, on_answer: Callable[[int, list[Outcome]], None]) -> int:
+        """Replace a dead worker; re-send its chunks, the one it died on split (or, a lone record
+        that killed two, answered as ``crashed_processing``). Returns chunks answered."""
+        w.stop(0.5)  # reaped: its exit code is known
+        how = describe_exit(w.process.exitcode)
+        outstanding = list(w.outstanding.items())
+        answered = 0
         METRICS.worker_restarts.inc()
+        if not w.ready:  # died starting: no record to blame
+            now = time.monotonic()
+            self._crashes = [t for t in self._crashes if now - t < _CRASH_WINDOW_S] + [now]
+            if len(self._crashes) >= _MAX_CRASHES:
+                raise WorkerCrashed(f"transform workers died {len(self._crashes)} times in "
+                                    f"{_CRASH_WINDOW_S:.0f}s before they were ready (last: {how})")
+            log.error("transform worker %d died starting (%s); restarting it", w.no, how)
+        elif outstanding:
+            seq, payload = outstanding.pop(0)
+            _, values, _ = pickle.loads(payload)
+            if len(values) > 1:
+                pieces = self._isolation.split(seq, len(values))
+                log.error("transform worker %d died (%s) on a chunk of %d records; restarting it and sending "
+                          "the chunk again in halves, to find the record", w.no, how, len(values))
+                outstanding[:0] = [(p, pickle.dumps((p, values[a:b], None), protocol=pickle.HIGHEST_PROTOCOL))
+                                   for p, a, b in pieces]
+            elif self._isolation.strike(seq):
+                log.error("a record killed two transform worker processes (last: %s): dead-lettering it as "
+                          "crashed_processing", how)
+                METRICS.records_crashed.inc()
+                answered = self._answer(seq, [Rejected(Stage.PROCESS, "ProcessCrashed", "crashed_processing",
+                                                       f"the process processing it died ({how})")], on_answer)
+            else:
+                log.error("transform worker %d died (%s) holding one record; restarting it and trying the "
+                          "record once more", w.no, how)
+                outstanding.insert(0, (seq, payload))
+        else:
+            log.error("transform worker %d died (%s); restarting it", w.no, how)
         fresh = _Worker(w.no, self._ctx, self._spec)
         self._workers[w.no] = fresh
         if self._schemas:  # what its predecessor had been sent, before the chunks that rely on it
@@ -284,8 +334,9 @@ class WorkerPool:
                 fresh.inbox.send_bytes(pickle.dumps((0, [], self._schemas), protocol=pickle.HIGHEST_PROTOCOL))
             except OSError:
                 pass  # died already: seen at the next collect()
-        for seq, payload in w.outstanding.items():
+        for seq, payload in outstanding:
             fresh.send(seq, payload)
+        return answered
 
     def close(self) -> None:
         for w in self._workers:
