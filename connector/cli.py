@@ -206,11 +206,14 @@ def xdm_export(directory: str, config: str | None, tenant: str | None) -> None:
               help="Names and titles of what is created (and looked up on the next run).")
 def provision(config: str | None, dry_run: bool, write_to: str | None, prefix: str) -> None:
     """Create what the AEP sandbox is missing, in order, never twice: identity namespaces, tenant field
-    groups, schemas (profile one enabled for Profile), datasets enabled for Profile and Identity, the
-    HTTP API streaming connection and its two dataflows. Prints the connector's AEP settings as TOML.
+    groups, schemas (both enabled for Profile), datasets enabled for Profile and Identity, the HTTP API
+    streaming connection and its two dataflows. Prints the connector's AEP settings as TOML. Honours
+    aep.http (proxy, CA bundle, client certificate) as the connector does.
 
-    Exit codes: 0 done (or planned, with --dry-run); 2 invalid configuration; 8 a Platform API call failed."""
-    from connector.config import ProvisionSettings
+    Exit codes: 0 done (or planned, with --dry-run); 2 invalid configuration; 8 a Platform API call
+    failed, or an object under provision's name is not what provision makes (the message says what differs)."""
+    from connector.config import ProvisionSettings, strip_userinfo
+    from connector.logs import redact, register_secret, register_settings_secrets
     from connector.provision.artifacts import Names
     from connector.provision.plan import Provisioner, Request, config_snippet, render_steps
     from connector.provision.platform import Platform, PlatformError
@@ -221,22 +224,27 @@ def provision(config: str | None, dry_run: bool, write_to: str | None, prefix: s
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     aep, ident = settings.aep, settings.xdm.identity
+    # AEP's answers are printed as they come: mask our own secrets in them, as the logs do.
+    register_settings_secrets(settings)
+    register_secret(aep.ims.client_secret.get_secret_value())
     request = Request(settings.xdm.tenant_id, ident.customer_id_namespace, ident.external_id_namespace,
                       ident.card_namespace, Names(prefix), aep.authentication_required)
-    platform = Platform(aep.platform_url, aep.org_id, aep.sandbox, aep.ims)
+    platform = Platform(aep.platform_url, aep.org_id, aep.sandbox, aep.ims, aep.http)
     click.echo(f"{'Planning' if dry_run else 'Provisioning'} sandbox {aep.sandbox!r} of {aep.org_id} "
-               f"at {aep.platform_url}")
+               f"at {strip_userinfo(aep.platform_url)}")
     provisioner = Provisioner(platform, request, dry_run=dry_run, progress=lambda s: click.echo(render_steps([s])))
     try:
         result = provisioner.run()
     except PlatformError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {redact(str(exc))}", err=True)
         sys.exit(8)
     finally:
         platform.close()
     made = len(result.created)
     click.echo(f"{made} created or updated, {len(result.steps) - made} already there"
                + (" (dry run: nothing was changed)" if dry_run else ""))
+    for note in result.notes:
+        click.echo(f"note: {note}")
     snippet = config_snippet(result, settings.xdm.tenant_id)
     click.echo("\n" + snippet)
     if write_to:
