@@ -73,6 +73,8 @@ class PlatformApi:
             "connections": {}, "sourceConnections": {}, "targetConnections": {}, "flows": {}}
         self.creates = 0  # every successful create or update, for tests of idempotence
         self._ids = itertools.count(1)
+        # Test-only: answers forced on "METHOD path" (an AEP failure provision cannot provoke itself).
+        self.faults: dict[str, ApiError] = {}
 
     @property
     def page_size(self) -> int:
@@ -93,6 +95,9 @@ class PlatformApi:
         async def endpoint(request: Request) -> Response:
             try:
                 self._guard(request)
+                forced = self.faults.pop(f"{request.method} {request.url.path}", None)
+                if forced is not None:
+                    raise forced
                 raw = await request.body()
                 try:
                     body = orjson.loads(raw) if raw.strip() else None
@@ -352,6 +357,14 @@ class PlatformApi:
         flow["state"] = f"{op}d"
         return _json({"id": flow["id"], "etag": f'"{uuid.uuid4().hex[:8]}"'}, 202)
 
+    async def fault(self, request: Request) -> Response:
+        """``POST /__emulator/platform/faults {"method", "path", "status", "title", "detail", "code"}``:
+        the next such call fails so (Flow Service paths with a ``report``)."""
+        f = orjson.loads(await request.body())
+        self.faults[f"{f['method']} {f['path']}"] = ApiError(int(f["status"]), str(f.get("title", "Invalid request")),
+                                                             str(f.get("detail", "")), int(f.get("code", 0)))
+        return _json({"faults": sorted(self.faults)})
+
     def inventory(self) -> dict[str, Any]:
         return {"namespaces": sorted(c for c, ns in self.namespaces.items() if ns.get("custom")),
                 "fieldgroups": sorted(d["title"] for d in self.xdm["fieldgroups"].values()),
@@ -372,6 +385,7 @@ class PlatformApi:
             Route(f"{fs}/{{kind}}/{{object_id}}", w(self.flow_item, True), methods=["GET"]),
             Route(f"{fs}/{{kind}}", w(self.flow_list, True), methods=["GET", "POST"]),
             Route("/__emulator/platform", lambda request: _json(self.inventory()), methods=["GET"]),
+            Route("/__emulator/platform/faults", self.fault, methods=["POST"]),
         ]
 
 
