@@ -223,6 +223,9 @@ def provision(config: str | None, dry_run: bool, write_to: str | None, prefix: s
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    if write_to and not Path(write_to).resolve().parent.is_dir():  # say so before anything is created
+        click.echo(f"error: --write {write_to}: its directory does not exist", err=True)
+        sys.exit(2)
     aep, ident = settings.aep, settings.xdm.identity
     # AEP's answers are printed as they come: mask our own secrets in them, as the logs do.
     register_settings_secrets(settings)
@@ -248,7 +251,11 @@ def provision(config: str | None, dry_run: bool, write_to: str | None, prefix: s
     snippet = config_snippet(result, settings.xdm.tenant_id)
     click.echo("\n" + snippet)
     if write_to:
-        Path(write_to).write_text(snippet)
+        try:
+            Path(write_to).write_text(snippet)
+        except OSError as exc:  # the values are printed above: nothing is lost
+            click.echo(f"error: --write {write_to}: {exc.strerror}", err=True)
+            sys.exit(2)
         click.echo(f"written to {write_to}")
 
 

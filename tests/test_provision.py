@@ -316,6 +316,9 @@ def test_provision_cli_writes_the_config_and_fails_clearly(tmp_path: Path) -> No
         assert written["aep"]["inlet_id"] and written["xdm"]["event"]["flow_id"]
         assert written["aep"]["dcs_url"] == emulator.url
 
+        nowhere = _cli(tmp_path, config, "--write", str(tmp_path / "missing" / "aep.toml"), name="nowhere")
+        assert nowhere.wait(60) == 2 and "its directory does not exist" in nowhere.log_text()
+
         bad = ManagedProcess(python_module("connector", "provision", "--config", str(config)),
                              env={"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": "wrong-secret"},
                              log_path=tmp_path / "provision-bad.log")
