@@ -1,42 +1,64 @@
-# capillary-aep: one image for the connector (`run`, the default), `check`, the webhook ingress
-# (`ingest`), the AEP/IMS emulator (`emulator`) and the sample producer (`produce-samples`).
+# capillary-aep: one image for the connector (`run`, the default), `check`, `provision`, the webhook
+# ingress (`ingest`) and dead-letter replay. Two targets:
+#   runtime (the default, last stage): the runtime and the `aws` extra (MSK IAM), no emulator;
+#   dev:     + the `emulator` extra, for the compose stack's emulator and sample producer.
+#   docker build -t capillary-aep-connector .              # runtime
+#   docker build --target dev -t capillary-aep-connector:dev .
 ARG PYTHON_VERSION=3.12
 
-# Any CPU: `docker buildx build --platform linux/amd64,linux/arm64 .` Every dependency comes as a
-# binary wheel (--only-binary), so the slim build stage needs no compiler; cavro, which has wheels
-# only for x86-64, is left out elsewhere by its marker in pyproject.toml (fastavro reads instead).
+# Any CPU: `docker buildx build --platform linux/amd64,linux/arm64 .` Every dependency comes from the
+# lock file (requirements/*.txt: pinned, each file checked against its hash) as a binary wheel, so the
+# slim build stage needs no compiler; cavro, which has wheels only for x86-64, is left out elsewhere
+# by its marker (fastavro reads instead).
 
-# -- build: the project wheel and the wheels of its dependencies, installed into a venv ---------------
-FROM python:${PYTHON_VERSION}-slim AS build
+# -- build: the locked dependencies and the project wheel, installed into a venv ---------------------
+FROM python:${PYTHON_VERSION}-slim AS build-base
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # README.md* : optional (pyproject names it; the glob keeps the build working without it).
 COPY pyproject.toml README.md* ./
+COPY requirements ./requirements
 COPY connector ./connector
-# The compose stack runs the emulator and the sample producer from this image: the `emulator` extra
-# (jsonschema). `--build-arg EXTRAS=` builds the runtime alone (connector, ingress, check, provision).
-ARG EXTRAS=emulator
-RUN pip wheel --no-deps --wheel-dir /wheels . \
- && whl=$(ls /wheels/capillary_aep_connector-*.whl) \
- && pip wheel --only-binary=:all: --wheel-dir /wheels "${whl}${EXTRAS:+[$EXTRAS]}" \
- && python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-index --find-links=/wheels "capillary-aep-connector${EXTRAS:+[$EXTRAS]}"
+RUN pip wheel --no-deps --wheel-dir /wheels .
 
-# -- runtime: slim, non-root, only the venv (no compiler, no wheels, no sources) -----------------------
-FROM python:${PYTHON_VERSION}-slim
+FROM build-base AS build-runtime
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r requirements/runtime.txt \
+ && /opt/venv/bin/pip install --no-deps /wheels/capillary_aep_connector-*.whl
+
+FROM build-base AS build-dev
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r requirements/image-dev.txt \
+ && /opt/venv/bin/pip install --no-deps /wheels/capillary_aep_connector-*.whl
+
+# -- what both images share: slim, non-root, no compiler, no wheels, no sources -----------------------
+FROM python:${PYTHON_VERSION}-slim AS base
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="capillary-aep-connector" \
+      org.opencontainers.image.description="Streams Capillary loyalty events from Kafka into Adobe Experience Platform, at least once." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH \
     CAPILLARY_AEP_CONFIG=/etc/capillary-aep/connector.toml
-COPY --from=build /opt/venv /opt/venv
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin capillary
 # The Avro schemas are not inside the package: avro_schemas.DEFAULT_DIR is `schemas/` next to it.
 COPY schemas /opt/capillary-aep/schemas
-RUN ln -s /opt/capillary-aep/schemas \
-      "$(python -c 'import connector.avro_schemas as m; print(m.DEFAULT_DIR)')" \
- && capillary-aep --version \
- && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin capillary
 WORKDIR /opt/capillary-aep
-USER 10001:10001
 # Metrics, /healthz and /readyz (metrics.listen must be 0.0.0.0:9400 in the config, as in
 # deploy/connector.compose.toml). Health checks are declared per service in docker-compose.yml.
 EXPOSE 9400
 ENTRYPOINT ["capillary-aep"]
 CMD ["run"]
+
+FROM base AS dev
+COPY --from=build-dev /opt/venv /opt/venv
+RUN ln -s /opt/capillary-aep/schemas "$(python -c 'import connector.avro_schemas as m; print(m.DEFAULT_DIR)')" \
+ && capillary-aep --version
+USER 10001:10001
+
+FROM base AS runtime
+COPY --from=build-runtime /opt/venv /opt/venv
+RUN ln -s /opt/capillary-aep/schemas "$(python -c 'import connector.avro_schemas as m; print(m.DEFAULT_DIR)')" \
+ && capillary-aep --version \
+ && ! python -c 'import jsonschema' 2>/dev/null
+USER 10001:10001

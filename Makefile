@@ -4,15 +4,26 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-unit test-integration check bench bench-smoke clean lint
+.PHONY: install install-bench demo test test-unit test-integration check bench bench-smoke clean lint lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every dependency from the lock file, each checked against its hash; then the project itself.
+$(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+## lock: the lock files (requirements/*.txt, hashes, every platform) from pyproject.toml; a pin
+## changes only when pyproject.toml no longer admits it (`make lock UPGRADE=1` takes the newest)
+LOCKS := runtime:aws image-dev:aws,emulator dev:dev,emulator,aws
+LOCK_DIR ?= requirements
+lock: install
+	@for spec in $(LOCKS); do name=$${spec%%:*}; extras=$${spec#*:}; \
+	  $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --no-header -q \
+	    $(if $(UPGRADE),--upgrade) $$(for e in $$(echo $$extras | tr , ' '); do printf -- '--extra %s ' $$e; done) \
+	    -o $(LOCK_DIR)/$$name.txt || exit 1; done
 
 BENCH_STAMP := $(VENV)/.installed-bench
 

@@ -72,6 +72,42 @@ def test_every_compose_service_runs_without_privileges_and_ours_on_a_read_only_r
     assert not any("enable-lifecycle" in arg for arg in services["prometheus"]["command"])  # no remote reload/quit
 
 
+def _locked(name: str) -> dict[str, str]:
+    """``{package: version}`` of a lock file in requirements/ (each pin followed by its hashes)."""
+    pins = {}
+    for line in (ROOT / "requirements" / f"{name}.txt").read_text().splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            package, _, rest = line.partition("==")
+            pins[package.lower()] = rest.split()[0].rstrip(";")
+    return pins
+
+
+def test_the_images_install_only_locked_hashed_dependencies_and_the_default_has_no_emulator() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    installs = [line for line in dockerfile.splitlines() if "pip install" in line]
+    assert installs and all(("--require-hashes" in line and "-r requirements/" in line) or "--no-deps" in line
+                            for line in installs)
+    stages = re.findall(r"^FROM \S+ AS (\S+)", dockerfile, flags=re.M)
+    assert stages[-1] == "runtime"  # what `docker build .` gives: no emulator
+    assert "build-runtime" in re.search(r"FROM base AS runtime\n(.*)", dockerfile, flags=re.S).group(1)
+    runtime, dev = _locked("runtime"), _locked("image-dev")
+    assert "jsonschema" not in runtime and "jsonschema" in dev  # the emulator's extra
+    assert "aws-msk-iam-sasl-signer-python" in runtime  # the README's MSK IAM example works in the image
+    assert _compose()["x-capillary-image"]["build"]["target"] == "dev"  # the stack runs the emulator
+    for lock in ("runtime", "image-dev", "dev"):
+        text = (ROOT / "requirements" / f"{lock}.txt").read_text()
+        pins = [line for line in text.splitlines() if "==" in line and not line.startswith((" ", "#"))]
+        assert pins and all(line.rstrip().endswith("\\") for line in pins), f"{lock}: a pin without hashes"
+
+
+def test_lower_bounds_are_past_the_known_advisories() -> None:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("starlette>=0.47.2") for d in deps)
+    assert any(d.startswith("h11>=0.16") for d in deps)
+
+
 def test_compose_connector_scales_and_every_dependency_waits_on_a_condition() -> None:
     services = _compose()["services"]
     connector = services["connector"]
