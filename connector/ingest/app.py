@@ -31,8 +31,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from connector.asgi import GracefulServer
 from connector.ingest.auth import Authenticator
 from connector.ingest.config import IngestSettings
-from connector.ingest.metrics import IngestMetrics
+from connector.ingest.metrics import THROTTLE_CAPS, IngestMetrics
 from connector.ingest.producer import DeliveryFailed, ProducerBridge
+from connector.ingest.signature import FULL, Signatures
 from connector.ingest.validate import Door, Record, Rejected
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ _JSON = "application/json"
 
 
 _Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+_SIGNATURE_DETAIL = {"missing": "no signature or timestamp header", "bad": "the signature does not match",
+                     "stale": "the signature's timestamp is outside the accepted window",
+                     "replayed": "this signed request was already received"}
 
 
 class Gate:
@@ -144,8 +148,11 @@ class Ingress:
                                         "detail": "too many requests in flight from this client; retry later"})
         self._body_late = _doc({"error": "request_timeout",
                                 "detail": f"the body was not received within {cfg.body_timeout_s:g} s"})
-        self._throttled = {cap: m.throttled.labels(cap) for cap in ("address", "credential", "requests", "bytes",
-                                                                     "stopping")}
+        self._throttled = {cap: m.throttled.labels(cap) for cap in THROTTLE_CAPS}
+        self.signatures = Signatures(cfg) if cfg.signing_secret.get_secret_value() else None
+        # Header names to look for; b"" (never an ASGI header name) when signatures are off.
+        self._sig_header = self.signatures.header if self.signatures else b""
+        self._ts_header = self.signatures.timestamp_header if self.signatures else b""
         self._close = [(b"connection", b"close")]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -166,18 +173,28 @@ class Ingress:
             self._observe_accepted(took)
 
     async def _respond(self, scope: Scope, receive: Receive) -> _Answer:
-        auth_value = declared = None
-        auth_header = self.auth.header
+        auth_value = declared = signature = timestamp = None
+        auth_header, sig_header, ts_header = self.auth.header, self._sig_header, self._ts_header
         for name, value in scope["headers"]:
             if name == auth_header:
                 auth_value = value
             elif name == b"content-length":
                 declared = value
+            elif name == sig_header:
+                signature = value
+            elif name == ts_header:
+                timestamp = value
         failure = self.auth.check(auth_value)
         if failure is not None:
             self.metrics.auth_failures.labels(failure).inc()
             self._log("auth", "401 for %s: %s credentials", _peer(scope), failure)
             return 401, _doc({"error": "unauthorized", "detail": f"{failure} credentials"}), self._challenge
+        signed_at = 0
+        if self.signatures is not None:
+            checked = self.signatures.check_headers(signature, timestamp)
+            if not isinstance(checked, int):
+                return self._signature_refused(scope, checked)
+            signed_at = checked
         limit = self.cfg.max_body_bytes
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return 413, self._too_large, []
@@ -190,6 +207,8 @@ class Ingress:
                 self._log("cap", "429 for %s: its per-%s cap of requests in flight is reached", address, refused)
                 return 429, self._client_overloaded, self._retry_after
             return 429, self._overloaded, self._retry_after
+        remembered = None
+        answer: _Answer = 500, b"", []
         try:
             try:
                 async with asyncio.timeout(self.cfg.body_timeout_s):
@@ -202,32 +221,54 @@ class Ingress:
                 return 408, self._body_late, self._close
             if body is None:
                 return 413, self._too_large, []
-            try:
-                records = self.door.parse(body)
-            except Rejected as exc:
-                for err in exc.errors or [{"reason": exc.reason}]:
-                    self.metrics.rejected_events.labels(err["reason"]).inc()
-                self._log("rejected", "%d for %s: %s", exc.status, _peer(scope), exc.detail)
-                return exc.status, _doc(exc.body()), []
-            if not records:
-                return 200, b'{"accepted":0}', []
-            produce_started = time.perf_counter()
-            try:
-                await self.producer.deliver(records)
-            except DeliveryFailed as exc:
-                self.metrics.produce_failures.labels(exc.cause).inc()
-                if exc.permanent:
-                    return 413, _doc({"error": "event_too_large", "detail": f"the broker refused it: {exc.detail}"}), []
-                self._log("produce", "503: %s", exc)
-                detail = f"not every event is acknowledged by Kafka ({exc.cause}); retry later"
-                return 503, _doc({"error": "kafka_unavailable", "detail": detail}), self._retry_after
-            self._observe_produce(time.perf_counter() - produce_started)
-            self._count(records)
-            return 200, b'{"accepted":%d}' % len(records), []
+            if self.signatures is not None:
+                verified = self.signatures.verify(signature or b"", signed_at, body)
+                if not isinstance(verified, bytes):
+                    return self._signature_refused(scope, verified)
+                remembered = verified
+            answer = await self._store(scope, body)
+            return answer
         except ClientDisconnect:
             return 400, b'{"error":"client_disconnected"}', []  # nobody is listening; nothing was produced
         finally:
             self.gate.release(charge, address, self._credential)
+            if remembered is not None and answer[0] != 200:
+                self.signatures.forget(remembered)  # type: ignore[union-attr] # set only with signatures on
+                # Not stored: the sender may retry this very request.
+
+    async def _store(self, scope: Scope, body: bytes) -> _Answer:
+        """Validate and produce an admitted, authenticated body."""
+        try:
+            records = self.door.parse(body)
+        except Rejected as exc:
+            for err in exc.errors or [{"reason": exc.reason}]:
+                self.metrics.rejected_events.labels(err["reason"]).inc()
+            self._log("rejected", "%d for %s: %s", exc.status, _peer(scope), exc.detail)
+            return exc.status, _doc(exc.body()), []
+        if not records:
+            return 200, b'{"accepted":0}', []
+        produce_started = time.perf_counter()
+        try:
+            await self.producer.deliver(records)
+        except DeliveryFailed as exc:
+            self.metrics.produce_failures.labels(exc.cause).inc()
+            if exc.permanent:
+                return 413, _doc({"error": "event_too_large", "detail": f"the broker refused it: {exc.detail}"}), []
+            self._log("produce", "503: %s", exc)
+            detail = f"not every event is acknowledged by Kafka ({exc.cause}); retry later"
+            return 503, _doc({"error": "kafka_unavailable", "detail": detail}), self._retry_after
+        self._observe_produce(time.perf_counter() - produce_started)
+        self._count(records)
+        return 200, b'{"accepted":%d}' % len(records), []
+
+    def _signature_refused(self, scope: Scope, reason: str) -> _Answer:
+        if reason == FULL:  # not the sender's fault: retried once older signatures expire
+            self._throttled["signatures"].inc()
+            self._log("signatures", "429: the replay memory holds ingest.signature_max_remembered signatures")
+            return 429, self._overloaded, self._retry_after
+        self.metrics.signature_failures.labels(reason).inc()
+        self._log("signature", "401 for %s: signature %s", _peer(scope), reason)
+        return 401, _doc({"error": "unauthorized", "detail": _SIGNATURE_DETAIL[reason]}), self._challenge
 
     def _count(self, records: list[Record]) -> None:
         if len(records) == 1:
@@ -393,6 +434,7 @@ def run_ingest(settings: IngestSettings) -> int:
     setup_logging(settings.log.level, settings.log.format)
     register_secret(settings.ingest.auth_token.get_secret_value())
     register_secret(settings.ingest.basic_password.get_secret_value())
+    register_secret(settings.ingest.signing_secret.get_secret_value())
     from connector.kafka_security import secret_values
 
     for value in secret_values(settings.kafka.security):

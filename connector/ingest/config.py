@@ -1,7 +1,7 @@
 """``IngestSettings``: the webhook ingress configuration (TOML file + ``CAPILLARY_AEP__*`` env).
 
 Sections: ``[kafka]`` (the connector's :class:`KafkaConfig`; the ingress uses ``bootstrap_servers``
-and ``extra``), ``[ingest]`` and ``[log]``. Secrets (token, basic password) come from the
+and ``extra``), ``[ingest]`` and ``[log]``. Secrets (token, basic password, signing secret) come from the
 environment or from a file and are held as ``SecretStr``. The producer guarantees (``acks=all``,
 idempotence) cannot be weakened through ``kafka.extra``.
 """
@@ -45,12 +45,15 @@ def tls_problem(cert_file: str, key_file: str) -> str | None:
     return None
 
 
+_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"  # an HTTP token (RFC 9110)
+
+
 class IngestConfig(_Section):
     listen: str = "127.0.0.1:8090"
     # "bearer": `Authorization: Bearer <token>`; "header": <auth_header>: <token> (e.g. X-Api-Key);
     # "basic": HTTP basic auth; "none": no authentication (only behind something that does it).
     auth_mode: Literal["bearer", "header", "basic", "none"] = "bearer"
-    auth_header: str = Field("Authorization", min_length=1, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    auth_header: str = Field("Authorization", min_length=1, pattern=_HEADER_NAME)
     auth_token: SecretStr = SecretStr("")
     auth_token_file: str = ""
     basic_username: str = ""
@@ -81,6 +84,16 @@ class IngestConfig(_Section):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_reload_interval_s: float = Field(10.0, gt=0, le=3600)
+    # Optional HMAC over "<timestamp>.<body>" (signature.py); when the secret is set, every request
+    # must carry a valid, fresh, unseen signature, on top of auth_mode.
+    signing_secret: SecretStr = SecretStr("")
+    signing_secret_file: str = ""
+    signature_header: str = Field("X-Capillary-Signature", min_length=1, pattern=_HEADER_NAME)
+    timestamp_header: str = Field("X-Capillary-Timestamp", min_length=1, pattern=_HEADER_NAME)
+    signature_algorithm: Literal["sha256", "sha384", "sha512"] = "sha256"
+    signature_window_s: int = Field(300, ge=1, le=3600)
+    # Signatures remembered against replays (about 120 bytes each); full → 429, never forgotten early.
+    signature_max_remembered: int = Field(500_000, ge=1)
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -107,6 +120,14 @@ class IngestConfig(_Section):
             object.__setattr__(self, "auth_token", _read_secret(self.auth_token_file, "auth_token_file"))
         if self.basic_password_file and not self.basic_password.get_secret_value():
             object.__setattr__(self, "basic_password", _read_secret(self.basic_password_file, "basic_password_file"))
+        if self.signing_secret_file and not self.signing_secret.get_secret_value():
+            object.__setattr__(self, "signing_secret", _read_secret(self.signing_secret_file, "signing_secret_file"))
+        if self.signing_secret.get_secret_value():
+            taken = {"authorization", "content-length", self.auth_header.lower()}
+            sig, ts = self.signature_header.lower(), self.timestamp_header.lower()
+            if sig == ts or sig in taken or ts in taken:
+                raise ValueError("signature_header and timestamp_header must differ from each other, from "
+                                 "Authorization, Content-Length and auth_header")
         if self.auth_mode in ("bearer", "header") and not self.auth_token.get_secret_value():
             raise ValueError(f"auth_token is required when auth_mode is {self.auth_mode!r} "
                              f"(set {env}AUTH_TOKEN or ingest.auth_token_file)")
