@@ -415,6 +415,11 @@ def replay(config: str | None, reason: tuple[str, ...], stage: tuple[str, ...], 
                    "their value: not replayed; re-read these source offsets (if still retained):")
         for where in report.truncated[:50]:
             click.echo(f"  {where}")
+    if report.malformed:
+        click.echo(f"{report.malformed} letters skipped as malformed (headers not as the connector writes them, or a "
+                   "source topic this configuration does not consume):")
+        for where in report.malformed_at:
+            click.echo(f"  {where}")
     if not dry_run:
         click.echo(f"replayed {report.replayed}, failed {report.failed}")
     sys.exit(1 if report.failed else 0)

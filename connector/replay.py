@@ -9,6 +9,13 @@ Progress is committed under the consumer group ``<kafka.group_id>.dlq-replay`` a
 letters are safely out, so a second run continues where the first stopped (``--from-beginning``
 reads everything again). Letters that fail again are reported, not lost: they stay in the DLQ.
 The topic is streamed in windows (``WINDOW_LETTERS``/``WINDOW_BYTES``), never loaded whole.
+
+No letter can stop a replay or steer it: anyone who can write to the dead-letter topic writes its
+headers. A letter whose ``dlq.*`` headers are not what the connector writes (``dlq.reason`` absent,
+a header that is not UTF-8, a ``dlq.time`` that is not a number) is skipped, counted and named in
+the report (``malformed``). A letter is re-published only to its source topic when the
+configuration consumes that topic (``kafka.topics``), or to ``--to-topic`` given explicitly; one
+naming any other topic is skipped the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from connector.dlq import H_OFFSET, H_PARTITION, H_REASON, H_STAGE, H_TIME, H_TOPIC, H_TRUNCATED
-from connector.source import producer_config
+from connector.source import producer_config, subscription_matcher
+
+MAX_NAMED = 50  # malformed letters named in the report (all are counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +42,33 @@ class ReplayFilter:
     since_ms: int | None = None
     until_ms: int | None = None
 
-    def matches(self, headers: dict[str, bytes]) -> bool:
-        if self.reasons and headers.get(H_REASON, b"").decode() not in self.reasons:
+    def matches(self, headers: dict[str, str]) -> bool:
+        """``headers``: a well-formed letter's ``dlq.*`` headers as text (see :func:`letter_headers`)."""
+        if self.reasons and headers[H_REASON] not in self.reasons:
             return False
-        if self.stages and headers.get(H_STAGE, b"").decode() not in self.stages:
+        if self.stages and headers.get(H_STAGE, "") not in self.stages:
             return False
-        when = int(headers.get(H_TIME, b"0") or 0)
+        when = int(headers[H_TIME])
         if self.since_ms is not None and when < self.since_ms:
             return False
         return not (self.until_ms is not None and when >= self.until_ms)
+
+
+def letter_headers(raw: list[tuple[str, bytes | None]] | None) -> tuple[dict[str, str], str]:
+    """A letter's ``dlq.*`` headers as text, and what is wrong with them ("" if nothing)."""
+    out: dict[str, str] = {}
+    for key, value in raw or ():
+        if not key.startswith("dlq."):
+            continue
+        try:
+            out[key] = (value or b"").decode()
+        except UnicodeDecodeError:
+            return out, f"{key} is not UTF-8"
+    if not out.get(H_REASON):
+        return out, f"no {H_REASON}"
+    if not out.get(H_TIME, "").isdigit():
+        return out, f"{H_TIME} {out.get(H_TIME, '')[:30]!r} is not a number"
+    return out, ""
 
 
 @dataclass(slots=True)
@@ -56,6 +83,8 @@ class ReplayReport:
     truncated: list[str] = field(default_factory=list)
     skipped: int = 0  # read and left alone: outside the filters
     total: int = 0  # letters to read, from the start positions to the high watermarks (an estimate: raised to `read`)
+    malformed: int = 0  # skipped: headers not as the connector writes them, or a source topic not consumed
+    malformed_at: list[str] = field(default_factory=list)  # "topic[partition]@offset: why", the first MAX_NAMED
 
 
 class ReplayError(Exception):
@@ -157,32 +186,41 @@ def replay(
             return report
         consumer.assign(assign)
         if not dry_run and direct is None:
-            republisher = _Republisher(settings, to_topic)
+            republisher = _Republisher(settings)
+        consumed = subscription_matcher(kafka.topics)
         committing = not dry_run
         left = limit
         while ends and (left is None or left > 0):
             window, idle = read_window(consumer, ends, window_letters, window_bytes, idle_s)
-            chosen: list[Any] = []
+            chosen: list[tuple[Any, str]] = []  # (letter, topic to re-publish it to; "" with --direct)
             handled: dict[int, int] = {}  # partition -> last offset dealt with in this window
             for m in window:
                 if left is not None and len(chosen) >= left:
                     break  # the limit: later letters stay for the next run
                 report.read += 1
-                headers = dict(m.headers() or [])
                 handled[m.partition()] = m.offset()
+                headers, wrong = letter_headers(m.headers())
+                target = "" if direct is not None else to_topic or headers.get(H_TOPIC, "")
+                if not wrong and direct is None and not to_topic and not consumed(target):
+                    wrong = f"source topic {target[:100]!r} is not consumed by this configuration (--to-topic)"
+                if wrong:
+                    report.malformed += 1
+                    if len(report.malformed_at) < MAX_NAMED:
+                        report.malformed_at.append(f"{m.topic()}[{m.partition()}]@{m.offset()}: {wrong}")
+                    continue
                 if not flt.matches(headers):
                     report.skipped += 1
                     continue
                 report.matched += 1
-                report.by_reason[headers.get(H_REASON, b"?").decode()] += 1
+                report.by_reason[headers[H_REASON]] += 1
                 if H_TRUNCATED in headers:
-                    topic, part, off = (headers.get(h, b"?").decode() for h in (H_TOPIC, H_PARTITION, H_OFFSET))
+                    topic, part, off = (headers.get(h, "?") for h in (H_TOPIC, H_PARTITION, H_OFFSET))
                     report.truncated.append(f"{topic}[{part}]@{off}")
                     continue
-                chosen.append(m)
+                chosen.append((m, target))
             if chosen and not dry_run:
                 if direct is not None:
-                    ok = direct(chosen)
+                    ok = direct([m for m, _ in chosen])
                     replayed = sum(ok)
                     failed = len(ok) - replayed
                 else:
@@ -213,24 +251,19 @@ def replay(
 class _Republisher:
     """One idempotent producer for the whole run; each window is flushed before it is committed."""
 
-    def __init__(self, settings: Any, to_topic: str | None) -> None:
+    def __init__(self, settings: Any) -> None:
         self.producer = Producer({**producer_config(settings.kafka), "acks": "all", "enable.idempotence": True})
-        self.to_topic = to_topic
         self._lock = threading.Lock()
 
-    def publish(self, letters: list[Any]) -> tuple[int, int]:
+    def publish(self, letters: list[tuple[Any, str]]) -> tuple[int, int]:
+        """Each letter to its topic (checked by the caller)."""
         results = {"ok": 0, "failed": 0}
 
         def done(err: Any, _msg: Any) -> None:
             with self._lock:
                 results["failed" if err else "ok"] += 1
 
-        for m in letters:
-            headers = dict(m.headers() or [])
-            target = self.to_topic or headers.get(H_TOPIC, b"").decode()
-            if not target:
-                results["failed"] += 1
-                continue
+        for m, target in letters:
             original = [(k, v) for k, v in (m.headers() or []) if not k.startswith("dlq.")]
             original.append(("dlq.replayed.from", f"{m.topic()}/{m.partition()}/{m.offset()}".encode()))
             while True:
@@ -245,14 +278,6 @@ class _Republisher:
 
     def close(self) -> None:
         self.producer.flush(5)
-
-
-def _republish(settings: Any, letters: list[Any], to_topic: str | None) -> tuple[int, int]:
-    publisher = _Republisher(settings, to_topic)
-    try:
-        return publisher.publish(letters)
-    finally:
-        publisher.close()
 
 
 def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:

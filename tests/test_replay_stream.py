@@ -56,7 +56,8 @@ def test_replay_streams_a_large_dead_letter_topic_in_windows_with_progress(broke
     dlq, target = f"r{run}.dlq", f"r{run}.replayed"
     ensure_topics(broker, [dlq, target], partitions=3)
     matching = _fill_dlq(broker, dlq, target)
-    settings = SimpleNamespace(kafka=KafkaConfig(bootstrap_servers=broker, group_id=f"g{run}", dlq_topic=dlq))
+    settings = SimpleNamespace(kafka=KafkaConfig(bootstrap_servers=broker, group_id=f"g{run}", dlq_topic=dlq,
+                                                 topics=[target]))
     seen: list[tuple[int, int, int, int]] = []
 
     def progress(r: ReplayReport) -> None:
@@ -147,3 +148,48 @@ def test_unreachable_kafka_is_exit_code_4_in_one_line(tmp_path: Path, monkeypatc
     assert result.exit_code == 4, result.output
     assert result.output.startswith("error: cannot reach Kafka at 127.0.0.1:"), result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.integration
+def test_no_letter_can_stop_or_steer_a_replay(broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Malformed letters (dlq.time not a number, dlq.reason not UTF-8 or absent) are skipped, counted
+    and named; a letter naming a topic the configuration does not consume is not published there,
+    only to a --to-topic given explicitly."""
+    run = uuid.uuid4().hex[:8]
+    prefix = f"r{run}.capillary.events."
+    dlq, source, foreign, chosen = f"dlq.r{run}", prefix + "customer", f"r{run}.payments", f"r{run}.elsewhere"
+    ensure_topics(broker, [dlq, source, foreign, chosen], partitions=1)
+    now = str(int(time.time() * 1000)).encode()
+
+    def letter(topic: str, reason: bytes | None = b"aep_400", when: bytes = now) -> list[tuple[str, bytes]]:
+        headers = [(H_TOPIC, topic.encode()), (H_STAGE, b"deliver"), (H_TIME, when)]
+        return headers + ([(H_REASON, reason)] if reason is not None else [])
+
+    producer = Producer({"bootstrap.servers": broker})
+    for key, headers in [(b"good", letter(source)), (b"bad-time", letter(source, when=b"yesterday")),
+                         (b"bad-reason", letter(source, reason=b"\xff\xfe")), (b"no-reason", letter(source, None)),
+                         (b"foreign", letter(foreign)), (b"good-2", letter(source))]:
+        producer.produce(dlq, key=key, value=b"{}", headers=headers)
+    assert producer.flush(10) == 0
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(connector_toml(bootstrap=broker, emulator_url="http://127.0.0.1:9", metrics_port=None,
+                                  prefix=prefix, dlq_topic=dlq, group=f"g{run}"))
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "x")
+
+    result = CliRunner().invoke(main, ["dlq", "replay", "--config", str(cfg), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "2 matched" in result.output and "replayed 2, failed 0" in result.output, result.output
+    assert "4 letters skipped as malformed" in result.output, result.output
+    for offset, why in [(1, "dlq.time 'yesterday' is not a number"), (2, "dlq.reason is not UTF-8"),
+                        (3, "no dlq.reason"), (4, f"source topic '{foreign}' is not consumed")]:
+        assert f"{dlq}[0]@{offset}: {why}" in result.output, result.output
+    assert sorted(m.key() for m in read_topic(broker, source, idle_s=1)) == [b"good", b"good-2"]
+    assert read_topic(broker, foreign, idle_s=1) == []
+
+    # --to-topic is the one way to send letters elsewhere: the foreign one goes where it is told.
+    again = CliRunner().invoke(main, ["dlq", "replay", "--config", str(cfg), "--no-progress", "--from-beginning",
+                                      "--to-topic", chosen])
+    assert again.exit_code == 0 and "replayed 3, failed 0" in again.output, again.output
+    assert "3 letters skipped as malformed" in again.output, again.output
+    assert sorted(m.key() for m in read_topic(broker, chosen, idle_s=1)) == [b"foreign", b"good", b"good-2"]
+    assert read_topic(broker, foreign, idle_s=1) == []
