@@ -78,4 +78,6 @@ class ExitCode(IntEnum):
     WORKERS = 5  # transform workers crash in a loop as they start
     DLQ = 6  # the dead-letter topic cannot take letters (authorization, unknown topic, size)
     SENDER = 7  # the sender keeps failing with an internal error
-    PLATFORM = 8  # provision: a Platform API call failed
+    PLATFORM = 8  # provision, backfill: a Platform API call failed
+    BATCH_FAILED = 9  # backfill: AEP reports a batch failed (the hand-over point is not moved)
+    HANDOVER = 10  # backfill: the consumer group is active or already has other committed offsets
