@@ -100,3 +100,40 @@ def test_the_emulated_profile_store_skips_records_identity_service_would_skip() 
     store.accept_request([blocked])
     assert store.state["CapillaryCustomerId:d"]["identityMap"] == {
         "CapillaryCustomerId": [{"id": "d", "primary": True}], "LoyaltyCardNumber": [{"id": "c0"}]}
+
+
+@pytest.mark.integration
+def test_a_customers_coalesced_updates_stay_within_20_identities_at_the_inlet(broker, emulator, prefix,
+                                                                              tmp_path) -> None:
+    """Six updates of one customer, each within the guardrail, together over it: the connector sends
+    them as one merged record (a backlog of one partition), which must still be one Identity Service
+    takes — the emulator skips a record over 20 identities, as Identity Service does after the 200."""
+    from harness import assert_committed_to_end, new_group, start_connector
+
+    from connector.dev.produce import produce_events
+
+    events = []
+    for n in range(6):
+        ev = with_cards([f"CARD-{n}-{c}" for c in range(4)])
+        ev["eventId"] = f"guardrail-{n}"
+        events.append(ev)
+    customer = str(events[0]["data"]["customerIdentifiers"]["customerId"])
+    per_record = len(transformer().transform(events[0])[0].envelope["body"]["xdmEntity"]["identityMap"]
+                     .get("LoyaltyCardNumber", []))
+    assert per_record == 4  # each record alone is within the guardrail
+    produce_events(broker, events, "json", topic_prefix=prefix, partitions=1)
+    group = new_group()
+    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    c.wait_acknowledged(len(events))
+    dropped = c.metric("capillary_aep_identities_dropped_total")
+    assert c.stop() == 0
+    stats = emulator.stats()
+    assert stats["max_profile_records_per_identity_in_request"] == 1  # merged, not sent one by one
+    assert stats["profile_records_skipped"] == {}
+    profile = next(p for k, p in emulator.http.get("/__emulator/profiles").json()["profiles"].items()
+                   if k.endswith(f":{customer}"))
+    identities = [e["id"] for entries in profile["identityMap"].values() for e in entries]
+    assert len(identities) == MAX_IDENTITIES and customer in identities
+    assert {f"CARD-5-{c}" for c in range(4)} <= set(identities)  # the most recent kept
+    assert dropped == len({*identities, *(f"CARD-{n}-{c}" for n in range(6) for c in range(4))}) - MAX_IDENTITIES
+    assert_committed_to_end(broker, group, prefix)
