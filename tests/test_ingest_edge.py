@@ -128,6 +128,63 @@ def test_per_address_and_per_credential_caps_come_before_the_global_one(broker: 
     ingress.stop()
 
 
+def _chunked_upload(ingress: Ingress, nbytes: int) -> socket.socket:
+    """A chunked upload (no Content-Length) that sends ``nbytes`` of body in 16 KiB chunks, then stalls."""
+    sock = socket.create_connection(("127.0.0.1", int(ingress.url.rsplit(":", 1)[1])), timeout=30)
+    sock.sendall(f"POST /capillary/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                 "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+    body = b"[" + b" " * (nbytes - 1)
+    for start in range(0, nbytes, 16 * 1024):
+        chunk = body[start:start + 16 * 1024]
+        sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    return sock
+
+
+def _answer_then_close(sock: socket.socket) -> bytes:
+    """What the server sent before closing; a reset after it (unread upload bytes) ends it too."""
+    out = b""
+    try:
+        while chunk := sock.recv(4096):
+            out += chunk
+    except ConnectionResetError:
+        pass
+    return out
+
+
+def test_slow_chunked_uploads_hold_only_what_they_sent(broker: str, tmp_path: Path) -> None:
+    """Without a Content-Length a request is charged as its body arrives: six stalled chunked
+    uploads (which would each have been charged max_body_bytes, 1.5 MiB of a 1 MiB budget) leave
+    room for a normal request, and an upload the budget cannot take is refused when it outgrows it."""
+    ingress = start_ingress(tmp_path, broker, _prefix(), extra=(
+        f"max_inflight_bytes = {1024 * 1024}\nmax_body_bytes = {256 * 1024}\nbody_timeout_s = 60"))
+    held: list[socket.socket] = []
+    try:
+        for _ in range(6):
+            held.append(_chunked_upload(ingress, 100))
+        wait_until(lambda: ingress.metrics()["capillary_ingest_inflight_requests"] == 6, 10, what="admitted")
+        assert ingress.metrics()["capillary_ingest_inflight_bytes"] <= 6 * 64 * 1024
+        assert _post(ingress).status_code == 200
+
+        for _ in range(3):  # 3 x 180 KiB received (charged 192 KiB each) + the six small ones: 960 KiB
+            held.append(_chunked_upload(ingress, 180 * 1024))
+        wait_until(lambda: ingress.metrics()["capillary_ingest_inflight_bytes"] == 960 * 1024, 10,
+                   what="bodies received")
+        assert _post(ingress).status_code == 200  # a small one still fits
+        greedy = _chunked_upload(ingress, 250 * 1024)  # outgrows what is left while it arrives
+        answer = _answer_then_close(greedy)
+        greedy.close()
+        assert answer.startswith(b"HTTP/1.1 429 "), answer
+        assert b"retry-after: 5" in answer.lower()
+        m = ingress.metrics()
+        assert m["capillary_ingest_throttled_total{cap=bytes}"] == 1
+        assert m["capillary_ingest_inflight_requests"] == 9  # the greedy one's charge was released
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: ingress.metrics()["capillary_ingest_inflight_bytes"] == 0, 10, what="charges released")
+    ingress.stop()
+
+
 def test_metrics_listener_that_cannot_bind_fails_the_start_with_the_key(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

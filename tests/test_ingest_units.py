@@ -277,6 +277,26 @@ def test_gate_caps_each_address_and_credential_before_the_global_caps() -> None:
     assert (gate.requests, gate.bytes, gate.by_address, gate.by_credential) == (0, 0, {}, {})  # nothing leaks
 
 
+def test_a_charge_grows_by_steps_with_the_body_and_never_past_its_ceiling() -> None:
+    from connector.ingest.app import CHARGE_STEP, Charge, Gate
+
+    gate = Gate(max_requests=4, max_bytes=4 * CHARGE_STEP)
+    small = Charge(gate, 100)  # a declared length within one step is charged exactly
+    assert small.amount == 100 and small.cover(100) and not small.cover(101)
+    chunked = Charge(gate, 3 * CHARGE_STEP)  # max_body_bytes for a body of unknown length
+    assert chunked.amount == CHARGE_STEP and gate.admit(chunked.amount) is None
+    assert chunked.cover(CHARGE_STEP) and gate.bytes == CHARGE_STEP  # within the charge: nothing to do
+    assert chunked.cover(CHARGE_STEP + 1) and chunked.amount == 2 * CHARGE_STEP == gate.bytes
+    assert chunked.cover(3 * CHARGE_STEP) and gate.bytes == 3 * CHARGE_STEP
+    assert not chunked.cover(3 * CHARGE_STEP + 1)  # the ceiling (_read_body answers 413 first)
+    other = Charge(gate, 3 * CHARGE_STEP)
+    assert gate.admit(other.amount) is None and gate.bytes == 4 * CHARGE_STEP
+    assert not other.cover(CHARGE_STEP + 1) and other.amount == CHARGE_STEP  # no room: refused, unchanged
+    gate.release(chunked.amount)
+    gate.release(other.amount)
+    assert gate.bytes == 0
+
+
 def test_gate_without_per_client_caps_keeps_no_tables() -> None:
     from connector.ingest.app import Gate
 

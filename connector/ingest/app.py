@@ -49,7 +49,8 @@ _SIGNATURE_DETAIL = {"missing": "no signature or timestamp header", "bad": "the 
 
 class Gate:
     """Caps on admitted-and-unanswered requests and their body bytes: over either → 429, never a queue.
-    A body of unknown length (chunked) is charged ``max_body_bytes`` up front. Before the global caps,
+    Bytes are charged as they arrive (:class:`Charge`), so a slow upload holds only what it sent.
+    Before the global caps,
     each remote address and each credential may hold at most ``per_address`` / ``per_credential``
     requests (0: no cap of its own), so one client cannot take every slot."""
 
@@ -78,6 +79,13 @@ class Gate:
             self.by_credential[credential] = self.by_credential.get(credential, 0) + 1
         return None
 
+    def grow(self, nbytes: int) -> bool:
+        """Charge an admitted request ``nbytes`` more, if the byte cap can take them."""
+        if self.bytes + nbytes > self.max_bytes:
+            return False
+        self.bytes += nbytes
+        return True
+
     def release(self, nbytes: int, address: str = "", credential: str = "") -> None:
         self.requests -= 1
         self.bytes -= nbytes
@@ -85,6 +93,33 @@ class Gate:
             _decrement(self.by_address, address)
         if self.per_credential and credential:
             _decrement(self.by_credential, credential)
+
+
+# A request is admitted with at most this charge and grows by at least this much at a time: one
+# step covers a typical Capillary event in one go, and a slow upload holds little more than it sent.
+CHARGE_STEP = 64 * 1024
+
+
+class Charge:
+    """What one admitted request holds of the byte budget: its declared length when that is at
+    most one step, else a step, grown as the body arrives (never past ``ceiling``: the declared
+    length, or max_body_bytes for a chunked body)."""
+
+    __slots__ = ("gate", "amount", "ceiling")
+
+    def __init__(self, gate: Gate, ceiling: int) -> None:
+        self.gate, self.ceiling = gate, ceiling
+        self.amount = min(ceiling, CHARGE_STEP)
+
+    def cover(self, size: int) -> bool:
+        """Make the charge cover ``size`` bytes received; False when the budget cannot take them."""
+        if size <= self.amount:
+            return True
+        more = min(self.ceiling, max(size, self.amount + CHARGE_STEP)) - self.amount
+        if more <= 0 or not self.gate.grow(more):
+            return False
+        self.amount += more
+        return True
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:
@@ -198,9 +233,9 @@ class Ingress:
         limit = self.cfg.max_body_bytes
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return 413, self._too_large, []
-        charge = int(declared) if declared is not None else limit
+        charge = Charge(self.gate, int(declared) if declared is not None else limit)
         address = _peer(scope)
-        refused = "stopping" if self.stopping else self.gate.admit(charge, address, self._credential)
+        refused = "stopping" if self.stopping else self.gate.admit(charge.amount, address, self._credential)
         if refused is not None:
             self._throttled[refused].inc()
             if refused in ("address", "credential"):
@@ -212,7 +247,7 @@ class Ingress:
         try:
             try:
                 async with asyncio.timeout(self.cfg.body_timeout_s):
-                    body = await _read_body(receive, limit)
+                    body = await _read_body(receive, limit, charge)
             except TimeoutError:
                 # A slow (or stalled) upload: answer, close the connection, free the slot (finally).
                 self.metrics.timeouts.labels("body").inc()
@@ -221,6 +256,9 @@ class Ingress:
                 return 408, self._body_late, self._close
             if body is None:
                 return 413, self._too_large, []
+            if body is _NO_ROOM:  # the rest of the body is not read: close rather than drain it
+                self._throttled["bytes"].inc()
+                return 429, self._overloaded, self._retry_after + self._close
             if self.signatures is not None:
                 verified = self.signatures.verify(signature or b"", signed_at, body)
                 if not isinstance(verified, bytes):
@@ -231,7 +269,7 @@ class Ingress:
         except ClientDisconnect:
             return 400, b'{"error":"client_disconnected"}', []  # nobody is listening; nothing was produced
         finally:
-            self.gate.release(charge, address, self._credential)
+            self.gate.release(charge.amount, address, self._credential)
             if remembered is not None and answer[0] != 200:
                 self.signatures.forget(remembered)  # type: ignore[union-attr] # set only with signatures on
                 # Not stored: the sender may retry this very request.
@@ -284,8 +322,12 @@ class Ingress:
         return _checks({"started": self.started and not self.stopping, **self.producer.ready()})
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole body, or ``None`` once it exceeds ``limit`` (chunked bodies have no Content-Length)."""
+_NO_ROOM = b"<no room in the byte budget>"  # a sentinel, compared by identity
+
+
+async def _read_body(receive: Receive, limit: int, charge: Charge) -> bytes | None:
+    """The whole body; ``None`` once it exceeds ``limit`` (chunked bodies have no Content-Length),
+    ``_NO_ROOM`` when the byte budget cannot take the next chunk."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -296,6 +338,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         size += len(chunk)
         if size > limit:
             return None
+        if not charge.cover(size):
+            return _NO_ROOM
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
