@@ -428,11 +428,15 @@ class Watcher(threading.Thread):
         # Counters become fractions of the window (their rate); gauges are read from every sample.
         rates = {k: round((busy1[k] - busy0.get(k, 0.0)) / span, 3) for k in busy1 if k not in _LOOP_GAUGES.values()}
         loop = {name: rates.pop(name) for name in _LOOP_COUNTERS.values() if name in rates}
+        lane_keys = [k for k in rates if k.startswith(_LANES)]
+        for k in lane_keys:
+            del rates[k]
+        lanes = lane_report({k[len(_LANES):]: busy1[k] - busy0.get(k, 0.0) for k in lane_keys}, span)
         paused = [u[2].get("paused", 0.0) > 0 for u in pts]
         loop["paused"] = round(sum(paused) / len(paused), 3)
         buffered = sorted(u[2].get("buffered", 0.0) for u in pts)
         loop["buffered_records_p50_max"] = [int(buffered[len(buffered) // 2]), int(buffered[-1])]
-        return {"cpu_share": share, "consumer_threads": threads, "worker_busy": rates, "loop": loop,
+        return {"cpu_share": share, "consumer_threads": threads, "worker_busy": rates, "loop": loop, **lanes,
                 "window_s": round(span, 1),
                 "waits_on": waits_on(share, rates, loop, os.cpu_count() or 1)}
 
@@ -462,6 +466,10 @@ class Watcher(threading.Thread):
                         busy[key.split("worker=", 1)[1].rstrip("}")] = value
                     elif key in _LOOP_COUNTERS or key in _LOOP_GAUGES:
                         busy[_LOOP_COUNTERS.get(key) or _LOOP_GAUGES[key]] = value
+                    elif key.startswith(_LANE_SERIES):
+                        labels = dict(kv.split("=", 1) for kv in key[key.index("{") + 1:-1].split(","))
+                        busy[_LANES + ":".join(labels[k] for k in sorted(labels))
+                             + ("" if "state" in labels else ":records" if "lane" in labels else "")] = value
             except (httpx.HTTPError, OSError):
                 pass
         self.util.append((t, cpu, busy))
@@ -484,6 +492,49 @@ _LOOP_COUNTERS = {"capillary_aep_input_wait_seconds_total": "input_wait",
                   "capillary_aep_input_held_seconds_total": "held"}
 _LOOP_GAUGES = {"capillary_aep_paused_partitions": "paused", "capillary_aep_buffered_records": "buffered"}
 _THREADS = "connector/"  # prefix of the consumer process's per-thread entries in a utilization sample
+# The request lanes (connector/delivery.py): seconds per lane and state, seconds at each number of
+# batches in flight, records per lane; kept in a sample under "lanes:" + "<lane>:<state>",
+# "<batches>" and "<lane>:records".
+_LANE_SERIES = ("capillary_aep_lane_seconds_total{", "capillary_aep_inflight_batch_seconds_total{",
+                "capillary_aep_lane_records_total{")
+_LANES = "lanes:"
+LANE_STATES = ("idle", "filling", "ready", "sending", "blocked")
+
+
+def lane_report(deltas: dict[str, float], span: float) -> dict[str, Any]:
+    """From the lane series' increase over a window of ``span`` s: each lane's fraction of the
+    window in each state and share of the records, their mean over the lanes, and the batches in
+    flight (time-weighted mean and distribution)."""
+    if not deltas or span <= 0:
+        return {}
+    per_lane: dict[str, dict[str, float]] = {}
+    records: dict[str, float] = {}
+    inflight: dict[int, float] = {}
+    for key, value in deltas.items():
+        parts = key.split(":")
+        if len(parts) == 1:
+            inflight[int(parts[0])] = value
+        elif parts[1] == "records":
+            records[parts[0]] = value
+        else:
+            per_lane.setdefault(parts[0], {})[parts[1]] = value
+    out: dict[str, Any] = {}
+    if per_lane:
+        fractions = {lane: {st: round(v.get(st, 0.0) / max(sum(v.values()), 1e-9), 3) for st in LANE_STATES}
+                     for lane, v in sorted(per_lane.items(), key=lambda kv: int(kv[0]))}
+        out["lane_states"] = {st: round(sum(f[st] for f in fractions.values()) / len(fractions), 3)
+                              for st in LANE_STATES}
+        out["lane_blocked"] = [f["blocked"] for f in fractions.values()]
+        out["lane_idle"] = [f["idle"] for f in fractions.values()]
+    total = sum(records.values())
+    if total:
+        out["lane_records_share"] = [round(records.get(str(i), 0.0) / total, 3)
+                                     for i in range(max(int(k) for k in records) + 1)]
+    seconds = sum(inflight.values())
+    if seconds:
+        out["inflight_mean"] = round(sum(n * v for n, v in inflight.items()) / seconds, 2)
+        out["inflight_dist"] = {n: round(v / seconds, 3) for n, v in sorted(inflight.items()) if v / seconds >= 0.005}
+    return out
 BUSY_TARGET = 0.9  # issue 17: under a backlog the workers are busy ≥ 90 % of the time
 
 

@@ -2,14 +2,18 @@
 
     python bench/run.py [--mode all|rate|peer|latency|steady|ceiling|drain|emulator|smoke]
                         [--events 200000] [--drain-events 1000000] [--steady-rate 5000,2500]
-                        [--steady-seconds 20] [--latency-ms 50] [--no-peer] [--json FILE]
+                        [--steady-seconds 20] [--latency-ms 50[,150,...]] [--rounds 1]
+                        [--base-code REV] [--no-peer] [--json FILE]
 
 Modes (``all`` runs every one of them, sharing one broker and one backlog):
 
 * ``rate``     pre-produce N events (the realistic type mix; Avro with registry framing and JSON),
                run one connector process until every event is acknowledged; then the Quix Streams
                peer (``bench/peer_quix.py``) on the same events with the same emulator.
-* ``latency``  the same backlog with the emulator adding ``--latency-ms`` to every inlet request.
+* ``latency``  the same backlog with the emulator adding ``--latency-ms`` to every inlet request; a
+               comma list (``0,50,150``) runs each, ``--rounds`` times, interleaved (latency by
+               latency, and ``--base-code REV`` before ours in each), for with/without and
+               before/after figures from one run.
 * ``steady``   a fresh topic fed at ``--steady-rate`` events/s for ``--steady-seconds``; p50/p99 of
                record birth (``createdAt`` = the producer's send time) → the inlet's receipt of the
                request carrying it (emulator clock, same host).
@@ -23,6 +27,13 @@ Modes (``all`` runs every one of them, sharing one broker and one backlog):
 * ``smoke``    CI: a small backlog (default 20k), ours only; fails if the run fails or loses
                events (acknowledged ≠ produced, messages missing at the inlet, offsets not committed),
                never on speed.
+
+With ``--base-code REV``, the ``rate`` and ``latency`` modes also run our connector from git revision
+REV (worker ``base``) just before ours on every backlog: before/after in the same run. Every drain
+of ours reports, besides the CPU shares, its request lanes (connector/delivery.py): the mean fraction
+of the drain a lane was idle, filling, sending (its request in flight), blocked (its request in
+flight and a batch ready behind it), each lane's blocked fraction and share of the records, and the
+batches in flight (time-weighted mean and distribution).
 
 Every run is bounded in time (``--run-timeout``) and count, and every child process (broker,
 emulators, workers) is stopped by pid when the bench ends, also on error or Ctrl-C.
@@ -129,6 +140,9 @@ class Ours(Worker):
     name = "ours"
     poll_interval = 1.0  # a /metrics scrape costs the connector CPU: not more than once a second
 
+    def code(self) -> Path | None:
+        return self.ctx.ours_code
+
     def start(self) -> None:
         self.metrics_port = free_port()
         cfg = self.ctx.workdir / f"connector-{self.group}.toml"
@@ -139,7 +153,7 @@ class Ours(Worker):
         self.launch = time.monotonic()
         self.proc = self.ctx.procs.start(f"ours-{self.group}", [PY, "-m", "connector", "run", "--config", str(cfg)],
                                          env={**CONNECTOR_ENV, **dict(kv.split("=", 1) for kv in self.ctx.args.ours_env)},
-                                         cwd=self.ctx.ours_code)
+                                         cwd=self.code())
         if self.ctx.args.profile:
             # Sampling profiler attached from outside (its own process): collapsed stacks per thread,
             # written when the connector exits. Figures of a profiled run are not comparable.
@@ -213,7 +227,16 @@ class Peer(Worker):
             res.problems.append(f"inlet accepted {stats['messages_accepted']} messages, peer sent {sent}")
 
 
-WORKERS = {"ours": Ours, "peer": Peer}
+class Base(Ours):
+    """Our connector from an older revision (``--base-code``), for before/after in the same run."""
+
+    name = "base"
+
+    def code(self) -> Path | None:
+        return self.ctx.base_code
+
+
+WORKERS = {"ours": Ours, "peer": Peer, "base": Base}
 
 
 def _py_spy() -> str:
@@ -235,6 +258,7 @@ class Context:
         self.ours_code: Path | None = None  # --ours-code: run our connector from an exported older tree
         if args.ours_code:
             self.ours_code = export_tree(args.ours_code, workdir)
+        self.base_code: Path | None = export_tree(args.base_code, workdir) if args.base_code else None
 
     def setup(self) -> None:
         from common import start_broker
@@ -280,6 +304,8 @@ def export_tree(rev: str, workdir: Path) -> Path:
 def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: int, emulator: Emulator,
                 latency_ms: float = 0.0) -> RunResult:
     res = RunResult(worker_name, scenario, n)
+    res.extra["calib_ms"] = busy_box()["calib_ms"]
+    res.extra["latency_ms"] = latency_ms
     emulator.reset()
     if latency_ms:
         emulator.faults(latency_ms=latency_ms)
@@ -349,6 +375,11 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
         if res.extra.get("loop"):
             say(f"    consumer loop (fraction of the drain): {res.extra['loop']}"
                 + (f"; workers wait on {res.extra['waits_on']}" if res.extra.get("waits_on") else ""))
+        if res.extra.get("lane_states"):
+            say(f"    request lanes (mean fraction of the drain): {res.extra['lane_states']}; blocked by lane "
+                f"{res.extra.get('lane_blocked')}; records by lane {res.extra.get('lane_records_share')}")
+        if res.extra.get("inflight_dist"):
+            say(f"    batches in flight: mean {res.extra['inflight_mean']}, time at n: {res.extra['inflight_dist']}")
     return res
 
 
@@ -585,13 +616,14 @@ def report(results: dict[str, Any]) -> str:
         if o:
             rows.append(("end-to-end / ceiling", f"{o.steady_rate / c.steady_rate:.2f}" if c.steady_rate else "—",
                          "", "", "≥ 0.75"))
-    o, p = get("latency/ours"), get("latency/peer")
-    if o or p:
-        ms = results["args"]["latency_ms"]
-        add(f"+{ms:.0f} ms inlet latency: steady events/s", o.steady_rate if o else None,
-            p.steady_rate if p else None, "≥ 40,000")
-        add(f"+{ms:.0f} ms inlet latency: mean request, KB", o.mean_request_kb if o else None,
-            p.mean_request_kb if p else None, "")
+    for ms in results["args"]["latencies"]:
+        for key in sorted({k.split("/")[0] for k in R if k.startswith(f"latency{ms:g}")}):
+            o, p = get(f"{key}/ours"), get(f"{key}/peer")
+            tag = key.removeprefix(f"latency{ms:g}")
+            add(f"+{ms:.0f} ms inlet latency{tag}: steady events/s", o.steady_rate if o else None,
+                p.steady_rate if p else None, "")
+            add(f"+{ms:.0f} ms inlet latency{tag}: CPU s per 1k events", o.cpu_per_1k if o else None,
+                p.cpu_per_1k if p else None, "", 3)
     for r in results["args"]["steady_rates"]:
         o, p = get(f"steady{r:.0f}/ours"), get(f"steady{r:.0f}/peer")
         if not o and not p:
@@ -632,6 +664,28 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_table(results: dict[str, Any]) -> str:
+    """One line per backlog run, in the order run: the rate beside its utilization and calibration."""
+    head = ("run", "+ms", "events/s", "CPU s/1k", "req", "msg/req", "in flight", "lanes idle/fill/send/blocked",
+            "held", "box cores", "calib ms", "PSS MB")
+    rows = []
+    for key, r in results["runs"].items():
+        if r.scenario.startswith("steady") or r.worker == "ceiling":
+            continue
+        ls = r.extra.get("lane_states")
+        rows.append((key, fmt(r.extra.get("latency_ms")), fmt(r.steady_rate), fmt(r.cpu_per_1k, 3), fmt(r.requests),
+                     fmt(r.mean_request_messages), fmt(r.extra.get("inflight_mean"), 2),
+                     "/".join(f"{ls[s]:.2f}" for s in ("idle", "filling", "sending", "blocked")) if ls else "—",
+                     fmt(r.extra.get("loop", {}).get("held"), 2), fmt(r.extra.get("cpu_share", {}).get("box"), 2),
+                     fmt(r.extra.get("calib_ms")), fmt(r.peak_rss_mb)))
+    w = [max(len(x[i]) for x in [*rows, head]) for i in range(len(head))]
+    lines = ["| " + " | ".join(h.ljust(w[i]) for i, h in enumerate(head)) + " |",
+             "|" + "|".join("-" * (w[i] + 2) for i in range(len(head))) + "|"]
+    lines += ["| " + " | ".join(x[i].ljust(w[i]) if i == 0 else x[i].rjust(w[i]) for i in range(len(head))) + " |"
+              for x in rows]
+    return "\n".join(lines)
+
+
 # == main ==================================================================================
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__,
@@ -643,7 +697,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steady-rate", default="5000,2500",
                     help="events/s of the steady mode; a comma list runs each (default 5000,2500)")
     ap.add_argument("--steady-seconds", type=float, default=20)
-    ap.add_argument("--latency-ms", type=float, default=50)
+    ap.add_argument("--latency-ms", default="50",
+                    help="inlet latency of the latency mode, ms; a comma list runs each (e.g. 0,50,150)")
+    ap.add_argument("--rounds", type=int, default=1, help="latency mode: repeat the list this many times")
+    ap.add_argument("--base-code", default=None, metavar="REV",
+                    help="rate and latency modes: also run our connector from git revision REV, before ours")
     ap.add_argument("--no-peer", action="store_true", help="ours only")
     ap.add_argument("--peer-commit-interval", type=float, default=1.0)
     ap.add_argument("--partitions", type=int, default=4, help="partitions per topic (6 topics)")
@@ -669,6 +727,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                / 1000)
     args.verify_commits = args.mode == "smoke"
     args.steady_rates = [float(x) for x in str(args.steady_rate).split(",") if x.strip()]
+    args.latencies = [float(x) for x in str(args.latency_ms).split(",") if x.strip()]
     return args
 
 
@@ -698,13 +757,19 @@ def main(argv: list[str] | None = None) -> int:
                     runs["ceiling"] = run_ceiling(ctx, prefix, args.events)
                 if mode in ("all", "rate", "smoke"):
                     scen = "smoke" if mode == "smoke" else "rate"
+                    if ctx.base_code is not None and mode != "smoke":
+                        runs[f"{scen}/base"] = run_backlog(ctx, "base", scen, prefix, args.events, ctx.emulator)
                     runs[f"{scen}/ours"] = run_backlog(ctx, "ours", scen, prefix, args.events, ctx.emulator)
                 if mode in ("all", "rate", "peer") and (peers or mode == "peer"):
                     runs["rate/peer"] = run_backlog(ctx, "peer", "rate", prefix, args.events, ctx.emulator)
                 if mode in ("all", "latency"):
-                    for wn in ["ours", *peers]:
-                        runs[f"latency/{wn}"] = run_backlog(ctx, wn, "latency", prefix, args.events, ctx.emulator,
-                                                            latency_ms=args.latency_ms)
+                    names = [*(["base"] if ctx.base_code is not None else []), "ours", *peers]
+                    for rnd in range(args.rounds):
+                        for ms in args.latencies:
+                            scen = f"latency{ms:g}" + (f"-r{rnd + 1}" if args.rounds > 1 else "")
+                            for wn in names:
+                                runs[f"{scen}/{wn}"] = run_backlog(ctx, wn, scen, prefix, args.events, ctx.emulator,
+                                                                   latency_ms=ms)
             if mode in ("all", "steady"):
                 em2 = Emulator(ctx.procs, "emulator-steady", store_bodies=True)
                 say(f"emulator for the steady runs on {em2.url} (--store-bodies: per-message receipt times)")
@@ -733,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
           "(calib_ms ≈ 80-100 on an idle core)")
     print(f"command: {results['command']}   wall time: {results['wall_s']}s   logs: {workdir}")
     print(table)
+    print(run_table(results))
     for key, r in results["runs"].items():
         if r.problems:
             print(f"✗ {key}: {'; '.join(r.problems)}")

@@ -26,6 +26,9 @@ from connector.thread_names import name_os_thread
 log = logging.getLogger(__name__)
 
 _MAX_SENDER_ERRORS = 3  # batches in a row whose sender raised: then stop (exit code 7), not spin
+_LANE_STATES = ("idle", "filling", "ready", "sending", "blocked")
+_IDLE, _FILLING, _READY, _SENDING, _BLOCKED = range(len(_LANE_STATES))
+_EXPORT_INTERVAL_S = 1.0  # lane accounting reaches the Prometheus counters this often
 
 
 @dataclass(slots=True)
@@ -51,19 +54,67 @@ class Delivery:
                                            initializer=name_os_thread)
         self.inflight: dict[int, InFlight] = {}
         self.sender_errors = 0  # batches in a row whose sender raised
+        # What each lane was doing since the last dispatch (one of _LANE_STATES), and the seconds
+        # it spent in each state / at each number of batches in flight, exported once a second.
+        lanes = len(batcher.lanes)
+        self.lane_state = [_IDLE] * lanes
+        self.lane_seconds = [[0.0] * len(_LANE_STATES) for _ in range(lanes)]
+        self.inflight_seconds = [0.0] * (lanes + 1)
+        self._accounted = time.monotonic()
+        self._exported = self._accounted
+        self._exported_seconds = [[0.0] * len(_LANE_STATES) for _ in range(lanes)]
+        self._exported_inflight = [0.0] * (lanes + 1)
 
     def dispatch(self, now: float, flush: bool = False) -> None:
         """Start a request on every idle lane whose batch is ready (all non-empty ones: ``flush``)."""
-        if self.sink.auth_failed and self.inflight:
-            return
-        for lane_no in range(len(self.batcher.lanes)):
-            if lane_no in self.inflight or not self.batcher.ready(lane_no, now, flush):
+        self._account(now)
+        batcher = self.batcher
+        states = self.lane_state
+        held = self.sink.auth_failed and bool(self.inflight)
+        for lane_no in range(len(batcher.lanes)):
+            ready = batcher.ready(lane_no, now, flush)
+            if lane_no in self.inflight:
+                states[lane_no] = _BLOCKED if ready else _SENDING
                 continue
-            records = self.batcher.take(lane_no, now)
+            if not ready:
+                states[lane_no] = _FILLING if batcher.lanes[lane_no].queue else _IDLE
+                continue
+            if held:
+                states[lane_no] = _READY
+                continue
+            records = batcher.take(lane_no, now)
             cancel = threading.Event()
             future = self.executor.submit(self.sink.deliver, records, cancel)
             self.inflight[lane_no] = InFlight(future, cancel, frozenset(r.tp for r in records), records)
+            METRICS.lane_records.labels(str(lane_no)).inc(len(records))
+            states[lane_no] = _BLOCKED if batcher.ready(lane_no, now, flush) else _SENDING
         METRICS.inflight_batches.set(len(self.inflight))
+        if now - self._exported >= _EXPORT_INTERVAL_S:
+            self._export(now)
+
+    def _account(self, now: float) -> None:
+        """Charge the time since the last dispatch to each lane's state then, and to the number of
+        batches then in flight (what bench/run.py reports as the lanes' idle, filling and blocked time)."""
+        dt = now - self._accounted
+        if dt <= 0:
+            return
+        self._accounted = now
+        seconds = self.lane_seconds
+        for lane_no, state in enumerate(self.lane_state):
+            seconds[lane_no][state] += dt
+        self.inflight_seconds[min(len(self.inflight), len(self.inflight_seconds) - 1)] += dt
+
+    def _export(self, now: float) -> None:
+        self._exported = now
+        for lane_no, (seconds, exported) in enumerate(zip(self.lane_seconds, self._exported_seconds)):
+            for state, name in enumerate(_LANE_STATES):
+                if seconds[state] > exported[state]:
+                    METRICS.lane_seconds.labels(str(lane_no), name).inc(seconds[state] - exported[state])
+                    exported[state] = seconds[state]
+        for n, (total, exported_n) in enumerate(zip(self.inflight_seconds, self._exported_inflight)):
+            if total > exported_n:
+                METRICS.inflight_batch_seconds.labels(str(n)).inc(total - exported_n)
+                self._exported_inflight[n] = total
 
     def wait(self, timeout: float) -> None:
         """Block up to ``timeout`` for the first request in flight to finish (the GIL is free
