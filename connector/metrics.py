@@ -207,6 +207,8 @@ class Metrics:
             p + "inflight_batch_seconds_total", "Wall time with this many batches in flight (all lanes together)",
             ["batches"], registry=r)
         self.lane_records = Counter(p + "lane_records_total", "Records sent per request lane", ["lane"], registry=r)
+        self.lane_queued = Gauge(p + "lane_queued_records", "Records waiting in each request lane (not in flight)",
+                                 ["lane"], registry=r)
         self.partition_moves = Counter(
             p + "partition_moves_total", "Partitions moved between transform workers to even out their load",
             registry=r)
