@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,6 +213,36 @@ def _client_for(ca: object) -> ssl.SSLContext:
     return ctx
 
 
+def _handshake(port: int, ctx: ssl.SSLContext) -> str:
+    """The TLS version negotiated with the ingress, or raises ssl.SSLError when it is refused."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        return str(tls.version())
+
+
+def _legacy_client(ca: object, version: ssl.TLSVersion, ciphers: str) -> ssl.SSLContext:
+    """A client that offers only ``version`` and ``ciphers`` (with OpenSSL's own floor lowered)."""
+    ctx = _client_for(ca)
+    ctx.minimum_version = ctx.maximum_version = version
+    ctx.set_ciphers(f"{ciphers}:@SECLEVEL=0")
+    return ctx
+
+
+# CBC suites: with SHA-1 (uvicorn's old "TLSv1" default admitted them), with SHA-2 (Python's default does).
+CBC_SHA1 = "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA:AES128-SHA"
+CBC_SHA2 = "ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384"
+
+
+def _assert_tls_policy(port: int, ca: object) -> None:
+    assert _handshake(port, _client_for(ca)) == "TLSv1.3"
+    assert _handshake(port, _legacy_client(ca, ssl.TLSVersion.TLSv1_2, "ECDHE+AESGCM")) == "TLSv1.2"
+    for version, ciphers in ((ssl.TLSVersion.TLSv1_2, CBC_SHA1), (ssl.TLSVersion.TLSv1_2, CBC_SHA2),
+                             (ssl.TLSVersion.TLSv1_1, "ALL"),
+                             (ssl.TLSVersion.TLSv1, "ALL")):
+        with pytest.raises(ssl.SSLError):
+            _handshake(port, _legacy_client(ca, version, ciphers))
+
+
 def test_https_with_a_certificate_reloaded_when_its_files_change(broker: str, tmp_path: Path) -> None:
     trustme = pytest.importorskip("trustme")
     first, second = trustme.CA(), trustme.CA()
@@ -227,6 +258,8 @@ def test_https_with_a_certificate_reloaded_when_its_files_change(broker: str, tm
         r = httpx.post(f"{https}/capillary/events", content=orjson.dumps(event), verify=_client_for(first),
                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
         assert r.status_code == 200, r.text
+        port = int(https.rsplit(":", 1)[1])
+        _assert_tls_policy(port, first)  # TLS 1.2+ and AEAD suites only
         with pytest.raises(httpx.HTTPError):  # plain HTTP on the HTTPS port gets nothing useful
             httpx.get(https.replace("https://", "http://") + "/healthz", timeout=5).raise_for_status()
         with pytest.raises(httpx.ConnectError):  # a client that trusts only the next CA refuses this one
@@ -238,6 +271,33 @@ def test_https_with_a_certificate_reloaded_when_its_files_change(broker: str, tm
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{https}/healthz", verify=_client_for(first), timeout=5)
         assert "TLS certificate reloaded" in ingress.proc.log_text()
+        _assert_tls_policy(port, second)  # the reloaded pair is served under the same policy
         assert ingress.proc.alive()
+    finally:
+        ingress.stop()
+
+
+def test_a_tls_handshake_is_under_the_header_deadline(broker: str, tmp_path: Path) -> None:
+    """A client that connects to the HTTPS port and never sends its ClientHello is dropped within
+    header_timeout_s (asyncio's own handshake limit is 60 s), and a prompt client is unaffected."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    _write_pair(ca, cert, key)
+    ingress = start_ingress(tmp_path, broker, _prefix(), extra=(
+        f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"\nheader_timeout_s = 1'), scheme="https",
+        verify=_client_for(ca))
+    try:
+        port = int(ingress.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            started = time.monotonic()
+            assert _answer_then_close(silent) == b""  # closed without a word (a TimeoutError fails the test)
+            assert time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                _client_for(ca).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            started = time.monotonic()  # handshake done, no request: the rest of the deadline, then 408
+            assert _answer_then_close(tls).startswith(b"HTTP/1.1 408 ")
+            assert time.monotonic() - started < 5
+        assert ingress.http.get("/healthz").status_code == 200
     finally:
         ingress.stop()

@@ -404,7 +404,7 @@ _Server = GracefulServer
 
 
 def uvicorn_config(settings: IngestSettings, metrics: IngestMetrics | None = None) -> uvicorn.Config:
-    from connector.ingest.edge import TlsReloader, header_deadline_protocol
+    from connector.ingest.edge import TlsReloader, handshake_deadline_loop, header_deadline_protocol, server_tls_context
 
     cfg = settings.ingest
     host, port = cfg.host_port
@@ -413,8 +413,14 @@ def uvicorn_config(settings: IngestSettings, metrics: IngestMetrics | None = Non
     timeouts = ingress.metrics.timeouts.labels("header")
     http: Any = header_deadline_protocol(cfg.header_timeout_s, timeouts.inc) if find_spec("httptools") else "h11"
     tls: dict[str, Any] = {}
-    if cfg.tls_cert_file:
-        tls = {"ssl_certfile": cfg.tls_cert_file, "ssl_keyfile": cfg.tls_key_file}
+    if cfg.tls_cert_file:  # our context (TLS 1.2+, AEAD suites), not uvicorn's
+        tls = {"ssl_context_factory": lambda _config, _default: server_tls_context(cfg.tls_cert_file, cfg.tls_key_file)}
+    if find_spec("uvloop"):
+        import uvloop
+
+        loop_class: type[asyncio.AbstractEventLoop] = uvloop.Loop
+    else:
+        loop_class = asyncio.SelectorEventLoop
     forwarded: dict[str, Any] = {"proxy_headers": False}  # the middleware costs every request
     if cfg.forwarded_allow_ips:
         forwarded = {"proxy_headers": True, "forwarded_allow_ips": cfg.forwarded_allow_ips}
@@ -422,7 +428,7 @@ def uvicorn_config(settings: IngestSettings, metrics: IngestMetrics | None = Non
         app,
         host=host,
         port=port,
-        loop="uvloop" if find_spec("uvloop") else "asyncio",
+        loop=handshake_deadline_loop(cfg.header_timeout_s, loop_class),  # type: ignore[arg-type] # uvicorn takes a loop factory too
         http=http,
         **tls,
         **forwarded,

@@ -1,6 +1,6 @@
-"""What the ingress needs to face the internet, around the ASGI app: a header deadline on every
-connection, HTTPS with certificate files re-read when they change, and ``/metrics`` on its own
-listener (never on the webhook port).
+"""What the ingress needs to face the internet, around the ASGI app: a deadline on every
+connection for its TLS handshake and request headers, HTTPS with a modern policy and certificate
+files re-read when they change, and ``/metrics`` on its own listener (never on the webhook port).
 """
 
 from __future__ import annotations
@@ -11,11 +11,41 @@ import os
 import ssl
 import threading
 from collections.abc import Callable
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from connector.ingest.config import IngestConfig, tls_problem
 
 log = logging.getLogger(__name__)
+
+# TLS 1.2 suites with forward secrecy and an AEAD cipher only: no CBC (padding-oracle history), no
+# SHA-1 MAC, no static-RSA key exchange. TLS 1.3's suites are all AEAD; set_ciphers leaves them be.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """The ingress's HTTPS policy: TLS 1.2 or 1.3, :data:`TLS12_CIPHERS`, no compression, no
+    renegotiation. (uvicorn's own context admits every "TLSv1" suite, CBC-SHA1 among them.)"""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def handshake_deadline_loop(timeout_s: float, base: type[asyncio.AbstractEventLoop]) -> type[asyncio.AbstractEventLoop]:
+    """An event loop class whose TLS servers drop a handshake not done within ``timeout_s``
+    (asyncio's default is 60 s and uvicorn passes none: a client that connects and sends nothing
+    would hold its socket that long)."""
+
+    class HandshakeDeadlineLoop(base):  # type: ignore[valid-type,misc] # a loop class chosen at run time
+        async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", timeout_s)
+            return await super().create_server(*args, **kwargs)  # type: ignore[no-any-return]
+
+    return HandshakeDeadlineLoop
 
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                     b"content-length: 28\r\nconnection: close\r\n\r\n"
@@ -23,8 +53,9 @@ _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/
 
 
 def header_deadline_protocol(timeout_s: float, on_timeout: Callable[[], None]) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with a deadline on request headers: from the connection's start
-    (or the first byte of a later request on it) to the end of the headers. A client that has not
+    """uvicorn's httptools protocol with a deadline on request headers: from the connection's
+    accept, the TLS handshake included (or the first byte of a later request on it) to the end of
+    the headers. A client that has not
     sent its headers by then gets a 408 and the connection is closed; ``on_timeout`` counts it.
     (uvicorn itself only times out idle keep-alive connections: a client trickling a header byte a
     second would hold its connection for ever.) The body has its own deadline in the app."""
@@ -33,9 +64,14 @@ def header_deadline_protocol(timeout_s: float, on_timeout: Callable[[], None]) -
     class HeaderDeadlineProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Made at accept; over TLS connection_made comes after the handshake, which counts too.
+            self._accepted_at = self.loop.time()
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override] # uvicorn's protocol types the transport more loosely
             super().connection_made(transport)
-            self._arm()
+            self._arm(max(0.0, timeout_s - (self.loop.time() - self._accepted_at)))
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -50,8 +86,8 @@ def header_deadline_protocol(timeout_s: float, on_timeout: Callable[[], None]) -
             self._disarm()
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
-            self._header_timer = self.loop.call_later(timeout_s, self._headers_late)
+        def _arm(self, delay: float = timeout_s) -> None:
+            self._header_timer = self.loop.call_later(delay, self._headers_late)
 
         def _disarm(self) -> None:
             if self._header_timer is not None:
