@@ -18,6 +18,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from connector.asgi import GracefulServer
+from connector.dev.emulator.batches import BatchApi
 from connector.dev.emulator.config import EmulatorConfig
 from connector.dev.emulator.control import control_routes
 from connector.dev.emulator.dcs import TRANSPORT_KEY, Dcs
@@ -44,6 +45,7 @@ class Emulator:
         self.validator = AsyncValidator()
         self.dcs = Dcs(cfg, self.store, self.faults, self.issuer, self.validator)
         self.platform = PlatformApi(self)
+        self.batches = BatchApi(self)
 
     async def ims_token(self, request: Request) -> Response:
         store, faults = self.store, self.faults
@@ -93,6 +95,7 @@ def create_app(cfg: EmulatorConfig) -> Starlette:
         Route("/ims/token/v2", em.ims_token, methods=["POST"]),  # legacy, same semantics
         *control_routes(em),
         *em.platform.routes(),
+        *em.batches.routes(),
         *(Route(f"/{head}{{rest:path}}", registry, methods=registry_methods)
           for head in ("subjects", "schemas", "config", "mode", "compatibility")),
     ]
