@@ -22,7 +22,7 @@ from connector.dev.emulator import config as em
 from connector.dev.procs import ManagedProcess, free_port, python_module, scrape, start_broker, wait_until
 
 GROUP_ID = "capillary-aep-demo"
-INGEST_TOKEN = "demo-webhook-token-not-a-secret"
+INGEST_TOKEN = "demo-webhook-token-not-a-secret-0123456789"
 WEBHOOK_BATCH = 50
 
 
