@@ -426,7 +426,8 @@ class Watcher(threading.Thread):
         # so a group never shows less than nothing.
         threads = {name[len(_THREADS):]: max(0.0, share.pop(name)) for name in list(share) if name.startswith(_THREADS)}
         # Counters become fractions of the window (their rate); gauges are read from every sample.
-        rates = {k: round((busy1[k] - busy0.get(k, 0.0)) / span, 3) for k in busy1 if k not in _LOOP_GAUGES.values()}
+        rates = {k: round((busy1[k] - busy0.get(k, 0.0)) / span, 3) for k in busy1
+                 if k not in _LOOP_GAUGES.values() and not k.startswith(_QUEUED)}
         loop = {name: rates.pop(name) for name in _LOOP_COUNTERS.values() if name in rates}
         lane_keys = [k for k in rates if k.startswith(_LANES)]
         for k in lane_keys:
@@ -436,6 +437,12 @@ class Watcher(threading.Thread):
         loop["paused"] = round(sum(paused) / len(paused), 3)
         buffered = sorted(u[2].get("buffered", 0.0) for u in pts)
         loop["buffered_records_p50_max"] = [int(buffered[len(buffered) // 2]), int(buffered[-1])]
+        # Of them, waiting in the request lanes (not in flight), sampled: all lanes, and the fullest.
+        queued = sorted(sum(v for k, v in u[2].items() if k.startswith(_QUEUED)) for u in pts)
+        fullest = sorted(max([v for k, v in u[2].items() if k.startswith(_QUEUED)] or [0.0]) for u in pts)
+        if queued[-1]:
+            loop["lanes_queued_p50_max"] = [int(queued[len(queued) // 2]), int(queued[-1])]
+            loop["fullest_lane_p50_max"] = [int(fullest[len(fullest) // 2]), int(fullest[-1])]
         return {"cpu_share": share, "consumer_threads": threads, "worker_busy": rates, "loop": loop, **lanes,
                 "window_s": round(span, 1),
                 "waits_on": waits_on(share, rates, loop, os.cpu_count() or 1)}
@@ -466,6 +473,8 @@ class Watcher(threading.Thread):
                         busy[key.split("worker=", 1)[1].rstrip("}")] = value
                     elif key in _LOOP_COUNTERS or key in _LOOP_GAUGES:
                         busy[_LOOP_COUNTERS.get(key) or _LOOP_GAUGES[key]] = value
+                    elif key.startswith("capillary_aep_lane_queued_records{"):
+                        busy[_QUEUED + key.split("lane=", 1)[1].rstrip("}")] = value
                     elif key.startswith(_LANE_SERIES):
                         labels = dict(kv.split("=", 1) for kv in key[key.index("{") + 1:-1].split(","))
                         busy[_LANES + ":".join(labels[k] for k in sorted(labels))
@@ -498,6 +507,7 @@ _THREADS = "connector/"  # prefix of the consumer process's per-thread entries i
 _LANE_SERIES = ("capillary_aep_lane_seconds_total{", "capillary_aep_inflight_batch_seconds_total{",
                 "capillary_aep_lane_records_total{")
 _LANES = "lanes:"
+_QUEUED = "queued:"  # a lane's waiting records (a gauge), "queued:<lane>"
 LANE_STATES = ("idle", "filling", "ready", "sending", "blocked")
 
 

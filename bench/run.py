@@ -143,13 +143,16 @@ class Ours(Worker):
     def code(self) -> Path | None:
         return self.ctx.ours_code
 
+    def toml(self) -> str:
+        return str(self.ctx.args.ours_toml)
+
     def start(self) -> None:
         self.metrics_port = free_port()
         cfg = self.ctx.workdir / f"connector-{self.group}.toml"
         assert self.ctx.emulator is not None
         cfg.write_text(connector_toml(bootstrap=self.ctx.bootstrap, emulator_url=self.emulator.url,
                                       prefix=self.prefix, group=self.group, metrics_port=self.metrics_port,
-                                      registry_url=self.ctx.emulator.url, extra=self.ctx.args.ours_toml))
+                                      registry_url=self.ctx.emulator.url, extra=self.toml()))
         self.launch = time.monotonic()
         self.proc = self.ctx.procs.start(f"ours-{self.group}", [PY, "-m", "connector", "run", "--config", str(cfg)],
                                          env={**CONNECTOR_ENV, **dict(kv.split("=", 1) for kv in self.ctx.args.ours_env)},
@@ -234,6 +237,9 @@ class Base(Ours):
 
     def code(self) -> Path | None:
         return self.ctx.base_code
+
+    def toml(self) -> str:
+        return str(self.ctx.args.base_toml)
 
 
 WORKERS = {"ours": Ours, "peer": Peer, "base": Base}
@@ -711,6 +717,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--run-timeout", type=float, default=None, help="bound per worker run (default from N)")
     ap.add_argument("--json", default=None, help="write every figure to this JSON file")
     ap.add_argument("--ours-toml", default="", help="extra TOML appended to our connector's config (experiments)")
+    ap.add_argument("--base-toml", default="", help="extra TOML for the --base-code connector (not ours)")
     ap.add_argument("--ours-env", action="append", default=[], metavar="K=V",
                     help="extra environment for our connector (experiments; repeatable)")
     ap.add_argument("--ours-code", default=None, metavar="REV",

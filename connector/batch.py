@@ -1,9 +1,12 @@
 """Batch stage: accumulate encoded XDM messages into request-sized batches. Pure (no I/O).
 
-Records are spread over ``lanes`` by partition: a partition always maps to the same lane, and the
-pipeline keeps at most one request in flight per lane. That gives parallel requests across
-partitions while records of one partition (and so all updates of one customer, since Capillary
-keys by customer) reach AEP in order, retries included.
+Records are spread over ``lanes`` by partition: a partition always maps to the same lane. A lane
+keeps up to ``batch.max_inflight_per_lane`` requests in flight, and a request sent while others of
+its lane are in flight holds no profile update of a customer whose profile updates they hold
+(:func:`order_key`: the Kafka key, by which Capillary partitions, or the partition for a record
+without one): a customer's profile updates reach AEP in order, retries included, while the lane's
+other records need not wait for a slow answer (issue 35). ExperienceEvents are immutable,
+time-stamped facts: they need no order (the sink re-sends them out of order too).
 
 A batch is cut when a lane holds ``max_records`` records or ``max_bytes`` of request body, or when
 its oldest record has waited ``linger`` seconds. All messages of one Kafka record travel in the
@@ -42,6 +45,15 @@ class PendingRecord:
     @staticmethod
     def body_size(messages: list[bytes]) -> int:
         return sum(len(m) for m in messages) + len(messages)
+
+
+def order_key(record: PendingRecord) -> object:
+    """What a record must stay in order with: None when it carries no profile update (nothing),
+    else its customer (the Kafka key), or its whole partition when it has no key."""
+    for kind, _ in record.labels:
+        if kind == "profile":
+            return record.key if record.key is not None else record.tp
+    return None
 
 
 def encode_body(messages: Iterable[bytes]) -> bytes:
@@ -105,8 +117,22 @@ class Batcher:
             or now - lane.oldest >= self.linger_s
         )
 
-    def take(self, lane_no: int, now: float) -> list[PendingRecord]:
-        """Cut the next batch from the head of a lane, within the record and byte limits."""
+    def full(self, lane_no: int) -> bool:
+        """The lane holds at least a full request (by records or bytes), whatever its keys."""
+        lane = self.lanes[lane_no]
+        return len(lane.queue) >= self.max_records or lane.bytes + WRAPPER_BYTES >= self.max_bytes
+
+    def take(self, lane_no: int, now: float, busy: set[object] | None = None,
+             full_only: bool = False) -> list[PendingRecord]:
+        """Cut the next batch from the head of a lane, within the record and byte limits.
+
+        ``busy``: order keys (:func:`order_key`) of the lane's requests in flight; their records
+        are passed over and stay queued, in order, for a later batch. ``full_only``: cut nothing
+        unless the batch is full (what is worth a request of its own beside those in flight)."""
+        if busy:
+            return self._take_around(lane_no, now, busy, full_only)
+        if full_only and not self.full(lane_no):
+            return []
         lane = self.lanes[lane_no]
         out: list[PendingRecord] = []
         size = WRAPPER_BYTES - 1  # n records need n-1 commas; each record.size counts one
@@ -120,6 +146,28 @@ class Batcher:
             size += rec.size
             lane.bytes -= rec.size
         lane.oldest = now if queue else 0.0
+        return out
+
+    def _take_around(self, lane_no: int, now: float, busy: set[object], full_only: bool) -> list[PendingRecord]:
+        lane = self.lanes[lane_no]
+        out: list[PendingRecord] = []
+        keep: deque[PendingRecord] = deque()
+        size = WRAPPER_BYTES - 1
+        full = False
+        for rec in lane.queue:
+            if full or ((key := order_key(rec)) is not None and key in busy):
+                keep.append(rec)
+            elif len(out) >= self.max_records or (out and size + rec.size > self.max_bytes):
+                full = True  # nothing after this record may overtake it: the rest stays, in order
+                keep.append(rec)
+            else:
+                out.append(rec)
+                size += rec.size
+        if not out or (full_only and not full and len(out) < self.max_records):
+            return []
+        lane.queue = keep
+        lane.bytes -= size - (WRAPPER_BYTES - 1)
+        lane.oldest = now if keep else 0.0
         return out
 
     def requeue_front(self, lane_no: int, records: list[PendingRecord], now: float) -> None:

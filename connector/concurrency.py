@@ -1,6 +1,6 @@
 """How many inlet requests may be in flight at once: an AIMD limit shared by the sender threads.
 
-Each lane keeps at most one request in flight, so the limit starts at the number of lanes. A 429
+The limit starts at what the lanes may have in flight (``batch.lanes × max_inflight_per_lane``). A 429
 (the inlet says "slow down") halves it — once per ``cooldown_s``, so a burst of 429s answering
 requests sent together counts as one signal — and every accepted request adds ``1 / limit``
 (about +1 per round trip of the whole window), as TCP's congestion control does. Senders wait in

@@ -261,11 +261,20 @@ class BatchConfig(_Section):
     # Under a backlog batches fill by size long before this; at a moderate rate it is most of the
     # latency (bench/run.py --mode steady: p50 235 -> 83 ms at 2.5k events/s going from 200 to 50).
     linger_ms: int = Field(50, ge=0)
-    # Parallel request lanes; a partition always maps to one lane, and a lane has one request in flight.
+    # Parallel request lanes; a partition always maps to one lane.
     lanes: int = Field(8, ge=1, le=64)
+    # Requests a lane may have in flight: beyond the first, only full batches of customers the lane's
+    # requests in flight do not carry (a customer's records stay in order), so a slow inlet answer
+    # does not hold back the rest of the lane (issue 35; docs/operations.md, Sizing).
+    max_inflight_per_lane: int = Field(4, ge=1, le=16)
     # Send one profile record per customer and route per request, merging its updates in offset
     # order (connector/coalesce.py): AEP does not apply a request's profile records in order.
     coalesce_profiles: bool = True
+
+    @property
+    def max_inflight(self) -> int:
+        """Requests in flight at most: every lane's."""
+        return self.lanes * self.max_inflight_per_lane
 
     @property
     def max_record_size(self) -> int:

@@ -1,7 +1,10 @@
 """The delivery stage: batches out of the batcher, through the sink on sender threads, results back.
 
-One sender thread per lane and at most one request in flight per lane (a partition always uses the
-same lane, so its records reach AEP in order). :meth:`Delivery.collect` hands each finished batch to
+A partition always uses the same lane. A lane has a request in flight as soon as its batch is ready;
+while it has, a further request starts only when the lane holds a full batch that carries no profile
+update of a customer whose profile updates are in flight (``batch.max_inflight_per_lane`` at most;
+connector.batch.order_key), so a customer's profile updates reach AEP in order, retries included,
+and a slow inlet answer holds back only the customers it carries. :meth:`Delivery.collect` hands each finished batch to
 the pipeline: ``delivered(records)`` for the records AEP accepted, ``rejected(record, failure)`` for
 each it refused for good. A batch given up on (revoke, shutdown) or whose sender raised goes back to
 the head of its lane, in order; ``_MAX_SENDER_ERRORS`` sender exceptions in a row call
@@ -17,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from connector.batch import Batcher, PendingRecord
+from connector.batch import Batcher, PendingRecord, order_key
 from connector.metrics import METRICS
 from connector.offsets import OffsetTracker, TopicPartition
 from connector.sink import BatchResult, MessageFailure, Sink
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 _MAX_SENDER_ERRORS = 3  # batches in a row whose sender raised: then stop (exit code 7), not spin
 _LANE_STATES = ("idle", "filling", "ready", "sending", "blocked")
 _IDLE, _FILLING, _READY, _SENDING, _BLOCKED = range(len(_LANE_STATES))
+_RESCAN_GROWTH = 100  # records a lane must gain before its queue is scanned again for a next request
 _EXPORT_INTERVAL_S = 1.0  # lane accounting reaches the Prometheus counters this often
 
 
@@ -37,33 +41,47 @@ class InFlight:
     cancel: threading.Event
     tps: frozenset[TopicPartition]
     records: list[PendingRecord]
+    lane: int = 0
+    keys: set[object] | None = None  # order keys of the records, computed when a next request needs them
+
+    def order_keys(self) -> set[object]:
+        if self.keys is None:
+            self.keys = {order_key(r) for r in self.records}
+            self.keys.discard(None)
+        return self.keys
 
 
 class Delivery:
     def __init__(self, batcher: Batcher, sink: Sink, tracker: OffsetTracker, *,
                  delivered: Callable[[list[PendingRecord]], None],
                  rejected: Callable[[PendingRecord, MessageFailure], None],
-                 sender_failing: Callable[[str], None]) -> None:
+                 sender_failing: Callable[[str], None], per_lane: int = 1) -> None:
         self.batcher = batcher
+        self.per_lane = per_lane
         self.sink = sink
         self.tracker = tracker
         self._delivered = delivered
         self._rejected = rejected
         self._sender_failing = sender_failing
-        self.executor = ThreadPoolExecutor(max_workers=len(batcher.lanes), thread_name_prefix="sender",
+        self.executor = ThreadPoolExecutor(max_workers=len(batcher.lanes) * per_lane, thread_name_prefix="sender",
                                            initializer=name_os_thread)
-        self.inflight: dict[int, InFlight] = {}
+        self.inflight: dict[int, InFlight] = {}  # by batch number
+        self.lane_flights: list[list[InFlight]] = [[] for _ in batcher.lanes]
+        self._batch_no = 0
+        # A lane whose queue could not fill a next request around its busy customers: the queue
+        # length and in-flight count then (no new scan before either changes).
+        self._no_fill: list[tuple[int, int] | None] = [None] * len(batcher.lanes)
         self.sender_errors = 0  # batches in a row whose sender raised
         # What each lane was doing since the last dispatch (one of _LANE_STATES), and the seconds
         # it spent in each state / at each number of batches in flight, exported once a second.
         lanes = len(batcher.lanes)
         self.lane_state = [_IDLE] * lanes
         self.lane_seconds = [[0.0] * len(_LANE_STATES) for _ in range(lanes)]
-        self.inflight_seconds = [0.0] * (lanes + 1)
+        self.inflight_seconds = [0.0] * (lanes * per_lane + 1)
         self._accounted = time.monotonic()
         self._exported = self._accounted
         self._exported_seconds = [[0.0] * len(_LANE_STATES) for _ in range(lanes)]
-        self._exported_inflight = [0.0] * (lanes + 1)
+        self._exported_inflight = [0.0] * (lanes * per_lane + 1)
 
     def dispatch(self, now: float, flush: bool = False) -> None:
         """Start a request on every idle lane whose batch is ready (all non-empty ones: ``flush``)."""
@@ -72,25 +90,48 @@ class Delivery:
         states = self.lane_state
         held = self.sink.auth_failed and bool(self.inflight)
         for lane_no in range(len(batcher.lanes)):
-            ready = batcher.ready(lane_no, now, flush)
-            if lane_no in self.inflight:
-                states[lane_no] = _BLOCKED if ready else _SENDING
-                continue
-            if not ready:
-                states[lane_no] = _FILLING if batcher.lanes[lane_no].queue else _IDLE
+            flights = self.lane_flights[lane_no]
+            if not batcher.ready(lane_no, now, flush):
+                states[lane_no] = _SENDING if flights else _FILLING if batcher.lanes[lane_no].queue else _IDLE
                 continue
             if held:
-                states[lane_no] = _READY
+                states[lane_no] = _BLOCKED if flights else _READY
                 continue
-            records = batcher.take(lane_no, now)
-            cancel = threading.Event()
-            future = self.executor.submit(self.sink.deliver, records, cancel)
-            self.inflight[lane_no] = InFlight(future, cancel, frozenset(r.tp for r in records), records)
-            METRICS.lane_records.labels(str(lane_no)).inc(len(records))
+            if not flights:
+                self._start(lane_no, batcher.take(lane_no, now))
+            elif len(flights) < self.per_lane and (flush or batcher.full(lane_no)):
+                self._next(lane_no, now, flush)
             states[lane_no] = _BLOCKED if batcher.ready(lane_no, now, flush) else _SENDING
         METRICS.inflight_batches.set(len(self.inflight))
         if now - self._exported >= _EXPORT_INTERVAL_S:
             self._export(now)
+
+    def _next(self, lane_no: int, now: float, flush: bool) -> None:
+        """A further request on a lane with requests in flight: records of other customers only,
+        and a full batch of them unless flushing."""
+        flights = self.lane_flights[lane_no]
+        queued = len(self.batcher.lanes[lane_no].queue)
+        last = self._no_fill[lane_no]
+        if last is not None and not flush and last[1] == len(flights) and queued < last[0] + _RESCAN_GROWTH:
+            return  # about what the last scan found too little in: do not scan the queue again yet
+        busy: set[object] = set()
+        for fl in flights:
+            busy |= fl.order_keys()
+        records = self.batcher.take(lane_no, now, busy, full_only=not flush)
+        if records:
+            self._start(lane_no, records)
+        else:
+            self._no_fill[lane_no] = (queued, len(flights))
+
+    def _start(self, lane_no: int, records: list[PendingRecord]) -> None:
+        self._no_fill[lane_no] = None
+        cancel = threading.Event()
+        future = self.executor.submit(self.sink.deliver, records, cancel)
+        fl = InFlight(future, cancel, frozenset(r.tp for r in records), records, lane_no)
+        self._batch_no += 1
+        self.inflight[self._batch_no] = fl
+        self.lane_flights[lane_no].append(fl)
+        METRICS.lane_records.labels(str(lane_no)).inc(len(records))
 
     def _account(self, now: float) -> None:
         """Charge the time since the last dispatch to each lane's state then, and to the number of
@@ -106,6 +147,8 @@ class Delivery:
 
     def _export(self, now: float) -> None:
         self._exported = now
+        for lane_no, lane in enumerate(self.batcher.lanes):
+            METRICS.lane_queued.labels(str(lane_no)).set(len(lane.queue))
         for lane_no, (seconds, exported) in enumerate(zip(self.lane_seconds, self._exported_seconds)):
             for state, name in enumerate(_LANE_STATES):
                 if seconds[state] > exported[state]:
@@ -126,10 +169,11 @@ class Delivery:
             time.sleep(timeout)  # records wait in the lanes for their linger: nothing to wait on
 
     def collect(self) -> None:
-        for lane_no, fl in list(self.inflight.items()):
+        for batch_no, fl in list(self.inflight.items()):
             if fl.future.done():
-                del self.inflight[lane_no]
-                self._complete(lane_no, fl)
+                del self.inflight[batch_no]
+                self.lane_flights[fl.lane].remove(fl)
+                self._complete(fl.lane, fl)
 
     def _complete(self, lane_no: int, fl: InFlight) -> None:
         try:

@@ -79,16 +79,17 @@ class Pipeline:
         self.client = aep_client(
             s.aep.http,
             timeout=httpx.Timeout(s.delivery.request_timeout_s, connect=s.delivery.connect_timeout_s),
-            limits=httpx.Limits(max_connections=s.batch.lanes + 1, max_keepalive_connections=s.batch.lanes + 1,
+            limits=httpx.Limits(max_connections=s.batch.max_inflight + 1, max_keepalive_connections=s.batch.max_inflight + 1,
                                 keepalive_expiry=60),
         )
         self.tokens = TokenProvider(s.aep.ims, self.client) if s.aep.authentication_required else None
         self.governor = Governor(s.delivery.max_messages_per_s, s.delivery.max_profile_messages_per_s)
-        self.sink = Sink(s.aep, s.delivery, self.client, self.tokens, s.batch.lanes,
+        self.sink = Sink(s.aep, s.delivery, self.client, self.tokens, s.batch.max_inflight,
                          coalesce_profiles=s.batch.coalesce_profiles, max_bytes=s.batch.max_bytes,
                          governor=self.governor)
         self.delivery = Delivery(self.batcher, self.sink, self.tracker, delivered=self.ledger.delivered,
-                                 rejected=self.ledger.rejected, sender_failing=lambda why: self._stop(ExitCode.SENDER, why))
+                                 rejected=self.ledger.rejected, sender_failing=lambda why: self._stop(ExitCode.SENDER, why),
+                                 per_lane=s.batch.max_inflight_per_lane)
         self.housekeeping = Housekeeping(self.tracker, s.delivery, lambda: self.processing.pids)
         self.auth_probe = AuthProbe(self.tokens, self.sink, time.monotonic)
         self._source_factory = source_factory
