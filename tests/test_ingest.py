@@ -26,7 +26,7 @@ from connector.topics import all_topics, topic_for
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "ingest-test-token-5f1e0c0ffee"
+TOKEN = "ingest-test-token-5f1e0c0ffee-0123456789"
 OVERRIDE = ("tierUpgraded", "custom.tiers")  # event → topic suffix, to prove the mapping is used
 
 

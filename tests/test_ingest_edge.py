@@ -198,6 +198,16 @@ def test_metrics_listener_that_cannot_bind_fails_the_start_with_the_key(tmp_path
     assert f"ingest.metrics_listen: cannot listen on 127.0.0.1:{port}" in proc.log_text()
 
 
+def test_a_short_token_fails_the_start_with_the_key_and_not_the_token(tmp_path: Path) -> None:
+    short = "short-but-secret-token"
+    proc = ManagedProcess(python_module("connector", "ingest"), log_path=tmp_path / "ingest.log", env={
+        "CAPILLARY_AEP__INGEST__AUTH_TOKEN": short, "CAPILLARY_AEP__INGEST__LISTEN": f"127.0.0.1:{free_port()}",
+        "CAPILLARY_AEP__INGEST__METRICS_LISTEN": ""})
+    assert proc.wait(30) == 2
+    assert "auth_token is 22 characters; at least 32 are required" in proc.log_text()
+    assert short not in proc.log_text()
+
+
 def _write_pair(ca: object, cert_path: Path, key_path: Path) -> None:
     cert = ca.issue_cert("127.0.0.1")  # type: ignore[attr-defined]
     tmp_cert, tmp_key = cert_path.with_name(cert_path.name + ".new"), key_path.with_name(key_path.name + ".new")

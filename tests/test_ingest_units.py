@@ -16,7 +16,7 @@ from connector.ingest.config import IngestConfig, IngestSettings
 from connector.ingest.validate import Door, Rejected
 from connector.topics import topic_for
 
-TOKEN = "tok-0123456789abcdef"
+TOKEN = "tok-0123456789abcdef-0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +46,7 @@ def test_the_env_names_used_by_docker_compose_work(monkeypatch: pytest.MonkeyPat
 
 
 def test_toml_file_secret_files_and_topic_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "pw").write_text("s3cret-pw\n")
+    (tmp_path / "pw").write_text("s3cret-pw-0123456789abcdef-0123456789\n")
     cfg = tmp_path / "ingest.toml"
     cfg.write_text(f"""
 [kafka]
@@ -60,7 +60,7 @@ topic_prefix = "loyalty."
 topics = {{ tierUpgraded = "loyalty.tiers.special" }}
 """)
     s = load_settings(cfg, IngestSettings)
-    assert s.ingest.basic_password.get_secret_value() == "s3cret-pw"
+    assert s.ingest.basic_password.get_secret_value() == "s3cret-pw-0123456789abcdef-0123456789"
     assert s.producer_config()["compression.type"] == "lz4"
     door = Door(s.ingest, s.max_message_bytes)
     assert door.topic("tierUpgraded") == "loyalty.tiers.special"
@@ -89,12 +89,21 @@ topics = {{ tierUpgraded = "loyalty.tiers.special" }}
     ('[ingest]\nauth_mode = "none"\ntls_cert_file = "/etc/hostname"\ntls_key_file = "/etc/hostname"',
      "tls_cert_file/tls_key_file: not a usable PEM certificate"),
     ('[ingest]\nauth_mode = "none"\nbody_timeout_s = 0', "ingest.body_timeout_s"),
+    ('[ingest]\nauth_token = "0123456789abcdef0123456789abcde"', "ingest: auth_token is 31 characters; at least 32"),
+    ('[ingest]\nauth_mode = "header"\nauth_header = "X-Api-Key"\nauth_token = "short"', "auth_token is 5 characters"),
+    ('[ingest]\nauth_mode = "basic"\nbasic_username = "u"\nbasic_password = "short"', "basic_password is 5 characters"),
+    ('[ingest]\nauth_mode = "none"\nsigning_secret = "short"', "signing_secret is 5 characters"),
 ])
 def test_bad_settings_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(toml)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_settings(cfg, IngestSettings)
+
+
+def test_secrets_of_32_characters_are_enough_and_a_short_unused_one_does_not_matter() -> None:
+    assert IngestConfig(auth_token="x" * 32).auth_token.get_secret_value() == "x" * 32
+    assert IngestConfig(auth_mode="basic", basic_username="u", basic_password="p" * 32, auth_token="short")
 
 
 # -- authentication ------------------------------------------------------------------------------
@@ -131,14 +140,14 @@ def test_static_header() -> None:
 
 
 def test_basic() -> None:
-    a = _auth(auth_mode="basic", basic_username="capillary", basic_password="pw:with:colons")
+    a = _auth(auth_mode="basic", basic_username="capillary", basic_password="pw:with:colons:0123456789abcdef:0123456789")
 
     def basic(user: str, pw: str) -> bytes:
         return b"Basic " + base64.b64encode(f"{user}:{pw}".encode())
 
-    assert a.check(basic("capillary", "pw:with:colons")) is None
+    assert a.check(basic("capillary", "pw:with:colons:0123456789abcdef:0123456789")) is None
     assert a.check(basic("capillary", "pw")) == "invalid"
-    assert a.check(basic("other", "pw:with:colons")) == "invalid"
+    assert a.check(basic("other", "pw:with:colons:0123456789abcdef:0123456789")) == "invalid"
     assert a.check(b"Basic " + base64.b64encode(b"capillary")) == "invalid"  # no colon
     assert a.check(b"Basic not-base64!") == "invalid"
     assert a.check(b"Bearer x") == "invalid"

@@ -46,6 +46,9 @@ def tls_problem(cert_file: str, key_file: str) -> str | None:
 
 
 _HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"  # an HTTP token (RFC 9110)
+# A shared secret shorter than this is refused at start: 32 hex characters are 128 bits, and a
+# webhook secret is typed once into Capillary's settings, so length costs nothing.
+MIN_SECRET_CHARS = 32
 
 
 class IngestConfig(_Section):
@@ -120,6 +123,13 @@ class IngestConfig(_Section):
             object.__setattr__(self, "auth_token", _read_secret(self.auth_token_file, "auth_token_file"))
         if self.basic_password_file and not self.basic_password.get_secret_value():
             object.__setattr__(self, "basic_password", _read_secret(self.basic_password_file, "basic_password_file"))
+        in_use = {"auth_token": self.auth_mode in ("bearer", "header"), "basic_password": self.auth_mode == "basic",
+                  "signing_secret": True}
+        for key, used in in_use.items():
+            length = len(getattr(self, key).get_secret_value())
+            if used and 0 < length < MIN_SECRET_CHARS:  # (empty: "required" below says it better)
+                raise ValueError(f"{key} is {length} characters; at least {MIN_SECRET_CHARS} are required "
+                                 "(e.g. openssl rand -hex 32)")
         if self.signing_secret_file and not self.signing_secret.get_secret_value():
             object.__setattr__(self, "signing_secret", _read_secret(self.signing_secret_file, "signing_secret_file"))
         if self.signing_secret.get_secret_value():
