@@ -147,8 +147,8 @@ def test_secret_and_header_settings_are_checked(tmp_path: Path) -> None:
     assert cfg.signing_secret.get_secret_value() == SECRET and SECRET not in repr(cfg)
     assert _check(Signatures(cfg, Clock()), b"x", NOW, sign(SECRET.encode(), NOW, b"x", "sha512")) != "bad"
     for toml, message in (
-        ('signing_secret = "x"\nsignature_header = "X-Capillary-Timestamp"', "must differ"),
-        ('signing_secret = "x"\nsignature_header = "Authorization"', "must differ"),
+        (f'signing_secret = "{SECRET}"\nsignature_header = "X-Capillary-Timestamp"', "must differ"),
+        (f'signing_secret = "{SECRET}"\nsignature_header = "Authorization"', "must differ"),
         ('signature_algorithm = "md5"', "ingest.signature_algorithm"),
         ('signature_window_s = 0', "ingest.signature_window_s"),
         ('signing_secret_file = "/nonexistent/s"', "signing_secret_file '/nonexistent/s'"),
