@@ -63,6 +63,15 @@ class IdentityMapper:
     def hashes_pii(self) -> bool:
         return self._hash
 
+    @property
+    def email_namespace(self) -> str:
+        """Where an email identity goes (the SHA-256 namespace when hashing)."""
+        return self._email_ns
+
+    @property
+    def phone_namespace(self) -> str:
+        return self._phone_ns
+
     def customer_id(self, ci: Mapping[str, Any] | None) -> str | None:
         return id_str(ci.get("customerId")) if ci is not None else None
 

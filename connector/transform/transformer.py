@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from connector.config import RouteConfig, XdmConfig
+from connector.transform.compiled import REREAD, build
 from connector.transform.envelope import CapillaryEvent, normalize
 from connector.transform.errors import TransformError
 from connector.transform.events import PASSTHROUGH_FIELDS, Draft, EventSpec, copy_fields, find_spec, passthrough
@@ -59,7 +61,8 @@ class _Route:
 
 class Transformer:
     def __init__(
-        self, cfg: XdmConfig, *, org_id: str, source_name: str, now: Callable[[], float] = time.time
+        self, cfg: XdmConfig, *, org_id: str, source_name: str, now: Callable[[], float] = time.time,
+        fast: bool = True,
     ) -> None:
         self._cfg = cfg
         self._now = now
@@ -80,6 +83,34 @@ class Transformer:
             from connector.transform.validate import XdmValidator
 
             self._validator = XdmValidator.load(cfg.tenant_id)
+        # The generated per-event-type functions (connector.transform.compiled); this class's own
+        # path is the reference they are tested against and what takes every record they decline.
+        self._fast: dict[str, Callable[[dict[str, Any]], list[XdmMessage] | None]] = {}
+        self._fast_events: dict[str, Callable[[CapillaryEvent], list[XdmMessage] | None]] = {}
+        if fast:
+            self._fast, self._fast_events = build(self._fast_parts(), self._routes, self._identity.hashes_pii,
+                                                  self._validator)
+        self.declines: Counter[str] = Counter()  # records the fast path handed back, by event name ("other")
+
+    def _routes(self, name: str) -> tuple[_Route, _Route | None]:
+        profile = self._profile_routes.get(name, self._profile_route) if self._profile_route is not None else None
+        return self._event_routes.get(name, self._event_route), profile
+
+    def _fast_parts(self) -> dict[str, Any]:
+        """What the generated functions read: this transformer's parts and this module's helpers."""
+        identity = self._identity
+        ids = self._cfg.identity
+        return {
+            "_now": self._now, "_programs": self._programs, "_observe": self._programs.observe,
+            "_program_get": self._programs.get, "_identity": identity, "_profile": self._profile,
+            "SKEW": self._skew_ms, "TENANT_KEY": self._tenant_key, "STATE": ids.authenticated_state,
+            "CUST_NS": ids.customer_id_namespace, "EXT_NS": ids.external_id_namespace, "CARD_NS": ids.card_namespace,
+            "EMAIL_NS": identity.email_namespace, "PHONE_NS": identity.phone_namespace,
+            "_XdmMessage": XdmMessage, "_record_id": _record_id, "_safe_id": _SAFE_ID.match,
+            "_entered_by": _entered_by, "_store_code": _store_code, "_store_fields": _store_fields,
+            "_triggering_activity": _triggering_activity, "_customer_identifiers": _customer_identifiers,
+            "_linked_customer_ids": _linked_customer_ids,
+        }
 
     @property
     def dropped_identities(self) -> list[str]:
@@ -97,12 +128,36 @@ class Transformer:
         reported as ``invalid_value`` (naming the exception type) so one odd record is dead-lettered
         instead of stopping the partition.
         """
+        if self._fast:
+            messages = self._try_fast(raw)
+            if messages is not None:
+                return messages
         try:
             return self._transform(raw)
         except TransformError:
             raise
         except Exception as exc:
             raise TransformError("invalid_value", f"unexpected payload shape ({type(exc).__name__})") from exc
+
+    def _try_fast(self, raw: Mapping[str, Any]) -> list[XdmMessage] | None:
+        """The generated function's messages, or None: it declined (counted) or none applies."""
+        name = raw.get("eventName") if type(raw) is dict else None
+        try:
+            fn = self._fast.get(name) if type(name) is str else None
+            messages = fn(raw) if fn is not None else REREAD  # type: ignore[arg-type] # a dict: name was read
+            if messages is REREAD:  # another envelope, or a name in other case: the generic reader first
+                event = normalize(raw)
+                spec = find_spec(event.name)
+                name = spec.name if spec is not None else None
+                event_fn = self._fast_events.get(name) if name is not None else None
+                if event_fn is None:
+                    return None  # unknown event, or none of ours: the generic path decides
+                messages = event_fn(event)
+        except Exception:  # noqa: BLE001 - whatever it cannot do, the generic path decides
+            messages = None
+        if messages is None:
+            self.declines[name if type(name) is str and name in self._fast else "other"] += 1
+        return messages
 
     def _transform(self, raw: Mapping[str, Any]) -> list[XdmMessage]:
         event = normalize(raw)

@@ -347,6 +347,15 @@ class XdmValidator:
         return cls(load_schema("event", tenant_id, directory), load_schema("profile", tenant_id, directory),
                    fast=fast)
 
+    def verdict(self, kind: Literal["event", "profile"]) -> Callable[[Any], bool]:
+        """``valid?`` alone, as fast as it is answered (the Rust validator when there is one; it may
+        raise on a value it cannot read): for callers that hand a refused record to ``errors``."""
+        fast = self._fast.get(kind)
+        if fast is not None:
+            return fast
+        check = self._checks[kind]
+        return lambda entity: not check(entity)
+
     def errors(self, kind: Literal["event", "profile"], xdm_entity: Any) -> list[str]:
         """Up to five violations of ``xdm_entity`` against the schema of ``kind`` (empty list: valid)."""
         fast = self._fast.get(kind)

@@ -1,0 +1,289 @@
+"""The transform's fast path: one straight-line function per event type, generated at start (issue 31).
+
+The generic :class:`~connector.transform.transformer.Transformer` reads every event through shared
+helpers (``normalize``, ``IdentityMapper.identity_map``, ``copy_fields``, ``_lineage``): ~230 Python
+calls per event, most of them re-deciding what the event type and the configuration already fix.
+Here the ``EventSpec`` tables and the configuration are turned into Python source once — one
+function per event type with the envelope, the identity map, the tenant field copies and the
+lineage written in place, each converter inlined for its usual input type — and ``exec``-ed.
+
+The generic path stays the reference: a generated function either returns what the generic path
+would return, or declines (returns ``None``) and the record goes through the generic path. It
+declines whatever it does not handle in place — another envelope, keys with spaces or typos, a
+missing or offending identity, an identity AEP would drop, a future timestamp, an exception, a
+record the pre-flight validation refuses — before the only state it shares with the generic path
+(the program cache) is touched, or after it only through ``ProgramCache.observe``, which is
+idempotent. ``tests/test_transform_compiled.py`` holds the two to the same bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from connector.transform import events as ev
+from connector.transform.envelope import CapillaryEvent, _fix_data, _id_text
+from connector.transform.identity import BLOCKED_VALUES, MAX_IDENTITIES, MAX_IDENTITY_LENGTH, _cards, _sha256
+from connector.transform.times import iso_ms, to_iso, to_ms
+from connector.transform.values import email, id_str, int_or_none, num, phone_digits, text
+
+if TYPE_CHECKING:
+    from connector.transform.validate import XdmValidator
+
+FastFn = Callable[[dict[str, Any]], "list[Any] | None"]
+EventFn = Callable[[CapillaryEvent], "list[Any] | None"]
+
+_EMPTY: Mapping[str, Any] = {}
+# What a flat-event function answers for an envelope it does not read in place (keys with spaces, a
+# wrapped event, createdAt under another name, no data object): read it with envelope.normalize.
+REREAD: list[Any] = []
+_CI_KEYS = ("customerIdentifiers", "survivorCustomerIdentifiers", "victimCustomerIdentifiers")
+
+
+def build(parts: dict[str, Any], routes: Callable[[str], tuple[Any, Any]], hashing: bool,
+          validator: XdmValidator | None) -> tuple[dict[str, FastFn], dict[str, EventFn]]:
+    """The fast functions by exact Capillary event name: for flat events, and for events of any
+    envelope once read by ``envelope.normalize``. ``parts`` are the transformer's own (its clock,
+    program cache, identity mapper, profile builder, namespaces, ...), ``routes`` its event and
+    profile route (or None) for an event name."""
+    namespace: dict[str, Any] = {
+        "_EMPTY": _EMPTY, "REREAD": REREAD, "_BLOCKED": BLOCKED_VALUES, "_MAXLEN": MAX_IDENTITY_LENGTH,
+        "_more_identities": _more_identities, "_cards": _cards, "_sha256": _sha256,
+        "_text": text, "_id_str": id_str, "_num": num, "_int_or_none": int_or_none, "_email": email,
+        "_phone_digits": phone_digits, "_id_text": _id_text, "_fix_data": _fix_data,
+        "_to_ms": to_ms, "_iso_ms": iso_ms, "_to_iso": to_iso, "_Draft": ev.Draft, "_CapillaryEvent": CapillaryEvent,
+        "HASH": hashing, **parts,
+    }
+    if validator is not None:
+        namespace["_valid_event"] = validator.verdict("event")
+        namespace["_valid_profile"] = validator.verdict("profile")
+    fns: dict[str, FastFn] = {}
+    event_fns: dict[str, EventFn] = {}
+    for spec in ev.SPECS.values():
+        scope = dict(namespace)
+        scope["SPEC"] = spec
+        scope["BUILD"] = spec.build
+        event_route, profile_route = routes(spec.name)
+        scope["EV_HEADER"], scope["EV_REF"] = event_route.header, event_route.schema_ref
+        wants_profile = profile_route is not None and spec.profile
+        if wants_profile:
+            scope["PR_HEADER"], scope["PR_REF"] = profile_route.header, profile_route.schema_ref
+        converters: dict[str, Any] = {}
+        source = _source(spec, hashing, wants_profile, validator is not None, converters)
+        scope.update(converters)
+        exec(compile(source, f"<fast transform {spec.name}>", "exec"), scope)
+        fns[spec.name] = scope["fast"]
+        event_fns[spec.name] = scope["fast_event"]
+    return fns, event_fns
+
+
+def _more_identities(out: dict[str, list[dict[str, Any]]], pairs: list[tuple[str, str]], state: str) -> bool:
+    """The non-primary identities as ``IdentityMapper.identity_map`` adds them; False when it would drop one."""
+    seen = {pairs[0]}
+    for pair in pairs[1:]:
+        if pair in seen:
+            continue
+        value = pair[1]
+        if len(value) > MAX_IDENTITY_LENGTH or value.strip().lower() in BLOCKED_VALUES or len(seen) == MAX_IDENTITIES:
+            return False
+        seen.add(pair)
+        item = {"id": value, "authenticatedState": state}
+        bucket = out.get(pair[0])
+        if bucket is None:
+            out[pair[0]] = [item]
+        else:
+            bucket.append(item)
+    return True
+
+
+# == source generation ======================================================================
+# Each snippet converts the variable ``v`` (not None on entry) in place, as the named converter would.
+_INLINE: dict[Callable[[Any], Any], str] = {
+    text: "if type(v) is str:\n    v = v.strip() or None\nelse:\n    v = _text(v)",
+    id_str: "if type(v) is str:\n    v = v.strip() or None\nelif type(v) is int:\n    v = str(v)\nelse:\n    v = _id_str(v)",
+    num: "if type(v) is float:\n    if v - v != 0:\n        v = None\nelif type(v) is not int:\n    v = _num(v)",
+    int_or_none: "if type(v) is not int:\n    v = _int_or_none(v)",
+    # epoch milliseconds, the usual Capillary time: to_iso's own reading of them, without its calls
+    to_iso: "if type(v) is int and 100000000000 <= v < 100000000000000:\n    v = _iso_ms(v)\nelse:\n    v = _to_iso(v)",
+}
+
+
+def _convert(convert: Callable[[Any], Any], converters: dict[str, Any]) -> str:
+    snippet = _INLINE.get(convert)
+    if snippet is not None:
+        return snippet
+    name = f"_c{len(converters)}"
+    converters[name] = convert
+    return f"v = {name}(v)"
+
+
+def _indent(code: str, level: int) -> str:
+    pad = "    " * level
+    return "\n".join(pad + line for line in code.splitlines())
+
+
+def _copy(target: str, source: str, key: str, convert: Callable[[Any], Any], converters: dict[str, Any],
+          level: int, *, skip: str = "") -> str:
+    """``target[key] = convert(source[key])`` when neither is None (``copy_fields`` for one field)."""
+    lines = [f"v = {source}.get({key!r})", "if v is not None:", _indent(_convert(convert, converters), 1),
+             f"    if v is not None{skip}:", f"        {target}[{key!r}] = v"]
+    return _indent("\n".join(lines), level)
+
+
+def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bool, converters: dict[str, Any]) -> str:
+    name = spec.name
+    key = spec.identity_key
+    out: list[str] = []
+    w = out.append
+    w("def fast(raw):")
+    # -- the flat envelope, as envelope.normalize reads it (anything else: declined) --------------
+    w("""    if ' ' in ''.join(raw) or isinstance(raw.get('attributes'), dict):
+        return REREAD
+    ms = raw.get('createdAt')
+    if type(ms) is not int or not 100000000000 <= ms < 100000000000000:
+        if ms is None:
+            return REREAD
+        ms = _to_ms(ms)
+        if ms is None:
+            return None
+    data = raw.get('data')
+    if type(data) is not dict:
+        return REREAD
+    fix = ' ' in ''.join(data) or 'totalPoinstDeducted' in data""")
+    for ci_key in _CI_KEYS:  # envelope._fix_data's cases, detected in place; repaired by it
+        w(f"""    if not fix:
+        ci = data.get({ci_key!r})
+        if isinstance(ci, dict):
+            instore = ci.get('instore')
+            fix = (' ' in ''.join(ci) or 'Instore' in ci or 'InStore' in ci
+                   or isinstance(instore, dict) and ' ' in ''.join(instore))""")
+    w("    if fix:\n        data = _fix_data(data)")
+    for var, field in (("eid", "eventId"), ("org", "orgId")):
+        w(f"""    {var} = raw.get({field!r})
+    if {var} is not None:
+        if type({var}) is str:
+            {var} = {var}.strip() or None
+        else:
+            {var} = _id_text({var})""")
+    head = out[:]
+    out.clear()
+    w("""    if ms > int(_now() * 1000) + SKEW:
+        return None
+    timestamp = _iso_ms(ms)""")
+    # -- the customer and the identity map (IdentityMapper.identity_map) --------------------------
+    if key is None:
+        w("    ci = _customer_identifiers(SPEC, data)\n    if ci is None:\n        return None")
+    else:
+        w(f"    ci = data.get({key!r})\n    if not isinstance(ci, dict):\n        return None")
+    w("    pairs = []\n    v = ci.get('customerId')\n    if v is not None:")
+    w(_indent(_INLINE[id_str], 2))
+    w("        if v is not None:\n            pairs.append((CUST_NS, v))")
+    if name == "loyaltyCustomerMerge":
+        w("    for v in _linked_customer_ids(data):\n        pairs.append((CUST_NS, v))")
+    w("""    instore = ci.get('instore')
+    if not isinstance(instore, dict):
+        instore = _EMPTY
+    v = instore.get('externalId')
+    if v is not None:""")
+    w(_indent(_INLINE[text], 2))
+    w("""        if v is not None:
+            pairs.append((EXT_NS, v))
+    address = instore.get('email')
+    if address is not None:
+        address = _email(address)
+        if address is not None:""")
+    w(f"            pairs.append((EMAIL_NS, {'_sha256(address)' if hashing else 'address'}))")
+    w("""    digits = instore.get('mobile')
+    if digits is not None:
+        digits = _phone_digits(digits)
+        if digits is not None:""")
+    w(f"            pairs.append((PHONE_NS, {'_sha256(digits)' if hashing else 'digits'}))")
+    w("""    if instore.get('cardnumber') is not None or ci.get('card_number') is not None or instore.get('cardNumbers'):
+        for v in _cards(ci, instore):
+            pairs.append((CARD_NS, v))
+    if not pairs:
+        return None
+    ns, v = pairs[0]
+    if len(v) > _MAXLEN or v.strip().lower() in _BLOCKED:
+        return None
+    identity_map = {ns: [{'id': v, 'authenticatedState': STATE, 'primary': True}]}
+    if len(pairs) > 1 and not _more_identities(identity_map, pairs, STATE):
+        return None""")
+    # -- the program (nothing above touched shared state; observe is idempotent) ------------------
+    w("    program_id = data.get('loyaltyProgramId')\n    if program_id is not None:")
+    w(_indent(re.sub(r"\bv\b", "program_id", _INLINE[id_str]), 2))
+    w("""    details = data.get('loyaltyProgramDetails')
+    if details is not None:
+        _observe(program_id, details)
+        if program_id is None and isinstance(details, dict):
+            program_id = _id_str(details.get('id'))""")
+    # -- the builder and the declared tenant fields --------------------------------------------
+    w(f"    draft = _Draft(data, {spec.event_type!r}, timestamp, _programs, HASH)")
+    w("    draft.program_id = program_id\n    tenant = draft.tenant")
+    for field, convert in spec.tenant:
+        w(_copy("tenant", "data", field, convert, converters, 1))
+    if spec.build is not ev.fields_only:
+        w("    BUILD(draft, data)")
+    # -- the entity: _id, common fields, store, lineage (Transformer._lineage) -------------------
+    w("""    if eid is not None and _safe_id(eid):
+        record_id = eid
+    else:""")
+    w(f"        record_id = _record_id(_CapillaryEvent({name!r}, eid, ms, org, data, top), {name!r}, ci)")
+    w(f"""    entity = {{'_id': record_id, 'timestamp': timestamp, 'eventType': draft.event_type, 'producedBy': 'system',
+              'identityMap': identity_map}}
+    if draft.entity:
+        entity.update(draft.entity)
+    entered = data.get('enteredBy')
+    if not isinstance(entered, dict):
+        entered = _entered_by(data)
+    if entered is not None:
+        store = _store_code(entered)
+        if store is not None:
+            commerce = entity.get('commerce')
+            if commerce is None:
+                commerce = entity['commerce'] = {{}}
+            commerce['commerceScope'] = {{'storeCode': store}}
+    lineage = {{'eventName': {name!r}}}
+    if org is not None:
+        lineage['orgId'] = org
+    if eid is not None:
+        lineage['eventId'] = eid""")
+    for field in ("refId", "loyaltyEventId", "apiRequestId"):
+        w(_copy("lineage", "top", field, text, converters, 1))
+    w(_copy("lineage", "top", "eventLogId", id_str, converters, 1, skip=" and v != '-1'"))
+    w("""    if program_id is not None:
+        lineage['loyaltyProgramId'] = program_id
+        program = _program_get(program_id)
+        if program is not None and program.name is not None:
+            lineage['loyaltyProgramName'] = program.name
+    v = data.get('triggeringActivity')
+    if v is not None:
+        v = _triggering_activity(v)
+        if v is not None:
+            lineage['triggeringActivity'] = v
+    if entered is not None:
+        _store_fields(lineage, entered)
+    if tenant:
+        lineage.update(tenant)
+    entity[TENANT_KEY] = {'capillary': lineage}""")
+    # -- the messages --------------------------------------------------------------------------
+    w("    profile = _profile(SPEC, draft, ci, identity_map, record_id)" if wants_profile else "    profile = None")
+    if validate:
+        w("    if not _valid_event(entity):\n        return None")
+        if wants_profile:
+            w("    if profile is not None and not _valid_profile(profile):\n        return None")
+    w(f"""    _identity.dropped = []
+    messages = [_XdmMessage('event', {name!r}, draft.event_type, {{'header': dict(EV_HEADER),
+                            'body': {{'xdmMeta': {{'schemaRef': EV_REF}}, 'xdmEntity': entity}}}})]""")
+    if wants_profile:
+        w(f"""    if profile is not None:
+        messages.append(_XdmMessage('profile', {name!r}, 'profile',
+                        {{'header': dict(PR_HEADER), 'body': {{'xdmMeta': {{'schemaRef': PR_REF}}, 'xdmEntity': profile}}}}))""")
+    w("    return messages")
+    body = "\n".join(out)
+    # Twice: for a flat event read in place, and for any envelope read by envelope.normalize.
+    return "\n".join((*head, "    top = raw", body, "",
+                      "def fast_event(event):",
+                      "    top, data, eid, org, ms = event.top, event.data, event.event_id, event.org_id, event.created_at_ms",
+                      body)) + "\n"
