@@ -186,6 +186,31 @@ def test_slow_chunked_uploads_hold_only_what_they_sent(broker: str, tmp_path: Pa
     ingress.stop()
 
 
+def test_requests_over_the_connection_limit_are_429_and_closed(broker: str, tmp_path: Path) -> None:
+    ingress = start_ingress(tmp_path, broker, _prefix(), extra="max_connections = 3\nheader_timeout_s = 60")
+    port = int(ingress.url.rsplit(":", 1)[1])
+    ingress.http.close()  # its kept-alive connection (the start's health checks) would count for 5 s more
+    ingress.http = httpx.Client(base_url=ingress.url, timeout=30)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
+    try:
+        wait_until(lambda: ingress.metrics()["capillary_ingest_connections"] == 3, 10, what="connections open")
+        with httpx.Client(base_url=ingress.url, timeout=10) as fourth:
+            r = fourth.post("/capillary/events", content=orjson.dumps({**EVENT, "eventId": str(uuid.uuid4())}),
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 429 and r.json()["error"] == "overloaded", r.text
+        assert r.headers["retry-after"] == "5" and r.headers["connection"] == "close"
+        m = ingress.metrics()
+        assert m["capillary_ingest_throttled_total{cap=connections}"] == 1
+        assert m["capillary_ingest_requests_total{status=429}"] == 1
+        idle.pop().close()
+        wait_until(lambda: ingress.metrics()["capillary_ingest_connections"] == 2, 10, what="one closed")
+        assert _post(ingress).status_code == 200  # room again (the test client's kept-alive connection)
+    finally:
+        for sock in idle:
+            sock.close()
+        ingress.stop()
+
+
 def test_metrics_listener_that_cannot_bind_fails_the_start_with_the_key(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

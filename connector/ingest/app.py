@@ -308,6 +308,12 @@ class Ingress:
         self._log("signature", "401 for %s: signature %s", _peer(scope), reason)
         return 401, _doc({"error": "unauthorized", "detail": _SIGNATURE_DETAIL[reason]}), self._challenge
 
+    def connection_refused(self) -> None:
+        """A request over ``max_connections`` (answered 429 by the protocol, not by this app)."""
+        self._throttled["connections"].inc()
+        self._status[429].inc()
+        self._log("connections", "429: ingest.max_connections (%d) connections are open", self.cfg.max_connections)
+
     def _count(self, records: list[Record]) -> None:
         if len(records) == 1:
             self._events[records[0].label].inc()
@@ -411,7 +417,10 @@ def uvicorn_config(settings: IngestSettings, metrics: IngestMetrics | None = Non
     app = create_app(settings, metrics)
     ingress: Ingress = app.ingress  # type: ignore[attr-defined] # state kept on the ASGI app object
     timeouts = ingress.metrics.timeouts.labels("header")
-    http: Any = header_deadline_protocol(cfg.header_timeout_s, timeouts.inc) if find_spec("httptools") else "h11"
+    http: Any = "h11"  # (without httptools: no header deadline and no connection limit)
+    if find_spec("httptools"):
+        http = header_deadline_protocol(cfg.header_timeout_s, timeouts.inc, cfg.max_connections,
+                                        ingress.connection_refused, cfg.retry_after_s)
     tls: dict[str, Any] = {}
     if cfg.tls_cert_file:  # our context (TLS 1.2+, AEAD suites), not uvicorn's
         tls = {"ssl_context_factory": lambda _config, _default: server_tls_context(cfg.tls_cert_file, cfg.tls_key_file)}
@@ -465,6 +474,8 @@ def serve(settings: IngestSettings) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)
     server = _Server(config)
+    connections = server.server_state.connections
+    config.app.ingress.metrics.connections.set_function(lambda: len(connections))  # type: ignore[attr-defined] # state kept on the ASGI app object
     try:
         server.run()
     finally:

@@ -68,6 +68,8 @@ class IngestConfig(_Section):
     # Deadline for the broker to acknowledge every record of a request; past it → 503.
     produce_timeout_s: float = Field(10.0, gt=0, le=300)
     max_inflight_requests: int = Field(1024, ge=1)
+    # Open connections (idle kept-alive ones too); a request on one more is answered 429 and closed.
+    max_connections: int = Field(2048, ge=1)
     max_inflight_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     retry_after_s: int = Field(5, ge=1, le=3600)

@@ -25,7 +25,8 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     """The ingress's HTTPS policy: TLS 1.2 or 1.3, :data:`TLS12_CIPHERS`, no compression, no
-    renegotiation. (uvicorn's own context admits every "TLSv1" suite, CBC-SHA1 among them.)"""
+    renegotiation. (uvicorn's context is Python's default, which admits CBC suites; older uvicorn
+    versions set "TLSv1", CBC-SHA1 among them.)"""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
@@ -52,13 +53,34 @@ _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/
                     b'{"error":"request_timeout"}\n')
 
 
-def header_deadline_protocol(timeout_s: float, on_timeout: Callable[[], None]) -> type[asyncio.Protocol]:
+_OVER_CONNECTION_LIMIT = (b'{"error":"overloaded","detail":"too many connections open; retry later"}')
+
+
+def _over_connection_limit(retry_after_s: int) -> Any:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_OVER_CONNECTION_LIMIT)),
+               (b"retry-after", b"%d" % retry_after_s), (b"connection", b"close")]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": _OVER_CONNECTION_LIMIT})
+
+    return app
+
+
+def header_deadline_protocol(timeout_s: float, on_timeout: Callable[[], None], max_connections: int = 0,
+                             on_refused: Callable[[], None] = lambda: None,
+                             retry_after_s: int = 5) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with a deadline on request headers: from the connection's
     accept, the TLS handshake included (or the first byte of a later request on it) to the end of
     the headers. A client that has not
     sent its headers by then gets a 408 and the connection is closed; ``on_timeout`` counts it.
     (uvicorn itself only times out idle keep-alive connections: a client trickling a header byte a
-    second would hold its connection for ever.) The body has its own deadline in the app."""
+    second would hold its connection for ever.) The body has its own deadline in the app.
+
+    With ``max_connections``, a request on a connection beyond that many open ones is answered
+    429 with ``Retry-After`` and the connection closed (``on_refused`` counts it), before the app
+    sees it. (uvicorn's ``limit_concurrency`` answers a plain 503 and logs every one.)"""
+    refuse = _over_connection_limit(retry_after_s)
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -80,6 +102,9 @@ def header_deadline_protocol(timeout_s: float, on_timeout: Callable[[], None]) -
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            if max_connections and len(self.connections) > max_connections:
+                on_refused()
+                self.app = refuse  # this connection's app only; it is closed after the answer
             super().on_headers_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-# What a 429 can be for: a per-client cap, a global one, shutting down, the replay memory being full.
-THROTTLE_CAPS = ("address", "credential", "requests", "bytes", "stopping", "signatures")
+# What a 429 can be for: a per-client cap, a global one, shutting down, the replay memory being full,
+# too many connections open.
+THROTTLE_CAPS = ("address", "credential", "requests", "bytes", "stopping", "signatures", "connections")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -38,6 +39,7 @@ class IngestMetrics:
                                          "Time from the first produce() to the broker acknowledging every "
                                          "record of a request", buckets=_LATENCY_BUCKETS, registry=r)
         self.inflight_requests = Gauge(p + "inflight_requests", "Requests admitted and not yet answered", registry=r)
+        self.connections = Gauge(p + "connections", "Open webhook connections (TLS: handshake done)", registry=r)
         self.inflight_bytes = Gauge(p + "inflight_bytes", "Body bytes of admitted requests", registry=r)
         self.producer_rebuilds = Counter(p + "producer_rebuilds_total", "Kafka producers replaced, by reason",
                                          ["reason"], registry=r)
