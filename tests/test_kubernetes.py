@@ -45,7 +45,7 @@ def _load(tmp_path: Path, toml: str, cls: type) -> Any:
     tls = make_tls_files(tmp_path / "tls")
     for path in set(_files(toml)) | set(re.findall(r'^ca_file = "([^"]+)"', toml, flags=re.M)):
         stand_in = tmp_path / Path(path).name
-        stand_in.write_text(tls.ca.read_text() if path.endswith((".crt", ".pem")) else "stand-in-secret")
+        stand_in.write_text(tls.ca.read_text() if path.endswith((".crt", ".pem")) else "stand-in-secret-of-32-characters-or-more")
         toml = toml.replace(path, str(stand_in))
     cfg = tmp_path / "config.toml"
     cfg.write_text(toml)
