@@ -8,6 +8,7 @@
     demo             broker + emulator + samples + connector, then a summary
     xdm export       the XDM field groups and schemas the mapping needs, as files
     provision        create what the AEP side is missing (namespaces ... dataflows), idempotently
+    backfill         history through AEP batch ingestion, then hand the stop point to the stream
 """
 
 from __future__ import annotations
@@ -427,3 +428,62 @@ def replay(config: str | None, reason: tuple[str, ...], stage: tuple[str, ...], 
 
 if __name__ == "__main__":
     main()
+
+
+@main.command(cls=_OneLineErrors)
+@click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="CAPILLARY_AEP_CONFIG",
+              help="The connector's TOML configuration (env CAPILLARY_AEP_CONFIG): Kafka, decode, [aep] with "
+                   "platform_url and IMS credentials, [xdm] routes.")
+@click.option("--work-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the staged files and the manifest live; run again with the same one to resume.")
+@click.option("--from-file", "files", multiple=True, type=click.Path(dir_okay=False),
+              help="Read Capillary export files (JSON lines) instead of Kafka (repeatable); no hand-over.")
+@click.option("--since", type=_TimeParam(), default=None,
+              help="Start at the first record at or after this time (default: the earliest offset); same forms "
+                   "as dlq replay --since.")
+@click.option("--dry-run", is_flag=True, help="Print what would be read, the files, batches and expected size.")
+@click.option("--handover/--no-handover", default=True, show_default=True,
+              help="Commit the stop point as the consumer group's offsets once every batch succeeded.")
+@click.option("--retry-failed", is_flag=True, help="Load the batches AEP failed again (new batches, same files).")
+@click.option("--file-size", type=click.IntRange(min=1024), default=256 * 1024 * 1024, show_default=True,
+              help="Target bytes of one upload file (AEP's small-file upload takes up to 256 MB).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress on stderr: a bar with rate and ETA on a terminal, else a line every 5 s.")
+@click.option("--small-file-limit", type=click.IntRange(min=1), default=256 * 1024 * 1024, hidden=True)
+@click.option("--chunk-size", type=click.IntRange(min=1), default=64 * 1024 * 1024, hidden=True)
+@click.option("--max-files-per-batch", type=click.IntRange(1, 1500), default=1500, hidden=True)
+@click.option("--poll-interval", type=click.FloatRange(min=0.0), default=5.0, hidden=True)
+@click.option("--checkpoint-records", type=click.IntRange(min=1), default=50_000, hidden=True)
+def backfill(config: str | None, work_dir: Path, files: tuple[str, ...], since: int | None, dry_run: bool,
+             handover: bool, retry_failed: bool, file_size: int, progress: bool, small_file_limit: int,
+             chunk_size: int, max_files_per_batch: int, poll_interval: float, checkpoint_records: int) -> None:
+    """Load history into AEP through batch ingestion, then hand over to the stream without a gap.
+
+    Reads the Capillary topics from the earliest offset (or --since) up to a stop point per partition
+    fixed at the first run, with the stream's decode, transform and validation; dead-letters what fails
+    as the stream does; merges each customer's profile updates into one record; creates a batch per
+    dataset, uploads the files, completes the batches and follows their status. When every batch
+    succeeded, the stop point becomes the consumer group's committed offsets (the group must not be
+    running): start the connector then. Killed, it resumes from its manifest in --work-dir; run again
+    when finished, it loads nothing. See docs/backfill.md.
+
+    Exit codes: 0 loaded and handed over (or nothing left to do, or the dry run); 2 invalid
+    configuration, option or work directory; 3 Schema Registry unreachable; 4 Kafka cannot be read;
+    6 the dead-letter topic cannot take letters; 8 a Platform API call failed (run again to resume);
+    9 a batch failed (AEP's errors are printed; the group's offsets are not moved); 10 the hand-over is
+    refused (the group is running, or already has other committed offsets)."""
+    from connector.backfill.progress import Progress
+    from connector.backfill.run import Backfill, Options
+    from connector.logs import register_settings_secrets, setup_logging
+
+    settings = _load(config)
+    setup_logging(settings.log.level, settings.log.format)
+    register_settings_secrets(settings)
+    opts = Options(work_dir, list(files), since, file_size, small_file_limit, chunk_size, max_files_per_batch,
+                   poll_interval, handover=handover, retry_failed=retry_failed, dry_run=dry_run,
+                   checkpoint_records=checkpoint_records)
+    shown = Progress(sys.stderr) if progress and not dry_run else None
+    result = Backfill(settings, opts, shown).run()
+    for line in result.lines:
+        click.echo(line, err=line.startswith("error:"))
+    sys.exit(int(result.code))
