@@ -204,3 +204,26 @@ def test_signed_webhooks_end_to_end(broker: str, tmp_path: Path) -> None:
         assert SECRET not in ingress.proc.log_text()
     finally:
         assert ingress.stop() == 0
+
+
+@pytest.mark.integration
+def test_a_full_replay_memory_answers_429_to_be_retried(broker: str, tmp_path: Path) -> None:
+    prefix = f"s{uuid.uuid4().hex[:8]}.capillary.events."
+    ingress = start_ingress(tmp_path, broker, prefix, extra="signature_max_remembered = 1",
+                            env={"CAPILLARY_AEP__INGEST__SIGNING_SECRET": SECRET})
+    try:
+        first, second = (orjson.dumps({"eventName": "pointsIssued", "eventId": f"full-{uuid.uuid4()}",
+                                       "createdAt": 1_750_000_000_000,
+                                       "data": {"customerIdentifiers": {"customerId": 4}}}) for _ in range(2))
+        now = int(time.time())
+        assert _signed(ingress, first, now)[0] == 200
+        ts = str(now)
+        r = ingress.post(second, headers={"X-Capillary-Timestamp": ts,
+                                          "X-Capillary-Signature": sign(SECRET.encode(), now, second)})
+        assert r.status_code == 429 and r.headers["retry-after"] == "5", r.text  # not a 401: retried later
+        assert _signed(ingress, first, now)[0] == 429  # nor is the remembered one forgotten to make room
+        m = ingress.metrics()
+        assert m["capillary_ingest_throttled_total{cap=signatures}"] == 2
+        assert m["capillary_ingest_signature_failures_total{reason=replayed}"] == 0
+    finally:
+        assert ingress.stop() == 0
