@@ -1,6 +1,7 @@
 """Batch stage: accumulate encoded XDM messages into request-sized batches. Pure (no I/O).
 
-Records are spread over ``lanes`` by partition: a partition always maps to the same lane. A lane
+Records are spread over ``lanes`` by partition: a partition always maps to the same lane (the lane
+with the fewest partitions when it is first seen). A lane
 keeps up to ``batch.max_inflight_per_lane`` requests in flight, and a request sent while others of
 its lane are in flight holds no profile update of a customer whose profile updates they hold
 (:func:`order_key`: the Kafka key, by which Capillary partitions, or the partition for a record
@@ -15,7 +16,6 @@ same request, so a record is acknowledged as a unit. A batch may span many ``con
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -85,6 +85,7 @@ class Batcher:
         self.max_bytes = max_bytes
         self.linger_s = linger_s
         self._lane_of: dict[TopicPartition, int] = {}
+        self._partitions = [0] * lanes  # partitions mapped to each lane
 
     @property
     def max_record_size(self) -> int:
@@ -92,9 +93,13 @@ class Batcher:
         return self.max_bytes - WRAPPER_BYTES
 
     def lane_of(self, tp: TopicPartition) -> int:
+        """A partition's lane, for the life of the process: the lane with the fewest partitions when
+        it is first seen (a hash of the partition left some lanes empty and gave others three or
+        four partitions: 60 % of the records on two of eight lanes in a bench run)."""
         lane = self._lane_of.get(tp)
         if lane is None:
-            lane = self._lane_of[tp] = zlib.crc32(f"{tp[0]}\0{tp[1]}".encode()) % len(self.lanes)
+            lane = self._lane_of[tp] = min(range(len(self.lanes)), key=self._partitions.__getitem__)
+            self._partitions[lane] += 1
         return lane
 
     def add(self, record: PendingRecord, now: float) -> int:

@@ -45,6 +45,13 @@ def test_partition_always_maps_to_the_same_lane() -> None:
     assert all(b.lane_of(("t", p)) == b.lane_of(("t", p)) for p in range(64))
 
 
+def test_partitions_spread_evenly_over_the_lanes() -> None:
+    b = Batcher(lanes=8, max_records=10, max_bytes=100_000, linger_s=0)
+    seen = [b.lane_of((f"bench.x.{topic}", p)) for topic in ("points", "tx", "tier", "coupon", "profile", "reward")
+            for p in range(4)]
+    assert sorted(seen.count(lane) for lane in range(8)) == [3] * 8  # 24 partitions, three per lane
+
+
 def test_requeue_front_and_drop_partitions() -> None:
     b = Batcher(lanes=1, max_records=2, max_bytes=100_000, linger_s=0)
     for i in range(4):
