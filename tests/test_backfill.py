@@ -240,5 +240,38 @@ def test_export_files_load_without_a_hand_over_and_bad_lines_are_dead_lettered(
     assert len(letters) == 1, out
 
 
+def test_killed_while_reading_it_resumes_at_its_checkpoint_without_reading_again(
+        broker, emulator, prefix, tmp_path: Path) -> None:
+    """The process dies on a record (the crash-isolation test hook: os._exit inside decode) after
+    checkpoints: the next run reads on from the last one — the dead letters of records before it are
+    not written twice, and everything lands once."""
+    events = generate_events(1200, seed=61)
+    ensure_topics(broker, all_topics(prefix), 1)
+    topic = topic_for("pointsIssued", prefix)
+    producer = Producer({"bootstrap.servers": broker, "acks": "all"})
+    for i in range(3):
+        producer.produce(topic, value=b"{not json %d" % i)  # dead letters before the first checkpoint
+    assert producer.flush(30) == 0
+    produce_keyed(broker, prefix, events)
+    marker = events[1000]["eventId"]
+    group = new_group()
+    cfg = config(tmp_path, broker, emulator.url, prefix, group)
+    workdir = tmp_path / "work"
+    r = subprocess.run(python_module("connector", "backfill", "--config", str(cfg), "--work-dir", str(workdir),
+                                     *BACKFILL_FLAGS, "--checkpoint-records", "250"),
+                       env={**env(emulator.url), "CAPILLARY_AEP_TEST_CRASH_ON": marker,
+                            "CAPILLARY_AEP__KAFKA__CONSUME_BATCH": "100"},  # records staged after the checkpoint
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 86, r.stdout + r.stderr
+    m = json.loads((workdir / "manifest.json").read_text())
+    assert not m["read_done"] and 0 < m["counts"]["read"] < 1000
+    assert inventory(emulator)["batches"] == {}
+    code, out = backfill(cfg, workdir, emulator.url)
+    assert code == 0, out
+    assert len(read_topic(broker, dlq_topic(prefix))) == 3
+    assert_exactly_once(emulator.ids(), events)
+    assert_profiles_right(emulator, events)
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
