@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from connector.transform import events as ev
 from connector.transform.envelope import CapillaryEvent, _fix_data, _id_text
 from connector.transform.identity import BLOCKED_VALUES, MAX_IDENTITIES, MAX_IDENTITY_LENGTH, _cards, _sha256
+from connector.transform.inline import inlined_events
 from connector.transform.times import iso_ms, to_iso, to_ms
 from connector.transform.values import email, id_str, int_or_none, num, phone_digits, text
 
@@ -41,7 +42,7 @@ REREAD: list[Any] = []
 _CI_KEYS = ("customerIdentifiers", "survivorCustomerIdentifiers", "victimCustomerIdentifiers")
 
 
-def build(parts: dict[str, Any], routes: Callable[[str], tuple[Any, Any]], hashing: bool,
+def build(parts: dict[str, Any], routes: Callable[[str], tuple[Any, Any]], hashing: bool, stamp: tuple[str, ...],
           validator: XdmValidator | None) -> tuple[dict[str, FastFn], dict[str, EventFn]]:
     """The fast functions by exact Capillary event name: for flat events, and for events of any
     envelope once read by ``envelope.normalize``. ``parts`` are the transformer's own (its clock,
@@ -49,52 +50,40 @@ def build(parts: dict[str, Any], routes: Callable[[str], tuple[Any, Any]], hashi
     profile route (or None) for an event name."""
     namespace: dict[str, Any] = {
         "_EMPTY": _EMPTY, "REREAD": REREAD, "_BLOCKED": BLOCKED_VALUES, "_MAXLEN": MAX_IDENTITY_LENGTH,
-        "_more_identities": _more_identities, "_cards": _cards, "_sha256": _sha256,
+        "_MAX_IDENTITIES": MAX_IDENTITIES, "_cards": _cards, "_sha256": _sha256,
         "_text": text, "_id_str": id_str, "_num": num, "_int_or_none": int_or_none, "_email": email,
         "_phone_digits": phone_digits, "_id_text": _id_text, "_fix_data": _fix_data,
         "_to_ms": to_ms, "_iso_ms": iso_ms, "_to_iso": to_iso, "_Draft": ev.Draft, "_CapillaryEvent": CapillaryEvent,
         "HASH": hashing, **parts,
     }
+    message_slots = parts["_XdmMessage"].__dict__
+    for field in ("kind", "event_name", "event_type", "envelope"):
+        namespace[f"_set_{field}"] = message_slots[field].__set__
+    namespace["_new_message"] = object.__new__
     if validator is not None:
         namespace["_valid_event"] = validator.verdict("event")
         namespace["_valid_profile"] = validator.verdict("profile")
     fns: dict[str, FastFn] = {}
     event_fns: dict[str, EventFn] = {}
+    inlined = inlined_events()
     for spec in ev.SPECS.values():
         scope = dict(namespace)
         scope["SPEC"] = spec
-        scope["BUILD"] = spec.build
+        builder = spec.build.__name__  # its inlined copy, unless the spec names a builder of its own
+        scope["BUILD"] = getattr(inlined, builder) if getattr(ev, builder, None) is spec.build else spec.build
         event_route, profile_route = routes(spec.name)
         scope["EV_HEADER"], scope["EV_REF"] = event_route.header, event_route.schema_ref
         wants_profile = profile_route is not None and spec.profile
         if wants_profile:
             scope["PR_HEADER"], scope["PR_REF"] = profile_route.header, profile_route.schema_ref
         converters: dict[str, Any] = {}
-        source = _source(spec, hashing, wants_profile, validator is not None, converters)
+        source = _source(spec, hashing, wants_profile, validator is not None, stamp, parts["PROGRAM_FIELDS"],
+                         converters)
         scope.update(converters)
         exec(compile(source, f"<fast transform {spec.name}>", "exec"), scope)
         fns[spec.name] = scope["fast"]
         event_fns[spec.name] = scope["fast_event"]
     return fns, event_fns
-
-
-def _more_identities(out: dict[str, list[dict[str, Any]]], pairs: list[tuple[str, str]], state: str) -> bool:
-    """The non-primary identities as ``IdentityMapper.identity_map`` adds them; False when it would drop one."""
-    seen = {pairs[0]}
-    for pair in pairs[1:]:
-        if pair in seen:
-            continue
-        value = pair[1]
-        if len(value) > MAX_IDENTITY_LENGTH or value.strip().lower() in BLOCKED_VALUES or len(seen) == MAX_IDENTITIES:
-            return False
-        seen.add(pair)
-        item = {"id": value, "authenticatedState": state}
-        bucket = out.get(pair[0])
-        if bucket is None:
-            out[pair[0]] = [item]
-        else:
-            bucket.append(item)
-    return True
 
 
 # == source generation ======================================================================
@@ -118,6 +107,11 @@ def _convert(convert: Callable[[Any], Any], converters: dict[str, Any]) -> str:
     return f"v = {name}(v)"
 
 
+def _as(var: str, convert: Callable[[Any], Any], level: int) -> str:
+    """An inline converter applied to ``var`` instead of ``v``."""
+    return _indent(re.sub(r"\bv\b", var, _INLINE[convert]), level)
+
+
 def _indent(code: str, level: int) -> str:
     pad = "    " * level
     return "\n".join(pad + line for line in code.splitlines())
@@ -131,7 +125,36 @@ def _copy(target: str, source: str, key: str, convert: Callable[[Any], Any], con
     return _indent("\n".join(lines), level)
 
 
-def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bool, converters: dict[str, Any]) -> str:
+def _profile_source(spec: ev.EventSpec, hashing: bool, stamp: tuple[str, ...], program_fields: tuple[str, ...]) -> str:
+    """Transformer._profile for one event type."""
+    out = ["""    loyalty = draft.loyalty
+    ptenant = draft.profile_tenant
+    if loyalty and (""" + " or ".join(f"{key!r} in loyalty" for key in program_fields) + """):
+        program = _program_get(draft.program_id)
+        if program is not None:
+            if program.is_default is False:
+                ptenant = _other_program(loyalty, ptenant, program, draft.program_id)
+            elif program.name is not None:
+                loyalty['program'] = program.name
+    profile = {'_id': record_id + '-profile', 'identityMap': identity_map}"""]
+    if spec.contact:
+        out.append("    if draft.person:\n        profile['person'] = {'name': draft.person['name']}")
+        if not hashing:
+            out.append("    _contact(profile, ci, draft)")
+    out.append("""    if loyalty:
+        profile['loyalty'] = loyalty
+    if ptenant:
+        profile[TENANT_KEY] = {'capillary': ptenant}
+    if len(profile) == 2 and not draft.profile_wanted:
+        profile = None""")
+    if stamp:
+        node = "profile" + "".join(f".setdefault({key!r}, {{}})" for key in stamp[:-1])
+        out.append(f"    else:\n        {node}[{stamp[-1]!r}] = draft.timestamp")
+    return "\n".join(out)
+
+
+def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bool, stamp: tuple[str, ...],
+            program_fields: tuple[str, ...], converters: dict[str, Any]) -> str:
     name = spec.name
     key = spec.identity_key
     out: list[str] = []
@@ -208,11 +231,23 @@ def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bo
     if len(v) > _MAXLEN or v.strip().lower() in _BLOCKED:
         return None
     identity_map = {ns: [{'id': v, 'authenticatedState': STATE, 'primary': True}]}
-    if len(pairs) > 1 and not _more_identities(identity_map, pairs, STATE):
-        return None""")
+    if len(pairs) > 1:
+        seen = {pairs[0]}
+        for pair in pairs[1:]:
+            if pair in seen:
+                continue
+            v = pair[1]
+            if len(v) > _MAXLEN or v.strip().lower() in _BLOCKED or len(seen) == _MAX_IDENTITIES:
+                return None  # the generic path drops it and says why
+            seen.add(pair)
+            bucket = identity_map.get(pair[0])
+            if bucket is None:
+                identity_map[pair[0]] = [{'id': v, 'authenticatedState': STATE}]
+            else:
+                bucket.append({'id': v, 'authenticatedState': STATE})""")
     # -- the program (nothing above touched shared state; observe is idempotent) ------------------
     w("    program_id = data.get('loyaltyProgramId')\n    if program_id is not None:")
-    w(_indent(re.sub(r"\bv\b", "program_id", _INLINE[id_str]), 2))
+    w(_as("program_id", id_str, 2))
     w("""    details = data.get('loyaltyProgramDetails')
     if details is not None:
         _observe(program_id, details)
@@ -237,13 +272,22 @@ def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bo
     entered = data.get('enteredBy')
     if not isinstance(entered, dict):
         entered = _entered_by(data)
-    if entered is not None:
-        store = _store_code(entered)
-        if store is not None:
+    store = entered.get('store') if entered is not None else None
+    if isinstance(store, dict):
+        code = store.get('code')
+        if code is not None:
+{_as("code", text, 3)}
+        if code is None:
+            code = store.get('externalId')
+            if code is not None:
+{_as("code", text, 4)}
+        if code is not None:
             commerce = entity.get('commerce')
             if commerce is None:
                 commerce = entity['commerce'] = {{}}
-            commerce['commerceScope'] = {{'storeCode': store}}
+            commerce['commerceScope'] = {{'storeCode': code}}
+    else:
+        store = None
     lineage = {{'eventName': {name!r}}}
     if org is not None:
         lineage['orgId'] = org
@@ -262,24 +306,39 @@ def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bo
         v = _triggering_activity(v)
         if v is not None:
             lineage['triggeringActivity'] = v
-    if entered is not None:
-        _store_fields(lineage, entered)
-    if tenant:
+    if entered is not None:""")
+    # Transformer._store_fields
+    w("        till = entered.get('till')\n        if isinstance(till, dict):")
+    w(_copy("lineage", "till", "code", text, converters, 3).replace("lineage['code']", "lineage['tillCode']"))
+    w("        if store is not None:")
+    for source, target in (("code", "storeCode"), ("name", "storeName"), ("externalId", "storeExternalId")):
+        w(_copy("lineage", "store", source, text, converters, 3).replace(f"lineage[{source!r}]", f"lineage[{target!r}]"))
+    w("""    if tenant:
         lineage.update(tenant)
     entity[TENANT_KEY] = {'capillary': lineage}""")
     # -- the messages --------------------------------------------------------------------------
-    w("    profile = _profile(SPEC, draft, ci, identity_map, record_id)" if wants_profile else "    profile = None")
+    w(_profile_source(spec, hashing, stamp, program_fields) if wants_profile else "    profile = None")
     if validate:
         w("    if not _valid_event(entity):\n        return None")
         if wants_profile:
             w("    if profile is not None and not _valid_profile(profile):\n        return None")
+    # XdmMessage objects made by their slots: a frozen dataclass's __init__ costs ~1 µs, this a third.
     w(f"""    _identity.dropped = []
-    messages = [_XdmMessage('event', {name!r}, draft.event_type, {{'header': dict(EV_HEADER),
-                            'body': {{'xdmMeta': {{'schemaRef': EV_REF}}, 'xdmEntity': entity}}}})]""")
+    message = _new_message(_XdmMessage)
+    _set_kind(message, 'event')
+    _set_event_name(message, {name!r})
+    _set_event_type(message, draft.event_type)
+    _set_envelope(message, {{'header': dict(EV_HEADER), 'body': {{'xdmMeta': {{'schemaRef': EV_REF}}, 'xdmEntity': entity}}}})
+    messages = [message]""")
     if wants_profile:
         w(f"""    if profile is not None:
-        messages.append(_XdmMessage('profile', {name!r}, 'profile',
-                        {{'header': dict(PR_HEADER), 'body': {{'xdmMeta': {{'schemaRef': PR_REF}}, 'xdmEntity': profile}}}}))""")
+        message = _new_message(_XdmMessage)
+        _set_kind(message, 'profile')
+        _set_event_name(message, {name!r})
+        _set_event_type(message, 'profile')
+        _set_envelope(message, {{'header': dict(PR_HEADER), 'body': {{'xdmMeta': {{'schemaRef': PR_REF}},
+                                 'xdmEntity': profile}}}})
+        messages.append(message)""")
     w("    return messages")
     body = "\n".join(out)
     # Twice: for a flat event read in place, and for any envelope read by envelope.normalize.

@@ -22,7 +22,7 @@ from connector.transform.envelope import CapillaryEvent, normalize
 from connector.transform.errors import TransformError
 from connector.transform.events import PASSTHROUGH_FIELDS, Draft, EventSpec, copy_fields, find_spec, passthrough
 from connector.transform.identity import IdentityMapper
-from connector.transform.programs import ProgramCache
+from connector.transform.programs import Program, ProgramCache
 from connector.transform.times import iso_ms
 from connector.transform.values import email, field_name, id_str, key_values, phone_digits, text
 
@@ -89,7 +89,7 @@ class Transformer:
         self._fast_events: dict[str, Callable[[CapillaryEvent], list[XdmMessage] | None]] = {}
         if fast:
             self._fast, self._fast_events = build(self._fast_parts(), self._routes, self._identity.hashes_pii,
-                                                  self._validator)
+                                                  self._stamp_path, self._validator)
         self.declines: Counter[str] = Counter()  # records the fast path handed back, by event name ("other")
 
     def _routes(self, name: str) -> tuple[_Route, _Route | None]:
@@ -102,7 +102,8 @@ class Transformer:
         ids = self._cfg.identity
         return {
             "_now": self._now, "_programs": self._programs, "_observe": self._programs.observe,
-            "_program_get": self._programs.get, "_identity": identity, "_profile": self._profile,
+            "_program_get": self._programs.get, "_identity": identity, "_contact": self._contact,
+            "_other_program": _other_program, "PROGRAM_FIELDS": _PROGRAM_FIELDS,
             "SKEW": self._skew_ms, "TENANT_KEY": self._tenant_key, "STATE": ids.authenticated_state,
             "CUST_NS": ids.customer_id_namespace, "EXT_NS": ids.external_id_namespace, "CARD_NS": ids.card_namespace,
             "EMAIL_NS": identity.email_namespace, "PHONE_NS": identity.phone_namespace,
@@ -271,12 +272,7 @@ class Transformer:
         program = self._programs.get(draft.program_id)
         if any(key in loyalty for key in _PROGRAM_FIELDS):
             if program is not None and program.is_default is False:
-                # Profile loyalty.* is single-valued: it follows the default program; others go to the tenant.
-                state = {key: loyalty.pop(key) for key in _PROGRAM_FIELDS if key in loyalty}
-                if program.name is not None:
-                    state["program"] = program.name
-                state.update(tenant)
-                tenant = {"programs": _program_maps(draft.program_id, state)}
+                tenant = _other_program(loyalty, tenant, program, draft.program_id)  # type: ignore[arg-type] # a program has an id
             elif program is not None and program.name is not None:
                 loyalty["program"] = program.name
         profile: dict[str, Any] = {"_id": f"{record_id}-profile", "identityMap": identity_map}
@@ -413,6 +409,16 @@ def _triggering_activity(activity: Any) -> dict[str, Any] | None:
             if pairs is not None:
                 out[key] = pairs
     return out or None
+
+
+def _other_program(loyalty: dict[str, Any], tenant: dict[str, Any], program: Program, program_id: str) -> dict[str, Any]:
+    """Profile loyalty.* is single-valued: it follows the default program; another program's state is
+    moved from ``loyalty`` to the tenant's per-program maps (with ``tenant``, the profile's tenant fields)."""
+    state = {key: loyalty.pop(key) for key in _PROGRAM_FIELDS if key in loyalty}
+    if program.name is not None:
+        state["program"] = program.name
+    state.update(tenant)
+    return {"programs": _program_maps(program_id, state)}
 
 
 def _program_maps(program_id: str, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
