@@ -23,7 +23,8 @@ def test_cavro_is_really_hidden_in_the_child() -> None:
 
 def test_decode_and_worker_tests_pass_without_cavro() -> None:
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_decode_fast.py",
-                        "tests/test_schemas.py", "tests/test_workers.py"],
+                        "tests/test_schemas.py", "tests/test_workers.py", "tests/test_decode_guard.py",
+                        "tests/test_decode_fuzz.py", "tests/test_process_guard.py", "tests/test_isolation.py"],
                        env=HIDDEN, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout.splitlines()[-1] and "skipped" not in r.stdout.splitlines()[-1]
