@@ -166,7 +166,11 @@ def _mutate(event: dict[str, Any], paths: list[tuple[Any, ...]], rng: random.Ran
             if not _has(node, last):
                 continue
             op = rng.random()
-            if op < 0.2 and isinstance(node, dict):
+            if op < 0.1:  # an object another event type carries, perhaps with a stray space in its keys
+                donor = rng.choice(GRAFTS)
+                root["data"] = data = dict(root["data"]) if isinstance(root.get("data"), dict) else {}
+                data[donor[0]] = _spaced(donor[1], rng) if rng.random() < 0.5 else donor[1]
+            elif op < 0.2 and isinstance(node, dict):
                 del node[last]
             elif op < 0.3:
                 node[last] = _retype(node[last])
@@ -175,6 +179,29 @@ def _mutate(event: dict[str, Any], paths: list[tuple[Any, ...]], rng: random.Ran
             else:
                 node[last] = rng.choice(ODD)
     return root
+
+
+def _spaced(value: Any, rng: random.Random) -> Any:
+    if isinstance(value, dict) and value:
+        key = rng.choice(list(value))
+        return {(f"{k} " if k == key else k): (_spaced(v, rng) if rng.random() < 0.5 else v) for k, v in value.items()}
+    return value
+
+
+# Objects the envelope reader repairs or the mapping reads across event types: each may be grafted
+# into any event's data.
+GRAFT_KEYS = ("customerIdentifiers", "survivorCustomerIdentifiers", "victimCustomerIdentifiers",
+              "loyaltyProgramDetails", "enteredBy", "addedBy", "triggeringActivity", "coupons")
+
+
+def _grafts() -> list[tuple[str, Any]]:
+    out = []
+    for event in generate_events(24 * 10, seed=33, now_ms=NOW_MS, event_names=list(EVENT_NAMES)):
+        out += [(key, value) for key, value in event["data"].items() if key in GRAFT_KEYS]
+    return out
+
+
+GRAFTS = _grafts()
 
 
 def _has(node: Any, key: Any) -> bool:
@@ -196,7 +223,7 @@ def _retype(value: Any) -> Any:
 
 def mutated(n: int, seed: int) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    base = samples()
+    base = samples()[1000:]  # mostly the uniform mix: rare types as often as the common ones
     base = base + avro(base[::5])
     paths = [_paths(e) for e in base]
     return [_mutate(base[i], paths[i], rng) for i in (rng.randrange(len(base)) for _ in range(n))]

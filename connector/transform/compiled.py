@@ -174,7 +174,11 @@ def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bo
     if type(data) is not dict:
         return REREAD
     fix = ' ' in ''.join(data) or 'totalPoinstDeducted' in data""")
-    for ci_key in _CI_KEYS:  # envelope._fix_data's cases, detected in place; repaired by it
+    # envelope._fix_data's cases, detected in place and repaired by it; only in the customer objects
+    # this event type reads (a repair of another would change nothing in its output; the merge's
+    # victim is among its tenant fields)
+    read = {key, "customerIdentifiers", *(field for field, _ in spec.tenant)}
+    for ci_key in (k for k in _CI_KEYS if k in read):
         w(f"""    if not fix:
         ci = data.get({ci_key!r})
         if isinstance(ci, dict):

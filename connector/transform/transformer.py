@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from connector.config import RouteConfig, XdmConfig
-from connector.transform.compiled import REREAD, build
+from connector.transform.compiled import build
 from connector.transform.envelope import CapillaryEvent, normalize
 from connector.transform.errors import TransformError
 from connector.transform.events import PASSTHROUGH_FIELDS, Draft, EventSpec, copy_fields, find_spec, passthrough
@@ -129,10 +129,27 @@ class Transformer:
         reported as ``invalid_value`` (naming the exception type) so one odd record is dead-lettered
         instead of stopping the partition.
         """
-        if self._fast:
+        if type(raw) is dict:  # the usual case, tried here without a call: a flat event of ours
+            name = raw.get("eventName")
+            fn = self._fast.get(name) if type(name) is str else None
+            if fn is not None:
+                try:
+                    messages = fn(raw)
+                except Exception:  # noqa: BLE001 - whatever it cannot do, the generic path decides
+                    messages = None
+                if messages:
+                    return messages
+                if messages is None:
+                    self.declines[name] += 1
+                    return self._generic(raw)
+        if self._fast_events:  # any other envelope (or a flat one the function asked to re-read)
             messages = self._try_fast(raw)
             if messages is not None:
                 return messages
+        return self._generic(raw)
+
+    def _generic(self, raw: Mapping[str, Any]) -> list[XdmMessage]:
+        """The reference path: what the fast path must equal, and what takes every record it declines."""
         try:
             return self._transform(raw)
         except TransformError:
@@ -141,23 +158,22 @@ class Transformer:
             raise TransformError("invalid_value", f"unexpected payload shape ({type(exc).__name__})") from exc
 
     def _try_fast(self, raw: Mapping[str, Any]) -> list[XdmMessage] | None:
-        """The generated function's messages, or None: it declined (counted) or none applies."""
-        name = raw.get("eventName") if type(raw) is dict else None
+        """An event in another envelope (or a flat one a generated function asked to re-read), read by
+        the generic reader, then its generated function's messages; None: it declined (counted), or
+        none applies (an unknown event, an envelope with no event in it: the generic path decides)."""
+        name = None
         try:
-            fn = self._fast.get(name) if type(name) is str else None
-            messages = fn(raw) if fn is not None else REREAD  # type: ignore[arg-type] # a dict: name was read
-            if messages is REREAD:  # another envelope, or a name in other case: the generic reader first
-                event = normalize(raw)
-                spec = find_spec(event.name)
-                name = spec.name if spec is not None else None
-                event_fn = self._fast_events.get(name) if name is not None else None
-                if event_fn is None:
-                    return None  # unknown event, or none of ours: the generic path decides
-                messages = event_fn(event)
+            event = normalize(raw)
+            spec = find_spec(event.name)
+            if spec is None:
+                return None
+            name = spec.name
+            event_fn = self._fast_events.get(name)
+            messages = event_fn(event) if event_fn is not None else None
         except Exception:  # noqa: BLE001 - whatever it cannot do, the generic path decides
             messages = None
         if messages is None:
-            self.declines[name if type(name) is str and name in self._fast else "other"] += 1
+            self.declines[name or "other"] += 1
         return messages
 
     def _transform(self, raw: Mapping[str, Any]) -> list[XdmMessage]:
