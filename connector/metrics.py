@@ -147,6 +147,10 @@ class Metrics:
         self.identities_dropped = Counter(
             p + "identities_dropped_total", "Non-primary identities left out because AEP's Identity Service would "
             "skip them (too_long, blocked_value, too_many)", ["reason"], registry=r)
+        self.transform_fast_declined = Counter(
+            p + "transform_fast_declined_total", "Records the transform's generated fast path handed to the generic "
+            "path (same output, more CPU), by Capillary event type (other: no type of ours read)", ["event"],
+            registry=r)
         self.message_retries = Counter(
             p + "message_retries_total", "XDM messages sent again after a per-message 5xx/429 or a failed request",
             registry=r)
