@@ -325,6 +325,9 @@ class ProcessingConfig(_Section):
     # Processes that decode, transform and encode (the CPU-bound stages): "auto" = one per CPU
     # available (0 on a single CPU); 0 = on the consumer thread. See connector/workers.py.
     workers: int | Literal["auto"] = "auto"
+    # MB a worker process may map beyond what it maps when ready (RLIMIT_AS): a record that needs
+    # more fails with MemoryError and is dead-lettered, instead of the pod being killed. 0: no limit.
+    worker_memory_limit_mb: int = Field(256, ge=0)
 
     @field_validator("workers")
     @classmethod

@@ -223,6 +223,8 @@ def _read_fastavro(value: bytes, start: int, writer: Any, reader: Any) -> dict[s
     buf.seek(start)
     try:
         record = schemaless_reader(buf, writer, reader) if reader is not None else schemaless_reader(buf, writer)
+    except MemoryError:
+        raise  # not corrupt: the process's memory limit (the caller dead-letters it as such)
     except Exception as exc:  # noqa: BLE001 - fastavro raises many types on corrupt input
         raise DecodeError("corrupt_avro", f"{type(exc).__name__}: {exc}"[:300]) from None
     if buf.tell() != len(value):

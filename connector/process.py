@@ -76,13 +76,14 @@ class ProcessorSpec:
     log_level: str = "INFO"
     log_format: str = "auto"
     crash_on: tuple[bytes, int] | None = None  # tests only: (marker, signal or 0), see CRASH_ON_ENV
+    memory_limit_mb: int = 0  # a worker process's address-space allowance (processing.worker_memory_limit_mb)
 
     @classmethod
     def from_settings(cls, s: Settings) -> ProcessorSpec:
         marker = os.environb.get(CRASH_ON_ENV.encode())
         crash_on = (marker, int(os.environ.get(CRASH_SIGNAL_ENV) or 0)) if marker else None
         return cls(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size, s.log.level,
-                   s.log.format, crash_on)
+                   s.log.format, crash_on, s.processing.worker_memory_limit_mb)
 
 
 class RecordProcessor:

@@ -30,6 +30,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import resource
 import signal
 import sys
 import threading
@@ -91,6 +92,7 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
     # does no I/O, and a registry outage is handled where the consumer is.
     schemas: dict[int, str | None] = {}
     processor = RecordProcessor(spec, schemas.get if spec.decode.schema_registry_url else None)
+    limit_memory(spec.memory_limit_mb)
     try:
         outbox.send_bytes(_READY)  # from here on, a death is blamed on the chunk we are on
     except (BrokenPipeError, OSError):
@@ -104,8 +106,8 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
         try:
             while True:
                 chunks.put(inbox.recv_bytes())
-        except (EOFError, OSError):
-            chunks.put(None)
+        except (EOFError, OSError, MemoryError):  # the parent left, or no memory for a chunk under the
+            chunks.put(None)  # memory limit: end, rather than wait forever (the parent restarts us, re-sends)
 
     threading.Thread(target=receive, name="receive", daemon=True).start()
     gc.freeze()
@@ -128,6 +130,25 @@ def _worker_main(inbox: Connection, outbox: Connection, spec: ProcessorSpec) -> 
 
 
 _READY = pickle.dumps((0, None, 0.0), protocol=pickle.HIGHEST_PROTOCOL)  # seq 0: started, no chunk
+
+
+def limit_memory(allowance_mb: int) -> int | None:
+    """Cap this process's address space at what it maps now plus ``allowance_mb`` (RLIMIT_AS), so
+    a record that wants more gets MemoryError — a dead letter — instead of growing until the OOM
+    killer ends the pod. Address space, not RSS: the forkserver's shared pages count, so the
+    allowance is on top of them. Returns the limit in bytes, None if none was set."""
+    if allowance_mb <= 0:
+        return None
+    try:
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        limit = mapped + (allowance_mb << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    except (OSError, ValueError) as exc:  # not Linux, or a hard limit already lower: run without ours
+        log.warning("cannot limit the worker's memory (%s): running without processing.worker_memory_limit_mb",
+                    exc)
+        return None
+    return limit
 
 
 def _grow_pipe(conn: Connection) -> None:

@@ -105,3 +105,27 @@ def test_a_process_dying_on_a_lone_record_once_does_not_condemn_it(spec: Process
     finally:
         pool.close()
     assert type(got[seq][0]) is not Rejected
+
+
+def test_a_worker_past_its_memory_allowance_dead_letters_the_record_and_lives_on(spec: ProcessorSpec) -> None:  # noqa: F811
+    """processing.worker_memory_limit_mb: with the decode limits out of the way, an array of 50
+    million nulls (400 MB of Python objects from 5 bytes) hits the worker's address-space cap: a
+    MemoryError, so a dead letter, and the worker goes on with the next record."""
+    nulls = '{"type": "record", "name": "Nulls", "fields": [{"name": "a", "type": {"type": "array", "items": "null"}}]}'
+    unguarded = spec.decode.model_copy(update={"schema_registry_url": "http://127.0.0.1:9",
+                                               "max_array_items": 10**9, "max_decoded_ratio": 10**9})
+    limited = ProcessorSpec(unguarded, spec.xdm, spec.org_id, spec.source_name, spec.max_record_size,
+                            memory_limit_mb=64)
+    good = _values(2, seed=14, poison=False)
+    bomb = b"\x00\x00\x00\x00\x01" + b"\x80\xc2\xd7\x2f" + b"\x00"  # zigzag(50,000,000), then the end
+    restarts = METRICS.worker_restarts._value.get()
+    pool = WorkerPool(1, limited, registry_lookup={1: nulls}.get)
+    try:
+        seq = pool.submit(0, [good[0], bomb, good[1]])
+        out = _collect_all(pool, 1)[seq]
+    finally:
+        pool.close()
+    assert METRICS.worker_restarts._value.get() == restarts
+    assert type(out[1]) is Rejected and (out[1].stage, out[1].error_class, out[1].reason) == (
+        "decode", "MemoryError", "unexpected_error")
+    assert type(out[0]) is not Rejected and type(out[2]) is not Rejected
