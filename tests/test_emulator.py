@@ -583,3 +583,23 @@ def test_schema_registry_with_the_confluent_client(emu: httpx.Client) -> None:
     assert client.get_compatibility() == "BACKWARD"
     client.set_compatibility(subject, "NONE")
     assert client.get_compatibility(subject) == "NONE" and client.get_compatibility() == "BACKWARD"
+
+
+def test_schema_registry_stores_and_answers_the_schema_type(emu: httpx.Client) -> None:
+    """A shared registry holds JSON Schema and Protobuf subjects beside Avro ones: their schemaType
+    is stored and answered (Confluent leaves it out for Avro), so the connector can refuse them."""
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    url = str(emu.base_url).rstrip("/")
+    run = time.monotonic_ns()
+    client = SchemaRegistryClient({"url": url})
+    ids = {kind: client.register_schema(f"{kind.lower()}-{run}-value", Schema(text, kind)) for kind, text in [
+        ("JSON", '{"type": "object", "properties": {"id": {"type": "string"}}}'),
+        ("PROTOBUF", 'syntax = "proto3"; message M%d { string id = 1; }' % run),
+        ("AVRO", json.dumps({"type": "record", "name": f"R{run}", "fields": []}))]}
+    assert len(set(ids.values())) == 3
+    fresh = SchemaRegistryClient({"url": url})  # no cache: fetched by id from the server
+    assert {kind: (fresh.get_schema(sid).schema_type or "AVRO") for kind, sid in ids.items()} == {
+        "JSON": "JSON", "PROTOBUF": "PROTOBUF", "AVRO": "AVRO"}
+    assert emu.get(f"/schemas/ids/{ids['PROTOBUF']}").json()["schemaType"] == "PROTOBUF"
+    assert "schemaType" not in emu.get(f"/schemas/ids/{ids['AVRO']}").json()
