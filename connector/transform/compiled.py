@@ -26,8 +26,8 @@ from connector.transform import events as ev
 from connector.transform.envelope import CapillaryEvent, _fix_data, _id_text
 from connector.transform.identity import BLOCKED_VALUES, MAX_IDENTITIES, MAX_IDENTITY_LENGTH, _cards, _sha256
 from connector.transform.inline import inlined_events
-from connector.transform.times import iso_ms, to_iso, to_ms
-from connector.transform.values import email, id_str, int_or_none, num, phone_digits, text
+from connector.transform.times import _MILLIS, _SECONDS, iso_ms, to_iso, to_ms
+from connector.transform.values import email, id_str, int_or_none, key_values, num, phone_digits, text
 
 if TYPE_CHECKING:
     from connector.transform.validate import XdmValidator
@@ -53,7 +53,8 @@ def build(parts: dict[str, Any], routes: Callable[[str], tuple[Any, Any]], hashi
         "_MAX_IDENTITIES": MAX_IDENTITIES, "_cards": _cards, "_sha256": _sha256,
         "_text": text, "_id_str": id_str, "_num": num, "_int_or_none": int_or_none, "_email": email,
         "_phone_digits": phone_digits, "_id_text": _id_text, "_fix_data": _fix_data,
-        "_to_ms": to_ms, "_iso_ms": iso_ms, "_to_iso": to_iso, "_Draft": ev.Draft, "_CapillaryEvent": CapillaryEvent,
+        "_to_ms": to_ms, "_iso_ms": iso_ms, "_SECONDS": _SECONDS, "_MILLIS": _MILLIS, "_to_iso": to_iso,
+        "_Draft": ev.Draft, "_CapillaryEvent": CapillaryEvent,
         "HASH": hashing, **parts,
     }
     message_slots = parts["_XdmMessage"].__dict__
@@ -94,17 +95,62 @@ _INLINE: dict[Callable[[Any], Any], str] = {
     num: "if type(v) is float:\n    if v - v != 0:\n        v = None\nelif type(v) is not int:\n    v = _num(v)",
     int_or_none: "if type(v) is not int:\n    v = _int_or_none(v)",
     # epoch milliseconds, the usual Capillary time: to_iso's own reading of them, without its calls
-    to_iso: "if type(v) is int and 100000000000 <= v < 100000000000000:\n    v = _iso_ms(v)\nelse:\n    v = _to_iso(v)",
+    # (and iso_ms's per-second cache read in place)
+    to_iso: "if type(v) is int and 100000000000 <= v < 100000000000000:\n"
+            "    vh = _SECONDS.get(v // 1000)\n    v = _iso_ms(v) if vh is None else vh + _MILLIS[v % 1000]\n"
+            "else:\n    v = _to_iso(v)",
 }
 
 
-def _convert(convert: Callable[[Any], Any], converters: dict[str, Any]) -> str:
+def _convert(convert: Callable[[Any], Any], converters: dict[str, Any], var: str = "v") -> str:
+    """Code that converts ``var`` (not None) in place as ``convert`` would: inline for the scalar
+    converters, ``key_values`` and the record converters (``events.records_of``/``record_of``, whose
+    fields are copied in place too); a call for any other."""
     snippet = _INLINE.get(convert)
     if snippet is not None:
-        return snippet
+        return re.sub(r"\bv\b", var, snippet)
+    shape = getattr(convert, "xdm_shape", None)
+    if convert is key_values:
+        return f"""if type({var}) is list:
+    {var}o = []
+    for {var}i in {var}:
+        if isinstance({var}i, dict):
+            {var}k = {var}i.get('key')
+            if {var}k is not None:
+{_as(var + "k", text, 4)}
+            {var}v = {var}i.get('value')
+            if {var}v is not None:
+{_as(var + "v", text, 4)}
+            if {var}k is not None and {var}v is not None:
+                {var}o.append({{'key': {var}k, 'value': {var}v}})
+    {var} = {var}o or None
+else:
+    {var} = None"""
+    if shape is not None:
+        kind, fields = shape
+        copies = "\n".join(_copy(f"{var}r", f"{var}i", key, sub, converters, 0, var=f"{var}f") for key, sub in fields)
+        if kind == "array":
+            return f"""if type({var}) is list:
+    {var}o = []
+    for {var}i in {var}:
+        if isinstance({var}i, dict):
+            {var}r = {{}}
+{_indent(copies, 3)}
+            if {var}r:
+                {var}o.append({var}r)
+    {var} = {var}o or None
+else:
+    {var} = None"""
+        return f"""if isinstance({var}, dict):
+    {var}i = {var}
+    {var}r = {{}}
+{_indent(copies, 1)}
+    {var} = {var}r or None
+else:
+    {var} = None"""
     name = f"_c{len(converters)}"
     converters[name] = convert
-    return f"v = {name}(v)"
+    return f"{var} = {name}({var})"
 
 
 def _as(var: str, convert: Callable[[Any], Any], level: int) -> str:
@@ -118,10 +164,11 @@ def _indent(code: str, level: int) -> str:
 
 
 def _copy(target: str, source: str, key: str, convert: Callable[[Any], Any], converters: dict[str, Any],
-          level: int, *, skip: str = "") -> str:
+          level: int, *, skip: str = "", var: str = "v") -> str:
     """``target[key] = convert(source[key])`` when neither is None (``copy_fields`` for one field)."""
-    lines = [f"v = {source}.get({key!r})", "if v is not None:", _indent(_convert(convert, converters), 1),
-             f"    if v is not None{skip}:", f"        {target}[{key!r}] = v"]
+    lines = [f"{var} = {source}.get({key!r})", f"if {var} is not None:",
+             _indent(_convert(convert, converters, var), 1),
+             f"    if {var} is not None{skip}:", f"        {target}[{key!r}] = {var}"]
     return _indent("\n".join(lines), level)
 
 
@@ -197,7 +244,8 @@ def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bo
     out.clear()
     w("""    if ms > int(_now() * 1000) + SKEW:
         return None
-    timestamp = _iso_ms(ms)""")
+    timestamp = _SECONDS.get(ms // 1000)
+    timestamp = _iso_ms(ms) if timestamp is None else timestamp + _MILLIS[ms % 1000]""")
     # -- the customer and the identity map (IdentityMapper.identity_map) --------------------------
     if key is None:
         w("    ci = _customer_identifiers(SPEC, data)\n    if ci is None:\n        return None")
