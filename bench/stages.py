@@ -7,7 +7,9 @@ framing, half JSON), decoded against a Schema Registry stub. It times, in µs of
 (``time.process_time``, best of ``--repeat``):
 
 * ``decode``     ``Decoder.decode`` per encoding;
-* ``transform``  ``Transformer.transform`` (the XDM mapping, owned by the transform module);
+* ``transform``  ``Transformer.transform`` (the XDM mapping, owned by the transform module), also
+                 with its generated fast path off (the generic path alone) and with pre-flight
+                 validation off;
 * ``encode``     ``orjson.dumps`` of each envelope;
 * ``pipeline``   the whole ``Pipeline`` loop (``run_once``: ingest → batch → dispatch → complete →
                  offsets) on a fake consumer, with ``Sink.deliver`` doing its own CPU work (profile
@@ -277,6 +279,20 @@ def main() -> int:
         for ev in events:
             tr.transform(ev)
 
+    # The same transform with the generated fast path off (the generic path alone: the "before" of
+    # issue 31) and with pre-flight validation off (what validating each record costs).
+    generic = Transformer(s.xdm, org_id=em.DEMO_ORG_ID, source_name=s.aep.source_name, fast=False)
+    unvalidated = Transformer(s.xdm.model_copy(update={"preflight_validation": False}), org_id=em.DEMO_ORG_ID,
+                              source_name=s.aep.source_name)
+
+    def generic_all(events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            generic.transform(ev)
+
+    def unvalidated_all(events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            unvalidated.transform(ev)
+
     def encode_all(out: list[list[Any]]) -> None:
         for xs in out:
             for x in xs:
@@ -287,6 +303,8 @@ def main() -> int:
         "decode avro (per Avro event)": sliced(avro, decode_all),
         "decode json (per JSON event)": sliced(js, decode_all),
         "transform": sliced(decoded, transform_all),
+        "transform, generic path only (fast path off)": sliced(decoded, generic_all),
+        "transform, pre-flight validation off": sliced(decoded, unvalidated_all),
         "encode (orjson per envelope)": sliced(outs, encode_all),
     }
     best = dict.fromkeys(plan, float("inf"))
@@ -299,6 +317,9 @@ def main() -> int:
     rows = dict(best)
     share = len(avro) / n
     rows["decode (mix)"] = share * rows["decode avro (per Avro event)"] + (1 - share) * rows["decode json (per JSON event)"]
+    for label, key in (("", "transform"), (", generic transform", "transform, generic path only (fast path off)")):
+        rows[f"decode + transform + encode{label}"] = (
+            rows["decode (mix)"] + rows[key] + rows["encode (orjson per envelope)"])
     passes = [msgs[i:i + 5000] for i in range(0, n, 5000)]
     rows["pipeline (whole loop, no HTTP)"] = min(run_pipeline(s, part, registry) / len(part)
                                                  for _ in range(args.repeat) for part in passes if len(part) == 5000)
@@ -312,6 +333,9 @@ def main() -> int:
     for k, v in rows.items():
         print(f"  {k:<58} {v * 1e6:8.1f}")
     print(f"  → single-core ceiling of the whole loop: {1 / rows['pipeline (whole loop, no HTTP)']:,.0f} events/s")
+    declined = sum(tr.declines.values())
+    print(f"  fast path declined {declined:,} of {len(decoded) * (args.repeat + 1):,} transforms "
+          f"({dict(tr.declines.most_common(5))})")
     print(f"box: {busy_box()}")
     return 0
 
