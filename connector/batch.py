@@ -3,9 +3,10 @@
 Records are spread over ``lanes`` by partition: a partition always maps to the same lane (the lane
 with the fewest partitions when it is first seen). A lane
 keeps up to ``batch.max_inflight_per_lane`` requests in flight, and a request sent while others of
-its lane are in flight holds no profile update of a customer whose profile updates they hold
-(:func:`order_key`: the Kafka key, by which Capillary partitions, or the partition for a record
-without one): a customer's profile updates reach AEP in order, retries included, while the lane's
+its lane are in flight holds no profile update of a customer whose profile updates they hold from
+the same partition (:func:`order_key`: the partition and the Kafka key, by which Capillary
+partitions): a customer's profile updates in a partition reach AEP in order, retries included (as
+before, records of different partitions have no order between them), while the lane's
 other records need not wait for a slow answer (issue 35). ExperienceEvents are immutable,
 time-stamped facts: they need no order (the sink re-sends them out of order too).
 
@@ -49,10 +50,11 @@ class PendingRecord:
 
 def order_key(record: PendingRecord) -> object:
     """What a record must stay in order with: None when it carries no profile update (nothing),
-    else its customer (the Kafka key), or its whole partition when it has no key."""
+    else its customer in its partition (partition and Kafka key; without a key, every keyless
+    record of the partition)."""
     for kind, _ in record.labels:
         if kind == "profile":
-            return record.key if record.key is not None else record.tp
+            return (record.tp, record.key)
     return None
 
 

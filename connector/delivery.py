@@ -2,8 +2,9 @@
 
 A partition always uses the same lane. A lane has a request in flight as soon as its batch is ready;
 while it has, a further request starts only when the lane holds a full batch that carries no profile
-update of a customer whose profile updates are in flight (``batch.max_inflight_per_lane`` at most;
-connector.batch.order_key), so a customer's profile updates reach AEP in order, retries included,
+update of a customer whose profile updates from the same partition are in flight
+(``batch.max_inflight_per_lane`` at most; connector.batch.order_key), so a customer's profile
+updates in a partition reach AEP in order, retries included,
 and a slow inlet answer holds back only the customers it carries. :meth:`Delivery.collect` hands each finished batch to
 the pipeline: ``delivered(records)`` for the records AEP accepted, ``rejected(record, failure)`` for
 each it refused for good. A batch given up on (revoke, shutdown) or whose sender raised goes back to

@@ -138,6 +138,27 @@ def test_experience_events_of_a_customer_in_flight_need_not_wait() -> None:
     finish(d, sink)
 
 
+def test_a_customer_in_flight_from_one_partition_does_not_hold_its_records_of_another() -> None:
+    acked: list[PendingRecord] = []
+    d, sink = delivery(lanes=1, per_lane=2, max_records=2, acked=acked)
+    started = starts(d)
+    other = ("u", 0)
+    d.tracker.assign(other)
+    d.tracker.received(other, 0)
+    d.tracker.received(other, 1)
+    d.batcher.add(rec(0, b"a"), now=0)
+    d.batcher.add(rec(1, b"a"), now=0)
+    for i in range(2):
+        r = rec(i, b"a")
+        r.tp = other  # the same customer in another partition (topic) of the lane: no order between them
+        d.batcher.add(r, now=0)
+    d.dispatch(now=1.0)
+    d.dispatch(now=1.0)
+    assert len(started) == 2 and len(d.inflight) == 2
+    finish(d, sink)
+    assert len(acked) == 4
+
+
 def test_records_without_a_key_keep_their_partition_in_order() -> None:
     acked: list[PendingRecord] = []
     d, sink = delivery(lanes=1, per_lane=4, max_records=3, acked=acked)
