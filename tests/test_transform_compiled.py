@@ -37,6 +37,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "event_overrides": {"transactionAdded": {"dataset_id": "5f1e0c0ffee0000000000009", "schema_id": "urn:t"}},
         "profile_overrides": {"pointsIssued": {"dataset_id": "5f1e0c0ffee0000000000008", "schema_id": "urn:p"}}},
     "no profile route": {"profile": None},
+    # identities of several sources in one namespace: duplicates are possible, read by the general code
+    "shared namespaces": {"identity": {"external_id_namespace": "CapillaryCustomerId",
+                                       "card_namespace": "CapillaryCustomerId", "phone_namespace": "Email"}},
 }
 
 
@@ -119,6 +122,43 @@ def test_the_fast_path_leaves_its_input_as_it_was() -> None:
     for e in events:
         fast.transform(e)
     assert [orjson.dumps(e) for e in events] == before
+
+
+def _identity_variants() -> list[dict[str, Any]]:
+    """customerIdentifiers at the guardrails: 19–25 identities, cards alone (the first one primary),
+    values too long or blocked in every source, duplicates."""
+    cards = [f"C{i:03d}" for i in range(25)]
+    long = "9" * 1100
+    return [
+        {"customerId": 1, "instore": {"cardNumbers": cards[:n]}} for n in (15, 16, 17, 18, 19, 20, 21, 25)
+    ] + [
+        {"instore": {"cardNumbers": cards[:3]}}, {"instore": {"cardnumber": "C9", "cardNumbers": ["C9", "C8"]}},
+        {"card_number": "C7", "instore": {"cardNumbers": [" ", "null", "C7"]}},
+        {"customerId": 1, "instore": {"email": "a" * 1100 + "@b.co"}}, {"customerId": 1, "instore": {"mobile": long}},
+        {"customerId": 1, "instore": {"externalId": "Anonymous"}}, {"customerId": 1, "instore": {"externalId": long}},
+        {"customerId": "null", "instore": {"externalId": "E1"}}, {"customerId": long}, {"instore": {"email": "x@y.co"}},
+        {"instore": {"mobile": "+62 812 3456"}}, {"customerId": 1, "instore": {"cardNumbers": ["invalid"]}},
+        {"customerId": 1, "instore": {"externalId": "1", "cardNumbers": ["1", "E1"]}},
+        {"customerId": 1, "card_number": "1", "instore": {"externalId": "1", "email": "x@y.co", "mobile": "98765"}},
+    ]
+
+
+@pytest.mark.parametrize("config", ["default", "sha256, reject future, no stamp", "shared namespaces"])
+def test_identities_at_the_guardrails(config: str) -> None:
+    base = {e["eventName"]: e for e in samples()}
+    events = []
+    for ci in _identity_variants():
+        for name in ("transactionAdded", "customerAdded", "pointsIssued", "loyaltyCustomerMerge"):
+            event = dict(base[name])
+            key = "survivorCustomerIdentifiers" if name == "loyaltyCustomerMerge" else "customerIdentifiers"
+            event["data"] = {**event["data"], key: ci}
+            events.append(event)
+        coupons = dict(base["CouponIssue"])
+        coupons["data"] = {**coupons["data"], "coupons": [{**c, "customerIdentifiers": ci}
+                                                         for c in coupons["data"]["coupons"]]}
+        events.append(coupons)
+    generic, fast = pair(config)
+    diff(generic, fast, events)
 
 
 # == mutated events ==========================================================================
@@ -232,6 +272,7 @@ def mutated(n: int, seed: int) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(("config", "n", "seed"), [
     ("default", 70_000, 1), ("sha256, reject future, no stamp", 20_000, 2),
     ("passthrough, no validation, overrides", 15_000, 3), ("no profile route", 5_000, 4),
+    ("shared namespaces", 8_000, 5),
 ])
 def test_mutated_events_same_bytes_or_declined(config: str, n: int, seed: int) -> None:
     events = mutated(n, seed)

@@ -67,6 +67,8 @@ def build(parts: dict[str, Any], routes: Callable[[str], tuple[Any, Any]], hashi
     fns: dict[str, FastFn] = {}
     event_fns: dict[str, EventFn] = {}
     inlined = inlined_events()
+    # No two identity sources in one namespace: the identity map can be written as it is read.
+    distinct = len({parts[ns] for ns in ("CUST_NS", "EXT_NS", "EMAIL_NS", "PHONE_NS", "CARD_NS")}) == 5
     for spec in ev.SPECS.values():
         scope = dict(namespace)
         scope["SPEC"] = spec
@@ -79,7 +81,7 @@ def build(parts: dict[str, Any], routes: Callable[[str], tuple[Any, Any]], hashi
             scope["PR_HEADER"], scope["PR_REF"] = profile_route.header, profile_route.schema_ref
         converters: dict[str, Any] = {}
         source = _source(spec, hashing, wants_profile, validator is not None, stamp, parts["PROGRAM_FIELDS"],
-                         converters)
+                         converters, distinct)
         scope.update(converters)
         exec(compile(source, f"<fast transform {spec.name}>", "exec"), scope)
         fns[spec.name] = scope["fast"]
@@ -200,8 +202,103 @@ def _profile_source(spec: ev.EventSpec, hashing: bool, stamp: tuple[str, ...], p
     return "\n".join(out)
 
 
+def _identity_pairs(hashing: bool, merge: bool) -> str:
+    """IdentityMapper.identity_map in general: pairs in order, duplicates skipped; any identity AEP
+    would skip or drop declines the record (the generic path raises or drops it and says why)."""
+    out: list[str] = []
+    w = out.append
+    w("    pairs = []\n    v = ci.get('customerId')\n    if v is not None:")
+    w(_as("v", id_str, 2))
+    w("        if v is not None:\n            pairs.append((CUST_NS, v))")
+    if merge:
+        w("    for v in _linked_customer_ids(data):\n        pairs.append((CUST_NS, v))")
+    w("""    instore = ci.get('instore')
+    if not isinstance(instore, dict):
+        instore = _EMPTY
+    v = instore.get('externalId')
+    if v is not None:""")
+    w(_as("v", text, 2))
+    w("""        if v is not None:
+            pairs.append((EXT_NS, v))
+    address = instore.get('email')
+    if address is not None:
+        address = _email(address)
+        if address is not None:""")
+    w(f"            pairs.append((EMAIL_NS, {'_sha256(address)' if hashing else 'address'}))")
+    w("""    digits = instore.get('mobile')
+    if digits is not None:
+        digits = _phone_digits(digits)
+        if digits is not None:""")
+    w(f"            pairs.append((PHONE_NS, {'_sha256(digits)' if hashing else 'digits'}))")
+    w("""    if instore.get('cardnumber') is not None or ci.get('card_number') is not None or instore.get('cardNumbers'):
+        for v in _cards(ci, instore):
+            pairs.append((CARD_NS, v))
+    if not pairs:
+        return None
+    ns, v = pairs[0]
+    if len(v) > _MAXLEN or v.strip().lower() in _BLOCKED:
+        return None
+    identity_map = {ns: [{'id': v, 'authenticatedState': STATE, 'primary': True}]}
+    if len(pairs) > 1:
+        seen = {pairs[0]}
+        for pair in pairs[1:]:
+            if pair in seen:
+                continue
+            v = pair[1]
+            if len(v) > _MAXLEN or v.strip().lower() in _BLOCKED or len(seen) == _MAX_IDENTITIES:
+                return None  # the generic path drops it and says why
+            seen.add(pair)
+            bucket = identity_map.get(pair[0])
+            if bucket is None:
+                identity_map[pair[0]] = [{'id': v, 'authenticatedState': STATE}]
+            else:
+                bucket.append({'id': v, 'authenticatedState': STATE})""")
+    return "\n".join(out)
+
+
+def _identity_direct(hashing: bool) -> str:
+    """IdentityMapper.identity_map when no two sources share a namespace (no duplicates possible): the
+    map is written as the identities are read. Any identity AEP would skip or drop declines the record,
+    primary or not (the generic path raises identity_rejected or drops it and says why); values that
+    cannot be blocked (emails, phone digits, hashes) are checked for length only, if at all."""
+    def add(ns: str) -> str:
+        return (f"{ns}] = ([{{'id': v, 'authenticatedState': STATE}}] if identity_map else "
+                f"[{{'id': v, 'authenticatedState': STATE, 'primary': True}}])")
+
+    blocked = "if len(v) > _MAXLEN or v.lower() in _BLOCKED:\n    return None"
+    out = ["    identity_map = {}\n    v = ci.get('customerId')\n    if v is not None:", _as("v", id_str, 2),
+           "        if v is not None:", _indent(blocked, 3),
+           "            identity_map[CUST_NS] = [{'id': v, 'authenticatedState': STATE, 'primary': True}]",
+           "    instore = ci.get('instore')\n    if not isinstance(instore, dict):\n        instore = _EMPTY",
+           "    v = instore.get('externalId')\n    if v is not None:", _as("v", text, 2),
+           "        if v is not None:", _indent(blocked, 3), f"            identity_map[{add('EXT_NS')}"]
+    for source, clean, ns in (("email", "_email", "EMAIL_NS"), ("mobile", "_phone_digits", "PHONE_NS")):
+        out.append(f"    v = instore.get({source!r})\n    if v is not None:\n        v = {clean}(v)\n"
+                   "        if v is not None:")
+        out.append("            v = _sha256(v)" if hashing else
+                   "            if len(v) > _MAXLEN:\n                return None")
+        out.append(f"            identity_map[{add(ns)}")
+    out.append("""    if instore.get('cardnumber') is not None or ci.get('card_number') is not None or instore.get('cardNumbers'):
+        cards = _cards(ci, instore)
+        if cards:
+            if len(cards) + len(identity_map) > _MAX_IDENTITIES:
+                return None
+            bucket = []
+            for v in cards:
+                if len(v) > _MAXLEN or v.lower() in _BLOCKED:
+                    return None
+                if identity_map or bucket:
+                    bucket.append({'id': v, 'authenticatedState': STATE})
+                else:
+                    bucket.append({'id': v, 'authenticatedState': STATE, 'primary': True})
+            identity_map[CARD_NS] = bucket
+    if not identity_map:
+        return None""")
+    return "\n".join(out)
+
+
 def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bool, stamp: tuple[str, ...],
-            program_fields: tuple[str, ...], converters: dict[str, Any]) -> str:
+            program_fields: tuple[str, ...], converters: dict[str, Any], distinct: bool = False) -> str:
     name = spec.name
     key = spec.identity_key
     out: list[str] = []
@@ -251,52 +348,8 @@ def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bo
         w("    ci = _customer_identifiers(SPEC, data)\n    if ci is None:\n        return None")
     else:
         w(f"    ci = data.get({key!r})\n    if not isinstance(ci, dict):\n        return None")
-    w("    pairs = []\n    v = ci.get('customerId')\n    if v is not None:")
-    w(_indent(_INLINE[id_str], 2))
-    w("        if v is not None:\n            pairs.append((CUST_NS, v))")
-    if name == "loyaltyCustomerMerge":
-        w("    for v in _linked_customer_ids(data):\n        pairs.append((CUST_NS, v))")
-    w("""    instore = ci.get('instore')
-    if not isinstance(instore, dict):
-        instore = _EMPTY
-    v = instore.get('externalId')
-    if v is not None:""")
-    w(_indent(_INLINE[text], 2))
-    w("""        if v is not None:
-            pairs.append((EXT_NS, v))
-    address = instore.get('email')
-    if address is not None:
-        address = _email(address)
-        if address is not None:""")
-    w(f"            pairs.append((EMAIL_NS, {'_sha256(address)' if hashing else 'address'}))")
-    w("""    digits = instore.get('mobile')
-    if digits is not None:
-        digits = _phone_digits(digits)
-        if digits is not None:""")
-    w(f"            pairs.append((PHONE_NS, {'_sha256(digits)' if hashing else 'digits'}))")
-    w("""    if instore.get('cardnumber') is not None or ci.get('card_number') is not None or instore.get('cardNumbers'):
-        for v in _cards(ci, instore):
-            pairs.append((CARD_NS, v))
-    if not pairs:
-        return None
-    ns, v = pairs[0]
-    if len(v) > _MAXLEN or v.strip().lower() in _BLOCKED:
-        return None
-    identity_map = {ns: [{'id': v, 'authenticatedState': STATE, 'primary': True}]}
-    if len(pairs) > 1:
-        seen = {pairs[0]}
-        for pair in pairs[1:]:
-            if pair in seen:
-                continue
-            v = pair[1]
-            if len(v) > _MAXLEN or v.strip().lower() in _BLOCKED or len(seen) == _MAX_IDENTITIES:
-                return None  # the generic path drops it and says why
-            seen.add(pair)
-            bucket = identity_map.get(pair[0])
-            if bucket is None:
-                identity_map[pair[0]] = [{'id': v, 'authenticatedState': STATE}]
-            else:
-                bucket.append({'id': v, 'authenticatedState': STATE})""")
+    w(_identity_direct(hashing) if distinct and name != "loyaltyCustomerMerge" else
+      _identity_pairs(hashing, name == "loyaltyCustomerMerge"))
     # -- the program (nothing above touched shared state; observe is idempotent) ------------------
     w("    program_id = data.get('loyaltyProgramId')\n    if program_id is not None:")
     w(_as("program_id", id_str, 2))
