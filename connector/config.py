@@ -45,6 +45,19 @@ def strip_userinfo(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+def plain_http(url: str) -> bool:
+    return urlsplit(url).scheme.lower() == "http"
+
+
+def refuse_plain_http(urls: dict[str, str], what: str, opt_in: str) -> None:
+    """Credentials never travel in clear: a plain-http URL among ``urls`` fails the start, naming it,
+    unless the operator opted in (``opt_in``, for a local emulator)."""
+    for key, url in urls.items():
+        if plain_http(url):
+            raise ValueError(f"{key} {strip_userinfo(url)!r} is plain http: {what} would travel in clear; "
+                             f"use https, or set {opt_in} = true (a local emulator only)")
+
+
 class ConfigError(ConnectorError):
     """Raised when the configuration cannot be loaded; the message names each bad key."""
 
@@ -117,6 +130,8 @@ class DecodeConfig(_Section):
     schema_registry_bearer_token_file: str = ""
     # Confluent Cloud's registry id (lsrc-…) sent with a bearer token as target-sr-cluster.
     schema_registry_logical_cluster: str = ""
+    # Credentials to a plain-http registry are refused unless this is set (a local registry only).
+    allow_insecure_http: bool = False
     schema_registry_ca_file: str = ""
     schema_registry_cert_file: str = ""
     schema_registry_key_file: str = ""
@@ -141,6 +156,9 @@ class DecodeConfig(_Section):
             raise ValueError("schema_registry_username/password and schema_registry_bearer_token exclude each other")
         if basic and not (self.schema_registry_username and self.schema_registry_password.get_secret_value()):
             raise ValueError("schema_registry_username and schema_registry_password go together")
+        if (basic or self.schema_registry_bearer_token.get_secret_value()) and not self.allow_insecure_http:
+            refuse_plain_http({"schema_registry_url": self.schema_registry_url}, "the registry credentials",
+                              "decode.allow_insecure_http")
         if ":" in self.schema_registry_username:
             raise ValueError("schema_registry_username cannot contain ':'")
         for key in ("schema_registry_ca_file", "schema_registry_cert_file", "schema_registry_key_file"):
@@ -194,6 +212,8 @@ class AepConfig(_Section):
     ims: ImsConfig = Field(default_factory=ImsConfig)
     # Proxy, CA bundle and client certificate towards IMS and the inlet (connector/egress.py).
     http: AepHttpConfig = Field(default_factory=AepHttpConfig)
+    # With authentication, plain-http IMS and inlet URLs are refused unless this is set (an emulator).
+    allow_insecure_http: bool = False
 
     @property
     def batch_url(self) -> str:
@@ -209,6 +229,9 @@ class AepConfig(_Section):
                     "ims.client_secret is required when authentication_required is true "
                     f"(set {ENV_PREFIX}AEP__IMS__CLIENT_SECRET or aep.ims.client_secret_file)"
                 )
+            if not self.allow_insecure_http:
+                refuse_plain_http({"ims.url": self.ims.url, "dcs_url": self.dcs_url},
+                                  "the IMS client secret and access token", "aep.allow_insecure_http")
         return self
 
 
@@ -397,12 +420,16 @@ class PlatformAccess(BaseModel):
     ims: ImsConfig = Field(default_factory=ImsConfig)
     # The way out to Adobe, as the connector's (proxy, CA bundle, client certificate): same key, same client.
     http: AepHttpConfig = Field(default_factory=AepHttpConfig)
+    allow_insecure_http: bool = False  # as the connector's aep.allow_insecure_http
 
     @model_validator(mode="after")
     def _check_credentials(self) -> PlatformAccess:
         if not self.ims.client_id or not self.ims.client_secret.get_secret_value():
             raise ValueError("ims.client_id and ims.client_secret are required to call the Platform APIs "
                              f"(set {ENV_PREFIX}AEP__IMS__CLIENT_SECRET or aep.ims.client_secret_file)")
+        if not self.allow_insecure_http:
+            refuse_plain_http({"ims.url": self.ims.url, "platform_url": self.platform_url},
+                              "the IMS client secret and access token", "aep.allow_insecure_http")
         return self
 
 

@@ -68,3 +68,41 @@ def test_run_exits_2_with_the_reason_and_no_traceback(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "ims.client_secret is required" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- credentials never travel over plain http unless the operator opted in (a local emulator) --------
+
+@pytest.mark.parametrize(("table", "line", "key"), [
+    ("[aep]\n", 'dcs_url = "http://aep.internal"\n', "aep: dcs_url 'http://aep.internal' is plain http"),
+    ("[aep.ims]\n", 'url = "http://ims.internal"\n', "aep: ims.url 'http://ims.internal' is plain http"),
+    ("[decode]\n", 'schema_registry_url = "http://u:p4ss@sr.internal"\n',
+     "decode: schema_registry_url 'http://sr.internal' is plain http"),
+])
+def test_credentials_over_plain_http_fail_the_start_naming_the_url(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str, line: str, key: str) -> None:
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "s3cr3t-value")
+    text = GOOD.replace(table, table + line) if table in GOOD else GOOD + table + line
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    assert key in str(info.value) and "allow_insecure_http = true" in str(info.value)
+    assert "s3cr3t-value" not in str(info.value) and "p4ss" not in str(info.value)
+
+
+def test_plain_http_is_allowed_when_opted_in_or_when_nothing_secret_travels(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "s3cr3t-value")
+    opted_in = GOOD.replace("[aep]\n", '[aep]\ndcs_url = "http://127.0.0.1:8080"\nallow_insecure_http = true\n')
+    assert load_settings(write(tmp_path, opted_in)).aep.dcs_url == "http://127.0.0.1:8080"
+    anonymous = GOOD.replace("[aep]\n", '[aep]\ndcs_url = "http://127.0.0.1:8080"\nauthentication_required = false\n')
+    assert load_settings(write(tmp_path, anonymous)).aep.batch_url.startswith("http://")
+    registry = GOOD + '[decode]\nschema_registry_url = "http://sr.internal"\n'  # no credentials: fine
+    assert load_settings(write(tmp_path, registry)).decode.schema_registry_url == "http://sr.internal"
+
+
+def test_provision_refuses_a_plain_http_platform_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.config import ProvisionSettings
+
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "s3cr3t-value")
+    text = GOOD.replace("[aep]\n", '[aep]\nplatform_url = "http://platform.internal"\n')
+    with pytest.raises(ConfigError, match="platform_url 'http://platform.internal' is plain http"):
+        load_settings(write(tmp_path, text), ProvisionSettings)

@@ -90,14 +90,15 @@ def test_registry_credentials_are_sent_and_never_printed(tmp_path: Path, mode: s
     authorization = BASIC if mode == "basic" else f"Bearer {TOKEN}"
     if mode == "bearer" and not bearer_token_supported():  # refused at start: see the test above
         with pytest.raises(ValidationError, match="schema_registry_bearer_token"):
-            DecodeConfig(schema_registry_url="http://127.0.0.1:9", schema_registry_bearer_token=TOKEN)
+            DecodeConfig(schema_registry_url="http://127.0.0.1:9", schema_registry_bearer_token=TOKEN,
+                         allow_insecure_http=True)
         return
     em = start_emulator(tmp_path, "--registry-authorization", authorization)
     try:
         sid = _register(em.url, authorization)
         creds = ({"schema_registry_username": USER, "schema_registry_password": PASSWORD} if mode == "basic"
                  else {"schema_registry_bearer_token": TOKEN})
-        good = DecodeConfig(schema_registry_url=em.url, **creds)
+        good = DecodeConfig(schema_registry_url=em.url, allow_insecure_http=True, **creds)  # the emulator: http
         assert '"Ping"' in RegistryLookup.from_config(good)(sid)
         result = _registry(good, timeout=5)
         assert result.status == "pass" and f"({mode} auth)" in result.line().replace("bearer token", "bearer auth")
@@ -105,7 +106,8 @@ def test_registry_credentials_are_sent_and_never_printed(tmp_path: Path, mode: s
         with pytest.raises(RegistryUnavailable, match="rejected the credentials"):
             RegistryLookup.from_config(DecodeConfig(schema_registry_url=em.url))(sid)
         # Wrong credentials: the check fails with the status, never the secret (nor the URL's userinfo).
-        wrong = DecodeConfig(schema_registry_url=f"http://{USER}:{PASSWORD}x@{em.url.removeprefix('http://')}")
+        wrong = DecodeConfig(schema_registry_url=f"http://{USER}:{PASSWORD}x@{em.url.removeprefix('http://')}",
+                             allow_insecure_http=True)
         line = _registry(wrong, timeout=5).line()
         assert line.startswith("✗") and "HTTP 401" in line and PASSWORD not in line, line
         with pytest.raises(RegistryUnavailable) as info:

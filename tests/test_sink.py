@@ -15,7 +15,7 @@ from connector.config import AepConfig, DeliveryConfig, ImsConfig
 from connector.sink import Sink, _retry_after
 
 AEP = AepConfig(dcs_url="http://aep", inlet_id="inlet", org_id="O@AdobeOrg", authentication_required=True,
-                ims=ImsConfig(url="http://ims", client_id="c", client_secret="s"))
+                allow_insecure_http=True, ims=ImsConfig(url="http://ims", client_id="c", client_secret="s"))
 FAST = DeliveryConfig(backoff_initial_s=0.001, backoff_max_s=0.01)
 
 

@@ -62,6 +62,7 @@ inlet_id = "{inlet_id}"
 org_id = "{em.DEMO_ORG_ID}"
 sandbox = "prod"
 authentication_required = {"true" if authenticated else "false"}
+allow_insecure_http = true  # the local emulator answers plain http
 
 [aep.ims]
 url = "{emulator_url}"
