@@ -275,3 +275,48 @@ def test_killed_while_reading_it_resumes_at_its_checkpoint_without_reading_again
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_since_plans_from_the_first_record_at_or_after_the_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--since``: each partition starts at its first record stamped at or after the time (Kafka's
+    offsets-for-times), one with no record after it reads nothing; the stop point stays the end.
+    Kafka's answer is faked: tansu answers offsets-for-times with offset 0 whatever the time."""
+    import types
+
+    from confluent_kafka import TopicPartition
+
+    from connector.backfill import source
+    from connector.config import load_settings
+
+    since = 1_700_000_000_000
+    stamps = {0: [since - 3000, since - 2000, since - 1, since, since + 5000], 1: [since - 9000, since - 8000]}
+
+    class FakeConsumer:
+        def __init__(self, conf: dict[str, Any]) -> None:
+            pass
+
+        def list_topics(self, timeout: float) -> Any:
+            parts = dict.fromkeys(stamps)
+            return types.SimpleNamespace(topics={"t.capillary.events.points": types.SimpleNamespace(partitions=parts)})
+
+        def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+            return 0, len(stamps[tp.partition])
+
+        def offsets_for_times(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            first = {p: next((i for i, t in enumerate(ts) if t >= tps[0].offset), -1) for p, ts in stamps.items()}
+            return [TopicPartition(tp.topic, tp.partition, first[tp.partition]) for tp in tps]
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(source, "Consumer", FakeConsumer)
+    monkeypatch.setattr(source, "_fetched_high_watermarks", lambda *a: {})
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", em.DEMO_CLIENT_SECRET)
+    settings = load_settings(config(tmp_path, "127.0.0.1:9", "http://127.0.0.1:9", "t.", new_group()))
+    plan = source.plan_kafka(settings, since)
+    key0, key1 = (source.tp_key("t.capillary.events.points", p) for p in (0, 1))
+    assert (plan["start"][key0], plan["stop"][key0]) == (3, 5)
+    assert plan["start"][key1] == plan["stop"][key1] == 2  # nothing at or after `since`
+    everything = source.plan_kafka(settings, None)
+    assert (everything["start"][key0], everything["stop"][key0]) == (0, 5)
