@@ -161,6 +161,24 @@ def test_identities_at_the_guardrails(config: str) -> None:
     diff(generic, fast, events)
 
 
+def test_the_store_wherever_the_event_names_it() -> None:
+    """enteredBy, addedBy or triggeringActivity.enteredBy, the first that is an object."""
+    store = {"till": {"code": "T1"}, "store": {"code": " ", "name": "S", "externalId": "E9"}}
+    places: list[dict[str, Any]] = [
+        {"enteredBy": store}, {"addedBy": store}, {"enteredBy": "x", "addedBy": store},
+        {"triggeringActivity": {"name": "A", "enteredBy": store}},
+        {"enteredBy": [], "addedBy": 1, "triggeringActivity": {"enteredBy": store, "identifiers": [{"key": "billId",
+                                                                                                   "value": "B1"}]}},
+        {"triggeringActivity": {"enteredBy": "x"}}, {"triggeringActivity": "x"},
+    ]
+    events = []
+    for event in samples()[:300]:
+        data = {k: v for k, v in event["data"].items() if k not in ("enteredBy", "addedBy", "triggeringActivity")}
+        events += [{**event, "data": {**data, **place}} for place in places]
+    generic, fast = pair()
+    assert diff(generic, fast, events) == 0
+
+
 # == mutated events ==========================================================================
 # Values that sit on the converters' edges: blanks, padding, other types, non-finite and huge numbers,
 # AEP's blocked identity values, dates that do not exist, epochs in every unit, times in the future

@@ -374,9 +374,14 @@ def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bo
               'identityMap': identity_map}}
     if draft.entity:
         entity.update(draft.entity)
+    ta = data.get('triggeringActivity')
     entered = data.get('enteredBy')
     if not isinstance(entered, dict):
-        entered = _entered_by(data)
+        entered = data.get('addedBy')
+        if not isinstance(entered, dict):
+            entered = ta.get('enteredBy') if isinstance(ta, dict) else None
+            if not isinstance(entered, dict):
+                entered = None
     store = entered.get('store') if entered is not None else None
     if isinstance(store, dict):
         code = store.get('code')
@@ -406,11 +411,14 @@ def _source(spec: ev.EventSpec, hashing: bool, wants_profile: bool, validate: bo
         program = _program_get(program_id)
         if program is not None and program.name is not None:
             lineage['loyaltyProgramName'] = program.name
-    v = data.get('triggeringActivity')
-    if v is not None:
-        v = _triggering_activity(v)
-        if v is not None:
-            lineage['triggeringActivity'] = v
+    if isinstance(ta, dict):
+        activity = {}""")
+    # Transformer._triggering_activity
+    for field, convert in (("name", text), ("requestId", text), ("identifiers", key_values),
+                           ("additionalAttributes", key_values)):
+        w(_copy("activity", "ta", field, convert, converters, 2))
+    w("""        if activity:
+            lineage['triggeringActivity'] = activity
     if entered is not None:""")
     # Transformer._store_fields
     w("        till = entered.get('till')\n        if isinstance(till, dict):")

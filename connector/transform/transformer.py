@@ -108,8 +108,7 @@ class Transformer:
             "CUST_NS": ids.customer_id_namespace, "EXT_NS": ids.external_id_namespace, "CARD_NS": ids.card_namespace,
             "EMAIL_NS": identity.email_namespace, "PHONE_NS": identity.phone_namespace,
             "_XdmMessage": XdmMessage, "_record_id": _record_id, "_safe_id": _SAFE_ID.match,
-            "_entered_by": _entered_by, "_store_code": _store_code, "_store_fields": _store_fields,
-            "_triggering_activity": _triggering_activity, "_customer_identifiers": _customer_identifiers,
+            "_customer_identifiers": _customer_identifiers,
             "_linked_customer_ids": _linked_customer_ids,
         }
 
