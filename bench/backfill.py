@@ -14,6 +14,12 @@ prefixes, then:
 
 then checks that every ExperienceEvent `_id` landed exactly once in each. The emulator's own CPU is
 left out of both figures (it is AEP's side).
+
+With ``--handover N`` (default 10,000) it then proves the hand-over at this scale: N more events on
+the backfilled topics, streamed by the connector's group from the offsets the backfill committed;
+every message of the history and of the N is in the emulator exactly once (batch or stream, never
+both), and every customer's profile ends as applying all their updates in order would leave it.
+The emulator keeps bodies for that (``--handover 0``: counting only, as for the figures).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 import orjson
+from common import busy_box
 from confluent_kafka import Producer
 
 from connector.dev import demo
@@ -57,6 +64,24 @@ def produce(bootstrap: str, prefix: str, values: list[tuple[bytes | None, bytes]
     assert p.flush(120) == 0
 
 
+def keyed(events: list[dict]) -> list[tuple[bytes | None, bytes]]:
+    """Each event keyed by the customer its profile update is for (a coupon event names its customer
+    inside ``coupons[]``, where ``customer_key`` does not look), so one customer's updates share a
+    partition and have one order to keep, as Capillary's keying gives them."""
+    from connector.coalesce import primary_identity
+    from connector.dev.emulator.config import DEMO_ORG_ID
+    from connector.dev.samples import sample_xdm_config
+    from connector.transform import Transformer
+
+    t = Transformer(sample_xdm_config(), org_id=DEMO_ORG_ID, source_name="bench")
+    out = []
+    for e in events:
+        profiles = [m.envelope["body"]["xdmEntity"] for m in t.transform(e) if m.kind == "profile"]
+        found = primary_identity(profiles[0]) if profiles else None
+        out.append((found[1].encode() if found else customer_key(e), orjson.dumps(e)))
+    return out
+
+
 def config(path: Path, bootstrap: str, url: str, prefix: str, workers: int) -> Path:
     path.write_text(demo.connector_toml(
         bootstrap=bootstrap, emulator_url=url, metrics_port=free_port(), group=f"g{uuid.uuid4().hex[:8]}",
@@ -65,15 +90,62 @@ def config(path: Path, bootstrap: str, url: str, prefix: str, workers: int) -> P
     return path
 
 
+def handover(bootstrap: str, url: str, env: dict[str, str], tmp: Path, cfg: Path, prefix: str,
+             history: list[dict], n: int) -> None:
+    """Stream ``n`` new events from where the backfill handed over; check exactly once and profiles."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from harness import expected_ids, expected_profiles, profile_ids
+
+    more = generate_events(n, seed=8)
+    for e in more:
+        e["eventId"] = f"after-{e['eventId']}"  # new events, not the history again
+    produce(bootstrap, prefix, keyed(more))
+    port_m = int(cfg.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
+    t0 = time.monotonic()
+    proc = ManagedProcess(python_module("connector", "run", "--config", str(cfg)), env=env, log_path=tmp / "after.log")
+    try:
+        wait_until(lambda: scrape(f"http://127.0.0.1:{port_m}/metrics").get(
+            "capillary_aep_records_acknowledged_total", 0) >= n or not proc.alive(), 600, interval=0.5,
+            what="the stream acknowledging the events after the hand-over")
+        assert proc.stop() == 0, proc.log_text()[-3000:]
+    finally:
+        proc.stop()
+    everything = history + more
+    received = httpx.get(f"{url}/__emulator/ids", timeout=60).json()
+    received = received.get("ids", received)
+    events_wanted = expected_ids(everything)
+    missing = [i for i in events_wanted if not received.get(i)]
+    twice = [i for i, k in received.items() if k != 1]
+    # A profile's updates reach AEP merged (batch) or one by one (stream): its last update's `_id`
+    # (or the merge standing for it) arrived; the state decides.
+    got = httpx.get(f"{url}/__emulator/profiles", timeout=120).json()["profiles"]
+    want = expected_profiles(everything)
+
+    def comparable(profile: dict) -> dict:
+        return {k: v for k, v in profile.items() if k not in ("identityMap", "_id")}
+
+    wrong = [k for k in want if comparable(got.get(k, {})) != comparable(want[k])]
+    print(f"hand-over: {n:,} events streamed after the backfill in {time.monotonic() - t0:.1f}s; "
+          f"{len(events_wanted):,} ExperienceEvents wanted, {len(missing)} missing, {len(twice)} twice; "
+          f"{len(want):,} profiles, {len(wrong)} not as in order ({len(profile_ids(everything)):,} profile keys)")
+    if wrong:
+        from harness import diff_paths
+
+        print("first difference:", diff_paths(comparable(got.get(wrong[0], {})), comparable(want[wrong[0]]))[:10])
+    assert not missing and not twice and not wrong, (missing[:5], twice[:5], wrong[:5])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=0, help="processing.workers of the stream run")
+    ap.add_argument("--handover", type=int, default=10_000, help="events streamed after the backfill's hand-over")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     broker, bootstrap = start_broker(tmp)
     port = free_port()
-    emu = ManagedProcess(python_module("connector.dev.emulator", "--port", str(port), "--no-store-bodies"),
+    bodies = "--store-bodies" if args.handover else "--no-store-bodies"
+    emu = ManagedProcess(python_module("connector.dev.emulator", "--port", str(port), bodies),
                          log_path=tmp / "emulator.log")
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET,
@@ -81,7 +153,7 @@ def main() -> None:
     try:
         wait_until(lambda: httpx.get(f"{url}/__emulator/health", timeout=1).status_code == 200, 30, what="emulator")
         events = generate_events(args.events, seed=7)
-        values = [(customer_key(e), orjson.dumps(e)) for e in events]
+        values = keyed(events)
         event_ids = args.events  # every sample event makes one ExperienceEvent
         pb, ps = f"b{uuid.uuid4().hex[:6]}.capillary.events.", f"s{uuid.uuid4().hex[:6]}.capillary.events."
         t0 = time.monotonic()
@@ -90,6 +162,7 @@ def main() -> None:
         print(f"produced {args.events:,} events twice in {time.monotonic() - t0:.1f}s")
 
         # -- backfill ---------------------------------------------------------------------------
+        print(f"box before the backfill: {busy_box()} (calib_ms ≈ 80-100 on an idle core)")
         cfg = config(tmp / "backfill.toml", bootstrap, url, pb, 0)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
@@ -106,10 +179,15 @@ def main() -> None:
         print(r.stdout.strip())
         print("\n".join(line for line in r.stderr.splitlines() if "batch" in line))
         print(f"backfill: {args.events:,} events in {wall:.1f}s = {args.events / wall:,.0f} events/s; "
-              f"CPU {cpu:.1f}s = {cpu / args.events * 1e6:,.0f} µs/event; {landed:,} records landed")
+              f"CPU {cpu:.1f}s = {cpu / args.events * 1e6:,.0f} µs/event ({cpu / wall:.0%} of a core busy); "
+              f"{landed:,} records landed")
+
+        if args.handover:
+            handover(bootstrap, url, env, tmp, cfg, pb, events, args.handover)
 
         # -- stream (the same events: the emulator's counts start again) ----------------------
         httpx.post(f"{url}/__emulator/reset", json={}, timeout=30).raise_for_status()
+        print(f"box before the stream: {busy_box()}")
         cfg = config(tmp / "stream.toml", bootstrap, url, ps, args.workers)
         port_m = int(cfg.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
         t0 = time.monotonic()
@@ -136,7 +214,8 @@ def main() -> None:
         stats2 = httpx.get(f"{url}/__emulator/stats", timeout=30).json()
         assert stats2["duplicate_ids"] == 0, stats2
         print(f"stream (workers={args.workers}): {args.events:,} events in {wall_s:.1f}s (start-up included) = "
-              f"{args.events / wall_s:,.0f} events/s; CPU {cpu_s:.1f}s = {cpu_s / args.events * 1e6:,.0f} µs/event; "
+              f"{args.events / wall_s:,.0f} events/s; CPU {cpu_s:.1f}s = {cpu_s / args.events * 1e6:,.0f} µs/event "
+              f"({cpu_s / wall_s:.0%} of a core busy); "
               f"{stats2['messages_accepted']:,} messages through the inlet; {event_ids:,} events")
     finally:
         emu.stop()
