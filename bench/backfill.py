@@ -65,21 +65,9 @@ def produce(bootstrap: str, prefix: str, values: list[tuple[bytes | None, bytes]
 
 
 def keyed(events: list[dict]) -> list[tuple[bytes | None, bytes]]:
-    """Each event keyed by the customer its profile update is for (a coupon event names its customer
-    inside ``coupons[]``, where ``customer_key`` does not look), so one customer's updates share a
-    partition and have one order to keep, as Capillary's keying gives them."""
-    from connector.coalesce import primary_identity
-    from connector.dev.emulator.config import DEMO_ORG_ID
-    from connector.dev.samples import sample_xdm_config
-    from connector.transform import Transformer
-
-    t = Transformer(sample_xdm_config(), org_id=DEMO_ORG_ID, source_name="bench")
-    out = []
-    for e in events:
-        profiles = [m.envelope["body"]["xdmEntity"] for m in t.transform(e) if m.kind == "profile"]
-        found = primary_identity(profiles[0]) if profiles else None
-        out.append((found[1].encode() if found else customer_key(e), orjson.dumps(e)))
-    return out
+    """Each event keyed by its customer as the ingress keys it: one customer's updates share a
+    partition and have one order to keep."""
+    return [(customer_key(e), orjson.dumps(e)) for e in events]
 
 
 def config(path: Path, bootstrap: str, url: str, prefix: str, workers: int) -> Path:

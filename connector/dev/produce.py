@@ -48,10 +48,12 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4, ti
 
 
 def customer_key(event: dict[str, Any]) -> bytes | None:
-    data = event.get("data") or {}
-    ids = data.get("customerIdentifiers") or {}
-    cid = ids.get("customerId") if isinstance(ids, dict) else None
-    return str(cid).encode() if cid is not None else None
+    """The record key the webhook ingress gives the event (one customer, one partition, one order):
+    its customer wherever the transform finds it, a coupon's or a merge survivor's included."""
+    from connector.ingest.validate import customer_key as ingress_key
+
+    data = event.get("data")
+    return ingress_key(data) if isinstance(data, dict) else None
 
 
 class SampleEncoder:
