@@ -4,15 +4,26 @@ Checks, in order (a failed configuration stops there; an IMS failure skips the i
 
 * config    the TOML file and environment validate (the error names each bad key, never a value);
 * kafka     the bootstrap servers answer a metadata request;
-* topics    the subscription matches at least one topic, and not the dead-letter topic;
-* dlq       the dead-letter topic exists with a leader per partition, or the broker validates its
-            creation (``validate_only``: nothing is created on Apache Kafka);
+* topics    the subscription matches at least one topic (each named topic exists), and not the
+            dead-letter topic; the principal may READ each matched topic;
+* dlq       the dead-letter topic exists with a leader per partition and the principal may WRITE it
+            (missing: a failure, unless the broker says ``auto.create.topics.enable=true``; managed
+            Kafka creates nothing on first use, and the first dead letter would stop the connector,
+            exit 6);
+* group     the consumer group (``kafka.group_id``) can be described and the principal may READ it;
+* budget    the send budget (``delivery.max_messages_per_s``) and one replica's share (skipped
+            without a budget);
 * registry  ``GET /subjects`` answers 200 (skipped when no registry is configured);
 * ims       a token is obtained with the client credentials (skipped without authentication);
 * inlet     ``POST /collection/batch/{inletId}`` with ``{"messages":[]}``: an empty batch carries no
             data, so nothing is written. The inlet answers it after resolving the inlet and checking
             the token, so 400 ("at least one message") means "inlet found, credentials accepted";
             401/403 mean rejected credentials, 404 an unknown inlet.
+
+Access is read from the broker's answers, not from its ACLs (``DescribeAcls`` is an admin right): a
+topic or group the principal may not describe answers TOPIC/GROUP_AUTHORIZATION_FAILED (a regex
+subscription does not see such topics at all), and Kafka ≥ 2.3 lists the operations the principal
+may do on each topic and group (KIP-430); a broker that does not (tansu) is trusted on describe.
 
 Secrets never appear in the output: every line goes through :func:`connector.logs.redact`, with
 the client secret and the token registered, and the secret is shown as ``**********``.
@@ -25,8 +36,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import httpx
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, ResourceType
 from pydantic_settings import SettingsError
 
 from connector.auth import TokenProvider
@@ -111,14 +122,16 @@ def _kafka(s: Settings, timeout: float) -> list[Result]:
             Result("kafka", "fail", f"{bootstrap} ({protocol}) not reachable within {timeout:.0f}s: {why}"),
             Result("topics", "skip", "Kafka not reachable"),
             Result("dlq", "skip", "Kafka not reachable"),
+            Result("group", "skip", "Kafka not reachable"),
             Result("budget", "skip", "Kafka not reachable"),
         ]
     topics = sorted(t for t in meta.topics if not t.startswith("__"))
     kafka = Result("kafka", "pass", f"{bootstrap} ({s.kafka.security.protocol}): {len(meta.brokers)} broker(s), "
                                     f"{len(topics)} topic(s)")
     partitions = subscribed_partitions(meta, s.kafka.topics)
-    return [kafka, _subscription(s.kafka.topics, topics, s.kafka.dlq_topic), _dlq(admin, meta, s, timeout),
-            _budget(s, partitions)]
+    subscription = _subscription(s.kafka.topics, topics, s.kafka.dlq_topic)
+    return [kafka, _topic_access(admin, subscription, s.kafka.topics, topics, timeout), _dlq(admin, meta, s, timeout),
+            _group(admin, s.kafka.group_id, timeout), _budget(s, partitions)]
 
 
 def _budget(s: Settings, partitions: int) -> Result:
@@ -152,6 +165,63 @@ def _subscription(subscription: list[str], topics: list[str], dlq: str) -> Resul
     return Result("topics", "pass", f"{wanted} matches {len(matched)} topic(s): {shown}")
 
 
+_SEE = "(docs/security.md, Kafka identities and ACLs)"
+
+
+def _describe_topics(admin: AdminClient, names: list[str], timeout: float) -> dict[str, tuple[str | None, set[str] | None]]:
+    """Per topic: the error's name (None: described) and the operations the principal may do on it
+    (None: the broker does not say)."""
+    if not names:
+        return {}
+    futures = admin.describe_topics(TopicCollection(names), include_authorized_operations=True,
+                                    request_timeout=timeout)
+    out: dict[str, tuple[str | None, set[str] | None]] = {}
+    for name, future in futures.items():
+        try:
+            described = future.result(timeout)
+        except KafkaException as exc:
+            out[name] = (_error_name(exc), None)
+            continue
+        ops = described.authorized_operations
+        out[name] = (None, None if ops is None else {op.name for op in ops})
+    return out
+
+
+def _lacks(ops: set[str] | None, operation: str) -> bool:
+    return ops is not None and operation not in ops and "ALL" not in ops
+
+
+def _names(topics: list[str]) -> str:
+    return ", ".join(topics[:5]) + (f" (+{len(topics) - 5} more)" if len(topics) > 5 else "")
+
+
+def _topic_access(admin: AdminClient, verdict: Result, subscription: list[str], topics: list[str],
+                  timeout: float) -> Result:
+    """The subscription's verdict, with what the broker says about the principal's access."""
+    if verdict.status == "fail":
+        missing = [t for t in subscription if not t.startswith("^") and t not in topics]
+        denied = [t for t, (err, _) in _describe_topics(admin, missing, timeout).items()
+                  if err == "TOPIC_AUTHORIZATION_FAILED"]
+        if denied:
+            return Result("topics", "fail", f"not authorized to describe topic(s) {_names(denied)} "
+                                            f"(TOPIC_AUTHORIZATION_FAILED): grant the connector's principal READ "
+                                            f"and DESCRIBE on them {_SEE}")
+        if "matches no topic" in verdict.detail:
+            return Result("topics", "fail", verdict.detail + "; create the topics, or grant the connector's "
+                                            f"principal DESCRIBE and READ on them if they exist {_SEE}")
+        return verdict
+    matches = subscription_matcher(subscription)
+    described = _describe_topics(admin, [t for t in topics if matches(t)], timeout)
+    failed = sorted(f"{t} ({err})" for t, (err, _) in described.items() if err)
+    if failed:
+        return Result("topics", "fail", f"cannot describe {_names(failed)} {_SEE}")
+    unreadable = sorted(t for t, (_, ops) in described.items() if _lacks(ops, "READ"))
+    if unreadable:
+        return Result("topics", "fail", f"no READ on topic(s) {_names(unreadable)}: grant the connector's "
+                                        f"principal READ and DESCRIBE on them {_SEE}")
+    return verdict
+
+
 def _dlq(admin: AdminClient, meta: ClusterMetadata, s: Settings, timeout: float) -> Result:
     name = s.kafka.dlq_topic
     topic = meta.topics.get(name)
@@ -161,15 +231,59 @@ def _dlq(admin: AdminClient, meta: ClusterMetadata, s: Settings, timeout: float)
         leaderless = [p for p, pm in topic.partitions.items() if pm.leader < 0]
         if leaderless:
             return Result("dlq", "fail", f"{name}: partition(s) {leaderless} have no leader: not writable")
+        _, ops = _describe_topics(admin, [name], timeout).get(name, (None, None))
+        if _lacks(ops, "WRITE"):
+            return Result("dlq", "fail", f"{name}: no WRITE on the dead-letter topic: grant the connector's "
+                                         f"principal WRITE and DESCRIBE on topic {name} {_SEE}")
         return Result("dlq", "pass", f"{name} exists ({len(topic.partitions)} partition(s))")
-    # -1/-1: the broker's default partitions and replication, as its auto-creation would use.
-    future = admin.create_topics([NewTopic(name, -1, -1)], validate_only=True, request_timeout=timeout)[name]
+    err, _ = _describe_topics(admin, [name], timeout).get(name, (None, None))
+    if err == "TOPIC_AUTHORIZATION_FAILED":
+        return Result("dlq", "fail", f"{name}: not authorized to describe the dead-letter topic "
+                                     f"(TOPIC_AUTHORIZATION_FAILED): grant the connector's principal WRITE and "
+                                     f"DESCRIBE on topic {name} {_SEE}")
+    if _auto_create(admin, meta, timeout):
+        return Result("dlq", "pass", f"{name} does not exist yet; the broker creates it with the first dead letter "
+                                     "(auto.create.topics.enable=true)")
+    return Result("dlq", "fail", f"dead-letter topic {name} does not exist: create it before the first record "
+                                 "(the first dead letter would stop the connector, exit 6; docs/going-live.md)")
+
+
+def _auto_create(admin: AdminClient, meta: ClusterMetadata, timeout: float) -> bool:
+    """Whether the broker says it creates topics on first use (unknown, e.g. without DescribeConfigs: no)."""
+    if not meta.brokers:
+        return False
+    resource = ConfigResource(ResourceType.BROKER, str(meta.controller_id if meta.controller_id >= 0
+                                                       else next(iter(meta.brokers))))
     try:
-        future.result(timeout)
+        configs = next(iter(admin.describe_configs([resource], request_timeout=timeout).values())).result(timeout)
+    except KafkaException:
+        return False
+    entry = configs.get("auto.create.topics.enable")
+    return entry is not None and str(entry.value).lower() == "true"
+
+
+def _group(admin: AdminClient, group: str, timeout: float) -> Result:
+    future = admin.describe_consumer_groups([group], include_authorized_operations=True,
+                                            request_timeout=timeout)[group]
+    try:
+        described = future.result(timeout)
     except KafkaException as exc:
-        return Result("dlq", "fail", f"{name} does not exist and cannot be created: {_kafka_error(exc)}")
-    return Result("dlq", "pass", f"{name} does not exist yet; the broker accepts its creation "
-                                 "(the first dead letter auto-creates it if the broker allows)")
+        err = _error_name(exc)
+        if err == "GROUP_AUTHORIZATION_FAILED":
+            return Result("group", "fail", f"{group}: not authorized (GROUP_AUTHORIZATION_FAILED): grant the "
+                                           f"connector's principal READ on group {group} {_SEE}")
+        return Result("group", "fail", f"{group}: {_kafka_error(exc)}")
+    ops = described.authorized_operations
+    if _lacks(None if ops is None else {op.name for op in ops}, "READ"):
+        return Result("group", "fail", f"{group}: no READ on the consumer group: grant the connector's principal "
+                                       f"READ on group {group} {_SEE}")
+    state = described.state.name.lower() if described.state is not None else "unknown"
+    return Result("group", "pass", f"{group}: {state}, {len(described.members)} member(s)")
+
+
+def _error_name(exc: KafkaException) -> str:
+    err = exc.args[0] if exc.args else None
+    return err.name() if isinstance(err, KafkaError) else str(exc)
 
 
 def _kafka_error(exc: KafkaException) -> str:

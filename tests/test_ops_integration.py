@@ -16,7 +16,7 @@ from support import free_port, python_module, wait_until
 
 from connector.dev.demo import connector_toml
 from connector.dev.emulator import config as em
-from connector.dev.produce import produce_events
+from connector.dev.produce import ensure_topics, produce_events
 from connector.dev.samples import generate_events
 
 pytestmark = pytest.mark.integration
@@ -107,11 +107,12 @@ def _verdicts(out: str) -> dict[str, str]:
 def test_check_passes_against_broker_and_emulator_and_writes_nothing(broker, emulator, prefix,
                                                                      tmp_path: Path) -> None:
     produce_events(broker, generate_events(6, seed=26), "json", topic_prefix=prefix)
+    ensure_topics(broker, [dlq_topic(prefix)], partitions=1)
     r = _check(tmp_path, broker, emulator.url, prefix)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert _verdicts(r.stdout) == {**dict.fromkeys(["config", "kafka", "topics", "dlq", "registry", "ims", "inlet"],
-                                                   "✓"), "budget": "–"}  # no send budget configured
-    assert "All 8 checks passed." in r.stdout and "nothing written" in r.stdout
+    assert _verdicts(r.stdout) == {**dict.fromkeys(["config", "kafka", "topics", "dlq", "group", "registry", "ims",
+                                                    "inlet"], "✓"), "budget": "–"}  # no send budget configured
+    assert "All 9 checks passed." in r.stdout and "nothing written" in r.stdout
     assert em.DEMO_CLIENT_SECRET not in r.stdout + r.stderr and "**********" in r.stdout
     stats = emulator.stats()
     assert stats["messages_accepted"] == 0 and sum(emulator.ids().values()) == 0
@@ -119,12 +120,13 @@ def test_check_passes_against_broker_and_emulator_and_writes_nothing(broker, emu
 
 def test_check_fails_on_a_wrong_secret_without_printing_it(broker, emulator, prefix, tmp_path: Path) -> None:
     produce_events(broker, generate_events(3, seed=27), "json", topic_prefix=prefix)
+    ensure_topics(broker, [dlq_topic(prefix)], partitions=1)
     secret = "wrong-Secret-4242"
     r = _check(tmp_path, broker, emulator.url, prefix, CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET=secret)
     assert r.returncode == 1
     verdicts = _verdicts(r.stdout)
     assert verdicts["ims"] == "✗" and verdicts["inlet"] == "–" and verdicts["kafka"] == "✓"
-    assert "401" in r.stdout and "1 of 8 checks failed." in r.stdout
+    assert "401" in r.stdout and "1 of 9 checks failed." in r.stdout
     assert secret not in r.stdout + r.stderr
 
 
@@ -133,7 +135,21 @@ def test_check_reports_an_unknown_inlet_and_an_unreachable_broker(emulator, pref
                CAPILLARY_AEP__AEP__INLET_ID="f" * 64)
     assert r.returncode == 1
     verdicts = _verdicts(r.stdout)
-    assert (verdicts["kafka"], verdicts["topics"], verdicts["dlq"]) == ("✗", "–", "–")
+    assert (verdicts["kafka"], verdicts["topics"], verdicts["dlq"], verdicts["group"]) == ("✗", "–", "–", "–")
     assert (verdicts["registry"], verdicts["ims"], verdicts["inlet"]) == ("✓", "✓", "✗")
     assert "inlet not found (HTTP 404)" in r.stdout
     assert r.stderr == ""  # librdkafka's connection errors stay out of the report
+
+
+def test_check_fails_before_the_first_record_when_the_dead_letter_topic_is_missing(broker, emulator, prefix,
+                                                                                  tmp_path: Path) -> None:
+    """Managed Kafka creates no topic on first use: the first dead letter would stop the connector
+    (exit 6), so check reports the missing topic by name (tansu does not say it auto-creates)."""
+    produce_events(broker, generate_events(3, seed=28), "json", topic_prefix=prefix)
+    r = _check(tmp_path, broker, emulator.url, prefix)
+    assert r.returncode == 1, r.stdout + r.stderr
+    verdicts = _verdicts(r.stdout)
+    assert verdicts["dlq"] == "✗" and verdicts["topics"] == "✓" and verdicts["group"] == "✓", r.stdout
+    dlq_line = next(line for line in r.stdout.splitlines() if line.split()[1:2] == ["dlq"])
+    assert f"dead-letter topic {dlq_topic(prefix)} does not exist" in dlq_line
+    assert "1 of 9 checks failed." in r.stdout

@@ -217,6 +217,80 @@ def test_subscription_verdicts() -> None:
     assert none.status == "fail" and "matches no topic" in none.detail
 
 
+class _Admin:
+    """What a broker with ACLs answers the check's describe calls: an error, or the operations the
+    principal may do (None: a broker that does not say, as tansu)."""
+
+    def __init__(self, topics: dict[str, object], groups: dict[str, object]) -> None:
+        self.topics, self.groups = topics, groups
+
+    @staticmethod
+    def _future(answer: object, what: object) -> object:
+        from concurrent.futures import Future
+
+        from confluent_kafka import KafkaError, KafkaException
+
+        f: Future = Future()
+        if isinstance(answer, int):
+            f.set_exception(KafkaException(KafkaError(answer)))
+        else:
+            from types import SimpleNamespace
+
+            from confluent_kafka import ConsumerGroupState
+            from confluent_kafka.admin import AclOperation
+            ops = None if answer is None else [AclOperation[o] for o in answer]  # type: ignore[attr-defined]
+            f.set_result(SimpleNamespace(authorized_operations=ops, state=ConsumerGroupState.EMPTY, members=[],
+                                         name=what))
+        return f
+
+    def describe_topics(self, collection, **_: object) -> dict:
+        return {t: self._future(self.topics[t], t) for t in collection.topic_names}
+
+    def describe_consumer_groups(self, groups: list[str], **_: object) -> dict:
+        return {g: self._future(self.groups[g], g) for g in groups}
+
+    def describe_configs(self, resources: list, **_: object) -> dict:
+        from confluent_kafka import KafkaError
+        return {r: self._future(KafkaError.CLUSTER_AUTHORIZATION_FAILED, r) for r in resources}
+
+
+def test_check_names_the_missing_acl_and_the_resource() -> None:
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError
+
+    denied, unknown = KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.UNKNOWN_TOPIC_OR_PART
+    sub = [r"^capillary\.events\..*"]
+    passing = check.Result("topics", "pass", "matches")
+    admin = _Admin({"capillary.events.a": ["DESCRIBE", "READ"], "capillary.events.b": ["DESCRIBE"]}, {})
+    r = check._topic_access(admin, passing, sub, ["capillary.events.a", "capillary.events.b"], 1)  # type: ignore[arg-type]
+    assert r.status == "fail" and "no READ on topic(s) capillary.events.b:" in r.detail, r.detail
+    admin = _Admin({"capillary.events.a": None}, {})  # the broker does not list operations: describe is enough
+    assert check._topic_access(admin, passing, sub, ["capillary.events.a"], 1).status == "pass"  # type: ignore[arg-type]
+    # A named topic the principal may not describe is missing from the metadata: the describe says why.
+    admin = _Admin({"orders": denied}, {})
+    r = check._topic_access(admin, check._subscription(["orders"], [], "dlq"), ["orders"], [], 1)  # type: ignore[arg-type]
+    assert "not authorized to describe topic(s) orders (TOPIC_AUTHORIZATION_FAILED)" in r.detail, r.detail
+
+    meta = SimpleNamespace(topics={}, brokers={1: None}, controller_id=1)
+    settings = SimpleNamespace(kafka=SimpleNamespace(dlq_topic="capillary.dlq"))
+    r = check._dlq(_Admin({"capillary.dlq": denied}, {}), meta, settings, 1)  # type: ignore[arg-type]
+    assert r.status == "fail" and "WRITE and DESCRIBE on topic capillary.dlq" in r.detail, r.detail
+    r = check._dlq(_Admin({"capillary.dlq": unknown}, {}), meta, settings, 1)  # type: ignore[arg-type]
+    assert r.status == "fail" and "dead-letter topic capillary.dlq does not exist" in r.detail, r.detail
+    meta.topics = {"capillary.dlq": SimpleNamespace(error=None, partitions={0: SimpleNamespace(leader=1)})}
+    r = check._dlq(_Admin({"capillary.dlq": ["DESCRIBE", "READ"]}, {}), meta, settings, 1)  # type: ignore[arg-type]
+    assert r.status == "fail" and "no WRITE on the dead-letter topic" in r.detail, r.detail
+    assert check._dlq(_Admin({"capillary.dlq": ["ALL"]}, {}), meta, settings, 1).status == "pass"  # type: ignore[arg-type]
+
+    r = check._group(_Admin({}, {"g": KafkaError.GROUP_AUTHORIZATION_FAILED}), "g", 1)  # type: ignore[arg-type]
+    assert r.status == "fail" and "GROUP_AUTHORIZATION_FAILED" in r.detail and "READ on group g" in r.detail
+    r = check._group(_Admin({}, {"g": ["DESCRIBE"]}), "g", 1)  # type: ignore[arg-type]
+    assert r.status == "fail" and "no READ on the consumer group" in r.detail
+    r = check._group(_Admin({}, {"g": ["DESCRIBE", "READ"]}), "g", 1)  # type: ignore[arg-type]
+    assert (r.status, r.detail) == ("pass", "g: empty, 0 member(s)")
+
+
 def test_check_prints_the_budget_and_one_replicas_share() -> None:
     from types import SimpleNamespace
 
