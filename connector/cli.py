@@ -152,20 +152,26 @@ def demo(count: int, workdir: str, timeout: float) -> None:
 @click.option("--config", "-c", type=click.Path(dir_okay=False), default=None,
               help="Use this configuration's routes and identity settings (default: placeholders).")
 def transform(file: object, config: str | None) -> None:
-    """Dry run: print the XDM envelopes FILE's events would become (JSON lines or Avro; - for stdin)."""
-    from connector.config import BatchConfig, DecodeConfig
+    """Dry run: print the XDM envelopes FILE's events would become (a JSON document, an array, JSON
+    lines or Avro; - for stdin). Exit 1 when a record would be dead-lettered, 2 on a bad config."""
+    from connector.config import BatchConfig, DecodeConfig, OfflineSettings
     from connector.dryrun import dry_run, placeholder_xdm_config
     from connector.process import ProcessorSpec, RecordProcessor
 
     if config:
-        s = _load(config)
-        spec = ProcessorSpec.from_settings(s)
+        try:
+            spec = ProcessorSpec.from_settings(load_settings(config, OfflineSettings))  # no secret needed
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
     else:
         spec = ProcessorSpec(DecodeConfig(), placeholder_xdm_config(), "EXAMPLE0RG@AdobeOrg", "dry-run",
                              BatchConfig().max_record_size)
     out = click.get_binary_stream("stdout")
     sent, rejected = dry_run(file.read(), RecordProcessor(spec), out, sys.stderr)  # type: ignore[attr-defined] # click.File
     click.echo(f"{sent} envelopes, {rejected} records would be dead-lettered", err=True)
+    if rejected:
+        sys.exit(1)  # a record that would be a dead letter is what a dry run is for: say so to scripts
 
 
 @main.group()
@@ -180,13 +186,13 @@ def xdm() -> None:
 @click.option("--tenant", default=None, help="Tenant id (the _<tenant> namespace); overrides the config's.")
 def xdm_export(directory: str, config: str | None, tenant: str | None) -> None:
     """Write the Schema Registry and Identity Service request bodies to DIRECTORY (see its README.md)."""
-    from connector.config import ProvisionSettings, ProvisionXdm
+    from connector.config import ExportSettings, ProvisionXdm
     from connector.provision.export import export
 
     names = ProvisionXdm()
     if config:
         try:
-            names = load_settings(config, ProvisionSettings).xdm
+            names = load_settings(config, ExportSettings).xdm  # offline: no credentials needed
         except ConfigError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

@@ -204,7 +204,7 @@ class ImsConfig(_Section):
 class AepConfig(_Section):
     dcs_url: str = "https://dcs.adobedc.net"
     platform_url: str = "https://platform.adobe.io"  # Platform APIs (``capillary-aep provision`` only)
-    inlet_id: str = Field(..., min_length=1)
+    inlet_id: str = Field(..., pattern=r"^[A-Za-z0-9]+$")  # Flow Service's inletId (hex)
     org_id: str = Field(..., pattern=r"^[^@\s]+@AdobeOrg$")
     sandbox: str = "prod"
     source_name: str = "capillary-aep-connector"
@@ -238,9 +238,10 @@ class AepConfig(_Section):
 class RouteConfig(_Section):
     """Where one class of XDM record goes: dataset, schema and (optional) dataflow."""
 
-    dataset_id: str = Field(..., min_length=1)
-    schema_id: str = Field(..., min_length=1)  # full $id: https://ns.adobe.com/<tenant>/schemas/<id>
-    flow_id: str = ""
+    # Shapes, so that a placeholder left from a template ("<dataset id>") fails the start.
+    dataset_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]+$")
+    schema_id: str = Field(..., pattern=r"^[^\s<>]+$")  # full $id: https://ns.adobe.com/<tenant>/schemas/<id>
+    flow_id: str = Field("", pattern=r"^[A-Za-z0-9-]*$")
     content_type: str = "application/vnd.adobe.xed-full+json;version=1"
 
 
@@ -415,12 +416,22 @@ class PlatformAccess(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     platform_url: str = "https://platform.adobe.io"
     org_id: str = Field(..., pattern=r"^[^@\s]+@AdobeOrg$")
-    sandbox: str = "prod"
+    sandbox: str = Field(..., min_length=1)  # no default: provisioning the wrong sandbox is not undone easily
     authentication_required: bool = True
     ims: ImsConfig = Field(default_factory=ImsConfig)
     # The way out to Adobe, as the connector's (proxy, CA bundle, client certificate): same key, same client.
     http: AepHttpConfig = Field(default_factory=AepHttpConfig)
     allow_insecure_http: bool = False  # as the connector's aep.allow_insecure_http
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # [aep] is the connector's table: its other keys are known; anything else is a typo.
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields) - set(AepConfig.model_fields))
+            if unknown:
+                raise ValueError(f"unknown key(s) {', '.join(unknown)}")
+        return data
 
     @model_validator(mode="after")
     def _check_credentials(self) -> PlatformAccess:
@@ -447,6 +458,46 @@ class ProvisionSettings(FileSettings):
                                       frozen=True, case_sensitive=False)
     aep: PlatformAccess
     xdm: ProvisionXdm = Field(default_factory=ProvisionXdm)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_tables(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(Settings.model_fields))
+            if unknown:
+                raise ValueError(f"unknown table(s) {', '.join(unknown)}")
+        return data
+
+
+class ExportSettings(FileSettings):
+    """``xdm export`` reads only the ``[xdm]`` names (tenant, identity namespaces): no routes yet,
+    no credentials."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
+                                      frozen=True, case_sensitive=False)
+    xdm: ProvisionXdm = Field(default_factory=ProvisionXdm)
+
+
+class OfflineAep(BaseModel):
+    """What ``transform`` reads of ``[aep]``: no credentials."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    org_id: str = Field("EXAMPLE0RG@AdobeOrg", pattern=r"^[^@\s]+@AdobeOrg$")
+    source_name: str = "capillary-aep-connector"
+
+
+class OfflineSettings(FileSettings):
+    """The connector's configuration as ``transform`` reads it: the mapping, the decoding and the
+    routes, never a secret (it works offline, where the IMS secret is not set)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
+                                      frozen=True, case_sensitive=False)
+    aep: OfflineAep = Field(default_factory=OfflineAep)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    xdm: XdmConfig
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
 
 
 _TOML_PATH: list[str | None] = [None]

@@ -1,8 +1,9 @@
 """``capillary-aep transform FILE``: a dry run. Reads Capillary events and prints, one JSON line
 each, the streaming envelopes the connector would send — or why a record would be dead-lettered.
 
-Input: JSON lines, a JSON array, an Avro object container file, or a file of single-object-encoded
-Avro records (one per line is not possible for binary, so one record per file). ``-`` reads stdin.
+Input: one JSON document (pretty-printed or not), a JSON array, JSON lines, an Avro object
+container file, or a file of single-object-encoded Avro records (one per line is not possible for
+binary, so one record per file). ``-`` reads stdin.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from io import BytesIO
 from typing import IO, Any
 
+import orjson
 from fastavro import reader as avro_reader
 
 from connector.config import XdmConfig
@@ -28,6 +30,8 @@ def read_events(data: bytes, decoder: Decoder) -> Iterator[tuple[int, Any]]:
             yield n, record
         return
     stripped = data.lstrip()
+    if stripped.startswith(b"{") and _one_document(stripped):
+        stripped = data = b"[" + stripped + b"]"  # one (pretty-printed) event: a list of one
     if stripped[:1] in (b"\x00", b"\xc3") or stripped.startswith(b"["):
         try:
             for ev in decoder.decode(data):
@@ -43,6 +47,15 @@ def read_events(data: bytes, decoder: Decoder) -> Iterator[tuple[int, Any]]:
                 yield n, ev
         except DecodeError as exc:
             yield n, exc
+
+
+def _one_document(data: bytes) -> bool:
+    """Whether ``data`` is one JSON document (e.g. the pretty-printed samples), not JSON lines."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def placeholder_xdm_config(**overrides: Any) -> XdmConfig:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from connector.config import DecodeConfig, Settings, XdmConfig
+from connector.config import DecodeConfig, OfflineSettings, Settings, XdmConfig
 from connector.errors import DecodeError, Stage, TransientError
 from connector.transform import TransformError
 
@@ -79,7 +79,7 @@ class ProcessorSpec:
     memory_limit_mb: int = 0  # a worker process's address-space allowance (processing.worker_memory_limit_mb)
 
     @classmethod
-    def from_settings(cls, s: Settings) -> ProcessorSpec:
+    def from_settings(cls, s: Settings | OfflineSettings) -> ProcessorSpec:
         marker = os.environb.get(CRASH_ON_ENV.encode())
         crash_on = (marker, int(os.environ.get(CRASH_SIGNAL_ENV) or 0)) if marker else None
         return cls(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size, s.log.level,

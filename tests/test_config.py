@@ -103,6 +103,31 @@ def test_provision_refuses_a_plain_http_platform_url(tmp_path: Path, monkeypatch
     from connector.config import ProvisionSettings
 
     monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "s3cr3t-value")
-    text = GOOD.replace("[aep]\n", '[aep]\nplatform_url = "http://platform.internal"\n')
+    text = GOOD.replace("[aep]\n", '[aep]\nsandbox = "dev"\nplatform_url = "http://platform.internal"\n')
     with pytest.raises(ConfigError, match="platform_url 'http://platform.internal' is plain http"):
         load_settings(write(tmp_path, text), ProvisionSettings)
+
+
+def test_a_placeholder_id_fails_the_start_naming_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "s3cr3t-value")
+    text = GOOD.replace('inlet_id = "inlet"', 'inlet_id = "<64-hex inletId from Flow Service>"')
+    text = text.replace('dataset_id = "ds"', 'dataset_id = "<ExperienceEvent dataset id>"')
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    assert "aep.inlet_id" in str(info.value) and "xdm.event.dataset_id" in str(info.value)
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (('sandbox = "dev"', 'sandbx = "dev"'), "unknown key(s) sandbx"),  # a typo no longer means prod
+    (('sandbox = "dev"\n', ''), "aep.sandbox"),  # required: provisioning the wrong sandbox is not undone
+    (('[xdm.event]', '[xdmm]\nx = 1\n[xdm.event]'), "unknown table(s) xdmm"),
+])
+def test_provision_refuses_unknown_keys_and_needs_the_sandbox(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: tuple[str, str], expected: str) -> None:
+    from connector.config import ProvisionSettings
+
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "s3cr3t-value")
+    good = GOOD.replace("[aep]\n", '[aep]\nsandbox = "dev"\n')
+    assert load_settings(write(tmp_path, good), ProvisionSettings).aep.sandbox == "dev"
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(write(tmp_path, good.replace(*change)), ProvisionSettings)

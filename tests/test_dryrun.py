@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import orjson
 from fastavro import parse_schema, writer
@@ -58,3 +59,61 @@ def test_cli_reads_stdin() -> None:
     envelopes = [orjson.loads(x) for x in proc.stdout.splitlines()]
     assert len(envelopes) == sum(len(transformer().transform(e)) for e in events)
     assert b"0 records would be dead-lettered" in proc.stderr
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _transform(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> Any:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_AEP__")}  # no secret at all
+    return subprocess.run(python_module("connector", "transform", *args), input=stdin, capture_output=True,
+                          timeout=60, env={**base, **(env or {})}, cwd=EXAMPLES.parent)
+
+
+def test_the_examples_transform_pretty_printed_or_as_json_lines() -> None:
+    files = sorted(EXAMPLES.glob("*.json"))
+    assert len(files) >= 6
+    for path in files:
+        event = orjson.loads(path.read_bytes())
+        assert b"\n  " in path.read_bytes()  # pretty-printed, as Capillary's documentation shows events
+        proc = _transform(str(path))
+        assert proc.returncode == 0, proc.stderr
+        assert len(proc.stdout.splitlines()) == len(transformer().transform(event)), path.name
+    lines = _transform(str(EXAMPLES / "events.jsonl"))
+    assert lines.returncode == 0 and len(lines.stdout.splitlines()) >= len(files)
+
+
+def test_a_record_that_would_be_dead_lettered_exits_1() -> None:
+    bad = orjson.loads((EXAMPLES / "pointsIssued.json").read_bytes())
+    bad["createdAt"] = "not a time"
+    proc = _transform("-", stdin=orjson.dumps(bad, option=orjson.OPT_INDENT_2))
+    assert proc.returncode == 1 and b"1 records would be dead-lettered" in proc.stderr
+    assert b"dead letter (transform/" in proc.stderr
+
+
+def test_transform_and_xdm_export_read_a_config_without_any_secret(tmp_path: Path) -> None:
+    config = tmp_path / "connector.toml"
+    config.write_text('[aep]\ninlet_id = "0123abcd"\norg_id = "MYORG@AdobeOrg"\n[aep.ims]\nclient_id = "c"\n'
+                      '[xdm]\ntenant_id = "acme"\n[xdm.event]\ndataset_id = "5f00e1"\n'
+                      'schema_id = "https://ns.adobe.com/acme/schemas/e1"\n')
+    proc = _transform("-c", str(config), str(EXAMPLES / "pointsIssued.json"))
+    assert proc.returncode == 0, proc.stderr
+    envelope = orjson.loads(proc.stdout.splitlines()[0])
+    assert envelope["header"]["imsOrgId"] == "MYORG@AdobeOrg" and "_acme" in envelope["body"]["xdmEntity"]
+    export = subprocess.run(python_module("connector", "xdm", "export", str(tmp_path / "out"), "-c", str(config)),
+                            capture_output=True, timeout=60, env={k: v for k, v in __import__("os").environ.items()
+                                                                  if not k.startswith("CAPILLARY_AEP__")})
+    assert export.returncode == 0, export.stderr
+    assert "_acme" in (tmp_path / "out" / "fieldgroup-event.json").read_text()
+
+
+def test_a_placeholder_left_in_the_config_is_refused_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "connector.toml"
+    config.write_text('[aep]\ninlet_id = "<64-hex inletId from Flow Service>"\norg_id = "MYORG@AdobeOrg"\n'
+                      '[xdm.event]\ndataset_id = "<ExperienceEvent dataset id>"\n'
+                      'schema_id = "https://ns.adobe.com/acme/schemas/<id>"\n')
+    proc = _transform("-c", str(config), str(EXAMPLES / "pointsIssued.json"))
+    assert proc.returncode == 2
+    assert all(key in proc.stderr.decode() for key in ("xdm.event.dataset_id", "xdm.event.schema_id"))

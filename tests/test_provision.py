@@ -309,7 +309,8 @@ def test_provision_cli_writes_the_config_and_fails_clearly(tmp_path: Path) -> No
     emulator = start_emulator(tmp_path)
     try:
         config = tmp_path / "connector.toml"
-        config.write_text(f'[aep]\nplatform_url = "{emulator.url}"\norg_id = "{em.DEMO_ORG_ID}"\nallow_insecure_http = true\n'
+        config.write_text(f'[aep]\nplatform_url = "{emulator.url}"\norg_id = "{em.DEMO_ORG_ID}"\nsandbox = "prod"\n'
+                          'allow_insecure_http = true\n'
                           f'[aep.ims]\nurl = "{emulator.url}"\nclient_id = "{em.DEMO_CLIENT_ID}"\n'
                           '[kafka]\nbootstrap_servers = "127.0.0.1:1"\n')
         out = tmp_path / "aep.toml"
@@ -336,7 +337,8 @@ def test_provision_cli_writes_the_config_and_fails_clearly(tmp_path: Path) -> No
 
 def _cli_config(tmp_path: Path, url: str, extra: str = "") -> Path:
     config = tmp_path / "connector.toml"
-    config.write_text(f'[aep]\nplatform_url = "{url}"\norg_id = "{em.DEMO_ORG_ID}"\nallow_insecure_http = true\n'
+    config.write_text(f'[aep]\nplatform_url = "{url}"\norg_id = "{em.DEMO_ORG_ID}"\nsandbox = "prod"\n'
+                      'allow_insecure_http = true\n'
                       f'[aep.ims]\nurl = "{url}"\nclient_id = "{em.DEMO_CLIENT_ID}"\n{extra}'
                       '[kafka]\nbootstrap_servers = "127.0.0.1:1"\n')
     return config
