@@ -66,6 +66,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _librdkafka_accepts(extra: dict[str, Any]) -> None:
+    """librdkafka's own verdict on the properties, at load (a bad name or value would otherwise stop
+    ``run`` at its first client with a traceback): a consumer built without bootstrap servers,
+    which connects nowhere, and closed at once."""
+    from confluent_kafka import Consumer, KafkaException
+
+    try:
+        Consumer({"group.id": "capillary-aep-config-check", "log_level": 0, **extra}).close()
+    except (KafkaException, ValueError, TypeError) as exc:
+        detail = exc.args[0].str() if isinstance(exc, KafkaException) and exc.args else str(exc)
+        raise ValueError(f"librdkafka refuses it: {detail}") from None
+
+
 class KafkaConfig(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "capillary-aep-connector"
@@ -92,6 +105,8 @@ class KafkaConfig(_Section):
         if bad:
             raise ValueError(f"{', '.join(bad)} is a secret: set it in kafka.security (e.g. "
                              "kafka.security.sasl.password or password_file), where it is masked and redacted")
+        if extra:
+            _librdkafka_accepts(extra)
         return extra
 
     @model_validator(mode="after")

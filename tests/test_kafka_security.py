@@ -126,6 +126,10 @@ def test_msk_iam_without_the_aws_extra_fails_at_start_naming_the_extra(monkeypat
     ("[kafka.security]\nprotocol = 'TLS'\n", "kafka.security.protocol"),
     ("[kafka.security.sasl]\nmechanism = 'GSSAPI'\n", "kafka.security.sasl.mechanism"),
     ("[kafka]\nextra = { 'sasl.password' = 'in-clear' }\n", "kafka.extra: sasl.password is a secret"),
+    # librdkafka's verdict at load, not a traceback at the first client of `run`:
+    ("[kafka]\nextra = { 'fetch.max.bytez' = 5 }\n", 'kafka.extra: librdkafka refuses it: No such configuration '
+                                                     'property: "fetch.max.bytez"'),
+    ("[kafka]\nextra = { 'fetch.max.bytes' = 'lots' }\n", "kafka.extra: librdkafka refuses it: Invalid value"),
 ])
 def test_bad_security_config_names_the_key(tmp_path: Path, toml: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
