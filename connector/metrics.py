@@ -11,7 +11,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -75,6 +75,30 @@ class BatchHistogram(Collector):
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
 
 
+class DeprecatedAlias(Collector):
+    """A counter's samples under its former name, kept one release so dashboards and rules built on
+    it keep working while they move (docs/operations.md#deprecated-metric-names). Read at scrape
+    time: nothing is added to the path that counts."""
+
+    def __init__(self, counter: Counter, labels: Sequence[str], old_name: str, new_name: str,
+                 registry: CollectorRegistry) -> None:
+        self._counter, self._labels = counter, list(labels)
+        self._name = old_name.removesuffix("_total")
+        self._doc = f"Deprecated: the same series as {new_name}, which replaces it in the next release"
+        registry.register(self)
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._doc)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for family in self._counter.collect():
+            alias = CounterMetricFamily(self._name, self._doc, labels=self._labels)
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    alias.add_metric([sample.labels[n] for n in self._labels], sample.value)
+            yield alias
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -89,12 +113,16 @@ class Metrics:
             registry=r)
         self.records_consumed = Counter(p + "records_consumed_total", "Kafka records consumed", ["topic"], registry=r)
         self.records_decoded = Counter(p + "records_decoded_total", "Records decoded", ["topic", "format"], registry=r)
+        # XDM messages, not Kafka records (an event makes ~1.5: its ExperienceEvent and, for some types, a
+        # profile update); the former records_* names stay one release as deprecated aliases.
         self.records_transformed = Counter(
-            p + "records_transformed_total", "XDM messages produced by the transform", ["kind", "event_type"], registry=r
+            p + "messages_transformed_total", "XDM messages produced by the transform", ["kind", "event_type"], registry=r
         )
         self.records_delivered = Counter(
-            p + "records_delivered_total", "XDM messages acknowledged by AEP", ["kind", "event_type"], registry=r
+            p + "messages_delivered_total", "XDM messages acknowledged by AEP", ["kind", "event_type"], registry=r
         )
+        for counter, name in ((self.records_transformed, "transformed"), (self.records_delivered, "delivered")):
+            DeprecatedAlias(counter, ("kind", "event_type"), f"{p}records_{name}_total", f"{p}messages_{name}_total", r)
         self.records_dead_lettered = Counter(
             p + "records_dead_lettered_total", "Records written to the dead-letter topic", ["stage", "reason"], registry=r
         )

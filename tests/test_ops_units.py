@@ -379,3 +379,24 @@ def test_the_runtime_never_imports_the_development_tooling() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_message_counters_keep_their_former_record_names_as_deprecated_aliases() -> None:
+    """messages_*_total count XDM messages (~1.5 per record); the records_*_total names they had are
+    exposed one more release with the same samples (docs/operations.md#deprecated-metric-names)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = Metrics(CollectorRegistry())
+    m.records_delivered.labels("event", "pointsIssued").inc(3)
+    m.records_delivered.labels("profile", "customerAdded").inc(2)
+    m.records_transformed.labels("event", "pointsIssued").inc(4)
+    from prometheus_client import generate_latest
+
+    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(m.registry).decode())}
+    for kind in ("delivered", "transformed"):
+        new, old = fams[f"capillary_aep_messages_{kind}"], fams[f"capillary_aep_records_{kind}"]
+        samples = sorted((s.labels["kind"], s.labels["event_type"], s.value) for s in new.samples
+                         if s.name.endswith("_total"))
+        assert samples and samples == sorted((s.labels["kind"], s.labels["event_type"], s.value)
+                                             for s in old.samples)
+        assert old.type == "counter" and old.documentation.startswith("Deprecated:")
