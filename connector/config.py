@@ -11,9 +11,11 @@ A missing or invalid key raises :class:`ConfigError`, whose message names every 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_origin
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -518,13 +520,44 @@ class OfflineSettings(FileSettings):
 _TOML_PATH: list[str | None] = [None]
 
 
+def _env_names() -> dict[str, str]:
+    """The environment's override variables, by upper-case name (the loader ignores case)."""
+    return {name.upper(): name for name in os.environ if name.upper().startswith(ENV_PREFIX)}
+
+
 def _format_errors(exc: ValidationError) -> str:
     lines = []
+    env = _env_names()
     for err in exc.errors(include_input=False, include_url=False):
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{key}: {msg}")
+        variable = env.get(ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"]))
+        lines.append(f"{key}: {msg}" + (f" (set by {variable})" if variable else ""))
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+_JSON_EXAMPLES = {list: '["a", "b"]', tuple: '["a", "b"]', set: '["a", "b"]', dict: '{"key": "value"}'}
+
+
+def _env_json_errors(cls: type[BaseModel], exc: SettingsError) -> list[str]:
+    """Which variable held what pydantic-settings could not read (a list or table must be JSON in
+    the environment), with the form it expects: its own message names only the section."""
+    section = re.search(r'field "(\w+)"', str(exc))
+    field = cls.model_fields.get(section.group(1)) if section else None
+    model = getattr(field, "annotation", None)
+    fields = getattr(model, "model_fields", {})
+    prefix = f"{ENV_PREFIX}{section.group(1).upper()}__" if section else ENV_PREFIX
+    out = []
+    for upper, name in _env_names().items():
+        sub = fields.get(upper.removeprefix(prefix).lower()) if upper.startswith(prefix) else None
+        example = _JSON_EXAMPLES.get(get_origin(sub.annotation) or sub.annotation) if sub is not None else None
+        if example is None:
+            continue
+        try:
+            json.loads(os.environ[name])
+        except ValueError:
+            out.append(f"{name}: expected JSON, e.g. {name}='{example}'")
+    return out
 
 
 def load_settings(path: str | Path | None = None, cls: type[S] | None = None, **overrides: Any) -> S:
@@ -547,6 +580,8 @@ def load_settings(path: str | Path | None = None, cls: type[S] | None = None, **
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
     except SettingsError as exc:  # e.g. an environment value that should be JSON and is not
-        raise ConfigError(f"invalid configuration: {exc}") from None
+        named = _env_json_errors(cls or Settings, exc)
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(named) if named
+                          else f"invalid configuration: {exc}") from None
     finally:
         _TOML_PATH[0] = None

@@ -131,3 +131,18 @@ def test_provision_refuses_unknown_keys_and_needs_the_sandbox(
     assert load_settings(write(tmp_path, good), ProvisionSettings).aep.sandbox == "dev"
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         load_settings(write(tmp_path, good.replace(*change)), ProvisionSettings)
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("CAPILLARY_AEP__KAFKA__TOPICS", "capillary.events.points",
+     """CAPILLARY_AEP__KAFKA__TOPICS: expected JSON, e.g. CAPILLARY_AEP__KAFKA__TOPICS='["a", "b"]'"""),
+    ("CAPILLARY_AEP__BATCH__LANES", "many", "batch.lanes: Input should be a valid integer"),
+])
+def test_a_bad_environment_override_names_the_variable_and_the_form(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str) -> None:
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "s3cr3t-value")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, GOOD))
+    assert expected in str(info.value) and variable in str(info.value)
+    assert "s3cr3t-value" not in str(info.value)
