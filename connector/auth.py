@@ -16,6 +16,7 @@ from collections.abc import Callable
 import httpx
 
 from connector.config import ImsConfig
+from connector.egress import describe_http_error
 from connector.errors import AuthFailure, TransientError
 from connector.logs import register_token
 from connector.metrics import METRICS
@@ -70,7 +71,7 @@ class TokenProvider:
             resp = self._client.post(url, data=form, timeout=cfg.timeout_s)
         except httpx.HTTPError as exc:
             METRICS.token_refreshes.labels("error").inc()
-            raise TransientError(f"IMS unreachable: {type(exc).__name__}") from None
+            raise TransientError(f"IMS unreachable: {describe_http_error(exc)}") from None
         if resp.status_code == 200:
             try:
                 body = resp.json()

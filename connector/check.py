@@ -42,7 +42,7 @@ from pydantic_settings import SettingsError
 
 from connector.auth import TokenProvider
 from connector.config import ConfigError, DecodeConfig, Settings, load_settings, strip_userinfo
-from connector.egress import aep_client
+from connector.egress import aep_client, describe_http_error
 from connector.errors import AuthFailure, TransientError
 from connector.governor import share
 from connector.logs import redact, register_secret, register_settings_secrets
@@ -309,7 +309,7 @@ def _registry(decode: DecodeConfig, timeout: float) -> Result:
     except SchemaRegistryError as exc:
         return Result("registry", "fail", f"{target}{auth} answered HTTP {exc.http_status_code}")
     except Exception as exc:  # noqa: BLE001 - connection and TLS errors come as several types
-        return Result("registry", "fail", f"{target}{auth} not reachable: {type(exc).__name__}")
+        return Result("registry", "fail", f"{target}{auth} not reachable: {describe_http_error(exc)}")
     if not isinstance(subjects, list):
         return Result("registry", "fail", f"{target} did not answer a list of subjects")
     return Result("registry", "pass", f"{target}{auth}: {len(subjects)} subject(s)")
@@ -339,7 +339,7 @@ def _inlet(s: Settings, client: httpx.Client, token: str | None, ims_failed: boo
     try:
         resp = client.post(url, content=_EMPTY_BATCH, headers=headers)
     except httpx.HTTPError as exc:
-        return Result("inlet", "fail", f"{url} not reachable: {type(exc).__name__}")
+        return Result("inlet", "fail", f"{url} not reachable: {describe_http_error(exc)}")
     status = resp.status_code
     text = resp.text[:300].replace("\n", " ")
     if status in (200, 207) or (status == 400 and "not found" not in text.lower()):

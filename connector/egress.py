@@ -99,3 +99,23 @@ def aep_client(cfg: AepHttpConfig, **kwargs: Any) -> httpx.Client:
     import httpx
 
     return httpx.Client(**client_options(cfg), **kwargs)
+
+
+def describe_http_error(exc: BaseException) -> str:
+    """What went wrong on the way out, for a log line or an exit message: the exception's type and
+    httpx's own words (name resolution, refused connection, certificate), redacted, with a hint where
+    the usual cause is the way out itself (a proxy, a TLS-inspecting proxy's CA)."""
+    from connector.logs import redact
+
+    text = redact(str(exc)).strip()
+    found = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    lowered = text.lower()
+    if "certificate" in lowered or "ssl" in lowered:
+        hint = "behind a TLS-inspecting proxy, set aep.http.ca_file to its CA bundle"
+    elif "proxy" in lowered or type(exc).__name__ == "ProxyError":
+        hint = "check aep.http.proxy"
+    elif "name or service not known" in lowered or "nodename nor servname" in lowered or "name resolution" in lowered:
+        hint = "check the URL, DNS, or whether egress needs aep.http.proxy"
+    else:
+        return found[:500]
+    return f"{found[:450]} ({hint})"

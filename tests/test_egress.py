@@ -143,3 +143,36 @@ def test_the_connector_delivers_over_mutual_tls_through_the_proxy(broker, prefix
     finally:
         proxy.close()
         proc.stop()
+
+
+@pytest.mark.parametrize(("url", "cause", "hint"), [
+    ("http://127.0.0.1:{port}", "ConnectError: [Errno 111] Connection refused", None),
+    ("http://no-such-host.invalid", "ConnectError:", "check the URL, DNS, or whether egress needs aep.http.proxy"),
+])
+def test_an_unreachable_ims_keeps_httpxs_cause_in_the_error(url: str, cause: str, hint: str | None) -> None:
+    from connector.auth import TokenProvider
+    from connector.config import ImsConfig
+    from connector.errors import TransientError
+
+    secret = "never-in-the-message-0042"
+    ims = ImsConfig(url=url.format(port=free_port()), client_id="c", client_secret=secret)
+    with httpx.Client(timeout=5) as client, pytest.raises(TransientError) as info:
+        TokenProvider(ims, client).token()
+    message = str(info.value)
+    assert message.startswith("IMS unreachable: ") and cause in message, message
+    assert hint is None or hint in message
+    assert secret not in message
+
+
+def test_a_certificate_error_hints_at_the_proxys_ca(tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    url, proc = start_https_emulator(tmp_path, tls)
+    try:
+        from connector.egress import describe_http_error
+
+        with httpx.Client(timeout=5) as client, pytest.raises(httpx.HTTPError) as info:
+            client.get(url + "/__emulator/health")  # the private CA is not trusted
+        message = describe_http_error(info.value)
+        assert "CERTIFICATE_VERIFY_FAILED" in message and "set aep.http.ca_file" in message
+    finally:
+        proc.stop()

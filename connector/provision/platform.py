@@ -20,7 +20,7 @@ import httpx
 
 from connector.auth import TokenProvider
 from connector.config import ImsConfig
-from connector.egress import AepHttpConfig, aep_client
+from connector.egress import AepHttpConfig, aep_client, describe_http_error
 from connector.errors import AuthFailure, ConnectorError, TransientError
 
 SCHEMA_REGISTRY = "/data/foundation/schemaregistry"
@@ -71,7 +71,7 @@ class Platform:
         try:
             resp = self._http.request(method, self._base + path, json=body, headers=headers, params=params)
         except httpx.HTTPError as exc:
-            raise PlatformError(what, None, type(exc).__name__) from None
+            raise PlatformError(what, None, describe_http_error(exc)) from None
         if resp.status_code >= 400:
             raise PlatformError(what, resp.status_code, _detail(resp))
         if not resp.content:
