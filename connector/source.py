@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 PartitionsCallback = Callable[[list[TopicPartition]], None]
 
 
+# librdkafka's own log lines (connection failures, rebalances) through Python logging, so they come
+# out in the configured format (JSON) with the secrets masked, not raw on stderr (``%3|…|FAIL|…``).
+# They are delivered while the client is polled, which every client here is.
+RDKAFKA_LOG = logging.getLogger("rdkafka")
+
+
 def consumer_config(cfg: KafkaConfig) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": cfg.bootstrap_servers,
@@ -64,13 +70,15 @@ def consumer_config(cfg: KafkaConfig) -> dict[str, Any]:
         conf["group.instance.id"] = cfg.group_instance_id
     conf.update(security_properties(cfg.security))
     conf.update(cfg.extra)
+    conf["logger"] = RDKAFKA_LOG
     return conf
 
 
 def producer_config(cfg: KafkaConfig) -> dict[str, Any]:
     """Connection settings only (bootstrap, kafka.security, connection keys of kafka.extra): what
     any client — producer, admin, the replay consumer — needs to reach the cluster."""
-    conf: dict[str, Any] = {"bootstrap.servers": cfg.bootstrap_servers, **security_properties(cfg.security)}
+    conf: dict[str, Any] = {"bootstrap.servers": cfg.bootstrap_servers, **security_properties(cfg.security),
+                            "logger": RDKAFKA_LOG}
     # Pass through connection/security settings only; consumer-only keys would be rejected.
     for key, value in cfg.extra.items():
         if key.startswith(("security.", "sasl.", "ssl.", "socket.", "client.")):

@@ -1,0 +1,39 @@
+"""With JSON logging on, every line a process writes is JSON: librdkafka's own lines (a broker that
+cannot be reached) come through the logger, not raw on stderr."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import orjson
+import pytest
+from support import ManagedProcess, free_port, python_module, wait_until
+
+from connector.dev.demo import connector_toml
+from connector.dev.emulator import config as em
+
+pytestmark = pytest.mark.integration
+
+
+def test_librdkafka_lines_are_json_log_lines(tmp_path: Path) -> None:
+    config = tmp_path / "connector.toml"
+    config.write_text(connector_toml(bootstrap=f"127.0.0.1:{free_port()}", emulator_url="http://127.0.0.1:9",
+                                     metrics_port=free_port(), extra='[log]\nformat = "json"\n'))
+    log = tmp_path / "run.log"
+    env = {**os.environ, "CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET}
+    proc = ManagedProcess(python_module("connector", "run", "--config", str(config)), env=env, log_path=log)
+    try:
+        # Nothing listens on the broker's port: librdkafka reports the refused connection.
+        wait_until(lambda: '"logger":"rdkafka"' in log.read_text(), 60, what="a librdkafka line in the log")
+        proc.signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        proc.stop()
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    raw = [line for line in lines if not line.startswith("{")]
+    assert raw == [], raw[:3]
+    docs = [orjson.loads(line) for line in lines]
+    rdkafka = [d for d in docs if d["logger"] == "rdkafka"]
+    assert rdkafka and any("Connection refused" in d["msg"] or "FAIL" in d["msg"] for d in rdkafka)
