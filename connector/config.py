@@ -385,6 +385,8 @@ class MetricsConfig(_Section):
 class LogConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "text"] = "auto"
+    # A progress line (records, messages, dead letters, lag, rate) this often; 0: none.
+    progress_interval_s: float = Field(60.0, ge=0)
 
 
 class FileSettings(BaseSettings):

@@ -1,5 +1,5 @@
-"""What the pipeline checks on the side, at most once a second: partitions whose commit point is
-stuck, the catch-up ETA, the workers' memory, the heap's free pages, and — while credentials are
+"""What the pipeline checks on the side, at most once a second: the progress line, partitions whose
+commit point is stuck, the catch-up ETA, the workers' memory, the heap's free pages, and — while credentials are
 rejected or no request has renewed the token — an IMS probe, so consumption resumes once the
 credentials are fixed and ``/readyz`` stays truthful."""
 
@@ -16,6 +16,7 @@ from connector.errors import AuthFailure, TransientError
 from connector.heap import HeapTrimmer
 from connector.metrics import METRICS
 from connector.offsets import OffsetTracker, TopicPartition
+from connector.progress import ProgressLog
 from connector.sink import Sink
 from connector.source import LAG
 
@@ -28,8 +29,10 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class Housekeeping:
-    def __init__(self, tracker: OffsetTracker, delivery: DeliveryConfig, worker_pids: Callable[[], list[int]]) -> None:
+    def __init__(self, tracker: OffsetTracker, delivery: DeliveryConfig, worker_pids: Callable[[], list[int]],
+                 progress_interval_s: float = 60.0) -> None:
         self._tracker = tracker
+        self._progress = ProgressLog(progress_interval_s)
         self._stall_after = delivery.stall_warning_s
         self._worker_pids = worker_pids
         self._next = 0.0
@@ -43,6 +46,7 @@ class Housekeeping:
             return
         self._next = now + INTERVAL_S
         self._trim(now)
+        self._progress(now)
         self.check_stalls(now)
         self._catchup_eta(now)
         pids = self._worker_pids()

@@ -45,6 +45,7 @@ from connector.metrics import METRICS
 from connector.offsets import OffsetTracker
 from connector.process import ProcessorSpec
 from connector.processing import Entry, make_processing
+from connector.progress import ProgressLog
 from connector.registry import RegistryLookup
 from connector.sink import Sink
 from connector.source import Source, producer_config
@@ -90,7 +91,8 @@ class Pipeline:
         self.delivery = Delivery(self.batcher, self.sink, self.tracker, delivered=self.ledger.delivered,
                                  rejected=self.ledger.rejected, sender_failing=lambda why: self._stop(ExitCode.SENDER, why),
                                  per_lane=s.batch.max_inflight_per_lane)
-        self.housekeeping = Housekeeping(self.tracker, s.delivery, lambda: self.processing.pids)
+        self.housekeeping = Housekeeping(self.tracker, s.delivery, lambda: self.processing.pids,
+                                         s.log.progress_interval_s)
         self.auth_probe = AuthProbe(self.tokens, self.sink, time.monotonic)
         self._source_factory = source_factory
         self.source: Any = None
@@ -371,4 +373,4 @@ class Pipeline:
         self.delivery.close()
         self.processing.close()
         self.client.close()
-        log.info("stopped")
+        log.info("stopped: %s", ProgressLog.totals())

@@ -37,3 +37,23 @@ def test_librdkafka_lines_are_json_log_lines(tmp_path: Path) -> None:
     docs = [orjson.loads(line) for line in lines]
     rdkafka = [d for d in docs if d["logger"] == "rdkafka"]
     assert rdkafka and any("Connection refused" in d["msg"] or "FAIL" in d["msg"] for d in rdkafka)
+
+
+def test_progress_lines_while_it_works_and_totals_at_stop(broker, emulator, prefix, tmp_path: Path) -> None:
+    from harness import new_group, start_connector
+
+    from connector.dev.produce import produce_events
+    from connector.dev.samples import generate_events
+
+    events = generate_events(60, seed=12)
+    produce_events(broker, events, "json", topic_prefix=prefix)
+    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=new_group(),
+                        env={"CAPILLARY_AEP__LOG__PROGRESS_INTERVAL_S": "0.5"})
+    c.wait_acknowledged(len(events))
+    wait_until(lambda: "progress: " in c.proc.log_text(), 30, what="a progress line")
+    assert c.stop() == 0
+    text = c.proc.log_text()
+    progress = next(line for line in text.splitlines() if "progress: " in line)
+    assert "records read" in progress and "records/s over the last" in progress
+    stopped = next(line for line in text.splitlines() if "stopped: " in line)
+    assert f"{len(events)} acknowledged" in stopped and "dead-lettered" in stopped
