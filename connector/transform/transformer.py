@@ -1,7 +1,9 @@
 """Capillary event → AEP streaming messages (ExperienceEvent first, then the profile update, if any).
 
 Pure: no I/O and no clock except the injected ``now``. The only state is the program/tier cache
-(tier names arrive on some events and are needed on later ones). Output dicts are fresh per call;
+(tier names arrive on some events and are needed on later ones). Each event first meets a function
+generated for its type (:mod:`connector.transform.compiled`); this module's own path is the
+reference it must equal and what takes every record it declines. Output dicts are fresh per call;
 header sub-objects (``schemaRef``, ``source``) are shared between messages of one route, and the
 event and profile messages of one call share their ``identityMap``: treat messages as read-only.
 """
