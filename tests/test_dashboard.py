@@ -110,3 +110,24 @@ def test_panel_ids_are_unique_and_panels_do_not_overlap() -> None:
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, (p["title"], cells.get((x, y)))
                 cells[(x, y)] = p["title"]
+
+
+def test_every_panel_says_what_it_shows() -> None:
+    for panel in _load()["panels"]:
+        if panel["type"] != "row":
+            assert len(panel.get("description", "")) > 20, panel["title"]
+
+
+def test_backlog_and_utilisation_panels() -> None:
+    """Broker-side lag (it exists at zero replicas), dead-letter growth, worker utilisation and input
+    wait: what tells a backlog from a bottleneck."""
+    exprs = "\n".join(e for _, e in _queries(_load()))
+    for needle in (
+        'capillary_aep:kafka_consumergroup_lag:sum_by_topic{topic=~"$topic"}',  # the group named once, in the rule
+        "sum by (reason) (increase(capillary_aep_records_dead_lettered_total",
+        "sum by (instance, worker) (rate(capillary_aep_worker_busy_seconds_total",
+        "sum by (instance) (rate(capillary_aep_input_wait_seconds_total",
+        "sum by (instance) (rate(capillary_aep_input_held_seconds_total",
+    ):
+        assert needle in exprs, needle
+    assert "consumergroup=" not in exprs  # never a second place to change the group

@@ -26,9 +26,13 @@ def _compose() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def _alert_rules() -> list[dict[str, Any]]:
+def _rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     return [r for g in doc["groups"] for r in g["rules"]]
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    return [r for r in _rules() if "alert" in r]
 
 
 def dashboard_exprs() -> list[str]:
@@ -46,7 +50,7 @@ def grafana_expand(expr: str) -> str:
 
 
 def rule_exprs() -> list[str]:
-    return [r["expr"] for r in _alert_rules()]
+    return [r["expr"] for r in _rules()]
 
 
 def test_compose_uses_the_official_images_and_builds_the_rest_from_the_dockerfile() -> None:
@@ -194,7 +198,7 @@ def test_grafana_provisioning_matches_the_dashboard_datasource() -> None:
 def test_dashboard_shows_what_operators_ask_for() -> None:
     exprs = "\n".join(dashboard_exprs())
     for needle in (
-        "sum by (kind, event_type) (rate(capillary_aep_records_delivered_total",  # throughput by event type
+        "sum by (kind, event_type) (rate(capillary_aep_messages_delivered_total",  # throughput by event type
         "histogram_quantile(0.5, sum by (le) (rate(capillary_aep_delivery_latency_seconds_bucket",
         "histogram_quantile(0.99, sum by (le) (rate(capillary_aep_delivery_latency_seconds_bucket",
         "capillary_aep_consumer_lag",
@@ -213,6 +217,30 @@ def test_every_alert_has_a_runbook_section_and_a_severity() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["alert"] in headings, rule["alert"]
         assert rule["annotations"]["runbook"] == f"docs/operations.md#{rule['alert'].lower()}"
+
+
+def test_every_alert_has_a_description_with_a_first_action() -> None:
+    for rule in _alert_rules():
+        description = rule["annotations"].get("description", "")
+        assert len(description) > 40 and "{{" not in description, rule["alert"]  # constant: promtool tests pin it
+
+
+def test_the_consumer_group_is_named_once_in_a_recording_rule() -> None:
+    """Users set the group (kafka.group_id) in one place: the recording rule every broker-lag rule
+    and the dashboard read."""
+    naming = [r for r in _rules() if "consumergroup=" in r["expr"]]
+    assert [r.get("record") for r in naming] == ["capillary_aep:kafka_consumergroup_lag:sum_by_topic"]
+    assert 'consumergroup="capillary-aep-connector"' in naming[0]["expr"]
+    readers = [r["alert"] for r in _alert_rules() if "capillary_aep:kafka_consumergroup_lag:sum_by_topic" in r["expr"]]
+    assert set(readers) == {"CapillaryAepConnectorAbsent", "CapillaryAepBrokerLagGrowing"}
+    rules = [r.get("record") or r.get("alert") for r in _rules()]
+    assert rules[0] == naming[0]["record"]  # evaluated before the alerts of its group that read it
+
+
+def test_runbook_base_is_documented_where_it_is_set() -> None:
+    prom = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    assert "runbook_base" in prom  # an example beside external_labels
+    assert "`runbook_base`" in (ROOT / "docs" / "operations.md").read_text()
 
 
 def test_every_alert_has_a_runbook_url_and_a_promtool_case_that_fires() -> None:
