@@ -38,27 +38,24 @@ LABEL org.opencontainers.image.title="capillary-aep-connector" \
       org.opencontainers.image.description="Streams Capillary loyalty events from Kafka into Adobe Experience Platform, at least once." \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
+# CAPILLARY_AEP_METRICS_DEFAULT: metrics.listen's default in a container is every interface, so
+# the EXPOSEd port answers (a config file's metrics.listen still wins).
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH \
-    CAPILLARY_AEP_CONFIG=/etc/capillary-aep/connector.toml
+    CAPILLARY_AEP_CONFIG=/etc/capillary-aep/connector.toml CAPILLARY_AEP_METRICS_DEFAULT=0.0.0.0:9400
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin capillary
-# The Avro schemas are not inside the package: avro_schemas.DEFAULT_DIR is `schemas/` next to it.
-COPY schemas /opt/capillary-aep/schemas
 WORKDIR /opt/capillary-aep
-# Metrics, /healthz and /readyz (metrics.listen must be 0.0.0.0:9400 in the config, as in
-# deploy/connector.compose.toml). Health checks are declared per service in docker-compose.yml.
+# Metrics, /healthz and /readyz. Health checks are declared per service in docker-compose.yml.
 EXPOSE 9400
 ENTRYPOINT ["capillary-aep"]
 CMD ["run"]
 
 FROM base AS dev
 COPY --from=build-dev /opt/venv /opt/venv
-RUN ln -s /opt/capillary-aep/schemas "$(python -c 'import connector.avro_schemas as m; print(m.DEFAULT_DIR)')" \
- && capillary-aep --version
+RUN capillary-aep --version
 USER 10001:10001
 
 FROM base AS runtime
 COPY --from=build-runtime /opt/venv /opt/venv
-RUN ln -s /opt/capillary-aep/schemas "$(python -c 'import connector.avro_schemas as m; print(m.DEFAULT_DIR)')" \
- && capillary-aep --version \
+RUN capillary-aep --version \
  && ! python -c 'import jsonschema' 2>/dev/null
 USER 10001:10001

@@ -20,7 +20,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "schemas"
+DEFAULT_DIR = Path(__file__).resolve().parent / "schemas"  # package data: installed with the wheel
 NAMESPACE = "com.capillary.events"
 
 

@@ -378,8 +378,14 @@ class ProcessingConfig(_Section):
         return value
 
 
+def _default_metrics_listen() -> str:
+    # Loopback on a laptop; the image sets CAPILLARY_AEP_METRICS_DEFAULT=0.0.0.0:9400 so that its
+    # EXPOSEd port answers. A default, not an override: metrics.listen in the file still wins.
+    return os.environ.get("CAPILLARY_AEP_METRICS_DEFAULT", "127.0.0.1:9400")
+
+
 class MetricsConfig(_Section):
-    listen: str = "127.0.0.1:9400"  # "" disables the metrics/health server
+    listen: str = Field(default_factory=_default_metrics_listen)  # "" disables the metrics/health server
 
 
 class LogConfig(_Section):

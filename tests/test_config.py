@@ -146,3 +146,19 @@ def test_a_bad_environment_override_names_the_variable_and_the_form(
         load_settings(write(tmp_path, GOOD))
     assert expected in str(info.value) and variable in str(info.value)
     assert "s3cr3t-value" not in str(info.value)
+
+
+def test_the_images_metrics_default_answers_on_every_interface_and_a_file_still_wins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from support import ROOT
+
+    from connector.config import MetricsConfig
+
+    assert MetricsConfig().listen == "127.0.0.1:9400"  # a laptop: loopback
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "CAPILLARY_AEP_METRICS_DEFAULT=0.0.0.0:9400" in dockerfile and "EXPOSE 9400" in dockerfile
+    monkeypatch.setenv("CAPILLARY_AEP_METRICS_DEFAULT", "0.0.0.0:9400")
+    monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", "s3cr3t-value")
+    assert load_settings(write(tmp_path, GOOD)).metrics.listen == "0.0.0.0:9400"
+    text = GOOD + '[metrics]\nlisten = "127.0.0.1:9555"\n'
+    assert load_settings(write(tmp_path, text)).metrics.listen == "127.0.0.1:9555"  # a default, not an override
