@@ -353,7 +353,8 @@ def test_check_reports_an_environment_value_that_is_not_json(tmp_path: Path, mon
     cfg.write_text(connector_toml(bootstrap="127.0.0.1:1", emulator_url="http://127.0.0.1:1", metrics_port=9400))
     monkeypatch.setenv("CAPILLARY_AEP__KAFKA__TOPICS", r'["^a\."]')  # \. is not a JSON escape
     result = CliRunner().invoke(main, ["check", "--config", str(cfg)])
-    assert result.exit_code == 2 and result.output.startswith("✗ config") and '"kafka"' in result.output
+    assert result.exit_code == 2 and result.output.startswith("✗ config")
+    assert "CAPILLARY_AEP__KAFKA__TOPICS: expected JSON" in result.output  # the variable, not only its section
 
 
 def test_every_exit_code_is_documented_in_the_readme() -> None:
