@@ -6,7 +6,7 @@ import logging
 import time
 from importlib.metadata import PackageNotFoundError, version
 
-from connector.config import Settings
+from connector.config import ConfigError, Settings
 from connector.health import loop_alive, serve_health
 from connector.logs import register_secret, register_settings_secrets, setup_logging
 from connector.metrics import METRICS
@@ -46,6 +46,10 @@ def run_connector(settings: Settings) -> int:
                 checks["token_valid"] = pipeline.tokens.valid()
             return checks
 
-        serve_health(settings.metrics.listen, METRICS.registry, loop_alive(lambda: pipeline.last_loop, max_age),
-                     readiness, detail=lambda: pipeline.stop_reason or pipeline.dlq.unusable)
+        try:
+            serve_health(settings.metrics.listen, METRICS.registry, loop_alive(lambda: pipeline.last_loop, max_age),
+                         readiness, detail=lambda: pipeline.stop_reason or pipeline.dlq.unusable)
+        except OSError as exc:  # the port is taken, or the address is not this host's
+            raise ConfigError(f"metrics.listen: cannot listen on {settings.metrics.listen}: "
+                              f"{exc.strerror or exc}") from None
     return pipeline.run()

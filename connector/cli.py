@@ -60,13 +60,23 @@ def run(config: str | None) -> None:
 
     Exit codes: 0 stopped cleanly; 2 invalid configuration; 3 Schema Registry unreachable; 4 fatal
     consumer error; 5 transform workers crash in a loop; 6 dead-letter topic unusable; 7 the sender
-    keeps failing. Every code commits what was acknowledged, and nothing else."""
+    keeps failing; 11 an unexpected error (logged with its cause). Every code commits what was
+    acknowledged, and nothing else."""
     import logging
     import os
 
     from connector.app import run_connector
+    from connector.errors import ExitCode
 
-    code = run_connector(_load(config))
+    settings = _load(config)
+    try:
+        code = run_connector(settings)
+    except ConfigError as exc:  # found at start, e.g. metrics.listen cannot be bound
+        logging.getLogger("connector").error("%s", exc)
+        code = ExitCode.CONFIG
+    except Exception:  # anything else: one log line with its cause (JSON when logs are), a documented code
+        logging.getLogger("connector").exception("unexpected error; exiting with code %d", ExitCode.INTERNAL)
+        code = ExitCode.INTERNAL
     # The pipeline has committed and closed the consumer. A sender thread may still sit in an HTTP
     # request (up to delivery.request_timeout_s) whose batch was abandoned: interpreter exit would
     # wait for it and break the shutdown bound (drain_timeout_s + 5 s), so leave now.

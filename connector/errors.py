@@ -81,3 +81,4 @@ class ExitCode(IntEnum):
     PLATFORM = 8  # provision, backfill: a Platform API call failed
     BATCH_FAILED = 9  # backfill: AEP reports a batch failed (the hand-over point is not moved)
     HANDOVER = 10  # backfill: the consumer group is active or already has other committed offsets
+    INTERNAL = 11  # an unexpected error, logged as one line (JSON with logging in JSON) with its cause

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import orjson
@@ -57,3 +58,39 @@ def test_progress_lines_while_it_works_and_totals_at_stop(broker, emulator, pref
     assert "records read" in progress and "records/s over the last" in progress
     stopped = next(line for line in text.splitlines() if "stopped: " in line)
     assert f"{len(events)} acknowledged" in stopped and "dead-lettered" in stopped
+
+
+def test_a_taken_metrics_port_is_a_config_error_and_an_unexpected_one_exit_11_in_one_json_line(
+        tmp_path: Path) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        config = tmp_path / "connector.toml"
+        config.write_text(connector_toml(bootstrap=f"127.0.0.1:{free_port()}", emulator_url="http://127.0.0.1:9",
+                                         metrics_port=port, extra='[log]\nformat = "json"\n'))
+        env = {**os.environ, "CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET}
+        log = tmp_path / "run.log"
+        proc = ManagedProcess(python_module("connector", "run", "--config", str(config)), env=env, log_path=log)
+        assert proc.wait(60) == 2
+        (line,) = [orjson.loads(x) for x in log.read_text().splitlines() if "metrics.listen" in x]
+        assert line["level"] == "ERROR" and f"cannot listen on 127.0.0.1:{port}" in line["msg"]
+    finally:
+        taken.close()
+    # An exception nobody foresaw (here: the pipeline cannot be built) is one JSON line, exit 11.
+    crash = tmp_path / "crash.py"
+    crash.write_text("import sys\nimport connector.pipeline as p\n"
+                     "class Boom(Exception): pass\n"
+                     "def broken(*a, **k):\n    raise Boom('cannot build')\n"
+                     "p.Pipeline.__init__ = broken\n"
+                     "from connector.cli import main\nsys.exit(main())\n")
+    log = tmp_path / "crash.log"
+    proc = ManagedProcess([sys.executable, str(crash), "run", "--config", str(config)], env=env, log_path=log)
+    assert proc.wait(60) == 11
+    lines = [x for x in log.read_text().splitlines() if x.strip()]
+    assert all(x.startswith("{") for x in lines), lines[:3]
+    (doc,) = [orjson.loads(x) for x in lines if "unexpected error" in x]
+    assert doc["level"] == "ERROR" and "Boom: cannot build" in doc["exc"]
