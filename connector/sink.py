@@ -3,7 +3,7 @@
 ``Sink.deliver`` runs on a sender thread and returns only when every message of the batch is
 resolved — accepted by AEP, or failed permanently (per-message 4xx, a single record over the size
 limit, a single record rejected by a whole-request 400) — or when the batch is cancelled. What
-happens on each answer (the failure matrix, also in the README):
+happens on each answer (the failure matrix, also in docs/delivery.md):
 
 ====================  =========================================================================
 answer                action
