@@ -1,19 +1,21 @@
 """The transform's fast path: one straight-line function per event type, generated at start (issue 31).
 
 The generic :class:`~connector.transform.transformer.Transformer` reads every event through shared
-helpers (``normalize``, ``IdentityMapper.identity_map``, ``copy_fields``, ``_lineage``): ~230 Python
-calls per event, most of them re-deciding what the event type and the configuration already fix.
-Here the ``EventSpec`` tables and the configuration are turned into Python source once — one
-function per event type with the envelope, the identity map, the tenant field copies and the
-lineage written in place, each converter inlined for its usual input type — and ``exec``-ed.
+helpers (``normalize``, ``IdentityMapper.identity_map``, ``copy_fields``, ``_lineage``, ``_profile``):
+~230 calls per event, most of them re-deciding what the event type and the configuration already
+fix. Here the ``EventSpec`` tables and the configuration become Python source once — per event type
+the envelope reading, the identity map, the tenant field copies (converters, ``key_values`` and record
+converters inlined for their usual input types), the record id, store, lineage, profile update and
+messages — compiled and ``exec``-ed; the builders run as rewritten by :mod:`connector.transform.inline`.
 
-The generic path stays the reference: a generated function either returns what the generic path
-would return, or declines (returns ``None``) and the record goes through the generic path. It
-declines whatever it does not handle in place — another envelope, keys with spaces or typos, a
-missing or offending identity, an identity AEP would drop, a future timestamp, an exception, a
-record the pre-flight validation refuses — before the only state it shares with the generic path
-(the program cache) is touched, or after it only through ``ProgramCache.observe``, which is
-idempotent. ``tests/test_transform_compiled.py`` holds the two to the same bytes.
+The generic path stays the reference: a generated function returns exactly what it would, or declines
+(``None``) and the record goes through the generic path. It declines a missing or offending identity,
+an identity AEP would drop, a future or unreadable ``createdAt``, a missing ``data`` object, a record
+the pre-flight validation refuses, and any exception — before touching the only state it shares with
+the generic path (the program cache), or after it only through ``ProgramCache.observe``, which is
+idempotent. A flat event with stray spaces in its top-level keys, or another envelope, is read by
+``envelope.normalize`` first (``REREAD``); repairs inside ``data`` are ``envelope._fix_data``'s.
+``tests/test_transform_compiled.py`` holds the two paths to the same bytes.
 """
 
 from __future__ import annotations
