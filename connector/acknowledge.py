@@ -54,6 +54,9 @@ class Ledger:
                                   o.bodies, o.labels, o.size), now)
                 if o.dropped:
                     self._identities_dropped(tp, m.offset(), o.dropped)
+                if o.declined:  # the records went out all the same: counted, not logged
+                    for name in o.declined:
+                        METRICS.transform_fast_declined.labels(name).inc()
             elif type(o) is Empty:
                 decoded.append((tp[0], o.format))
                 self.ack(tp, epoch, m.offset())  # nothing to send for this record (e.g. filtered)

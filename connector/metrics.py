@@ -177,7 +177,7 @@ class Metrics:
             "skip them (too_long, blocked_value, too_many)", ["reason"], registry=r)
         self.transform_fast_declined = Counter(
             p + "transform_fast_declined_total", "Records the transform's generated fast path handed to the generic "
-            "path (same output, more CPU), by Capillary event type (other: no type of ours read)", ["event"],
+            "path (same output, more CPU), by Capillary event type (other: no type of ours read)", ["event_type"],
             registry=r)
         self.message_retries = Counter(
             p + "message_retries_total", "XDM messages sent again after a per-message 5xx/429 or a failed request",

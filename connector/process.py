@@ -42,6 +42,7 @@ class Encoded(NamedTuple):
     labels: list[tuple[str, str]]  # (kind, event type) per message, for the metrics
     size: int  # bytes the bodies take in a batch request
     dropped: tuple[str, ...] = ()  # identities left out by AEP's guardrails, one reason each
+    declined: tuple[str, ...] = ()  # event types the transform's fast path handed to the generic path
 
 
 class Empty(NamedTuple):
@@ -141,6 +142,7 @@ class RecordProcessor:
         transformer = self.transformer
         transform = transformer.transform
         dropped: list[str] = []
+        declined_before = transformer.declined_total
         try:
             if len(events) == 1:
                 msgs = transform(events[0])
@@ -165,7 +167,9 @@ class RecordProcessor:
         if size > self.max_record_size:
             return Rejected(Stage.DELIVER, "RecordTooLarge", "record_too_large",
                             f"{size} bytes of XDM exceed the {self.max_record_size}-byte request limit", 413, fmt)
-        return Encoded(fmt, bodies, [(x.kind, x.event_type) for x in msgs], size, tuple(dropped))
+        declined = () if transformer.declined_total == declined_before else tuple(
+            str(ev.get("eventName") or "other") for ev in events)
+        return Encoded(fmt, bodies, [(x.kind, x.event_type) for x in msgs], size, tuple(dropped), declined)
 
 
 def _crashing(decode: Callable[[bytes | None], Any], marker: bytes, signum: int) -> Callable[[bytes | None], Any]:

@@ -595,7 +595,7 @@ def test_schema_registry_stores_and_answers_the_schema_type(emu: httpx.Client) -
     client = SchemaRegistryClient({"url": url})
     ids = {kind: client.register_schema(f"{kind.lower()}-{run}-value", Schema(text, kind)) for kind, text in [
         ("JSON", '{"type": "object", "properties": {"id": {"type": "string"}}}'),
-        ("PROTOBUF", 'syntax = "proto3"; message M%d { string id = 1; }' % run),
+        ("PROTOBUF", f'syntax = "proto3"; message M{run} {{ string id = 1; }}'),
         ("AVRO", json.dumps({"type": "record", "name": f"R{run}", "fields": []}))]}
     assert len(set(ids.values())) == 3
     fresh = SchemaRegistryClient({"url": url})  # no cache: fetched by id from the server

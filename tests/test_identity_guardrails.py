@@ -76,6 +76,9 @@ def test_the_worker_outcome_carries_the_reasons_to_the_pipeline() -> None:
                                            orjson.dumps(with_cards(["CARD-1"]))])
     assert type(out[0]) is Encoded and out[0].dropped == ("too_long",)
     assert type(out[1]) is Encoded and out[1].dropped == ()  # nothing dropped
+    # An identity AEP would drop is one of the cases the fast path hands to the generic path: the
+    # outcome says so, for capillary_aep_transform_fast_declined_total in the pipeline's process.
+    assert out[0].declined == ("customerAdded",) and out[1].declined == ()
 
 
 # -- the emulator holds records to the same guardrails (as Identity Service does after the inlet's 200) --

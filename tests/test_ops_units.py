@@ -31,7 +31,10 @@ from connector.metrics import Metrics
 
 _BOUNDED_LABELS = {"topic", "partition", "format", "kind", "event_type", "stage", "reason", "endpoint", "status",
                    "outcome", "error", "retriable",
-                   "worker"}  # worker: the index of a transform worker, below processing.workers
+                   "worker",  # worker: the index of a transform worker, below processing.workers
+                   # lane: below batch.lanes; state: idle/filling/sending/blocked; batches: in flight,
+                   # at most lanes × max_inflight_per_lane
+                   "lane", "state", "batches"}
 
 
 def _families(metrics: Metrics) -> dict[str, str]:

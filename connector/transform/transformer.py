@@ -93,6 +93,7 @@ class Transformer:
             self._fast, self._fast_events = build(self._fast_parts(), self._routes, self._identity.hashes_pii,
                                                   self._stamp_path, self._validator)
         self.declines: Counter[str] = Counter()  # records the fast path handed back, by event name ("other")
+        self.declined_total = 0  # the same, summed: a caller sees a decline by comparing before and after
 
     def _routes(self, name: str) -> tuple[_Route, _Route | None]:
         profile = self._profile_routes.get(name, self._profile_route) if self._profile_route is not None else None
@@ -142,6 +143,7 @@ class Transformer:
                     return messages
                 if messages is None:
                     self.declines[name] += 1
+                    self.declined_total += 1
                     return self._generic(raw)
         if self._fast_events:  # any other envelope (or a flat one the function asked to re-read)
             messages = self._try_fast(raw)
@@ -175,6 +177,7 @@ class Transformer:
             messages = None
         if messages is None:
             self.declines[name or "other"] += 1
+            self.declined_total += 1
         return messages
 
     def _transform(self, raw: Mapping[str, Any]) -> list[XdmMessage]:
