@@ -18,7 +18,7 @@ from connector.dev.procs import (
 )
 
 __all__ = ["ROOT", "FakeMessage", "FakeSource", "ManagedProcess", "broker_binary", "free_port",
-           "port_open", "python_module", "start_broker", "wait_until"]
+           "port_open", "python_module", "start_broker", "wait_until", "zigzag"]
 
 
 class FakeMessage:
@@ -102,3 +102,14 @@ class FakeSource:
 
     def close(self) -> None:
         self.closed = True
+
+
+def zigzag(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from fastavro import parse_schema, schemaless_writer
+from support import zigzag
 
 from connector.decode import Decoder
 from connector.errors import DecodeError
@@ -68,16 +69,6 @@ class _Schemas:
         return {"type": "record", "name": name, "fields": fields}
 
 
-def _zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        if not n:
-            return bytes(out + bytes([b]))
-        out.append(b | 0x80)
-
-
 def _value(rng: random.Random, node: Any, named: dict[str, Any], depth: int = 0) -> Any:
     """A random valid value (small) of a parsed schema node; RecursionError past a few levels (a
     record that holds itself in every branch has no finite value)."""
@@ -107,7 +98,7 @@ def _value(rng: random.Random, node: Any, named: dict[str, Any], depth: int = 0)
 
 
 def _bodies(rng: random.Random, schema: dict[str, Any]) -> list[bytes]:
-    out = [rng.randbytes(rng.randint(0, 64)), _zigzag(rng.choice([2**20, 5 * 10**7, 2**40, -(2**40)])) + b"\x00" * 8]
+    out = [rng.randbytes(rng.randint(0, 64)), zigzag(rng.choice([2**20, 5 * 10**7, 2**40, -(2**40)])) + b"\x00" * 8]
     try:
         parsed = parse_schema(schema)
         value = _value(rng, parsed, parsed.get("__named_schemas", {}))
@@ -126,9 +117,9 @@ def _bodies(rng: random.Random, schema: dict[str, Any]) -> list[bytes]:
     out.append(bytes(damaged))
     # A huge count at a random place: where an array or map is, it claims millions of items.
     at = rng.randrange(len(valid) + 1)
-    out.append(valid[:at] + _zigzag(rng.choice([90_000, 10**6, 5 * 10**7])) + valid[at:])
+    out.append(valid[:at] + zigzag(rng.choice([90_000, 10**6, 5 * 10**7])) + valid[at:])
     if "bomb" in value:  # the empty array first becomes a block of that many items, then the end
-        out.append(_zigzag(rng.choice([1_000, 70_000, 95_000, 5 * 10**7])) + valid)
+        out.append(zigzag(rng.choice([1_000, 70_000, 95_000, 5 * 10**7])) + valid)
     return out
 
 

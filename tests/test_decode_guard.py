@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from support import zigzag
 
 from connector.avro_guard import SCAN_ABOVE, ForeignSchema, Limits, scan, shape
 from connector.avro_schemas import LocalSchemas
@@ -20,17 +21,6 @@ from connector.decode import Decoder
 from connector.dev.produce import SampleEncoder
 from connector.dev.samples import generate_events
 from connector.errors import DecodeError
-
-
-def zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        if not n:
-            out.append(b)
-            return bytes(out)
-        out.append(b | 0x80)
 
 
 def record(name: str, *fields: tuple[str, Any]) -> dict[str, Any]:

@@ -64,12 +64,17 @@ def test_cli_reads_stdin() -> None:
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _transform(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> Any:
+def _offline(*args: str, stdin: bytes | None = None) -> Any:
+    """``capillary-aep ARGS`` with no CAPILLARY_AEP__ variable at all: no secret anywhere."""
     import os
 
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_AEP__")}  # no secret at all
-    return subprocess.run(python_module("connector", "transform", *args), input=stdin, capture_output=True,
-                          timeout=60, env={**base, **(env or {})}, cwd=EXAMPLES.parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPILLARY_AEP__")}
+    return subprocess.run(python_module("connector", *args), input=stdin, capture_output=True, timeout=60, env=env,
+                          cwd=EXAMPLES.parent)
+
+
+def _transform(*args: str, stdin: bytes | None = None) -> Any:
+    return _offline("transform", *args, stdin=stdin)
 
 
 def test_the_examples_transform_pretty_printed_or_as_json_lines() -> None:
@@ -102,9 +107,7 @@ def test_transform_and_xdm_export_read_a_config_without_any_secret(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     envelope = orjson.loads(proc.stdout.splitlines()[0])
     assert envelope["header"]["imsOrgId"] == "MYORG@AdobeOrg" and "_acme" in envelope["body"]["xdmEntity"]
-    export = subprocess.run(python_module("connector", "xdm", "export", str(tmp_path / "out"), "-c", str(config)),
-                            capture_output=True, timeout=60, env={k: v for k, v in __import__("os").environ.items()
-                                                                  if not k.startswith("CAPILLARY_AEP__")})
+    export = _offline("xdm", "export", str(tmp_path / "out"), "-c", str(config))
     assert export.returncode == 0, export.stderr
     assert "_acme" in (tmp_path / "out" / "fieldgroup-event.json").read_text()
 

@@ -23,6 +23,7 @@ from harness import (
     read_topic,
     start_connector,
 )
+from support import zigzag
 
 from connector.dev.produce import ensure_topics, produce_events
 from connector.dev.samples import generate_events
@@ -106,16 +107,6 @@ def test_poison_zoo(broker, tmp_path: Path, prefix) -> None:
         em.proc.stop()
 
 
-def _zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        if not n:
-            return bytes(out + bytes([b]))
-        out.append(b | 0x80)
-
-
 def _hostile(registry_url: str) -> dict[bytes, tuple[bytes, str]]:
     """Issue 29's kinds, with the schemas they name registered beside the Capillary ones (as in a
     shared registry): key → (value, dead-letter reason at stage decode)."""
@@ -138,7 +129,7 @@ def _hostile(registry_url: str) -> dict[bytes, tuple[bytes, str]]:
         b"protobuf": (proto_id + b"\x00\x0a\x01x", "not_avro_schema"),
         b"unparsable": (refs_id + b"\x02", "invalid_schema"),
         b"deep": (sid("node-value", orjson.dumps(node).decode()) + b"\x02" * 100_000 + b"\x00", "recursive_schema"),
-        b"null-bomb": (sid("nulls-value", orjson.dumps(nulls).decode()) + _zigzag(50_000_000) + b"\x00",
+        b"null-bomb": (sid("nulls-value", orjson.dumps(nulls).decode()) + zigzag(50_000_000) + b"\x00",
                        "too_many_items"),
     }
 
