@@ -27,7 +27,7 @@ import httpx
 
 from connector.auth import TokenProvider
 from connector.config import AepConfig
-from connector.egress import aep_client
+from connector.egress import aep_client, describe_http_error
 from connector.errors import AuthFailure, TransientError
 from connector.provision.platform import PlatformError, _detail
 
@@ -74,7 +74,7 @@ class BatchClient:
                     resp = self._http.request(method, self._base + path, json=json, content=content, headers=h,
                                               params=params)
                 except httpx.HTTPError as exc:
-                    problem = type(exc).__name__
+                    problem = describe_http_error(exc)
                 else:
                     if resp.status_code < 400:
                         if content:
