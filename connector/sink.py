@@ -48,6 +48,7 @@ from connector.batch import WRAPPER_BYTES, PendingRecord, encode_body
 from connector.coalesce import coalesce, identity_hint
 from connector.concurrency import AdaptiveLimit
 from connector.config import AepConfig, DeliveryConfig
+from connector.egress import describe_http_error
 from connector.errors import AuthFailure, TransientError
 from connector.governor import Governor
 from connector.logs import RateLimitedLog
@@ -280,7 +281,7 @@ class Sink:
                 resp = self._client.post(self._url, content=body, headers=headers)
             except httpx.HTTPError as exc:
                 METRICS.http_requests.labels("dcs", "error").inc()
-                return _Answer("transient", message=type(exc).__name__)
+                return _Answer("transient", message=describe_http_error(exc))
             finally:
                 self.limit.release()
                 METRICS.http_request_seconds.labels("dcs").observe(time.perf_counter() - start)
