@@ -61,10 +61,7 @@ def dataset(found: dict[str, Any], schema_id: str, tags: dict[str, list[str]]) -
 
 
 def connection(found: dict[str, Any], authenticated: bool) -> list[str]:
-    out = []
-    spec = _get(found, "connectionSpec", "id")
-    if spec != art.HTTP_API_CONNECTION_SPEC:
-        out.append(f"connection spec is {spec!r}, expected the HTTP API's {art.HTTP_API_CONNECTION_SPEC}")
+    out = _spec(found, "connectionSpec", "connection spec", art.HTTP_API_CONNECTION_SPEC, "the HTTP API's ")
     params = _get(found, "auth", "params") or {}
     if params.get("dataType", "xdm") != "xdm":
         out.append(f"dataType is {params.get('dataType')!r}, expected 'xdm'")
@@ -80,17 +77,12 @@ def source_connection(found: dict[str, Any], base_id: str) -> list[str]:
     out = []
     if found.get("baseConnectionId") != base_id:
         out.append(f"baseConnectionId is {found.get('baseConnectionId')!r}, expected {base_id!r}")
-    spec = _get(found, "connectionSpec", "id")
-    if spec != art.HTTP_API_CONNECTION_SPEC:
-        out.append(f"connection spec is {spec!r}, expected {art.HTTP_API_CONNECTION_SPEC}")
+    out += _spec(found, "connectionSpec", "connection spec", art.HTTP_API_CONNECTION_SPEC)
     return out + _state(found)
 
 
 def target_connection(found: dict[str, Any], schema_id: str, dataset_id: str) -> list[str]:
-    out = []
-    spec = _get(found, "connectionSpec", "id")
-    if spec != art.DATA_LAKE_CONNECTION_SPEC:
-        out.append(f"connection spec is {spec!r}, expected the data lake's {art.DATA_LAKE_CONNECTION_SPEC}")
+    out = _spec(found, "connectionSpec", "connection spec", art.DATA_LAKE_CONNECTION_SPEC, "the data lake's ")
     if _get(found, "params", "dataSetId") != dataset_id:
         out.append(f"dataSetId is {_get(found, 'params', 'dataSetId')!r}, expected {dataset_id!r}")
     if _get(found, "data", "schema", "id") != schema_id:
@@ -99,15 +91,18 @@ def target_connection(found: dict[str, Any], schema_id: str, dataset_id: str) ->
 
 
 def flow(found: dict[str, Any], source_id: str, target_id: str) -> list[str]:
-    out = []
-    spec = _get(found, "flowSpec", "id")
-    if spec != art.HTTP_API_FLOW_SPEC:
-        out.append(f"flow spec is {spec!r}, expected {art.HTTP_API_FLOW_SPEC}")
+    out = _spec(found, "flowSpec", "flow spec", art.HTTP_API_FLOW_SPEC)
     out += _refs("sourceConnectionIds", found.get("sourceConnectionIds"), source_id)
     out += _refs("targetConnectionIds", found.get("targetConnectionIds"), target_id)
     if found.get("state") != "enabled":  # a flow always has one; only an enabled flow moves data
         out.append(f"state is {found.get('state')!r}, expected 'enabled'")
     return out
+
+
+def _spec(found: dict[str, Any], key: str, what: str, expected: str, label: str = "") -> list[str]:
+    """``found[key].id`` against the spec id AEP documents for this object."""
+    spec = _get(found, key, "id")
+    return [] if spec == expected else [f"{what} is {spec!r}, expected {label}{expected}"]
 
 
 def _refs(key: str, values: Any, expected: str) -> Iterable[str]:

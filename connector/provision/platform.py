@@ -121,19 +121,24 @@ class Platform:
 
     # -- Schema Registry -----------------------------------------------------------------------
 
-    def _find_xdm(self, kind: str, title: str) -> dict[str, Any] | None:
-        what = f"list {kind}"
-        for page in self._linked_pages(what, f"{SCHEMA_REGISTRY}/tenant/{kind}", {"property": f"title=={title}"},
-                                       XED_ID):
-            results = page.get("results", [])
-            if not isinstance(results, list):
-                raise UnexpectedAnswer(what, "results is not a list")
-            for item in results:
-                if isinstance(item, dict) and item.get("title") == title:
-                    if not isinstance(item.get("$id"), str):
-                        raise UnexpectedAnswer(what, f"{title!r} has no $id")
+    def _find_listed(self, what: str, path: str, accept: str, items_key: str, name_key: str, id_key: str,
+                     name: str) -> dict[str, Any] | None:
+        """The object named ``name`` in a paged list (filtered by the API where it can be), or None.
+        Schema Registry and Flow Service page and shape their lists alike, under other keys."""
+        for page in self._linked_pages(what, path, {"property": f"{name_key}=={name}"}, accept):
+            items = page.get(items_key, [])
+            if not isinstance(items, list):
+                raise UnexpectedAnswer(what, f"{items_key} is not a list")
+            for item in items:
+                if isinstance(item, dict) and item.get(name_key) == name:
+                    if not isinstance(item.get(id_key), str):
+                        raise UnexpectedAnswer(what, f"{name!r} has no {id_key}")
                     return item
         return None
+
+    def _find_xdm(self, kind: str, title: str) -> dict[str, Any] | None:
+        return self._find_listed(f"list {kind}", f"{SCHEMA_REGISTRY}/tenant/{kind}", XED_ID, "results", "title", "$id",
+                                 title)
 
     def find_field_group(self, title: str) -> dict[str, Any] | None:
         return self._find_xdm("fieldgroups", title)
@@ -198,18 +203,8 @@ class Platform:
     # -- Flow Service --------------------------------------------------------------------------
 
     def _find_flow_object(self, kind: str, name: str) -> dict[str, Any] | None:
-        what = f"list {kind}"
-        for page in self._linked_pages(what, f"{FLOW_SERVICE}/{kind}", {"property": f"name=={name}"},
-                                       "application/json"):
-            items = page.get("items", [])
-            if not isinstance(items, list):
-                raise UnexpectedAnswer(what, "items is not a list")
-            for item in items:
-                if isinstance(item, dict) and item.get("name") == name:
-                    if not isinstance(item.get("id"), str):
-                        raise UnexpectedAnswer(what, f"{name!r} has no id")
-                    return item
-        return None
+        return self._find_listed(f"list {kind}", f"{FLOW_SERVICE}/{kind}", "application/json", "items", "name", "id",
+                                 name)
 
     def _get_flow_object(self, kind: str, object_id: str) -> dict[str, Any]:
         what = f"read {kind} {object_id}"
