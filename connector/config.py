@@ -475,12 +475,17 @@ class ProvisionXdm(BaseModel):
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
 
 
+# The commands that read only part of the connector's file (provision, xdm export, transform): the
+# other tables are the connector's, not typos, so they are ignored (provision checks its own).
+_PARTIAL = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", frozen=True,
+                              case_sensitive=False)
+
+
 class ProvisionSettings(FileSettings):
     """``capillary-aep provision`` reads the connector's own configuration file, before its inlet
     and routes exist: only ``[aep]`` access and ``[xdm]`` names; other tables are ignored."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
-                                      frozen=True, case_sensitive=False)
+    model_config = _PARTIAL
     aep: PlatformAccess
     xdm: ProvisionXdm = Field(default_factory=ProvisionXdm)
 
@@ -498,8 +503,7 @@ class ExportSettings(FileSettings):
     """``xdm export`` reads only the ``[xdm]`` names (tenant, identity namespaces): no routes yet,
     no credentials."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
-                                      frozen=True, case_sensitive=False)
+    model_config = _PARTIAL
     xdm: ProvisionXdm = Field(default_factory=ProvisionXdm)
 
 
@@ -515,8 +519,7 @@ class OfflineSettings(FileSettings):
     """The connector's configuration as ``transform`` reads it: the mapping, the decoding and the
     routes, never a secret (it works offline, where the IMS secret is not set)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
-                                      frozen=True, case_sensitive=False)
+    model_config = _PARTIAL
     aep: OfflineAep = Field(default_factory=OfflineAep)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     xdm: XdmConfig
