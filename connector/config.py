@@ -363,18 +363,20 @@ class DeliveryConfig(_Section):
 
 
 class ProcessingConfig(_Section):
-    # Processes that decode, transform and encode (the CPU-bound stages): "auto" = one per CPU
-    # available (0 on a single CPU); 0 = on the consumer thread. See connector/workers.py.
-    workers: int | Literal["auto"] = "auto"
-    # MB a worker process may map beyond what it maps when ready (RLIMIT_AS): a record that needs
-    # more fails with MemoryError and is dead-lettered, instead of the pod being killed. 0: no limit.
-    worker_memory_limit_mb: int = Field(256, ge=0)
+    # Pipeline processes per replica, each a whole pipeline and consumer-group member
+    # (connector/runtime/supervisor.py): "auto" = one per CPU this process may use (the cgroup's
+    # quota counts), at most 8. Partitions should be at least processes × replicas.
+    processes: int | Literal["auto"] = "auto"
+    # No longer used (there are no transform workers): accepted with a warning so that an old file
+    # still starts. Remove them from your configuration.
+    workers: int | Literal["auto"] | None = None
+    worker_memory_limit_mb: int | None = None
 
-    @field_validator("workers")
+    @field_validator("processes")
     @classmethod
-    def _check_workers(cls, value: int | str) -> int | str:
-        if value != "auto" and not 0 <= int(value) <= 32:
-            raise ValueError("must be \"auto\" or an integer from 0 to 32")
+    def _check_processes(cls, value: int | str) -> int | str:
+        if value != "auto" and not 1 <= int(value) <= 32:
+            raise ValueError("must be \"auto\" or an integer from 1 to 32")
         return value
 
 

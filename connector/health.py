@@ -28,7 +28,7 @@ Check = Callable[[], dict[str, bool]]
 
 def serve_health(
     listen: str, registry: CollectorRegistry, liveness: Check, readiness: Check,
-    detail: Callable[[], str] | None = None,
+    detail: Callable[[], str] | None = None, *, start: bool = True,
 ) -> ThreadingHTTPServer:
     """``detail`` says in words why the process is not ready (e.g. why it is stopping), or ""."""
     host, _, port = listen.rpartition(":")
@@ -61,14 +61,22 @@ def serve_health(
 
     server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
     server.daemon_threads = True
+    if start:
+        start_serving(server)
+    return server
+
+
+def start_serving(server: ThreadingHTTPServer) -> None:
+    """Serve a bound server on a thread of its own (bind first, then fork, then serve: the children
+    must not inherit a serving thread)."""
 
     def serve() -> None:
         name_os_thread()
         server.serve_forever()
 
     threading.Thread(target=serve, name="health", daemon=True).start()
-    log.info("metrics and health on http://%s:%s/metrics", host or "0.0.0.0", server.server_address[1])
-    return server
+    host, port = server.server_address[:2]
+    log.info("metrics and health on http://%s:%s/metrics", host, port)
 
 
 def loop_alive(last_loop: Callable[[], float], max_age_s: float) -> Check:

@@ -81,6 +81,15 @@ def _redacted(value: Any) -> Any:
     return value
 
 
+# Fields every line of this process carries (a pipeline process's index: set_context).
+_CONTEXT: dict[str, Any] = {}
+
+
+def set_context(**fields: Any) -> None:
+    """Stamp every later log line of this process with ``fields`` (JSON keys; ``k=v`` in text)."""
+    _CONTEXT.update(fields)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -88,6 +97,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "msg": redact(record.getMessage()),
+            **_CONTEXT,
         }
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and not key.startswith("_"):
@@ -106,7 +116,11 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        line = super().format(record)
+        if _CONTEXT:  # after the level and logger: "… INFO    connector.pipeline [pipeline=1]: …"
+            head, sep, rest = line.partition(": ")
+            line = f"{head} [{' '.join(f'{k}={v}' for k, v in _CONTEXT.items())}]{sep}{rest}"
+        return redact(line)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:

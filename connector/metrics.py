@@ -214,19 +214,12 @@ class Metrics:
         )
         self.auth_failed = Gauge(p + "auth_failed", "1 while AEP/IMS reject the credentials", registry=r)
         self.up = Gauge(p + "up", "1 while the pipeline loop runs", registry=r)
-        self.transform_workers = Gauge(
-            p + "transform_workers", "Worker processes decoding and transforming (0: the consumer thread)", registry=r)
-        self.worker_restarts = Counter(
-            p + "worker_restarts_total", "Transform worker processes that died and were restarted", registry=r)
         self.records_crashed = Counter(
-            p + "records_crashed_total", "Records that killed the processes processing them, isolated and "
-            "dead-lettered (stage process, reason crashed_processing)", registry=r)
-        self.worker_busy = Counter(
-            p + "worker_busy_seconds_total", "Wall time each transform worker spent on chunks (its rate is the "
-            "worker's busy fraction; the rest it waited for input)", ["worker"], registry=r)
+            p + "records_crashed_total", "Records that killed two pipeline processes, dead-lettered instead of "
+            "processed a third time (stage process, reason crashed_processing)", registry=r)
         self.input_wait = Counter(
-            p + "input_wait_seconds_total", "Wall time the consumer loop found nothing fetched while it could have "
-            "taken records (its rate near 1 with idle workers: input is what limits the rate)", registry=r)
+            p + "input_wait_seconds_total", "Wall time the pipeline loop found nothing fetched while it could have "
+            "taken records (its rate near 1: input is what limits the rate)", registry=r)
         self.input_held = Counter(
             p + "input_held_seconds_total", "Wall time the consumer loop read nothing because its buffers were full "
             "(delivery.max_buffered_*): delivery is what limits the rate", registry=r)
@@ -241,9 +234,6 @@ class Metrics:
         self.lane_records = Counter(p + "lane_records_total", "Records sent per request lane", ["lane"], registry=r)
         self.lane_queued = Gauge(p + "lane_queued_records", "Records waiting in each request lane (not in flight)",
                                  ["lane"], registry=r)
-        self.partition_moves = Counter(
-            p + "partition_moves_total", "Partitions moved between transform workers to even out their load",
-            registry=r)
 
     def forget_partitions(self, tps: Iterable[tuple[str, int]]) -> None:
         """Drop the per-partition series of partitions this member no longer owns: their new owner

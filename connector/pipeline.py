@@ -4,7 +4,7 @@ It composes the stages and owns what joins them (docs/architecture.md traces one
 
 * the **source** (connector.source): the Kafka consumer, on this thread, as librdkafka requires for
   store, pause, resume and the rebalance callbacks;
-* **processing** (connector.processing): decode → transform → encode, inline or in worker processes;
+* **processing** (connector.processing): decode → transform → encode, on the same thread;
 * the **batcher** (connector.batch) and **delivery** (connector.delivery): per-lane batches, sent by
   sender threads through the sink;
 * the **offset tracker** (connector.offsets) and the **dead-letter writer** (connector.dlq).
@@ -37,19 +37,19 @@ from connector.config import Settings
 from connector.delivery import Delivery
 from connector.dlq import DeadLetterWriter
 from connector.egress import aep_client
-from connector.errors import ExitCode, RegistryUnavailable, WorkerCrashed
+from connector.errors import ExitCode, RegistryUnavailable
 from connector.governor import Governor
 from connector.heap import tune_malloc
 from connector.housekeeping import AuthProbe, Housekeeping
 from connector.metrics import METRICS
 from connector.offsets import OffsetTracker
 from connector.process import ProcessorSpec
-from connector.processing import Entry, make_processing
+from connector.processing import Entry, Processing
 from connector.progress import ProgressLog
 from connector.registry import RegistryLookup
+from connector.runtime.crash_marker import CrashMarker, Key
 from connector.sink import Sink
 from connector.source import Source, producer_config
-from connector.workers import resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +61,21 @@ _CLOSE_TIMEOUT_S = 5.0  # consumer close (leave the group, final commit): part o
 HOLD_POLL_INTERVAL_S = 0.5
 PAUSE_FACTOR = 1.5
 # What stops the pipeline on its own, by the exception that says so.
-_FATAL_CODES: dict[type[Exception], ExitCode] = {RegistryUnavailable: ExitCode.REGISTRY, WorkerCrashed: ExitCode.WORKERS}
+_FATAL_CODES: dict[type[Exception], ExitCode] = {RegistryUnavailable: ExitCode.REGISTRY}
 _FATAL = tuple(_FATAL_CODES)
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, *, source_factory: Any = Source) -> None:
+    def __init__(self, settings: Settings, *, source_factory: Any = Source, marker: CrashMarker | None = None,
+                 suspects: dict[Key, tuple[int, str]] | None = None) -> None:
         tune_malloc()
         self.settings = s = settings
         self.tracker = OffsetTracker()
         self.batcher = Batcher(s.batch.lanes, s.batch.max_records, s.batch.max_bytes, s.batch.linger_ms / 1000)
         self.spec = ProcessorSpec.from_settings(s)
-        self.workers = resolve_workers(s.processing.workers)
-        # Writer schemas are fetched here, on the consumer's side, in both modes (workers do no I/O).
         self.registry_lookup = RegistryLookup.from_config(s.decode) if s.decode.schema_registry_url else None
         self.ledger = Ledger(self.tracker, self.batcher, DeadLetterWriter(s.kafka.dlq_topic, producer_config(s.kafka)))
-        self.processing = make_processing(self.workers, self.spec, self.registry_lookup, self.ledger.integrate)
+        self.processing = Processing(self.spec, self.registry_lookup, self.ledger.integrate, marker, suspects)
         self.client = aep_client(
             s.aep.http,
             timeout=httpx.Timeout(s.delivery.request_timeout_s, connect=s.delivery.connect_timeout_s),
@@ -91,7 +90,7 @@ class Pipeline:
         self.delivery = Delivery(self.batcher, self.sink, self.tracker, delivered=self.ledger.delivered,
                                  rejected=self.ledger.rejected, sender_failing=lambda why: self._stop(ExitCode.SENDER, why),
                                  per_lane=s.batch.max_inflight_per_lane)
-        self.housekeeping = Housekeeping(self.tracker, s.delivery, lambda: self.processing.pids,
+        self.housekeeping = Housekeeping(self.tracker, s.delivery, lambda: [],
                                          s.log.progress_interval_s)
         self.auth_probe = AuthProbe(self.tokens, self.sink, time.monotonic)
         self._source_factory = source_factory
@@ -137,8 +136,6 @@ class Pipeline:
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
         self.source = self._source_factory(self.settings.kafka, self._on_assign, self._on_revoke, self._on_lost)
         METRICS.up.set(1)
-        METRICS.transform_workers.set(self.workers)
-        self.processing.start()
         self.auth_probe(idle=True, force=True)
         # Everything built so far (modules, compiled validator, schemas, clients) lives as long as the
         # process: keep it out of the cyclic GC's full collections, which otherwise walk it all
@@ -156,29 +153,22 @@ class Pipeline:
         return self.exit_code
 
     def run_once(self) -> None:
-        processing = self.processing
-        if processing.full():
-            # The workers are the bottleneck: wait for them, not for Kafka.
-            self._step([], 0.015, draining=False)
-            return
         now = time.monotonic()
         if self._over(1) and now - self._last_consume < HOLD_POLL_INTERVAL_S:
             # Buffers full: read nothing this turn. What librdkafka prefetched stays in its queue
             # (bounded by queued.max.messages.kbytes, and it stops fetching when that is full),
             # where a pause would throw it away to fetch it again on resume.
-            self._step([], 0.005, draining=False)
-            if not processing.outstanding:
-                self.delivery.wait(0.005)  # else the loop would spin, taking the GIL from the senders
+            self._step([], draining=False)
+            self.delivery.wait(0.005)  # else the loop would spin, taking the GIL from the senders
             METRICS.input_held.inc(time.monotonic() - now)
             return
-        # With chunks at the workers, do not sit in the consumer's wait while answers are due.
         self._last_consume = now
         paused = self.paused
-        msgs = self.source.consume(0.0 if processing.outstanding else None)
-        self._step(msgs, 0.0 if msgs else 0.005, draining=False)
+        msgs = self.source.consume(None)
+        self._step(msgs, draining=False)
         if not msgs and not paused:
             # Nothing fetched while the pipeline had room: time it waited for input (bench/run.py
-            # reads this to name the stage that idle workers wait on).
+            # reads this to tell an input-bound pipeline from a CPU-bound one).
             METRICS.input_wait.inc(time.monotonic() - now)
 
     def _over(self, factor: float) -> bool:
@@ -187,16 +177,13 @@ class Pipeline:
         return (self.tracker.pending >= d.max_buffered_records * factor
                 or self.batcher.queued_bytes() >= d.max_buffered_bytes * factor)
 
-    def _step(self, msgs: list[Any], wait_s: float, *, draining: bool) -> None:
-        """One turn of the loop, running or draining: take in what was consumed, hand over what the
-        workers answered, complete and start requests, store what is acknowledged."""
+    def _step(self, msgs: list[Any], *, draining: bool) -> None:
+        """One turn of the loop, running or draining: process what was consumed, complete and start
+        requests, store what is acknowledged."""
         now = time.monotonic()
         self.last_loop = now
         if msgs:
             self._ingest(msgs)
-        self.processing.poll(wait_s)
-        if not draining:
-            self.processing.rebalance(now)
         self.delivery.collect()
         self.delivery.dispatch(now, flush=draining)
         self.dlq.poll(0)
@@ -309,7 +296,6 @@ class Pipeline:
         if not tps:
             return
         self.batcher.drop_partitions(tps)
-        self.processing.drop(tps)
         deadline = time.monotonic() + self.settings.delivery.revoke_timeout_s
         self.delivery.finish(tps, deadline, self._between)
         while self.dlq.outstanding and time.monotonic() < deadline:
@@ -331,7 +317,6 @@ class Pipeline:
     def _on_lost(self, parts: list[Any]) -> None:
         tps = {(p.topic, p.partition) for p in parts}
         self.batcher.drop_partitions(tps)
-        self.processing.drop(tps)
         self.delivery.cancel(tps)
         for tp in tps:
             self.tracker.revoke(tp)
@@ -356,9 +341,9 @@ class Pipeline:
             self.paused = True
             while (self.tracker.pending or self.dlq.outstanding) and time.monotonic() < deadline \
                     and self.exit_code == ExitCode.OK and not self.sink.auth_failed:
-                msgs = self.source.poll_callbacks(0.0 if self.processing.outstanding else 0.02)
+                msgs = self.source.poll_callbacks(0.02)
                 try:
-                    self._step(msgs, 0.02, draining=True)
+                    self._step(msgs, draining=True)
                 except _FATAL as exc:
                     self._fatal(exc)
             self.delivery.cancel(None)
@@ -371,6 +356,5 @@ class Pipeline:
             closer.start()
             closer.join(_CLOSE_TIMEOUT_S)
         self.delivery.close()
-        self.processing.close()
         self.client.close()
         log.info("stopped: %s", ProgressLog.totals())

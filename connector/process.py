@@ -77,14 +77,13 @@ class ProcessorSpec:
     log_level: str = "INFO"
     log_format: str = "auto"
     crash_on: tuple[bytes, int] | None = None  # tests only: (marker, signal or 0), see CRASH_ON_ENV
-    memory_limit_mb: int = 0  # a worker process's address-space allowance (processing.worker_memory_limit_mb)
 
     @classmethod
     def from_settings(cls, s: Settings | OfflineSettings) -> ProcessorSpec:
         marker = os.environb.get(CRASH_ON_ENV.encode())
         crash_on = (marker, int(os.environ.get(CRASH_SIGNAL_ENV) or 0)) if marker else None
         return cls(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size, s.log.level,
-                   s.log.format, crash_on, s.processing.worker_memory_limit_mb)
+                   s.log.format, crash_on)
 
 
 class RecordProcessor:
@@ -107,15 +106,18 @@ class RecordProcessor:
         if cfg.crash_on:
             self.decoder.decode = _crashing(self.decoder.decode, *cfg.crash_on)  # type: ignore[method-assign,assignment]
 
-    def run(self, values: Iterable[bytes | None]) -> list[Outcome]:
+    def run(self, values: Iterable[bytes | None], mark: Any = None) -> list[Outcome]:
         """One outcome per value. Whatever one record raises costs that record only (a dead letter
         naming the stage and the exception type), never the process; a :class:`TransientError`
-        (the registry unreachable) is raised: nothing may be decided."""
+        (the registry unreachable) is raised: nothing may be decided. ``mark[0]`` (shared memory,
+        connector.runtime.crash_marker) is set to each record's index before it is processed."""
         decode = self.decoder.decode
         format_of = self._format_of
         out: list[Outcome] = []
         append = out.append
-        for value in values:
+        for i, value in enumerate(values):
+            if mark is not None:
+                mark[0] = i
             fmt: str | None = None
             try:
                 events = decode(value)

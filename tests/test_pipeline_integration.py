@@ -178,7 +178,9 @@ def test_token_is_fetched_once_and_refreshed_when_the_inlet_rejects_it(
     first = generate_events(30, seed=16)
     produce_events(broker, first, "json", topic_prefix=prefix)
     group = new_group()
-    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group)
+    # One pipeline process: each process holds its own token (N processes, N tokens).
+    c = start_connector(tmp_path, bootstrap=broker, emulator_url=emulator.url, prefix=prefix, group=group,
+                        extra="[processing]\nprocesses = 1\n")
     c.wait_acknowledged(len(first))
     assert emulator.stats()["token_requests"] == 1
 

@@ -1,0 +1,60 @@
+"""Which record a pipeline process was on when it died, so that a record that kills processes costs
+one dead letter, not a crash loop (issue 29's isolation, for one-process pipelines).
+
+The supervisor maps a small shared page per child before it forks it. Before processing a batch,
+the child writes the batch's ``(topic, partition, offset)`` keys there; before each record, that
+record's index (one store into shared memory). When the child dies by a signal or an unexpected
+exit, the supervisor reads the index back: that record becomes a *suspect*. The children forked
+after that know the suspects; a suspect that already killed ``STRIKES`` processes is dead-lettered
+as ``crashed_processing`` instead of processed. A kill that merely happened while a record was
+being processed (an operator's ``kill -9``, an OOM kill caused by something else) strikes an
+innocent record once, and it is processed again: only a record that kills twice is given up.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from collections.abc import Sequence
+
+import orjson
+
+STRIKES = 2  # deaths while processing this record before it is dead-lettered
+_SIZE = 1 << 20  # a batch's keys fit (~40 bytes each): a batch that does not is processed in halves
+_HEADER = struct.Struct("<qI")  # index of the record being processed (-1: none), length of the keys
+_KEYS_AT = 16
+
+Key = tuple[str, int, int]  # topic, partition, offset
+
+
+class CrashMarker:
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, _SIZE)  # anonymous and shared: the forked child writes, we read
+        self.slot = memoryview(self._map)[:8].cast("q")  # the record index, written per record
+        self.slot[0] = -1
+
+    def begin(self, keys: Sequence[Key]) -> bool:
+        """Name the batch about to be processed; False if its keys do not fit (process it in parts)."""
+        blob = orjson.dumps(keys)
+        if _KEYS_AT + len(blob) > _SIZE:
+            return False
+        self._map[_KEYS_AT:_KEYS_AT + len(blob)] = blob
+        _HEADER.pack_into(self._map, 0, -1, len(blob))
+        return True
+
+    def end(self) -> None:
+        self.slot[0] = -1
+
+    def culprit(self) -> Key | None:
+        """The record being processed when the writer died, if it was processing one."""
+        index, length = _HEADER.unpack_from(self._map, 0)
+        if index < 0 or not length:
+            return None
+        keys = orjson.loads(self._map[_KEYS_AT:_KEYS_AT + length])
+        if index >= len(keys):
+            return None
+        topic, partition, offset = keys[index]
+        return topic, partition, offset
+
+    def reset(self) -> None:
+        _HEADER.pack_into(self._map, 0, -1, 0)
