@@ -17,7 +17,7 @@ from connector.logs import register_secret, register_settings_secrets, set_conte
 from connector.metrics import METRICS
 from connector.pipeline import Pipeline
 from connector.runtime.cpus import resolve_processes
-from connector.runtime.crash_marker import CrashMarker, Key
+from connector.runtime.crash_marker import CrashMarker, SuspectBoard
 from connector.runtime.link import MergedMetrics, Status, serve_status
 from connector.runtime.supervisor import Supervisor
 
@@ -74,7 +74,7 @@ def for_pipeline(settings: Settings, index: int, processes: int) -> Settings:
 
 
 def _pipeline_body(settings: Settings, processes: int) -> Any:
-    def body(index: int, marker: CrashMarker, suspects: dict[Key, tuple[int, str]], sock: socket) -> int:
+    def body(index: int, marker: CrashMarker, suspects: SuspectBoard, sock: socket) -> int:
         set_context(pipeline=index)
         mine = for_pipeline(settings, index, processes)
         pipeline = Pipeline(mine, marker=marker, suspects=suspects)

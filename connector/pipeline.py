@@ -47,7 +47,7 @@ from connector.process import ProcessorSpec
 from connector.processing import Entry, Processing
 from connector.progress import ProgressLog
 from connector.registry import RegistryLookup
-from connector.runtime.crash_marker import CrashMarker, Key
+from connector.runtime.crash_marker import CrashMarker, SuspectBoard
 from connector.sink import Sink
 from connector.source import Source, producer_config
 
@@ -67,7 +67,7 @@ _FATAL = tuple(_FATAL_CODES)
 
 class Pipeline:
     def __init__(self, settings: Settings, *, source_factory: Any = Source, marker: CrashMarker | None = None,
-                 suspects: dict[Key, tuple[int, str]] | None = None) -> None:
+                 suspects: SuspectBoard | None = None) -> None:
         tune_malloc()
         self.settings = s = settings
         self.tracker = OffsetTracker()

@@ -12,14 +12,14 @@ thread owns it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from connector.errors import Stage
 from connector.metrics import METRICS
 from connector.offsets import TopicPartition
 from connector.process import Outcome, ProcessorSpec, RecordProcessor, Rejected
-from connector.runtime.crash_marker import STRIKES, CrashMarker, Key
+from connector.runtime.crash_marker import STRIKES, CrashMarker, Key, SuspectBoard
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,18 @@ SchemaLookup = Callable[[int], Any]
 
 class Processing:
     def __init__(self, spec: ProcessorSpec, registry_lookup: SchemaLookup | None, on_outcomes: OnOutcomes,
-                 marker: CrashMarker | None = None, suspects: Mapping[Key, tuple[int, str]] | None = None) -> None:
+                 marker: CrashMarker | None = None, suspects: SuspectBoard | None = None) -> None:
         self.processor = RecordProcessor(spec, registry_lookup)
         self._on_outcomes = on_outcomes
         self._marker = marker
-        # records that killed processes before: key → (deaths, how the last one died)
-        self._suspects = dict(suspects or {})
+        self._board = suspects
+        self._seen = 0  # the board's version last read
+        self._suspects: dict[Key, tuple[int, str]] = {}  # records that killed processes: key → (deaths, how the last one died)
 
     def submit(self, entries: list[Entry]) -> None:
+        board = self._board
+        if board is not None and board.version != self._seen:
+            self._seen, self._suspects = board.read()
         if self._suspects:
             self._on_outcomes(entries, self._screened(entries))
         elif self._marker is None:

@@ -58,3 +58,44 @@ class CrashMarker:
 
     def reset(self) -> None:
         _HEADER.pack_into(self._map, 0, -1, 0)
+
+
+class SuspectBoard:
+    """The records suspected of killing a process, shared with every child at once: the supervisor
+    publishes, children read it when its version moved (one shared-memory read per batch). A
+    seqlock: the version is odd while the supervisor writes, and a reader retries a torn read."""
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, _SIZE)
+        self._version = memoryview(self._map)[:8].cast("q")
+        self._version[0] = 0
+        self.suspects: dict[Key, tuple[int, str]] = {}  # the supervisor's copy
+
+    @property
+    def version(self) -> int:
+        return int(self._version[0])
+
+    def strike(self, key: Key, how: str) -> int:
+        """One more process died on ``key``: publish, and return how many it has killed."""
+        deaths = self.suspects.get(key, (0, ""))[0] + 1
+        self.suspects[key] = (deaths, how)
+        blob = orjson.dumps([[*k, n, h] for k, (n, h) in self.suspects.items()])
+        if 16 + len(blob) > _SIZE:  # thousands of killers: keep the worst
+            keep = sorted(self.suspects.items(), key=lambda kv: -kv[1][0])[:10_000]
+            blob = orjson.dumps([[*k, n, h] for k, (n, h) in keep])
+        self._version[0] += 1  # odd: writing
+        struct.pack_into("<I", self._map, 8, len(blob))
+        self._map[16:16 + len(blob)] = blob
+        self._version[0] += 1
+        return deaths
+
+    def read(self) -> tuple[int, dict[Key, tuple[int, str]]]:
+        """``(version, suspects)`` as published (in a child)."""
+        while True:
+            before = self.version
+            if before % 2:
+                continue
+            (length,) = struct.unpack_from("<I", self._map, 8)
+            blob = bytes(self._map[16:16 + length]) if before else b"[]"
+            if self.version == before:
+                return before, {(t, p, o): (n, h) for t, p, o, n, h in orjson.loads(blob)}

@@ -5,7 +5,7 @@ those pages copy-on-write); each child builds a whole pipeline of its own (conne
 consumer-group member, lanes, buffers and share of the send budget. The supervisor
 
 1. forks the children, each with its index, a crash marker (connector.runtime.crash_marker) and the
-   records suspected of killing a process so far;
+   board of records suspected of killing a process, shared with all of them;
 2. restarts a child that dies by a signal or an unexpected exit: at once when the marker names the
    record it died on (that record is a suspect now), else after a backoff; when children keep dying
    with no record to blame (``MAX_DEATHS`` within ``DEATH_WINDOW_S``) it stops them all with
@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from connector.errors import ExitCode
 from connector.heap import load_libc
-from connector.runtime.crash_marker import CrashMarker, Key
+from connector.runtime.crash_marker import STRIKES, CrashMarker, SuspectBoard
 from connector.runtime.link import ChildLink, listener
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,9 @@ BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STOP_MARGIN_S = 3.0  # beyond the children's own bound before they are killed
 _PR_SET_PDEATHSIG = 1
 
-# Child body: (index, marker, suspects, its status socket) → exit code. Runs in the forked child.
-Body = Callable[[int, CrashMarker, dict[Key, tuple[int, str]], socket], int]
+# Child body: (index, its crash marker, the suspects board, its status socket) → exit code. Runs in
+# the forked child.
+Body = Callable[[int, CrashMarker, SuspectBoard, socket], int]
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Supervisor:
         self.children = [_Child(i) for i in range(processes)]
         self.metrics = SupervisorMetrics()
         self.metrics.processes.set(processes)
-        self.suspects: dict[Key, tuple[int, str]] = {}  # record → (processes it killed, how the last died)
+        self.board = SuspectBoard()  # records that killed processes, shared with every child
         self.exit_code: int = ExitCode.OK
         self.stop_reason = ""
         self._body = body
@@ -144,13 +145,12 @@ class Supervisor:
     def _spawn(self, child: _Child) -> None:
         child.marker.reset()
         child.restart_at = None
-        suspects = dict(self.suspects)
         pid = os.fork()
         if pid == 0:  # the child: never returns into the supervisor's stack
             code: int = ExitCode.INTERNAL
             try:
                 self._become_child(child.index)
-                code = self._body(child.index, child.marker, suspects, self._listeners[child.index])
+                code = self._body(child.index, child.marker, self.board, self._listeners[child.index])
             except BaseException:
                 logging.getLogger("connector").exception("pipeline process %d failed", child.index)
             finally:
@@ -201,20 +201,14 @@ class Supervisor:
             return
         culprit = child.marker.culprit()
         now = time.monotonic()
-        if culprit is not None and self.suspects.get(culprit, (0, ""))[0] == 0:
-            self.suspects[culprit] = (1, how)
-            self.metrics.restarts.labels("record").inc()
-            log.error("pipeline process %d died (%s) processing %s[%d]@%d: restarting it; the record is processed "
-                      "once more, and dead-lettered if it kills again", child.index, how, *culprit)
-            child.restart_at = now
-            return
         if culprit is not None:
-            deaths = self.suspects[culprit][0] + 1
-            self.suspects[culprit] = (deaths, how)
+            deaths = self.board.strike(culprit, how)
             self.metrics.restarts.labels("record").inc()
-            log.error("pipeline process %d died (%s) on %s[%d]@%d again: restarting it; the record will be "
-                      "dead-lettered as crashed_processing", child.index, how, *culprit)
-            if deaths <= 3:  # a record dead-lettered on its next reading cannot kill again
+            log.error("pipeline process %d died (%s) processing %s[%d]@%d (%d time%s): restarting it; %s", child.index,
+                      how, *culprit, deaths, "" if deaths == 1 else "s",
+                      "the record is dead-lettered as crashed_processing" if deaths >= STRIKES else
+                      "the record is processed once more, and dead-lettered if it kills again")
+            if deaths <= STRIKES + 1:  # a record dead-lettered on its next reading cannot kill again
                 child.restart_at = now
                 return
         self.metrics.restarts.labels("unknown").inc()
