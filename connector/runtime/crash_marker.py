@@ -4,9 +4,9 @@ one dead letter, not a crash loop (issue 29's isolation, for one-process pipelin
 The supervisor maps a small shared page per child before it forks it. Before processing a batch,
 the child writes the batch's ``(topic, partition, offset)`` keys there; before each record, that
 record's index (one store into shared memory). When the child dies by a signal or an unexpected
-exit, the supervisor reads the index back: that record becomes a *suspect*. The children forked
-after that know the suspects; a suspect that already killed ``STRIKES`` processes is dead-lettered
-as ``crashed_processing`` instead of processed. A kill that merely happened while a record was
+exit, the supervisor reads the index back: that record becomes a *suspect*, published on a shared
+board (:class:`SuspectBoard`) that every child reads before its next batch; a suspect that already
+killed ``STRIKES`` processes is dead-lettered as ``crashed_processing`` instead of processed. A kill that merely happened while a record was
 being processed (an operator's ``kill -9``, an OOM kill caused by something else) strikes an
 innocent record once, and it is processed again: only a record that kills twice is given up.
 """
