@@ -235,6 +235,25 @@ def assert_committed_to_end(bootstrap: str, group: str, prefix: str) -> None:
     assert {tp: got.get(tp) for tp in ends} == ends
 
 
+def wait_committed_to_end(c: ConnectorProc, bootstrap: str, group: str, prefix: str, timeout: float = 120) -> None:
+    """Until the group has committed every partition to its end. Unlike the acknowledged counter (a
+    sum over the pipeline processes alive now), this survives a process being restarted."""
+    ends = end_offsets(bootstrap, prefix)
+
+    def done() -> bool:
+        got = committed(bootstrap, group, prefix)
+        return not c.proc.alive() or {tp: got.get(tp) for tp in ends} == ends
+
+    wait_until(done, timeout, what="every partition committed to its end")
+    assert c.proc.alive(), c.proc.log_text()[-3000:]
+
+
+def pipeline_pids(c: ConnectorProc) -> list[int]:
+    """The connector's pipeline processes (the supervisor's children), in start order."""
+    with open(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
 def missing(received: dict[str, int], want: Counter[str]) -> set[str]:
     """Messages of ``want`` the inlet never accepted."""
     return {i for i in want if received.get(i, 0) < 1}

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from socket import socket
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from connector.errors import ExitCode
 from connector.heap import load_libc
@@ -66,6 +66,7 @@ class _Child:
 class SupervisorMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)  # the supervisor's own CPU and memory, beside each pipeline's
         p = "capillary_aep_"
         self.processes = Gauge(p + "pipeline_processes", "Pipeline processes this replica runs "
                                "(processing.processes)", registry=r)
