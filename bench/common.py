@@ -41,7 +41,6 @@ from connector.dev.procs import (  # noqa: E402
     cpu_seconds,
     free_port,
     process_tree,
-    scrape,
     thread_cpu_seconds,
     wait_until,
 )
@@ -81,16 +80,30 @@ def _pss_kb(pid: int) -> int:
 def rss_mb(pid: int) -> float:
     """Memory of the process and its descendants: the sum of their PSS (shared pages counted once,
     split between the processes sharing them), in MB. For one process it is its RSS less its share
-    of shared libraries; for the connector it includes its transform workers."""
+    of shared libraries; for the connector it is the supervisor and every pipeline process (the
+    pages they share since the fork counted once), or, for builds before 4ad4d77, the consumer
+    process and its transform workers."""
     return sum(_pss_kb(p) for p in process_tree(pid)) / 1024
 
 
+def pss_by_process(pid: int) -> dict[str, float]:
+    """:func:`rss_mb`'s sum by process, MB: ``supervisor`` and ``pipeline-<index>`` (or
+    ``connector`` and its other descendants, ``child-<n>``, for a build without a supervisor)."""
+    pipes = {p: f"pipeline-{i}" for i, p in pipeline_pids(pid).items()}
+    out = {"supervisor" if pipes else "connector": _pss_kb(pid) / 1024}
+    for n, p in enumerate(sorted(process_tree(pid)[1:])):
+        out[pipes.get(p, f"child-{n}")] = _pss_kb(p) / 1024
+    return {k: round(v, 1) for k, v in sorted(out.items())}
+
+
 class MemoryPeak(threading.Thread):
-    """Samples :func:`rss_mb` of a process tree every ``interval`` s; ``peak`` is the highest."""
+    """Samples :func:`rss_mb` of a process tree every ``interval`` s; ``peak`` is the highest, and
+    ``peak_parts`` that sample by process (:func:`pss_by_process`)."""
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
         super().__init__(daemon=True, name="memory")
         self.pid, self.interval, self.peak = pid, interval, 0.0
+        self.peak_parts: dict[str, float] = {}
         self.curve: list[tuple[float, float]] = []  # (monotonic, MB)
         self._stop_evt = threading.Event()
 
@@ -100,9 +113,11 @@ class MemoryPeak(threading.Thread):
             self._stop_evt.wait(self.interval)
 
     def sample(self) -> float:
-        mb = rss_mb(self.pid)
+        parts = pss_by_process(self.pid)
+        mb = sum(parts.values())
         if mb > 0:
-            self.peak = max(self.peak, mb)
+            if mb > self.peak:
+                self.peak, self.peak_parts = mb, parts
             self.curve.append((time.monotonic(), mb))
         return self.peak
 
@@ -365,6 +380,8 @@ class PacedProducer(threading.Thread):
 
 # == watching a run ========================================================================
 UTIL_INTERVAL_S = 1.0
+
+
 class Watcher(threading.Thread):
     """Samples, every ``interval`` s, the emulator's accepted-message count and the worker's CPU
     time, so the first and last acknowledgement and the CPU spent up to each are known."""
@@ -373,7 +390,7 @@ class Watcher(threading.Thread):
                  others: dict[str, int] | None = None, metrics_url: str | None = None) -> None:
         super().__init__(daemon=True, name="watcher")
         self.others = others or {}  # more processes whose CPU share is reported (broker, emulator)
-        self.metrics_url = metrics_url  # ours: the workers' busy time
+        self.metrics_url = metrics_url  # ours: each pipeline's input idle and held time, its lanes
         self.util: list[tuple[float, dict[str, float], dict[str, float]]] = []
         self.emulator = emulator
         self.pid = pid
@@ -414,28 +431,45 @@ class Watcher(threading.Thread):
         return None
 
     def utilization(self, start: float, end: float) -> dict[str, Any]:
-        """CPU share of every process (the worker, each of its children, broker, emulator: CPU seconds
-        per wall second) and each transform worker's busy fraction, between ``start`` and ``end``."""
+        """Between ``start`` and ``end``: the CPU share of every process (cores: CPU seconds per wall
+        second) — the supervisor and each pipeline process by index (a build without a supervisor:
+        ``connector``, its worker processes), broker, emulator, ``box`` (the whole machine) and
+        ``connector_tree`` (ours, all of its processes) —, each pipeline process's threads by role,
+        and per pipeline its loop's input idle and held fractions; then what bounds the rate."""
         pts = [u for u in self.util if start <= u[0] <= end] or self.util[-2:]
         if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
             return {}
-        (t0, cpu0, busy0), (t1, cpu1, busy1) = pts[0], pts[-1]
+        (t0, cpu0, m0), (t1, cpu1, m1) = pts[0], pts[-1]
         span = t1 - t0
-        share = {name: round((cpu1[name] - cpu0.get(name, 0.0)) / span, 3) for name in cpu1}
-        # The consumer process by thread (cores); an exited thread's seconds leave its group's sum,
-        # so a group never shows less than nothing.
-        threads = {name[len(_THREADS):]: max(0.0, share.pop(name)) for name in list(share) if name.startswith(_THREADS)}
+        # A process restarted within the window starts again from 0 s: never less than nothing.
+        share = {name: round(max(0.0, cpu1[name] - cpu0.get(name, 0.0)) / span, 3) for name in cpu1}
+        threads: dict[str, dict[str, float]] = {}  # process → role → cores
+        for name in [n for n in share if n.startswith(_THREADS)]:
+            proc, role = name[len(_THREADS):].rsplit("/", 1)
+            threads.setdefault(proc, {})[role] = share.pop(name)
+        tree = [n for n in share if n in ("supervisor", "connector") or n.startswith(_TREE_PREFIXES)]
+        share["connector_tree"] = round(sum(share[n] for n in tree), 3)
         # Counters become fractions of the window (their rate); gauges are read from every sample.
-        rates = {k: round((busy1[k] - busy0.get(k, 0.0)) / span, 3) for k in busy1
-                 if k not in _LOOP_GAUGES.values() and not k.startswith(_QUEUED)}
-        loop = {name: rates.pop(name) for name in _LOOP_COUNTERS.values() if name in rates}
-        lane_keys = [k for k in rates if k.startswith(_LANES)]
-        for k in lane_keys:
-            del rates[k]
-        lanes = lane_report({k[len(_LANES):]: busy1[k] - busy0.get(k, 0.0) for k in lane_keys}, span)
-        paused = [u[2].get("paused", 0.0) > 0 for u in pts]
+        pipelines: dict[str, dict[str, float]] = {}
+        for key in (k for k in m1 if k.startswith(_LOOP)):
+            pipe, what = key[len(_LOOP):].split(":")
+            pipelines.setdefault(pipe, {})[what] = round(max(0.0, m1[key] - m0.get(key, 0.0)) / span, 3)
+        for pipe, p in pipelines.items():
+            p["cpu"] = share.get(f"pipeline-{pipe}", share.get("connector", 0.0) if len(pipelines) == 1 else 0.0)
+            p["working"] = round(max(0.0, 1.0 - p.get("input_wait", 0.0) - p.get("held", 0.0)), 3)
+        loop: dict[str, Any] = {}
+        if pipelines:
+            for what in ("input_wait", "held"):
+                loop[what] = round(sum(p.get(what, 0.0) for p in pipelines.values()) / len(pipelines), 3)
+        lanes = lane_report({k[len(_LANES):]: max(0.0, m1[k] - m0.get(k, 0.0)) for k in m1 if k.startswith(_LANES)},
+                            span)
+
+        def total(u: tuple[float, dict[str, float], dict[str, float]], kind: str) -> float:
+            return sum(v for k, v in u[2].items() if k.startswith(_GAUGES) and k.endswith(":" + kind))
+
+        paused = [total(u, "paused") > 0 for u in pts]
         loop["paused"] = round(sum(paused) / len(paused), 3)
-        buffered = sorted(u[2].get("buffered", 0.0) for u in pts)
+        buffered = sorted(total(u, "buffered") for u in pts)
         loop["buffered_records_p50_max"] = [int(buffered[len(buffered) // 2]), int(buffered[-1])]
         # Of them, waiting in the request lanes (not in flight), sampled: all lanes, and the fullest.
         queued = sorted(sum(v for k, v in u[2].items() if k.startswith(_QUEUED)) for u in pts)
@@ -443,45 +477,39 @@ class Watcher(threading.Thread):
         if queued[-1]:
             loop["lanes_queued_p50_max"] = [int(queued[len(queued) // 2]), int(queued[-1])]
             loop["fullest_lane_p50_max"] = [int(fullest[len(fullest) // 2]), int(fullest[-1])]
-        return {"cpu_share": share, "consumer_threads": threads, "worker_busy": rates, "loop": loop, **lanes,
-                "window_s": round(span, 1),
-                "waits_on": waits_on(share, rates, loop, os.cpu_count() or 1)}
+        cpus = self.cpus()
+        return {"cpu_share": share, "threads": threads, "pipelines": dict(sorted(pipelines.items())), "loop": loop,
+                **lanes, "window_s": round(span, 1), "connector_cpus": cpus,
+                "bound_by": bound_by(share, pipelines, os.cpu_count() or 1, cpus)}
+
+    def cpus(self) -> int:
+        """CPUs the connector may run on (its affinity: ``--ours-cpus``/``--base-cpus`` pin it)."""
+        try:
+            return len(os.sched_getaffinity(self.pid)) if self.pid else os.cpu_count() or 1
+        except OSError:
+            return os.cpu_count() or 1
 
     def _sample_util(self, t: float) -> None:
-        """Per-process CPU (each process on its own) and the workers' busy seconds, every
-        ``UTIL_INTERVAL_S``: each sample scrapes the connector's /metrics, which costs it ~6 ms of
-        CPU on this box (Prometheus scrapes every 15–30 s; the bench's three scrapes a second —
-        this twice, the completion check once — added ~2 % to the CPU per event it reports)."""
+        """Per-process CPU (each process on its own, pipeline processes by index, and their threads by
+        role) and the pipelines' loop series, every ``UTIL_INTERVAL_S``: each sample scrapes the
+        connector's /metrics, which costs it a few ms of CPU (Prometheus scrapes every 15–30 s; the
+        bench's three scrapes a second — this twice, the completion check once — added ~2 % to the
+        CPU per event it reports)."""
         if self.util and t - self.util[-1][0] < UTIL_INTERVAL_S:
             return
         cpu: dict[str, float] = {}
         if self.pid:
-            cpu["connector"] = cpu_seconds(self.pid, tree=False)
-            for role, seconds in thread_roles_cpu_seconds(self.pid).items():
-                cpu[f"{_THREADS}{role}"] = seconds
-            direct = set(_children(self.pid))  # forkserver, resource tracker; the workers are their children
-            for i, child in enumerate(sorted(process_tree(self.pid)[1:])):
-                cpu[f"{'helper' if child in direct else 'worker'}-{i}"] = cpu_seconds(child, tree=False)
+            cpu.update(tree_cpu_seconds(self.pid))
         for name, pid in self.others.items():
             cpu[name] = cpu_seconds(pid, tree=False)
         cpu["box"] = box_cpu_seconds()
-        busy: dict[str, float] = {}
+        series: dict[str, float] = {}
         if self.metrics_url:
             try:
-                for key, value in scrape(self.metrics_url).items():
-                    if key.startswith("capillary_aep_worker_busy_seconds_total{"):
-                        busy[key.split("worker=", 1)[1].rstrip("}")] = value
-                    elif key in _LOOP_COUNTERS or key in _LOOP_GAUGES:
-                        busy[_LOOP_COUNTERS.get(key) or _LOOP_GAUGES[key]] = value
-                    elif key.startswith("capillary_aep_lane_queued_records{"):
-                        busy[_QUEUED + key.split("lane=", 1)[1].rstrip("}")] = value
-                    elif key.startswith(_LANE_SERIES):
-                        labels = dict(kv.split("=", 1) for kv in key[key.index("{") + 1:-1].split(","))
-                        busy[_LANES + ":".join(labels[k] for k in sorted(labels))
-                             + ("" if "state" in labels else ":records" if "lane" in labels else "")] = value
-            except (httpx.HTTPError, OSError):
+                series = loop_series(self.metrics_url)
+            except (httpx.HTTPError, OSError, ValueError):
                 pass
-        self.util.append((t, cpu, busy))
+        self.util.append((t, cpu, series))
 
     def last_ack(self) -> tuple[float, float, int] | None:
         """(time, cpu, messages) of the first sample that already showed the final count."""
@@ -494,27 +522,115 @@ class Watcher(threading.Thread):
         return None
 
 
-# Series of ours the watcher reads besides the workers' busy time: the consumer loop's time waiting
-# for input and held on full buffers (counters: their rate is the fraction of time), the paused
-# partitions and the buffered records (gauges: sampled).
+# The connector's processes in a utilization sample: "supervisor" and "pipeline-<index>" (the
+# process model since 4ad4d77), or "connector" and its "helper-<n>" (forkserver, resource tracker)
+# and "worker-<n>" (their children: the transform workers of the builds before it).
+_TREE_PREFIXES = ("pipeline-", "helper-", "worker-")
+_THREADS = "threads:"  # "threads:<process>/<role>": a process's CPU by thread role
+
+
+def pipeline_pids(pid: int) -> dict[int, int]:
+    """The pipeline processes of the connector whose supervisor is ``pid``, by index → pid: each child
+    keeps only its own index's status socket, the abstract ``@capillary-aep-<supervisor pid>-<index>``
+    (connector/runtime/link.py), so a restarted child is still named by its index. Empty for a build
+    without a supervisor."""
+    prefix = f"@capillary-aep-{pid}-"
+    inodes: dict[str, int] = {}
+    try:
+        with open("/proc/net/unix") as f:
+            next(f, None)
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 8 and parts[7].startswith(prefix):
+                    inodes[f"socket:[{parts[6]}]"] = int(parts[7][len(prefix):])
+    except (OSError, ValueError):
+        return {}
+    out: dict[int, int] = {}
+    if not inodes:
+        return out
+    for child in _children(pid):
+        try:
+            fds = os.listdir(f"/proc/{child}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                index = inodes.get(os.readlink(f"/proc/{child}/fd/{fd}"))
+            except OSError:
+                continue
+            if index is not None:
+                out[index] = child
+                break
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of each process of the connector started as ``pid``, on its own (see
+    ``_TREE_PREFIXES``), and of the threads of the process(es) that run a pipeline loop by role."""
+    pipes = pipeline_pids(pid)
+    cpu = {"supervisor" if pipes else "connector": cpu_seconds(pid, tree=False)}
+    loops = {f"pipeline-{i}": p for i, p in sorted(pipes.items())} or {"connector": pid}
+    for name, p in loops.items():
+        if p != pid:
+            cpu[name] = cpu_seconds(p, tree=False)
+        for role, seconds in thread_roles_cpu_seconds(p).items():
+            cpu[f"{_THREADS}{name}/{role}"] = seconds
+    direct = set(_children(pid)) - set(pipes.values())
+    rest = sorted(set(process_tree(pid)[1:]) - set(pipes.values()))
+    for i, child in enumerate(rest):
+        cpu[f"{'helper' if child in direct else 'worker'}-{i}"] = cpu_seconds(child, tree=False)
+    return cpu
+
+
+# Series of ours the watcher reads, per pipeline (label ``pipeline``; a build without it has one,
+# "0"): the loop's time waiting for input and held on full buffers (counters: their rate is the
+# fraction of time), the paused partitions and the buffered records (gauges: sampled), the request
+# lanes. Kept in a sample under "loop:<pipeline>:<what>", "gauge:<pipeline>:<what>",
+# "queued:<pipeline>/<lane>" and "lanes:" + "<pipeline>/<lane>:<state>", "<pipeline>/<lane>:records"
+# and "<batches>" (seconds at that many batches in flight, summed over the pipelines).
 _LOOP_COUNTERS = {"capillary_aep_input_wait_seconds_total": "input_wait",
                   "capillary_aep_input_held_seconds_total": "held"}
 _LOOP_GAUGES = {"capillary_aep_paused_partitions": "paused", "capillary_aep_buffered_records": "buffered"}
-_THREADS = "connector/"  # prefix of the consumer process's per-thread entries in a utilization sample
-# The request lanes (connector/delivery.py): seconds per lane and state, seconds at each number of
-# batches in flight, records per lane; kept in a sample under "lanes:" + "<lane>:<state>",
-# "<batches>" and "<lane>:records".
-_LANE_SERIES = ("capillary_aep_lane_seconds_total{", "capillary_aep_inflight_batch_seconds_total{",
-                "capillary_aep_lane_records_total{")
-_LANES = "lanes:"
-_QUEUED = "queued:"  # a lane's waiting records (a gauge), "queued:<lane>"
+_LOOP, _GAUGES, _QUEUED, _LANES = "loop:", "gauge:", "queued:", "lanes:"
 LANE_STATES = ("idle", "filling", "ready", "sending", "blocked")
 
 
+def loop_series(metrics_url: str) -> dict[str, float]:
+    """The series of ours the watcher reads, from one scrape of the replica's /metrics (see above)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=5).text):
+        for s in family.samples:
+            pipe = s.labels.get("pipeline", "0")
+            if pipe == "supervisor":
+                continue
+            if s.name in _LOOP_COUNTERS:
+                key = f"{_LOOP}{pipe}:{_LOOP_COUNTERS[s.name]}"
+            elif s.name in _LOOP_GAUGES:
+                key = f"{_GAUGES}{pipe}:{_LOOP_GAUGES[s.name]}"
+            elif s.name == "capillary_aep_lane_queued_records":
+                key = f"{_QUEUED}{pipe}/{s.labels['lane']}"
+            elif s.name == "capillary_aep_lane_seconds_total":
+                key = f"{_LANES}{pipe}/{s.labels['lane']}:{s.labels['state']}"
+            elif s.name == "capillary_aep_lane_records_total":
+                key = f"{_LANES}{pipe}/{s.labels['lane']}:records"
+            elif s.name == "capillary_aep_inflight_batch_seconds_total":
+                key = f"{_LANES}{s.labels['batches']}"
+            else:
+                continue
+            out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def _lane_order(lane: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in lane.split("/"))
+
+
 def lane_report(deltas: dict[str, float], span: float) -> dict[str, Any]:
-    """From the lane series' increase over a window of ``span`` s: each lane's fraction of the
-    window in each state and share of the records, their mean over the lanes, and the batches in
-    flight (time-weighted mean and distribution)."""
+    """From the lane series' increase over a window of ``span`` s: each lane's ("<pipeline>/<lane>")
+    fraction of the window in each state and share of the records, their mean over the lanes, and
+    the batches in flight per pipeline (time-weighted mean and distribution)."""
     if not deltas or span <= 0:
         return {}
     per_lane: dict[str, dict[str, float]] = {}
@@ -528,24 +644,24 @@ def lane_report(deltas: dict[str, float], span: float) -> dict[str, Any]:
             records[parts[0]] = value
         else:
             per_lane.setdefault(parts[0], {})[parts[1]] = value
+    # A lane with no time in the window (a pipeline's export not yet due) says nothing about it.
+    per_lane = {lane: v for lane, v in per_lane.items() if sum(v.values()) > 0}
     out: dict[str, Any] = {}
     if per_lane:
         fractions = {lane: {st: round(v.get(st, 0.0) / max(sum(v.values()), 1e-9), 3) for st in LANE_STATES}
-                     for lane, v in sorted(per_lane.items(), key=lambda kv: int(kv[0]))}
+                     for lane, v in sorted(per_lane.items(), key=lambda kv: _lane_order(kv[0]))}
         out["lane_states"] = {st: round(sum(f[st] for f in fractions.values()) / len(fractions), 3)
                               for st in LANE_STATES}
-        out["lane_blocked"] = [f["blocked"] for f in fractions.values()]
-        out["lane_idle"] = [f["idle"] for f in fractions.values()]
+        out["lane_blocked"] = {lane: f["blocked"] for lane, f in fractions.items()}
+        out["lane_idle"] = {lane: f["idle"] for lane, f in fractions.items()}
     total = sum(records.values())
     if total:
-        out["lane_records_share"] = [round(records.get(str(i), 0.0) / total, 3)
-                                     for i in range(max(int(k) for k in records) + 1)]
+        out["lane_records_share"] = {lane: round(records[lane] / total, 3) for lane in sorted(records, key=_lane_order)}
     seconds = sum(inflight.values())
     if seconds:
         out["inflight_mean"] = round(sum(n * v for n, v in inflight.items()) / seconds, 2)
         out["inflight_dist"] = {n: round(v / seconds, 3) for n, v in sorted(inflight.items()) if v / seconds >= 0.005}
     return out
-BUSY_TARGET = 0.9  # issue 17: under a backlog the workers are busy ≥ 90 % of the time
 
 
 # The consumer process's threads by their OS names (connector.thread_names; librdkafka names its own).
@@ -554,7 +670,7 @@ _THREAD_GROUPS = (("sender", "senders"), ("rdk:", "librdkafka"))
 
 def thread_roles_cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds of one process's live threads, by role: ``loop`` (the main thread, which runs the
-    consumer loop), ``senders``, ``librdkafka`` and ``other`` (health server, scrape handlers)."""
+    consumer loop), ``senders``, ``librdkafka`` and ``other`` (status answers, health server)."""
     out = {"loop": 0.0, "senders": 0.0, "librdkafka": 0.0, "other": 0.0}
     for tid, (name, seconds) in thread_cpu_seconds(pid).items():
         role = "loop" if tid == pid else next((r for prefix, r in _THREAD_GROUPS if name.startswith(prefix)), "other")
@@ -570,29 +686,39 @@ def box_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def waits_on(share: dict[str, float], busy: dict[str, float], loop: dict[str, float], cores: int) -> str:
-    """Where the transform workers' idle time goes, from the drain's figures: "" when they are busy
-    ≥ 90 %; otherwise the stage they wait on, with the figure that shows it."""
-    if not busy:
+WAIT_LIMIT = 0.2  # a pipeline loop idle on input (or held) this share of a drain is bound by it
+SATURATED = 0.9  # CPUs this busy (box, or the CPUs the connector is pinned to) are the bound
+OWN_CORE = 0.85  # one pipeline process uses one core at most (its loop is one thread)
+
+
+def bound_by(share: dict[str, float], pipelines: dict[str, dict[str, float]], cores: int,
+             connector_cpus: int | None = None) -> str:
+    """What bounds a drain's rate, from its figures: the CPU when the box is saturated (≥ 90 % of
+    its cores busy) or, when the connector is pinned to fewer CPUs than the box has, when its
+    processes fill those; then per pipeline process: input (its loop found nothing fetched ≥ 20 %
+    of the time), delivery (its loop held input, buffers full, ≥ 20 %), its own core (≥ 0.85 of a
+    core: one pipeline is one loop thread), else undetermined with its figures."""
+    if not pipelines:
         return ""
-    least = min(busy.values())
-    if least >= BUSY_TARGET:
-        return ""
-    used = share.get("box", sum(share.values()))
-    consumer = share.get("connector", 0.0)
-    if loop.get("input_wait", 0.0) >= 0.2:
-        return f"input: the consumer loop found nothing fetched {loop['input_wait']:.0%} of the time"
-    if used >= 0.9 * cores:
-        # Everything waits on the CPU then, delivery's sender threads included (a held loop is a symptom).
-        return (f"CPU: the box is saturated ({used:.2f} of {cores} cores busy): the workers are ready but "
-                f"wait for a core")
-    if loop.get("held", 0.0) >= 0.2:
-        return f"delivery: the loop held input (buffers full) {loop['held']:.0%} of the time"
-    if loop.get("paused", 0.0) >= 0.2:
-        return f"delivery: consumption paused (buffers full) {loop['paused']:.0%} of the time"
-    if consumer >= 0.85:
-        return f"the consumer process: {consumer:.2f} of a core (its loop feeds and collects the workers)"
-    return f"undetermined: workers {least:.0%} busy, {used:.2f} of {cores} cores in use"
+    used = share.get("box", 0.0)
+    if used >= SATURATED * cores:
+        return f"CPU: the box is saturated ({used:.2f} of {cores} cores busy)"
+    tree = share.get("connector_tree", 0.0)
+    if connector_cpus and connector_cpus < cores and tree >= SATURATED * connector_cpus:
+        return f"CPU: the connector's {connector_cpus} pinned CPU(s) are saturated ({tree:.2f} busy)"
+    verdicts = []
+    for pipe, p in sorted(pipelines.items()):
+        idle, held, cpu = p.get("input_wait", 0.0), p.get("held", 0.0), p.get("cpu", 0.0)
+        if idle >= WAIT_LIMIT:
+            what = f"input (idle {idle:.0%})"
+        elif held >= WAIT_LIMIT:
+            what = f"delivery (held {held:.0%})"
+        elif cpu >= OWN_CORE:
+            what = f"its core ({cpu:.2f} of a core)"
+        else:
+            what = f"undetermined (idle {idle:.0%}, held {held:.0%}, {cpu:.2f} of a core)"
+        verdicts.append(f"pipeline {pipe}: {what}")
+    return "; ".join(verdicts)
 
 
 def _children(pid: int) -> list[int]:
@@ -701,6 +827,57 @@ def connector_toml(*, bootstrap: str, emulator_url: str, prefix: str, group: str
                                group=group, prefix=prefix, dlq_topic=f"bench-dlq.{group}", session_timeout_ms=10000,
                                authenticated=authenticated, registry_url=registry_url, dcs_url=dcs_url,
                                extra=f'[log]\nformat = "json"\n{extra}', origin="bench/run.py")
+
+
+def merge_toml(base: str, override: str) -> str:
+    """``base`` with ``override`` merged into it, table by table (a key of ``override`` wins), as
+    TOML: an override may name a table the base already has (``[processing]`` or
+    ``processing.processes = 1``), which appending it would define twice or put in the last table.
+    The base's comments are dropped when there is anything to merge."""
+    if not override.strip():
+        return base
+    import tomllib
+
+    doc = tomllib.loads(base)
+
+    def merge(into: dict[str, Any], more: dict[str, Any]) -> None:
+        for k, v in more.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    merge(doc, tomllib.loads(override))
+    head = "".join(ln + "\n" for ln in base.splitlines() if ln.startswith("# Written by"))
+    return head + "\n".join(_toml_table(doc, ())) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return orjson.dumps(v).decode()  # a JSON string is a TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML: {v!r}")
+
+
+def _toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else orjson.dumps(k).decode()
+
+
+def _toml_table(doc: dict[str, Any], path: tuple[str, ...]) -> list[str]:
+    scalars = {k: v for k, v in doc.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in doc.items() if isinstance(v, dict)}
+    lines = [f"[{'.'.join(_toml_key(p) for p in path)}]"] if path and (scalars or not tables) else []
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars.items()]
+    for k, v in tables.items():
+        lines += ["", *_toml_table(v, (*path, k))]
+    return lines
 
 
 CONNECTOR_ENV = {"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET}

@@ -4,11 +4,13 @@
                         [--events 200000] [--drain-events 1000000] [--steady-rate 5000,2500]
                         [--steady-seconds 20] [--latency-ms 50[,150,...]] [--rounds 1]
                         [--base-code REV] [--no-peer] [--json FILE]
+                        [--cpus N | --ours-cpus N --base-cpus N] [--ours-toml TOML] [--base-toml TOML]
 
 Modes (``all`` runs every one of them, sharing one broker and one backlog):
 
 * ``rate``     pre-produce N events (the realistic type mix; Avro with registry framing and JSON),
-               run one connector process until every event is acknowledged; then the Quix Streams
+               run one connector (a supervisor and its ``processing.processes`` pipeline processes,
+               "auto" = one per CPU it may use) until every event is acknowledged; then the Quix Streams
                peer (``bench/peer_quix.py``) on the same events with the same emulator.
 * ``latency``  the same backlog with the emulator adding ``--latency-ms`` to every inlet request; a
                comma list (``0,50,150``) runs each, ``--rounds`` times, interleaved (latency by
@@ -19,8 +21,9 @@ Modes (``all`` runs every one of them, sharing one broker and one backlog):
                request carrying it (emulator clock, same host).
 * ``ceiling``  the connector's pipeline in-process with the HTTP send disabled (``bench/ceiling.py``),
                so the report can print end-to-end / ceiling.
-* ``drain``    peak RSS (and rate) while draining a ``--drain-events`` backlog (ours only unless
-               ``--drain-peer``).
+* ``drain``    peak memory (PSS summed over the connector's process tree: supervisor and every
+               pipeline process) and rate while draining a ``--drain-events`` backlog (ours only
+               unless ``--drain-peer`` / ``--drain-base``).
 * ``emulator`` the emulator timed alone (``python -m connector.dev.emulator.bench``), to show it is not
                the bottleneck.
 * ``peer``     only the peer on the backlog.
@@ -28,21 +31,34 @@ Modes (``all`` runs every one of them, sharing one broker and one backlog):
                events (acknowledged ≠ produced, messages missing at the inlet, offsets not committed),
                never on speed.
 
-With ``--base-code REV``, the ``rate`` and ``latency`` modes also run our connector from git revision
-REV (worker ``base``) just before ours on every backlog: before/after in the same run. Every drain
-of ours reports, besides the CPU shares, its request lanes (connector/delivery.py): the mean fraction
-of the drain a lane was idle, filling, sending (its request in flight), blocked (its request in
-flight and a batch ready behind it), each lane's blocked fraction and share of the records, and the
-batches in flight (time-weighted mean and distribution).
+With ``--base-code REV``, the ``rate``, ``latency`` and ``steady`` modes (and ``drain`` with
+``--drain-base``) also run our connector from git revision REV (worker ``base``, its own config via
+``--base-toml``) just before ours: before/after in the same run, side by side in the report's
+``base`` and ``ours/base`` columns. ``--cpus N`` (or ``--ours-cpus``/``--base-cpus``) pins a
+connector to N CPUs with ``taskset`` (the broker, emulator and peer stay unpinned), so that its
+"auto" process or worker count resolves to N: the 1-core comparison on a 2-core box.
+
+Every drain of ours reports each process's CPU share (cores, first to last acknowledgement): the
+supervisor and each pipeline process by index (a build before 4ad4d77: the consumer process
+``connector`` and its transform ``worker-<n>``), each pipeline process by thread role (loop,
+senders, librdkafka, other), broker, emulator and the box; per pipeline the fraction of the drain
+its loop found nothing fetched (input idle: ``capillary_aep_input_wait_seconds_total``) and was held
+on full buffers (``capillary_aep_input_held_seconds_total``); what bounds the rate ("bound by":
+the CPU when the box, or the CPUs the connector is pinned to, are ≥ 90 % busy, else per pipeline
+input, delivery or its own core); and the request lanes (connector/delivery.py) by pipeline: the
+mean fraction of the drain a lane was idle, filling, sending (its request in flight), blocked (its
+request in flight and a batch ready behind it), each lane's blocked fraction and share of the
+records, and the batches in flight per pipeline (time-weighted mean and distribution).
 
 Every run is bounded in time (``--run-timeout``) and count, and every child process (broker,
-emulators, workers) is stopped by pid when the bench ends, also on error or Ctrl-C.
+emulators, connectors) is stopped by pid when the bench ends, also on error or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import subprocess
@@ -75,6 +91,7 @@ from common import (
     free_port,
     iso_to_ms,
     machine,
+    merge_toml,
     percentile,
     produce_backlog,
 )
@@ -146,15 +163,19 @@ class Ours(Worker):
     def toml(self) -> str:
         return str(self.ctx.args.ours_toml)
 
+    def cpus(self) -> int | None:
+        return self.ctx.args.ours_cpus  # type: ignore[no-any-return]
+
     def start(self) -> None:
         self.metrics_port = free_port()
         cfg = self.ctx.workdir / f"connector-{self.group}.toml"
         assert self.ctx.emulator is not None
-        cfg.write_text(connector_toml(bootstrap=self.ctx.bootstrap, emulator_url=self.emulator.url,
-                                      prefix=self.prefix, group=self.group, metrics_port=self.metrics_port,
-                                      registry_url=self.ctx.emulator.url, extra=self.toml()))
+        cfg.write_text(merge_toml(connector_toml(bootstrap=self.ctx.bootstrap, emulator_url=self.emulator.url,
+                                                 prefix=self.prefix, group=self.group, metrics_port=self.metrics_port,
+                                                 registry_url=self.ctx.emulator.url), self.toml()))
         self.launch = time.monotonic()
-        self.proc = self.ctx.procs.start(f"ours-{self.group}", [PY, "-m", "connector", "run", "--config", str(cfg)],
+        self.proc = self.ctx.procs.start(f"{self.name}-{self.group}",
+                                         [*pinned(self.cpus()), PY, "-m", "connector", "run", "--config", str(cfg)],
                                          env={**CONNECTOR_ENV, **dict(kv.split("=", 1) for kv in self.ctx.args.ours_env)},
                                          cwd=self.code())
         if self.ctx.args.profile:
@@ -241,6 +262,21 @@ class Base(Ours):
     def toml(self) -> str:
         return str(self.ctx.args.base_toml)
 
+    def cpus(self) -> int | None:
+        return self.ctx.args.base_cpus  # type: ignore[no-any-return]
+
+
+def pinned(cpus: int | None) -> list[str]:
+    """The command prefix that runs a connector on the first ``cpus`` CPUs the bench may use
+    (``taskset -c``), so that ``processing.processes = "auto"`` (and the old ``processing.workers``)
+    resolve to ``cpus`` inside it; the broker and the emulator stay unpinned. None: no prefix."""
+    if not cpus:
+        return []
+    mine = sorted(os.sched_getaffinity(0))
+    if cpus > len(mine):
+        raise SystemExit(f"cannot pin a connector to {cpus} CPUs: the bench may use {len(mine)} ({mine})")
+    return ["taskset", "-c", ",".join(str(c) for c in mine[:cpus])]
+
 
 WORKERS = {"ours": Ours, "peer": Peer, "base": Base}
 
@@ -300,7 +336,11 @@ def export_tree(rev: str, workdir: Path) -> Path:
     out = workdir / f"code-{rev}"
     if not out.exists():
         out.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "connector", "schemas"],
+        # schemas/ moved into connector/ (package data) in 35a5630: export it only where it exists.
+        top = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev], capture_output=True,
+                             text=True, check=True).stdout.split()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *(p for p in ("connector", "schemas")
+                                                                          if p in top)],
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
     return out
@@ -331,6 +371,7 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
         done = w.wait_acked(n, ctx.args.run_timeout)
         if done:
             res.peak_rss_mb = memory.stop()
+            res.extra["peak_pss_by_process_mb"] = memory.peak_parts
             time.sleep(0.15)  # let the watcher see the final count
         else:
             res.problems.append("worker exited early" if not w.alive() else
@@ -371,22 +412,36 @@ def run_backlog(ctx: Context, worker_name: str, scenario: str, prefix: str, n: i
     res.ok = done and not res.problems
     say(f"  {worker_name}: {summary_line(res)}"
         + (f"; mean inlet request {res.extra['mean_request_ms']} ms" if "mean_request_ms" in res.extra else ""))
+    say_utilization(res)
+    return res
+
+
+def say_utilization(res: RunResult) -> None:
+    """The lines under a run's summary: memory, each process's CPU, each pipeline's loop, lanes."""
     if "rss_curve_mb" in res.extra:
-        say(f"    memory (s, MB PSS): {res.extra['rss_curve_mb']}")
+        say(f"    memory (s, MB PSS of the process tree): {res.extra['rss_curve_mb']}")
+    if res.extra.get("peak_pss_by_process_mb"):
+        say(f"    peak PSS by process (MB): {res.extra['peak_pss_by_process_mb']}")
     if "cpu_share" in res.extra:
+        pin = res.extra.get("connector_cpus")
         say(f"    CPU share while draining (cores): {res.extra['cpu_share']}"
-            + (f"; transform workers busy: {res.extra['worker_busy']}" if res.extra.get("worker_busy") else ""))
-        if res.extra.get("consumer_threads"):
-            say(f"    consumer process by thread (cores): {res.extra['consumer_threads']}")
+            + (f"; the connector may use {pin} CPU(s)" if pin else ""))
+        for proc, roles in res.extra.get("threads", {}).items():
+            say(f"    {proc} by thread (cores): {roles}")
+        for pipe, p in res.extra.get("pipelines", {}).items():
+            say(f"    pipeline {pipe} (fraction of the drain): input idle {p.get('input_wait', 0):.0%}, held "
+                f"{p.get('held', 0):.0%}, working {p.get('working', 0):.0%}; {p.get('cpu', 0):.2f} of a core")
         if res.extra.get("loop"):
-            say(f"    consumer loop (fraction of the drain): {res.extra['loop']}"
-                + (f"; workers wait on {res.extra['waits_on']}" if res.extra.get("waits_on") else ""))
+            say(f"    pipeline loops (mean fraction of the drain; gauges summed): {res.extra['loop']}")
+        if res.extra.get("bound_by"):
+            say(f"    bound by: {res.extra['bound_by']}")
         if res.extra.get("lane_states"):
             say(f"    request lanes (mean fraction of the drain): {res.extra['lane_states']}; blocked by lane "
-                f"{res.extra.get('lane_blocked')}; records by lane {res.extra.get('lane_records_share')}")
+                f"(pipeline/lane) {res.extra.get('lane_blocked')}; records by lane "
+                f"{res.extra.get('lane_records_share')}")
         if res.extra.get("inflight_dist"):
-            say(f"    batches in flight: mean {res.extra['inflight_mean']}, time at n: {res.extra['inflight_dist']}")
-    return res
+            say(f"    batches in flight (per pipeline): mean {res.extra['inflight_mean']}, time at n: "
+                f"{res.extra['inflight_dist']}")
 
 
 def _checks(w: Worker, res: RunResult, stats: dict[str, Any]) -> None:
@@ -433,7 +488,7 @@ def run_steady(ctx: Context, worker_name: str, emulator: Emulator, rate: float, 
     producer = PacedProducer(ctx.bootstrap, ctx.factory, prefix, rate, seconds, base + warmup)
     producer.start()
     producer.join(seconds + 60)
-    res.cpu_steady_s = cpu_seconds(w.proc.pid) - cpu0  # over the paced window
+    res.cpu_steady_s = cpu_seconds(w.proc.pid) - cpu0  # over the paced window (the whole process tree)
     try:
         behind = warmup + producer.produced - w.acked()
     except (httpx.HTTPError, OSError, ValueError):
@@ -443,6 +498,7 @@ def run_steady(ctx: Context, worker_name: str, emulator: Emulator, rate: float, 
         res.extra["fell_behind"] = True  # saturated: latency grew through the run
     done = w.wait_acked(warmup + producer.produced, max(60.0, behind / 1000 + 60))
     res.peak_rss_mb = memory.stop()
+    res.extra["peak_pss_by_process_mb"] = memory.peak_parts
     if not done:
         res.problems.append(f"not all acknowledged after the producer stopped (got {w.acked()})")
     stats = emulator.stats()
@@ -587,93 +643,141 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def report(results: dict[str, Any]) -> str:
-    rows: list[tuple[str, str, str, str, str]] = []
+    """The figures against their targets: ours, the ``--base-code`` build (when run) and the peer side
+    by side, with the ratios."""
+    rows: list[tuple[str, str, str, str, str]] = []  # label, ours, base, peer, target
+    ratios: list[tuple[str, str]] = []  # ours/base, ours/peer
     R = results.get("runs", {})  # noqa: N806
 
     def get(key: str) -> RunResult | None:
         return R.get(key)
 
-    def add(label: str, ours: float | None, peer: float | None, target: str, digits: int = 0) -> None:
-        rows.append((label, fmt(ours, digits), fmt(peer, digits), ratio(ours, peer), target))
+    def add(label: str, ours: float | None, peer: float | None, target: str, digits: int = 0,
+            base: float | None = None) -> None:
+        rows.append((label, fmt(ours, digits), fmt(base, digits), fmt(peer, digits), target))
+        ratios.append((ratio(ours, base), ratio(ours, peer)))
+
+    def text(label: str, ours: str, base: str = "", peer: str = "", target: str = "") -> None:
+        rows.append((label, ours, base, peer, target))
+        ratios.append(("", ""))
+
+    def v(r: RunResult | None, attr: str) -> Any:
+        return getattr(r, attr) if r else None
 
     for scen, label in (("rate", f"backlog {results['args']['events']:,}"),
                         ("smoke", f"smoke backlog {results['args']['events']:,}")):
-        o, p = get(f"{scen}/ours"), get(f"{scen}/peer")
+        o, p, b = get(f"{scen}/ours"), get(f"{scen}/peer"), get(f"{scen}/base")
         if not o and not p:
             continue
-        v = (lambda r, attr: getattr(r, attr) if r else None)
-        add(f"{label}: steady events/s (first→last ack)", v(o, "steady_rate"), v(p, "steady_rate"), "≥ 2.5× peer")
-        add(f"{label}: events/s incl. start-up", v(o, "rate_with_startup"), v(p, "rate_with_startup"), "")
-        add(f"{label}: CPU s per 1k events", v(o, "cpu_per_1k"), v(p, "cpu_per_1k"), "≤ 0.07 and ≤ 0.5× peer", 3)
-        if o and o.extra.get("worker_busy"):
-            rows.append((f"{label}: transform workers busy (least)", f"{min(o.extra['worker_busy'].values()):.0%}",
-                         "", "", "≥ 90 %"))
-            if o.extra.get("waits_on"):
-                rows.append((f"{label}: the workers wait on", o.extra["waits_on"], "", "", ""))
-        add(f"{label}: peak memory MB (PSS)", v(o, "peak_rss_mb"), v(p, "peak_rss_mb"), "")
-        add(f"{label}: mean request, messages", v(o, "mean_request_messages"), v(p, "mean_request_messages"), "")
-        add(f"{label}: mean request, KB", v(o, "mean_request_kb"), v(p, "mean_request_kb"), "≥ 500")
+        add(f"{label}: steady events/s (first→last ack)", v(o, "steady_rate"), v(p, "steady_rate"), "≥ 2.5× peer",
+            base=v(b, "steady_rate"))
+        add(f"{label}: events/s incl. start-up", v(o, "rate_with_startup"), v(p, "rate_with_startup"), "",
+            base=v(b, "rate_with_startup"))
+        add(f"{label}: CPU s per 1k events", v(o, "cpu_per_1k"), v(p, "cpu_per_1k"), "≤ 0.07 and ≤ 0.5× peer", 3,
+            base=v(b, "cpu_per_1k"))
+        add(f"{label}: connector CPUs in use (cores)", cpu_tree(o), cpu_tree(p), "", 2, base=cpu_tree(b))
+        add(f"{label}: box CPUs in use (cores)", cpu_box(o), cpu_box(p), "", 2, base=cpu_box(b))
+        if (o and o.extra.get("pipelines")) or (b and b.extra.get("pipelines")):
+            text(f"{label}: pipelines: input idle / held / cores", pipelines_cell(o), pipelines_cell(b), "",
+                 "idle → input-bound, held → delivery-bound")
+            text(f"{label}: bound by", (o.extra.get("bound_by") or "—") if o else "—",
+                 (b.extra.get("bound_by") or "—") if b else "")
+        add(f"{label}: peak memory MB (PSS)", v(o, "peak_rss_mb"), v(p, "peak_rss_mb"), "", base=v(b, "peak_rss_mb"))
+        add(f"{label}: mean request, messages", v(o, "mean_request_messages"), v(p, "mean_request_messages"), "",
+            base=v(b, "mean_request_messages"))
+        add(f"{label}: mean request, KB", v(o, "mean_request_kb"), v(p, "mean_request_kb"), "≥ 500",
+            base=v(b, "mean_request_kb"))
         add(f"{label}: max request, KB", o.max_request_bytes / 1000 if o else None,
-            p.max_request_bytes / 1000 if p else None, "≤ 1,048")
-        add(f"{label}: requests/s", v(o, "requests_per_s"), v(p, "requests_per_s"), "", 1)
+            p.max_request_bytes / 1000 if p else None, "≤ 1,048", base=b.max_request_bytes / 1000 if b else None)
+        add(f"{label}: requests/s", v(o, "requests_per_s"), v(p, "requests_per_s"), "", 1, base=v(b, "requests_per_s"))
     c, o = get("ceiling"), get("rate/ours") or get("smoke/ours")
     if c:
         add("ceiling (no HTTP): steady events/s", c.steady_rate, None, "")
         if o:
-            rows.append(("end-to-end / ceiling", f"{o.steady_rate / c.steady_rate:.2f}" if c.steady_rate else "—",
-                         "", "", "≥ 0.75"))
+            text("end-to-end / ceiling", f"{o.steady_rate / c.steady_rate:.2f}" if c.steady_rate else "—",
+                 target="≥ 0.75")
     for ms in results["args"]["latencies"]:
         for key in sorted({k.split("/")[0] for k in R if k.startswith(f"latency{ms:g}")}):
-            o, p = get(f"{key}/ours"), get(f"{key}/peer")
+            o, p, b = get(f"{key}/ours"), get(f"{key}/peer"), get(f"{key}/base")
             tag = key.removeprefix(f"latency{ms:g}")
-            add(f"+{ms:.0f} ms inlet latency{tag}: steady events/s", o.steady_rate if o else None,
-                p.steady_rate if p else None, "")
-            add(f"+{ms:.0f} ms inlet latency{tag}: CPU s per 1k events", o.cpu_per_1k if o else None,
-                p.cpu_per_1k if p else None, "", 3)
+            add(f"+{ms:.0f} ms inlet latency{tag}: steady events/s", v(o, "steady_rate"), v(p, "steady_rate"), "",
+                base=v(b, "steady_rate"))
+            add(f"+{ms:.0f} ms inlet latency{tag}: CPU s per 1k events", v(o, "cpu_per_1k"), v(p, "cpu_per_1k"), "",
+                3, base=v(b, "cpu_per_1k"))
     for r in results["args"]["steady_rates"]:
-        o, p = get(f"steady{r:.0f}/ours"), get(f"steady{r:.0f}/peer")
+        o, p, b = get(f"steady{r:.0f}/ours"), get(f"steady{r:.0f}/peer"), get(f"steady{r:.0f}/base")
         if not o and not p:
             continue
-        sat = {k: " (fell behind)" if x is not None and x.extra.get("fell_behind") else ""
-               for k, x in (("o", o), ("p", p))}
-        add(f"steady {r:,.0f}/s: p50 record→inlet ms", o.p50_ms if o else None, p.p50_ms if p else None, "")
-        add(f"steady {r:,.0f}/s: p99 record→inlet ms", o.p99_ms if o else None, p.p99_ms if p else None,
-            "< 150" if r == 2500 else "")
+        add(f"steady {r:,.0f}/s: p50 record→inlet ms", v(o, "p50_ms"), v(p, "p50_ms"), "", base=v(b, "p50_ms"))
+        add(f"steady {r:,.0f}/s: p99 record→inlet ms", v(o, "p99_ms"), v(p, "p99_ms"),
+            "< 150" if r == 2500 else "", base=v(b, "p99_ms"))
         secs = results["args"]["steady_seconds"]
-        add(f"steady {r:,.0f}/s: worker CPU, % of a core", o.cpu_steady_s / secs * 100 if o else None,
-            p.cpu_steady_s / secs * 100 if p else None, "")
-        if sat["o"] or sat["p"]:
+        pct = [x.cpu_steady_s / secs * 100 if x else None for x in (o, p, b)]
+        add(f"steady {r:,.0f}/s: connector CPU, % of a core", pct[0], pct[1], "", base=pct[2])
+        add(f"steady {r:,.0f}/s: peak memory MB (PSS)", v(o, "peak_rss_mb"), v(p, "peak_rss_mb"), "",
+            base=v(b, "peak_rss_mb"))
+        if any(x is not None and x.extra.get("fell_behind") for x in (o, p, b)):
             def kept(x: RunResult | None) -> str:
                 return "—" if x is None else "no" if x.extra.get("fell_behind") else "yes"
 
-            rows.append((f"steady {r:,.0f}/s: kept up with the producer?", kept(o), kept(p), "",
-                         "no = saturated, latency grows"))
-    o, p = get("drain/ours"), get("drain/peer")
+            text(f"steady {r:,.0f}/s: kept up with the producer?", kept(o), kept(b) if b else "", kept(p),
+                 "no = saturated, latency grows")
+    o, p, b = get("drain/ours"), get("drain/peer"), get("drain/base")
     if o or p:
         n = results["args"]["drain_events"]
-        add(f"drain {n:,}: peak memory MB (PSS)", o.peak_rss_mb if o else None, p.peak_rss_mb if p else None, "< 250")
-        add(f"drain {n:,}: steady events/s", o.steady_rate if o else None, p.steady_rate if p else None, "")
-        add(f"drain {n:,}: mean request, KB", o.mean_request_kb if o else None, p.mean_request_kb if p else None,
-            "≥ 500")
+        add(f"drain {n:,}: peak memory MB (PSS, whole tree)", v(o, "peak_rss_mb"), v(p, "peak_rss_mb"), "< 250",
+            base=v(b, "peak_rss_mb"))
+        if o and o.extra.get("peak_pss_by_process_mb"):
+            text(f"drain {n:,}: at the peak, by process (MB)", pss_cell(o), pss_cell(b) if b else "")
+        add(f"drain {n:,}: steady events/s", v(o, "steady_rate"), v(p, "steady_rate"), "", base=v(b, "steady_rate"))
+        add(f"drain {n:,}: mean request, KB", v(o, "mean_request_kb"), v(p, "mean_request_kb"), "≥ 500",
+            base=v(b, "mean_request_kb"))
     e = results.get("emulator_alone")
     if e:
         o = get("rate/ours") or get("smoke/ours")
         need = o.messages / (o.last_ack - o.first_ack) if o and o.last_ack > o.first_ack else None
-        rows.append(("emulator alone: messages/s (ours needed)", fmt(e.get("messages_per_s")),
-                     fmt(need), "", "emulator ≫ need"))
-    w = [max(len(r[i]) for r in rows + [("row", "ours", "peer", "ours/peer", "target")]) for i in range(5)]
-    head = ("row", "ours", "peer", "ours/peer", "target")
+        text("emulator alone: messages/s (ours needed)", fmt(e.get("messages_per_s")), peer=fmt(need),
+             target="emulator ≫ need")
+    with_base = any(k.endswith("/base") for k in R)
+    head = ["row", "ours", *(["base", "ours/base"] if with_base else []), "peer", "ours/peer", "target"]
+    table = [[lb, o_, *([b_, rb] if with_base else []), p_, rp, t]
+             for (lb, o_, b_, p_, t), (rb, rp) in zip(rows, ratios, strict=True)]
+    w = [max(len(x[i]) for x in [*table, head]) for i in range(len(head))]
     lines = ["| " + " | ".join(h.ljust(w[i]) for i, h in enumerate(head)) + " |",
-             "|" + "|".join("-" * (w[i] + 2) for i in range(5)) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join((r[i].ljust(w[i]) if i == 0 else r[i].rjust(w[i])) for i in range(5)) + " |")
+             "|" + "|".join("-" * (w[i] + 2) for i in range(len(head))) + "|"]
+    for x in table:
+        lines.append("| " + " | ".join((x[i].ljust(w[i]) if i == 0 else x[i].rjust(w[i])) for i in range(len(head)))
+                     + " |")
     return "\n".join(lines)
+
+
+def cpu_tree(r: RunResult | None) -> float | None:
+    """Cores our connector's processes used while draining (the peer: its one process)."""
+    share = r.extra.get("cpu_share", {}) if r else {}
+    return share.get("connector_tree") if "connector_tree" in share else (r.cpu_steady_s / (r.last_ack - r.first_ack)
+                                                                         if r and r.last_ack > r.first_ack else None)
+
+
+def cpu_box(r: RunResult | None) -> float | None:
+    return r.extra.get("cpu_share", {}).get("box") if r else None
+
+
+def pipelines_cell(r: RunResult | None) -> str:
+    """``idle/held/cores`` of each pipeline, ``0: 5%/0%/0.93 · 1: …``."""
+    if r is None or not r.extra.get("pipelines"):
+        return "—"
+    return " · ".join(f"{i}: {p.get('input_wait', 0):.0%}/{p.get('held', 0):.0%}/{p.get('cpu', 0):.2f}"
+                      for i, p in r.extra["pipelines"].items())
+
+
+def pss_cell(r: RunResult) -> str:
+    return " · ".join(f"{k} {mb:.0f}" for k, mb in r.extra.get("peak_pss_by_process_mb", {}).items())
 
 
 def run_table(results: dict[str, Any]) -> str:
     """One line per backlog run, in the order run: the rate beside its utilization and calibration."""
     head = ("run", "+ms", "events/s", "CPU s/1k", "req", "msg/req", "in flight", "lanes idle/fill/send/blocked",
-            "held", "box cores", "calib ms", "PSS MB")
+            "pipes", "idle", "held", "own cores", "CPUs", "box cores", "calib ms", "PSS MB")
     rows = []
     for key, r in results["runs"].items():
         if r.scenario.startswith("steady") or r.worker == "ceiling":
@@ -682,8 +786,10 @@ def run_table(results: dict[str, Any]) -> str:
         rows.append((key, fmt(r.extra.get("latency_ms")), fmt(r.steady_rate), fmt(r.cpu_per_1k, 3), fmt(r.requests),
                      fmt(r.mean_request_messages), fmt(r.extra.get("inflight_mean"), 2),
                      "/".join(f"{ls[s]:.2f}" for s in ("idle", "filling", "sending", "blocked")) if ls else "—",
-                     fmt(r.extra.get("loop", {}).get("held"), 2), fmt(r.extra.get("cpu_share", {}).get("box"), 2),
-                     fmt(r.extra.get("calib_ms")), fmt(r.peak_rss_mb)))
+                     fmt(len(r.extra["pipelines"]) if r.extra.get("pipelines") else None),
+                     fmt(r.extra.get("loop", {}).get("input_wait"), 2), fmt(r.extra.get("loop", {}).get("held"), 2),
+                     fmt(cpu_tree(r), 2), fmt(r.extra.get("connector_cpus")),
+                     fmt(r.extra.get("cpu_share", {}).get("box"), 2), fmt(r.extra.get("calib_ms")), fmt(r.peak_rss_mb)))
     w = [max(len(x[i]) for x in [*rows, head]) for i in range(len(head))]
     lines = ["| " + " | ".join(h.ljust(w[i]) for i, h in enumerate(head)) + " |",
              "|" + "|".join("-" * (w[i] + 2) for i in range(len(head))) + "|"]
@@ -716,8 +822,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--run-timeout", type=float, default=None, help="bound per worker run (default from N)")
     ap.add_argument("--json", default=None, help="write every figure to this JSON file")
-    ap.add_argument("--ours-toml", default="", help="extra TOML appended to our connector's config (experiments)")
-    ap.add_argument("--base-toml", default="", help="extra TOML for the --base-code connector (not ours)")
+    ap.add_argument("--ours-toml", default="",
+                    help="TOML merged into our connector's config, e.g. 'processing.processes = 1' (a key given "
+                         "wins; tables the bench writes may be named again)")
+    ap.add_argument("--base-toml", default="", help="TOML merged into the --base-code connector's config (not ours), "
+                                                     "e.g. 'processing.workers = 0'")
+    ap.add_argument("--cpus", type=int, default=None, metavar="N",
+                    help="pin both connectors (ours and --base-code, not the broker, emulator or peer) to N CPUs "
+                         "(taskset -c): processing.processes = \"auto\" (and the old workers) resolve to N")
+    ap.add_argument("--ours-cpus", type=int, default=None, metavar="N", help="pin our connector to N CPUs")
+    ap.add_argument("--base-cpus", type=int, default=None, metavar="N", help="pin the --base-code connector to N CPUs")
+    ap.add_argument("--drain-base", action="store_true", help="also run the --base-code connector on the drain backlog")
     ap.add_argument("--ours-env", action="append", default=[], metavar="K=V",
                     help="extra environment for our connector (experiments; repeatable)")
     ap.add_argument("--ours-code", default=None, metavar="REV",
@@ -732,6 +847,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # 1,000 events/s at least: the peer drains ~1.6–3.5k events/s on a slow 2-core box.
         args.run_timeout = max(120.0, max(args.events, args.drain_events if args.mode in ("all", "drain") else 0)
                                / 1000)
+    args.ours_cpus = args.ours_cpus or args.cpus
+    args.base_cpus = args.base_cpus or args.cpus
     args.verify_commits = args.mode == "smoke"
     args.steady_rates = [float(x) for x in str(args.steady_rate).split(",") if x.strip()]
     args.latencies = [float(x) for x in str(args.latency_ms).split(",") if x.strip()]
@@ -782,13 +899,14 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"emulator for the steady runs on {em2.url} (--store-bodies: per-message receipt times)")
                 base = 10_000_000  # record indexes of the steady runs (distinct eventIds from the backlogs)
                 for r in args.steady_rates:
-                    for wn in ["ours", *peers]:
+                    for wn in [*(["base"] if ctx.base_code is not None else []), "ours", *peers]:
                         runs[f"steady{r:.0f}/{wn}"] = run_steady(ctx, wn, em2, r, base)
                         base += 1_000_000
                 ctx.procs.stop(em2.proc)
             if mode in ("all", "drain"):
                 prefix = ctx.backlog("drain", args.drain_events)
-                for wn in ["ours", *(peers if args.drain_peer else [])]:
+                for wn in [*(["base"] if ctx.base_code is not None and args.drain_base else []), "ours",
+                           *(peers if args.drain_peer else [])]:
                     runs[f"drain/{wn}"] = run_backlog(ctx, wn, "drain", prefix, args.drain_events, ctx.emulator)
             ctx.procs.stop_all()
             if mode == "all":

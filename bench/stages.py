@@ -93,7 +93,9 @@ def settings(tmp: Path) -> Any:
     cfg = tmp / "stages.toml"
     cfg.write_text(connector_toml(bootstrap="127.0.0.1:9", emulator_url="http://127.0.0.1:9",
                                   prefix=TOPIC_PREFIX, group="stages", metrics_port=None, authenticated=False,
-                                  extra="[processing]\nworkers = 0\n"))  # the loop on this thread
+                                  extra="[processing]\nworkers = 0\n"))
+    # workers = 0: for --ab against a build before 4ad4d77, the loop on this thread (no transform
+    # worker pool); later builds have no pool, and their config ignores the key.
     return load_settings(cfg)
 
 
@@ -350,7 +352,11 @@ def ab(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parent.parent
     old = Path(tempfile.mkdtemp(prefix=f"stages-ab-{args.ab}-"))
     try:
-        archive = subprocess.run(["git", "-C", str(root), "archive", args.ab, "connector", "schemas"],
+        # schemas/ moved into connector/ (package data) in 35a5630: export it only where it exists.
+        top = subprocess.run(["git", "-C", str(root), "ls-tree", "--name-only", args.ab], capture_output=True,
+                             text=True, check=True).stdout.split()
+        archive = subprocess.run(["git", "-C", str(root), "archive", args.ab,
+                                  *(p for p in ("connector", "schemas") if p in top)],
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         sides = {f"{args.ab}": str(old), "working tree": ""}
