@@ -1,6 +1,6 @@
 """Backfill beside the stream: events/s and CPU per event on the same history.
 
-    python bench/backfill.py [--events 100000] [--workers 0]
+    python bench/backfill.py [--events 100000] [--processes 1]
 
 Starts tansu and the emulator (``--no-store-bodies``: ids are counted either way), produces
 ``--events`` sample Capillary events (JSON, keyed by customer, 4 partitions) under two topic
@@ -9,7 +9,7 @@ prefixes, then:
 * backfills the first (``capillary-aep backfill``, 256 MB files, one batch per dataset) into the
   emulator through the Batch Ingestion API, hand-over included, and measures wall time and the CPU
   of the backfill process;
-* streams the second (``capillary-aep run``, ``processing.workers`` as given) until every record is
+* streams the second (``capillary-aep run``, ``processing.processes`` as given) until every record is
   acknowledged, and measures the same;
 
 then checks that every ExperienceEvent `_id` landed exactly once in each. The emulator's own CPU is
@@ -70,11 +70,12 @@ def keyed(events: list[dict]) -> list[tuple[bytes | None, bytes]]:
     return [(customer_key(e), orjson.dumps(e)) for e in events]
 
 
-def config(path: Path, bootstrap: str, url: str, prefix: str, workers: int) -> Path:
+def config(path: Path, bootstrap: str, url: str, prefix: str, processes: int | str) -> Path:
+    value = '"auto"' if processes == "auto" else int(processes)
     path.write_text(demo.connector_toml(
         bootstrap=bootstrap, emulator_url=url, metrics_port=free_port(), group=f"g{uuid.uuid4().hex[:8]}",
         prefix=prefix, dlq_topic=f"dlq.{prefix.rstrip('.')}", origin="bench/backfill.py",
-        extra=f"[processing]\nworkers = {workers}\n"))
+        extra=f"[processing]\nprocesses = {value}\n"))
     return path
 
 
@@ -126,7 +127,7 @@ def handover(bootstrap: str, url: str, env: dict[str, str], tmp: Path, cfg: Path
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--workers", type=int, default=0, help="processing.workers of the stream run")
+    ap.add_argument("--processes", default="1", help="processing.processes of the stream run (a number or auto)")
     ap.add_argument("--handover", type=int, default=10_000, help="events streamed after the backfill's hand-over")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
@@ -151,7 +152,7 @@ def main() -> None:
 
         # -- backfill ---------------------------------------------------------------------------
         print(f"box before the backfill: {busy_box()} (calib_ms ≈ 80-100 on an idle core)")
-        cfg = config(tmp / "backfill.toml", bootstrap, url, pb, 0)
+        cfg = config(tmp / "backfill.toml", bootstrap, url, pb, 1)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         r = subprocess.run(python_module("connector", "backfill", "--config", str(cfg), "--work-dir",
@@ -176,7 +177,7 @@ def main() -> None:
         # -- stream (the same events: the emulator's counts start again) ----------------------
         httpx.post(f"{url}/__emulator/reset", json={}, timeout=30).raise_for_status()
         print(f"box before the stream: {busy_box()}")
-        cfg = config(tmp / "stream.toml", bootstrap, url, ps, args.workers)
+        cfg = config(tmp / "stream.toml", bootstrap, url, ps, args.processes)
         port_m = int(cfg.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
         t0 = time.monotonic()
         proc = ManagedProcess(python_module("connector", "run", "--config", str(cfg)), env=env,
@@ -201,7 +202,7 @@ def main() -> None:
         proc.stop()
         stats2 = httpx.get(f"{url}/__emulator/stats", timeout=30).json()
         assert stats2["duplicate_ids"] == 0, stats2
-        print(f"stream (workers={args.workers}): {args.events:,} events in {wall_s:.1f}s (start-up included) = "
+        print(f"stream (processes={args.processes}): {args.events:,} events in {wall_s:.1f}s (start-up included) = "
               f"{args.events / wall_s:,.0f} events/s; CPU {cpu_s:.1f}s = {cpu_s / args.events * 1e6:,.0f} µs/event "
               f"({cpu_s / wall_s:.0%} of a core busy); "
               f"{stats2['messages_accepted']:,} messages through the inlet; {event_ids:,} events")

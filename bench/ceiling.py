@@ -6,8 +6,9 @@ batch → offsets) with the HTTP send disabled.
 It runs :class:`connector.pipeline.Pipeline` unchanged except that ``Sink.deliver`` builds the
 request body (``encode_body``, as the real sink does) and reports every record accepted, without a
 network round trip. It stops by itself once ``N`` records are acknowledged and prints one JSON line
-with monotonic timestamps (comparable with the parent's), CPU seconds and peak memory (PSS), both
-including the transform worker processes.
+with monotonic timestamps (comparable with the parent's), CPU seconds and peak memory (PSS) of the
+process and any children (one pipeline, as one pipeline process of ``capillary-aep run`` runs it;
+builds before 4ad4d77 also had transform worker processes).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main() -> int:
             now = time.monotonic()
             if n > 0 and out["first_ack"] is None:
                 out["first_ack"] = now
-                out["cpu_first"] = cpu_seconds(os.getpid())  # with the transform workers
+                out["cpu_first"] = cpu_seconds(os.getpid())  # with any children
             if n >= args.events:
                 out["last_ack"] = now
                 out["cpu"] = cpu_seconds(os.getpid())
