@@ -38,7 +38,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, assert_never
 
 import httpx
 import orjson
@@ -85,21 +85,55 @@ class BatchResult:
 _Item = tuple[int, bytes, Any, tuple[int, ...]]
 
 
-class _Stalled(Exception):
-    """The inlet rejects us for reasons a retry of the same data cannot fix by itself."""
+# -- what one request to the inlet comes to: drawn once, dispatched on by type in Sink.deliver ----
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """200/207 with a readable body: ``entries`` says per message what the inlet did with it."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    entries: list[Any]
 
 
-@dataclass(slots=True)
-class _Answer:
-    kind: str  # "ok", "too_large", "bad_request", "transient"
-    entries: list[Any] | None = None
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """413: the request is larger than the inlet accepts; its halves may pass."""
+
+    message: str
+    status: ClassVar[int] = 413
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """400 for the whole request: some message in it is malformed; bisecting isolates it."""
+
+    message: str
+    status: ClassVar[int] = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """408/429/5xx, an unreadable 207 body, a timeout or connection error, or IMS out of reach:
+    the same request may pass later (``status`` 0 when no HTTP answer came)."""
+
     message: str = ""
-    retry_after: float | None = None
     status: int = 0
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    """401/403 with a fresh token, credentials IMS rejects, 404 and other 4xx: the inlet rejects us
+    for reasons a retry of the same data cannot fix by itself — retry slowly, never dead-letter."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """No answer: the batch was cancelled while the request waited for the send budget or a slot."""
+
+
+Answer = Accepted | TooLarge | BadRequest | Retry | Stalled | Cancelled
 
 
 class Sink:
@@ -145,66 +179,61 @@ class Sink:
                 result.abandoned = True
                 return result
             chunk = work.pop()
-            try:
-                answer = self._post(chunk, result, cancel)
-            except _Stalled as exc:
-                self._note_failure()
-                METRICS.retries.labels(exc.reason).inc()
-                log.error("inlet rejects requests (%s): %s; retrying in %ss, nothing is acknowledged meanwhile",
-                          exc.reason, exc, _STALLED_BACKOFF_S)
-                work.append(chunk)
-                if cancel.wait(_STALLED_BACKOFF_S):
+            match self._post(chunk, result, cancel):
+                case Cancelled():
                     result.abandoned = True
                     return result
-                continue
-            if answer is None:  # cancelled while waiting for a request slot
+                case Accepted(entries):
+                    retry, progressed = self._apply_entries(chunk, entries, result)
+                    self._note_success()
+                    if not retry:
+                        attempt = 0
+                        continue
+                    work.append(retry)
+                    METRICS.retries.labels("message_5xx").inc()
+                    METRICS.message_retries.inc(len(retry))
+                    if progressed:
+                        # Most of the request went through: the inlet works, these messages were unlucky.
+                        attempt = 0
+                        pause = random.uniform(0, self._delivery.backoff_initial_s)
+                    else:
+                        attempt += 1
+                        pause = self._backoff(attempt, None)
+                    self._retry_log.note(
+                        "message_5xx", "re-sending %d of %d messages after per-message failures (%s); next in %.2fs",
+                        len(retry), len(chunk), "progress" if progressed else f"no progress, round {attempt}", pause)
+                case TooLarge() | BadRequest() as answer:
+                    attempt = 0
+                    if len(chunk) == 1:
+                        _fail(result, chunk[0], MessageFailure(answer.status, answer.message))
+                    else:
+                        METRICS.retries.labels("split_413" if isinstance(answer, TooLarge) else "bisect_400").inc()
+                        mid = len(chunk) // 2
+                        work.append(chunk[mid:])
+                        work.append(chunk[:mid])
+                    continue
+                case Retry(message, status, retry_after):  # the whole request failed
+                    self._note_failure()
+                    reason = f"http_{status}" if status else "network"
+                    METRICS.retries.labels(reason).inc()
+                    METRICS.message_retries.inc(len(chunk))
+                    work.append(chunk)
+                    attempt += 1
+                    pause = self._backoff(attempt, retry_after)
+                    self._retry_log.note(reason, "request of %d messages failed (%s %s); retry %d in %.2fs",
+                                         len(chunk), reason, message, attempt, pause)
+                case Stalled(reason, message):
+                    self._note_failure()
+                    METRICS.retries.labels(reason).inc()
+                    log.error("inlet rejects requests (%s): %s; retrying in %ss, nothing is acknowledged meanwhile",
+                              reason, message, _STALLED_BACKOFF_S)
+                    work.append(chunk)
+                    pause = _STALLED_BACKOFF_S
+                case unknown:
+                    assert_never(unknown)
+            if cancel.wait(pause):
                 result.abandoned = True
                 return result
-
-            if answer.kind == "ok":
-                retry, progressed = self._apply_entries(chunk, answer.entries or [], result)
-                self._note_success()
-                if not retry:
-                    attempt = 0
-                    continue
-                work.append(retry)
-                METRICS.retries.labels("message_5xx").inc()
-                METRICS.message_retries.inc(len(retry))
-                if progressed:
-                    # Most of the request went through: the inlet works, these messages were unlucky.
-                    attempt = 0
-                    pause = random.uniform(0, self._delivery.backoff_initial_s)
-                else:
-                    attempt += 1
-                    pause = self._backoff(attempt, None)
-                self._retry_log.note(
-                    "message_5xx", "re-sending %d of %d messages after per-message failures (%s); next in %.2fs",
-                    len(retry), len(chunk), "progress" if progressed else f"no progress, round {attempt}", pause)
-                if cancel.wait(pause):
-                    result.abandoned = True
-                    return result
-            elif answer.kind in ("too_large", "bad_request"):
-                attempt = 0
-                if len(chunk) == 1:
-                    _fail(result, chunk[0], MessageFailure(answer.status, answer.message))
-                else:
-                    METRICS.retries.labels("split_413" if answer.kind == "too_large" else "bisect_400").inc()
-                    mid = len(chunk) // 2
-                    work.append(chunk[mid:])
-                    work.append(chunk[:mid])
-            else:  # transient: the whole request failed
-                self._note_failure()
-                reason = f"http_{answer.status}" if answer.status else "network"
-                METRICS.retries.labels(reason).inc()
-                METRICS.message_retries.inc(len(chunk))
-                work.append(chunk)
-                attempt += 1
-                pause = self._backoff(attempt, answer.retry_after)
-                self._retry_log.note(reason, "request of %d messages failed (%s %s); retry %d in %.2fs",
-                                     len(chunk), reason, answer.message, attempt, pause)
-                if cancel.wait(pause):
-                    result.abandoned = True
-                    return result
         return result
 
     def _items(self, records: list[PendingRecord]) -> list[_Item]:
@@ -250,7 +279,7 @@ class Sink:
 
     # -- one request ---------------------------------------------------------------------------
     def _post(self, chunk: list[_Item], result: BatchResult,
-              cancel: threading.Event) -> _Answer | None:
+              cancel: threading.Event) -> Answer:
         body = encode_body(item[1] for item in chunk)
         METRICS.batch_records.observe(len(chunk))
         METRICS.batch_bytes.observe(len(body))
@@ -258,7 +287,7 @@ class Sink:
             body = gzip.compress(body, compresslevel=1)  # zlib releases the GIL: cheap on sender threads
         if self.governor.enabled and not self.governor.wait_for(
                 len(chunk), sum(1 for item in chunk if item[2] is not None), cancel):
-            return None  # cancelled while waiting for the send budget
+            return Cancelled()
         refreshed = False
         while True:
             headers = dict(self._base_headers)
@@ -267,21 +296,21 @@ class Sink:
                 try:
                     token = self._tokens.token()
                 except TransientError as exc:
-                    return _Answer("transient", message=str(exc), retry_after=exc.retry_after)
+                    return Retry(str(exc), retry_after=exc.retry_after)
                 except AuthFailure as exc:
                     self.auth_failed = True
                     METRICS.auth_failed.set(1)
-                    raise _Stalled("auth", str(exc)) from None
+                    return Stalled("auth", str(exc))
                 headers["Authorization"] = f"Bearer {token}"
             if not self.limit.acquire(cancel):
-                return None
+                return Cancelled()
             start = time.perf_counter()
             result.requests += 1
             try:
                 resp = self._client.post(self._url, content=body, headers=headers)
             except httpx.HTTPError as exc:
                 METRICS.http_requests.labels("dcs", "error").inc()
-                return _Answer("transient", message=describe_http_error(exc))
+                return Retry(describe_http_error(exc))
             finally:
                 self.limit.release()
                 METRICS.http_request_seconds.labels("dcs").observe(time.perf_counter() - start)
@@ -298,12 +327,12 @@ class Sink:
                     if not isinstance(entries, list):
                         raise TypeError
                 except (orjson.JSONDecodeError, KeyError, TypeError):
-                    return _Answer("transient", message="unparseable 207 body", status=status)
+                    return Retry("unparseable 207 body", status)
                 if self.auth_failed:
                     self.auth_failed = False
                     METRICS.auth_failed.set(0)
                     log.info("inlet accepts our credentials again")
-                return _Answer("ok", entries=entries, status=status)
+                return Accepted(entries)
             if status in (401, 403):
                 if not refreshed and self._tokens is not None and token is not None:
                     self._tokens.invalidate(token)
@@ -312,14 +341,14 @@ class Sink:
                     continue
                 self.auth_failed = True
                 METRICS.auth_failed.set(1)
-                raise _Stalled("auth", f"inlet answered {status} with a fresh token: check credentials and inlet")
+                return Stalled("auth", f"inlet answered {status} with a fresh token: check credentials and inlet")
             if status == 413:
-                return _Answer("too_large", message="request larger than the inlet accepts (413)", status=413)
+                return TooLarge("request larger than the inlet accepts (413)")
             if status == 400:
-                return _Answer("bad_request", message=_problem_message(resp), status=400)
+                return BadRequest(_problem_message(resp))
             if status in (408, 429) or status >= 500:
-                return _Answer("transient", status=status, retry_after=_retry_after(resp.headers.get("Retry-After")))
-            raise _Stalled(f"http_{status}", f"inlet answered {status}: {_problem_message(resp)}")
+                return Retry("", status, _retry_after(resp.headers.get("Retry-After")))
+            return Stalled(f"http_{status}", f"inlet answered {status}: {_problem_message(resp)}")
 
     def _apply_entries(
         self, chunk: list[_Item], entries: list[Any], result: BatchResult

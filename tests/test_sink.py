@@ -12,7 +12,7 @@ import pytest
 from connector.auth import TokenProvider
 from connector.batch import PendingRecord
 from connector.config import AepConfig, DeliveryConfig, ImsConfig
-from connector.sink import Sink, _retry_after
+from connector.sink import Accepted, BadRequest, BatchResult, Retry, Sink, Stalled, TooLarge, _retry_after
 
 AEP = AepConfig(dcs_url="http://aep", inlet_id="inlet", org_id="O@AdobeOrg", authentication_required=True,
                 allow_insecure_http=True, ims=ImsConfig(url="http://ims", client_id="c", client_secret="s"))
@@ -166,6 +166,21 @@ def test_persistent_401_stalls_without_failing_records_and_cancel_abandons() -> 
     assert calls["token"] == 2  # refreshed exactly once
     assert result.abandoned and result.failures == {}
     assert sink.auth_failed
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    (httpx.Response(207, json={"responses": []}), Accepted([])),
+    (httpx.Response(200, content=b"not json"), Retry("unparseable 207 body", 200)),
+    (httpx.Response(413), TooLarge("request larger than the inlet accepts (413)")),
+    (httpx.Response(400, json={"title": "bad"}), BadRequest("bad")),
+    (httpx.Response(429, headers={"Retry-After": "3"}), Retry("", 429, 3.0)),
+    (httpx.Response(503), Retry("", 503, None)),
+    (httpx.Response(404, json={"title": "no such inlet"}), Stalled("http_404", "inlet answered 404: no such inlet")),
+])
+def test_one_request_comes_to_one_typed_answer(answer: httpx.Response, expected: object) -> None:
+    sink, _ = make_sink(lambda r: answer)
+    recs = records(1)
+    assert sink._post(sink._items(recs), BatchResult(recs), threading.Event()) == expected
 
 
 @pytest.mark.parametrize(("value", "expected"), [("7", 7.0), (None, None), ("soon", None)])
