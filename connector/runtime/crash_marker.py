@@ -6,9 +6,10 @@ the child writes the batch's ``(topic, partition, offset)`` keys there; before e
 record's index (one store into shared memory). When the child dies by a signal or an unexpected
 exit, the supervisor reads the index back: that record becomes a *suspect*, published on a shared
 board (:class:`SuspectBoard`) that every child reads before its next batch; a suspect that already
-killed ``STRIKES`` processes is dead-lettered as ``crashed_processing`` instead of processed. A kill that merely happened while a record was
-being processed (an operator's ``kill -9``, an OOM kill caused by something else) strikes an
-innocent record once, and it is processed again: only a record that kills twice is given up.
+killed ``STRIKES`` processes is dead-lettered as ``crashed_processing`` instead of processed. A kill
+that merely happened while a record was being processed (an operator's ``kill -9``, an OOM kill
+caused by something else) strikes an innocent record once, and it is processed again: only a record
+that kills twice is given up.
 """
 
 from __future__ import annotations
@@ -80,9 +81,14 @@ class SuspectBoard:
         deaths = self.suspects.get(key, (0, ""))[0] + 1
         self.suspects[key] = (deaths, how)
         blob = orjson.dumps([[*k, n, h] for k, (n, h) in self.suspects.items()])
-        if 16 + len(blob) > _SIZE:  # thousands of killers: keep the worst
-            keep = sorted(self.suspects.items(), key=lambda kv: -kv[1][0])[:10_000]
-            blob = orjson.dumps([[*k, n, h] for k, (n, h) in keep])
+        if 16 + len(blob) > _SIZE:  # thousands of killers: publish the worst that fit
+            worst = sorted(self.suspects.items(), key=lambda kv: -kv[1][0])
+            keep = min(len(worst), 10_000)
+            while True:  # 10,000 keys with long topic names do not fit either
+                blob = orjson.dumps([[*k, n, h] for k, (n, h) in worst[:keep]])
+                if 16 + len(blob) <= _SIZE:
+                    break
+                keep = min(keep - 1, keep * (_SIZE - 16) // len(blob))
         self._version[0] += 1  # odd: writing
         struct.pack_into("<I", self._map, 8, len(blob))
         self._map[16:16 + len(blob)] = blob
