@@ -1,6 +1,6 @@
 """The Grafana dashboard imports into any Grafana: its datasource is a variable (no hard-coded uid
 anywhere), it has job/instance/topic variables that every query uses, and it has the ingress and
-transform-worker panels an on-call engineer needs."""
+pipeline-process panels an on-call engineer needs."""
 
 from __future__ import annotations
 
@@ -80,10 +80,10 @@ def test_every_query_follows_the_variables() -> None:
         assert 'job="' not in expr, (title, expr)  # no job name hard-coded
 
 
-def test_ingress_row_and_worker_panels() -> None:
+def test_ingress_row_and_pipeline_process_panels() -> None:
     doc = _load()
     rows = [p["title"] for p in doc["panels"] if p["type"] == "row"]
-    assert "Webhook ingress" in rows and "Transform workers" in rows
+    assert "Webhook ingress" in rows and "Pipeline processes" in rows
     exprs = "\n".join(e for _, e in _queries(doc))
     for needle in (
         "sum by (status) (rate(capillary_ingest_requests_total",  # requests by status
@@ -93,10 +93,27 @@ def test_ingress_row_and_worker_panels() -> None:
         "capillary_ingest_broker_up",  # broker unavailable
         "rate(capillary_ingest_auth_failures_total",  # 401 rate
         "capillary_ingest_inflight_requests",  # in flight
-        "increase(capillary_aep_worker_restarts_total",
-        "increase(capillary_aep_partition_moves_total",
+        # pipeline processes: running against configured, restarts by cause, and per process (the
+        # `pipeline` label every child's series carries) CPU, memory and partitions
+        "sum by (instance) (capillary_aep_pipeline_processes_running",
+        "sum by (instance) (capillary_aep_pipeline_processes{",
+        "sum by (instance, cause) (increase(capillary_aep_pipeline_restarts_total",
+        "sum by (instance) (increase(capillary_aep_records_crashed_total",
+        "sum by (instance, pipeline) (rate(process_cpu_seconds_total",
+        "sum by (instance, pipeline) (process_resident_memory_bytes",
+        "sum by (instance, pipeline) (capillary_aep_assigned_partitions",
     ):
         assert needle in exprs, needle
+
+
+REMOVED = ("capillary_aep_transform_workers", "capillary_aep_worker_restarts_total",
+           "capillary_aep_worker_busy_seconds_total", "capillary_aep_partition_moves_total",
+           "capillary_aep_worker_resident_memory_bytes")
+
+
+def test_no_query_uses_a_metric_of_the_former_transform_workers() -> None:
+    exprs = "\n".join(e for _, e in _queries(_load()))
+    assert [name for name in REMOVED if name in exprs] == []
 
 
 def test_panel_ids_are_unique_and_panels_do_not_overlap() -> None:
@@ -119,13 +136,13 @@ def test_every_panel_says_what_it_shows() -> None:
 
 
 def test_backlog_and_utilisation_panels() -> None:
-    """Broker-side lag (it exists at zero replicas), dead-letter growth, worker utilisation and input
-    wait: what tells a backlog from a bottleneck."""
+    """Broker-side lag (it exists at zero replicas), dead-letter growth, and input wait per replica and
+    per pipeline process: what tells a backlog from a bottleneck."""
     exprs = "\n".join(e for _, e in _queries(_load()))
     for needle in (
         'capillary_aep:kafka_consumergroup_lag:sum_by_topic{topic=~"$topic"}',  # the group named once, in the rule
         "sum by (reason) (increase(capillary_aep_records_dead_lettered_total",
-        "sum by (instance, worker) (rate(capillary_aep_worker_busy_seconds_total",
+        "sum by (instance, pipeline) (rate(capillary_aep_input_wait_seconds_total",
         "sum by (instance) (rate(capillary_aep_input_wait_seconds_total",
         "sum by (instance) (rate(capillary_aep_input_held_seconds_total",
     ):

@@ -210,6 +210,17 @@ def test_dashboard_shows_what_operators_ask_for() -> None:
         assert needle in exprs, needle
 
 
+def test_no_rule_or_dashboard_query_uses_a_metric_of_the_former_transform_workers() -> None:
+    """They went with the worker pool (one process per pipeline): docs/operations.md#deprecated-metric-names."""
+    removed = ("capillary_aep_transform_workers", "capillary_aep_worker_restarts_total",
+               "capillary_aep_worker_busy_seconds_total", "capillary_aep_partition_moves_total",
+               "capillary_aep_worker_resident_memory_bytes")
+    exprs = "\n".join(rule_exprs() + dashboard_exprs())
+    assert [name for name in removed if name in exprs] == []
+    assert "process_resident_memory_bytes{pipeline!=\"supervisor\"}" in next(
+        r["annotations"]["description"] for r in _alert_rules() if r["alert"] == "CapillaryAepPipelineRestarts")
+
+
 def test_every_alert_has_a_runbook_section_and_a_severity() -> None:
     doc = (ROOT / "docs" / "operations.md").read_text()
     headings = set(re.findall(r"^### (\w+)$", doc, re.M))

@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,16 +29,17 @@ from connector.dev.emulator import config as em
 from connector.dev.produce import SampleEncoder
 from connector.health import serve_health
 from connector.metrics import Metrics
+from connector.runtime.supervisor import SupervisorMetrics
 
 _BOUNDED_LABELS = {"topic", "partition", "format", "kind", "event_type", "stage", "reason", "endpoint", "status",
                    "outcome", "error", "retriable",
-                   "worker",  # worker: the index of a transform worker, below processing.workers
+                   "cause",  # cause: record/unknown, why the supervisor restarted a pipeline process
                    # lane: below batch.lanes; state: idle/filling/sending/blocked; batches: in flight,
                    # at most lanes × max_inflight_per_lane
                    "lane", "state", "batches"}
 
 
-def _families(metrics: Metrics) -> dict[str, str]:
+def _families(metrics: Any) -> dict[str, str]:
     """Exported family name → type (counters as their ``_total`` sample name); the connector's own
     (the standard ``process_*`` and ``python_info`` families are prometheus_client's)."""
     out = {}
@@ -49,8 +51,13 @@ def _families(metrics: Metrics) -> dict[str, str]:
     return out
 
 
+def _all_families() -> dict[str, str]:
+    """A replica's: every pipeline process's (Metrics) and the supervisor's own (SupervisorMetrics)."""
+    return {**_families(Metrics()), **_families(SupervisorMetrics())}
+
+
 def test_metric_names_follow_prometheus_conventions_and_labels_are_bounded() -> None:
-    fams = _families(Metrics())
+    fams = _all_families()
     assert fams, "no metrics declared"
     for name, kind in fams.items():
         assert name.startswith("capillary_aep_"), name
@@ -60,15 +67,17 @@ def test_metric_names_follow_prometheus_conventions_and_labels_are_bounded() -> 
         else:
             assert not name.endswith("_total"), name
         assert not re.search(r"_(milliseconds|ms|kilobytes|kb)(_|$)", name), f"{name}: use base units"
-    for collector in Metrics().registry._collector_to_names:
-        if hasattr(collector, "_labelnames"):  # ours (the process/platform collectors have none)
-            assert set(collector._labelnames) <= _BOUNDED_LABELS, collector._name
+    for metrics in (Metrics(), SupervisorMetrics()):
+        for collector in metrics.registry._collector_to_names:
+            if hasattr(collector, "_labelnames"):  # ours (the process/platform collectors have none)
+                # "pipeline" is added at scrape time by the supervisor (connector.runtime.link), never declared
+                assert set(collector._labelnames) <= _BOUNDED_LABELS - {"pipeline"}, collector._name
 
 
 def test_every_metric_is_documented_and_every_documented_metric_exists() -> None:
     doc = (ROOT / "docs" / "operations.md").read_text()
     table = set(re.findall(r"^\| `(capillary_aep_[a-z0-9_]+)`", doc, re.M))
-    assert table == set(_families(Metrics()))
+    assert table == set(_all_families())
 
 
 def test_the_process_collectors_and_hour_long_latency_buckets_are_exported() -> None:
@@ -77,7 +86,7 @@ def test_the_process_collectors_and_hour_long_latency_buckets_are_exported() -> 
     m = Metrics()
     text = generate_latest(m.registry).decode()
     assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text
-    assert "python_info" in text and "capillary_aep_worker_resident_memory_bytes" in text
+    assert "python_info" in text and "capillary_aep_input_wait_seconds_total" in text
     m.delivery_latency.observe(3 * 3600)  # three hours behind: a backlog, not "over 300 s"
     text = generate_latest(m.registry).decode()
     assert 'capillary_aep_delivery_latency_seconds_bucket{le="14400.0"} 1.0' in text
@@ -378,7 +387,8 @@ def test_the_runtime_never_imports_the_development_tooling() -> None:
     import sys
 
     code = ("import sys, connector.app, connector.cli, connector.ingest.app, connector.pipeline, connector.check, "
-            "connector.replay, connector.dryrun, connector.provision.plan, connector.workers, connector.preload\n"
+            "connector.replay, connector.dryrun, connector.provision.plan, connector.runtime.supervisor, "
+            "connector.runtime.link\n"
             "print(sorted(m for m in sys.modules if m.startswith('connector.dev') or m.split('.')[0] == 'jsonschema'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
