@@ -1,6 +1,7 @@
 """deploy/kubernetes agrees with the code: the rendered example overlay's configs load, every secret
 is a file from the mounted Secret, the grace period covers the drain bound, readiness cannot stall a
-rollout, and KEDA scales on the connector's own consumer group and topics. (Schemas of built-in
+rollout, a CPU per pipeline process, and KEDA scales on the connector's own consumer group and topics
+without more members than partitions. (Schemas of built-in
 kinds: `kubernetes-validate` in .ci/checks.)"""
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from tls_support import make_tls_files
 
 from connector.config import DeliveryConfig, Settings, load_settings
 from connector.ingest.config import IngestSettings
+from connector.runtime.supervisor import STOP_MARGIN_S
 from connector.topics import all_topics
 
 SECRETS_DIR = "/var/run/secrets/capillary/"
+# Partitions of each topic as docs/going-live.md creates them: KEDA's maxReplicaCount follows from it.
+EXAMPLE_PARTITIONS = 12
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
 
 
@@ -136,14 +140,42 @@ def test_every_service_monitor_scrapes_the_port_the_config_serves_metrics_on(ren
 
 def test_connector_stop_fits_the_grace_period_and_readiness_does_not_gate_on_partitions(rendered) -> None:
     spec = _one(rendered, "Deployment", "capillary-aep-connector")["spec"]["template"]["spec"]
-    drain_bound = DeliveryConfig().drain_timeout_s + 5  # drain, then the consumer close (README)
+    # Each pipeline process drains, then closes its consumer (≤ 5 s); the supervisor kills one still
+    # there STOP_MARGIN_S later.
+    drain_bound = DeliveryConfig().drain_timeout_s + 5 + STOP_MARGIN_S
     assert spec["terminationGracePeriodSeconds"] > drain_bound
     (container,) = spec["containers"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"  # /readyz would stall rollouts
     env = {e["name"]: e for e in container["env"]}
     assert env["CAPILLARY_AEP__KAFKA__GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert container["resources"]["requests"]["memory"] == "320Mi"  # ~230 MB measured + headroom
+
+
+def _processes(rendered: list[dict[str, Any]]) -> int:
+    data = _one(rendered, "ConfigMap", "capillary-aep-config")["data"]
+    processes = tomllib.loads(data["connector.toml"])["processing"]["processes"]
+    assert isinstance(processes, int), "set processing.processes explicitly beside the CPU request"
+    return processes
+
+
+def test_one_cpu_per_pipeline_process_and_memory_from_the_measured_pss(rendered) -> None:
+    spec = _one(rendered, "Deployment", "capillary-aep-connector")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    resources = container["resources"]
+    processes = _processes(rendered)
+    assert int(resources["requests"]["cpu"]) == processes
+    assert int(resources["limits"]["cpu"]) >= processes  # "auto" would give at least as many
+    # Measured: ~180 MB PSS for 2 processes under a backlog (supervisor ~35 MB, each ~70-75 MB).
+    measured_mb = 35 + 75 * processes
+    request, limit = (int(resources[k]["memory"].removesuffix("Mi")) for k in ("requests", "limits"))
+    assert (processes, request, limit) == (2, 256, 512)
+    assert measured_mb * 1.3 < request < limit
+
+
+def test_keda_never_runs_more_consumer_group_members_than_partitions(rendered) -> None:
+    scaled = _one(rendered, "ScaledObject", "capillary-aep-connector")["spec"]
+    assert scaled["maxReplicaCount"] * _processes(rendered) <= EXAMPLE_PARTITIONS
+    assert scaled["maxReplicaCount"] == EXAMPLE_PARTITIONS // _processes(rendered)  # and uses them all
 
 
 def test_keda_scales_on_the_connectors_group_and_every_default_topic(rendered, tmp_path: Path) -> None:

@@ -161,6 +161,20 @@ def test_compose_connector_config_targets_the_emulator_and_exposes_metrics(monke
     assert compose["environment"]["CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET"].startswith("${")  # from the env
 
 
+def test_compose_connector_runs_a_set_number_of_pipeline_processes_within_its_grace_period() -> None:
+    """The containers have no CPU limit, so "auto" would count the host: the file sets a number, and
+    the stack's topics have enough partitions for them."""
+    from connector.config import DeliveryConfig
+    from connector.runtime.supervisor import STOP_MARGIN_S
+
+    processing = tomllib.loads((DEPLOY / "connector.compose.toml").read_text())["processing"]
+    assert isinstance(processing["processes"], int) and "workers" not in processing
+    partitions = int(_compose()["services"]["kafka"]["environment"]["KAFKA_NUM_PARTITIONS"])
+    assert processing["processes"] <= partitions
+    grace = _compose()["services"]["connector"]["stop_grace_period"]
+    assert int(grace.removesuffix("s")) > DeliveryConfig().drain_timeout_s + 5 + STOP_MARGIN_S
+
+
 def test_scrape_jobs_cover_every_job_the_rules_and_dashboard_name() -> None:
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
