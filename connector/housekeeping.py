@@ -82,19 +82,19 @@ class Housekeeping:
 
 
 class AuthProbe:
-    """Fetch a token at start and, while credentials are rejected, every 30 s; clear the sink's
-    ``auth_failed`` once IMS accepts them again and nothing is in flight."""
+    """Fetch a token at start and, while credentials are rejected, every 30 s; mark the sink's
+    credentials accepted once IMS accepts them again and nothing is in flight."""
 
     def __init__(self, tokens: TokenProvider | None, sink: Sink, clock: Callable[[], float]) -> None:
         self._tokens = tokens
-        self._sink = sink
+        self._credentials = sink.credentials
         self._clock = clock
         self._last = 0.0
 
     def due(self, idle: bool) -> bool:
         """Rejected credentials, or idle with no valid token (no sender renews it then)."""
         tokens = self._tokens
-        return self._sink.auth_failed or (tokens is not None and idle and not tokens.valid())
+        return self._credentials.failed or (tokens is not None and idle and not tokens.valid())
 
     def __call__(self, idle: bool, force: bool = False) -> None:
         if self._tokens is None:
@@ -106,15 +106,13 @@ class AuthProbe:
         try:
             self._tokens.token()
         except AuthFailure as exc:
-            self._sink.auth_failed = True
-            METRICS.auth_failed.set(1)
+            self._credentials.rejected()
             log.error("%s — consumption is paused and nothing is committed until this is fixed", exc)
         except TransientError as exc:
             log.warning("IMS not reachable yet: %s", exc)
         else:
-            if self._sink.auth_failed and idle:
-                self._sink.auth_failed = False
-                METRICS.auth_failed.set(0)
+            if idle:
+                self._credentials.accepted()
 
 
 def rss_bytes(pid: int) -> int:

@@ -136,6 +136,33 @@ class Cancelled:
 Answer = Accepted | TooLarge | BadRequest | Retry | Stalled | Cancelled
 
 
+class CredentialHealth:
+    """Whether IMS or the inlet rejects our credentials: written by the sender threads and the auth
+    probe, read by the loop (pause, hold new requests) and ``/readyz``; keeps the gauge beside it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failed = False
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    def rejected(self) -> None:
+        with self._lock:
+            self._failed = True
+            METRICS.auth_failed.set(1)
+
+    def accepted(self) -> bool:
+        """The credentials work (again); True if they had been rejected until now."""
+        with self._lock:
+            if not self._failed:
+                return False
+            self._failed = False
+            METRICS.auth_failed.set(0)
+            return True
+
+
 class Sink:
     def __init__(
         self,
@@ -148,6 +175,7 @@ class Sink:
         coalesce_profiles: bool = True,
         max_bytes: int = 950_000,
         governor: Governor | None = None,
+        credentials: CredentialHealth | None = None,
     ) -> None:
         self._url = aep.batch_url
         self._delivery = delivery
@@ -160,7 +188,7 @@ class Sink:
         }
         if delivery.gzip:
             self._base_headers["Content-Encoding"] = "gzip"
-        self.auth_failed = False
+        self.credentials = credentials if credentials is not None else CredentialHealth()
         self.failing_since: float | None = None  # monotonic time of the first failure in a row
         self.limit = AdaptiveLimit(max(1, lanes))
         self.governor = governor if governor is not None else Governor(0.0, 0.0)
@@ -274,6 +302,10 @@ class Sink:
         return items
 
     @property
+    def auth_failed(self) -> bool:
+        return self.credentials.failed
+
+    @property
     def failing_for(self) -> float:
         return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
@@ -298,8 +330,7 @@ class Sink:
                 except TransientError as exc:
                     return Retry(str(exc), retry_after=exc.retry_after)
                 except AuthFailure as exc:
-                    self.auth_failed = True
-                    METRICS.auth_failed.set(1)
+                    self.credentials.rejected()
                     return Stalled("auth", str(exc))
                 headers["Authorization"] = f"Bearer {token}"
             if not self.limit.acquire(cancel):
@@ -328,9 +359,7 @@ class Sink:
                         raise TypeError
                 except (orjson.JSONDecodeError, KeyError, TypeError):
                     return Retry("unparseable 207 body", status)
-                if self.auth_failed:
-                    self.auth_failed = False
-                    METRICS.auth_failed.set(0)
+                if self.credentials.accepted():
                     log.info("inlet accepts our credentials again")
                 return Accepted(entries)
             if status in (401, 403):
@@ -339,8 +368,7 @@ class Sink:
                     refreshed = True
                     METRICS.retries.labels("token_refresh").inc()
                     continue
-                self.auth_failed = True
-                METRICS.auth_failed.set(1)
+                self.credentials.rejected()
                 return Stalled("auth", f"inlet answered {status} with a fresh token: check credentials and inlet")
             if status == 413:
                 return TooLarge("request larger than the inlet accepts (413)")

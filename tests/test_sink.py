@@ -12,7 +12,20 @@ import pytest
 from connector.auth import TokenProvider
 from connector.batch import PendingRecord
 from connector.config import AepConfig, DeliveryConfig, ImsConfig
-from connector.sink import Accepted, BadRequest, BatchResult, Retry, Sink, Stalled, TooLarge, _retry_after
+from connector.errors import AuthFailure
+from connector.housekeeping import AuthProbe
+from connector.metrics import METRICS
+from connector.sink import (
+    Accepted,
+    BadRequest,
+    BatchResult,
+    CredentialHealth,
+    Retry,
+    Sink,
+    Stalled,
+    TooLarge,
+    _retry_after,
+)
 
 AEP = AepConfig(dcs_url="http://aep", inlet_id="inlet", org_id="O@AdobeOrg", authentication_required=True,
                 allow_insecure_http=True, ims=ImsConfig(url="http://ims", client_id="c", client_secret="s"))
@@ -181,6 +194,48 @@ def test_one_request_comes_to_one_typed_answer(answer: httpx.Response, expected:
     sink, _ = make_sink(lambda r: answer)
     recs = records(1)
     assert sink._post(sink._items(recs), BatchResult(recs), threading.Event()) == expected
+
+
+def test_credential_health_keeps_the_gauge_and_says_when_it_recovered() -> None:
+    health = CredentialHealth()
+    assert not health.failed and health.accepted() is False  # nothing to recover from
+    health.rejected()
+    assert health.failed and METRICS.auth_failed._value.get() == 1
+    assert health.accepted() is True  # the one caller that logs "accepted again"
+    assert not health.failed and METRICS.auth_failed._value.get() == 0
+    assert health.accepted() is False
+
+
+def test_an_accepted_request_clears_rejected_credentials() -> None:
+    sink, _ = make_sink(ok_207)
+    sink.credentials.rejected()
+    assert sink.auth_failed
+    assert sink.deliver(records(1), threading.Event()).failures == {}
+    assert not sink.auth_failed and METRICS.auth_failed._value.get() == 0
+
+
+def test_the_auth_probe_marks_rejected_credentials_and_clears_them_only_when_idle() -> None:
+    class Tokens:
+        fail = True
+
+        def token(self) -> str:
+            if self.fail:
+                raise AuthFailure("IMS rejected the client credentials")
+            return "tok"
+
+        def valid(self) -> bool:
+            return not self.fail
+
+    tokens = Tokens()
+    sink, _ = make_sink(ok_207)
+    probe = AuthProbe(tokens, sink, lambda: 0.0)  # type: ignore[arg-type]
+    probe(idle=True, force=True)
+    assert sink.auth_failed and probe.due(idle=False)
+    tokens.fail = False
+    probe(idle=False, force=True)
+    assert sink.auth_failed  # not while requests are in flight: a sender clears it once the inlet accepts one
+    probe(idle=True, force=True)
+    assert not sink.auth_failed and not probe.due(idle=True)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("7", 7.0), (None, None), ("soon", None)])
