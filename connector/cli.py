@@ -59,9 +59,10 @@ def run(config: str | None) -> None:
     """Run the connector until SIGTERM/SIGINT, then drain and commit.
 
     Exit codes: 0 stopped cleanly; 2 invalid configuration; 3 Schema Registry unreachable; 4 fatal
-    consumer error; 5 transform workers crash in a loop; 6 dead-letter topic unusable; 7 the sender
-    keeps failing; 11 an unexpected error (logged with its cause). Every code commits what was
-    acknowledged, and nothing else."""
+    consumer error; 5 pipeline processes keep dying (with no record to blame); 6 dead-letter topic
+    unusable; 7 the sender keeps failing; 11 an unexpected error (logged with its cause). A pipeline
+    process stopping with one of these codes stops the others, and the replica exits with it. Every
+    code commits what was acknowledged, and nothing else."""
     import logging
     import os
 

@@ -10,9 +10,11 @@ The pipeline decides what to do by the type it catches, never by a message or a 
     ├── TransientError           goes away by itself: retry with backoff; never dead-letter, never commit
     │   └── RegistryUnavailable  the Schema Registry cannot be reached       → stop without committing (exit 3)
     ├── AuthFailure              IMS or the inlet rejects our credentials    → pause, unhealthy, probe every 30 s
-    ├── WorkerCrashed            transform workers keep dying as they start  → stop without committing (exit 5)
-    │                            (one dying on a record: that record is isolated and dead-lettered at
-    │                            stage "process", reason "crashed_processing": connector.isolation)
+    ├── WorkerCrashed            not raised any more (kept for callers that catch it): pipeline processes
+    │                            that keep dying with no record to blame are the supervisor's to
+    │                            judge (connector.runtime.supervisor → exit 5, ExitCode.WORKERS); one
+    │                            dying on a record makes it a suspect, dead-lettered at stage
+    │                            "process", reason "crashed_processing", once it kills two
     └── PlatformError            a Platform API call of ``provision`` failed  (connector.provision.platform; exit 8)
 
 Problems that are states rather than exceptions (a stalled partition, an unusable dead-letter topic, a
@@ -54,7 +56,9 @@ class AuthFailure(ConnectorError):
 
 
 class WorkerCrashed(ConnectorError):
-    """Worker processes keep dying before they are ready (no record is to blame): stop rather than spin."""
+    """Processes keep dying with no record to blame: stop rather than spin (exit 5). No longer raised:
+    the supervisor (connector.runtime.supervisor) counts its pipeline processes' deaths and stops the
+    replica with ``ExitCode.WORKERS`` itself."""
 
 
 class Stage(StrEnum):
@@ -75,7 +79,7 @@ class ExitCode(IntEnum):
     CONFIG = 2  # invalid configuration
     REGISTRY = 3  # the Schema Registry cannot be reached
     CONSUMER = 4  # fatal consumer error (e.g. max.poll.interval.ms exceeded)
-    WORKERS = 5  # transform workers crash in a loop as they start
+    WORKERS = 5  # pipeline processes keep dying: 4 deaths with no record to blame within 120 s
     DLQ = 6  # the dead-letter topic cannot take letters (authorization, unknown topic, size)
     SENDER = 7  # the sender keeps failing with an internal error
     PLATFORM = 8  # provision, backfill: a Platform API call failed
