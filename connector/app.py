@@ -52,7 +52,10 @@ def run_connector(settings: Settings) -> int:
     supervisor.start()
     if server is not None:
         start_serving(server)
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    finally:
+        supervisor.close()
 
 
 def _preload() -> None:

@@ -41,8 +41,8 @@ class Processing:
 
     def submit(self, entries: list[Entry]) -> None:
         board = self._board
-        if board is not None and board.version != self._seen:
-            self._seen, self._suspects = board.read()
+        if board is not None and board.version != self._seen and (published := board.read()) is not None:
+            self._seen, self._suspects = published
         if self._suspects:
             self._on_outcomes(entries, self._screened(entries))
         elif self._marker is None:
@@ -54,6 +54,8 @@ class Processing:
         marker = self._marker
         assert marker is not None
         if not marker.begin([(m.topic(), m.partition(), m.offset()) for m, _, _ in entries]):
+            if len(entries) == 1:  # cannot happen with Kafka's names; unmarked rather than never
+                return self.processor.run([entries[0][0].value()])
             half = len(entries) // 2
             return self._marked(entries[:half]) + self._marked(entries[half:])
         try:

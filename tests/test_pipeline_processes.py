@@ -78,5 +78,5 @@ def test_one_metrics_and_readiness_for_every_pipeline_process(broker, emulator, 
 
     pids = pipeline_pids(c)
     assert c.stop() == 0
-    assert all(not os.path.exists(f"/proc/{p}") or "State:\tZ" in open(f"/proc/{p}/status").read() for p in pids)
+    assert all(not Path(f"/proc/{p}").exists() or "State:\tZ" in Path(f"/proc/{p}/status").read_text() for p in pids)
     assert_committed_to_end(broker, group, prefix)

@@ -95,13 +95,19 @@ class SuspectBoard:
         self._version[0] += 1
         return deaths
 
-    def read(self) -> tuple[int, dict[Key, tuple[int, str]]]:
-        """``(version, suspects)`` as published (in a child)."""
-        while True:
+    def read(self) -> tuple[int, dict[Key, tuple[int, str]]] | None:
+        """``(version, suspects)`` as published (in a child); None when no consistent read came in a
+        few tries (the supervisor is writing, or died writing): the caller keeps what it had and
+        tries again on its next batch."""
+        for _ in range(100):
             before = self.version
             if before % 2:
                 continue
             (length,) = struct.unpack_from("<I", self._map, 8)
             blob = bytes(self._map[16:16 + length]) if before else b"[]"
             if self.version == before:
-                return before, {(t, p, o): (n, h) for t, p, o, n, h in orjson.loads(blob)}
+                try:
+                    return before, {(t, p, o): (n, h) for t, p, o, n, h in orjson.loads(blob)}
+                except (orjson.JSONDecodeError, ValueError, TypeError):
+                    return None
+        return None

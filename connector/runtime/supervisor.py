@@ -73,6 +73,8 @@ class SupervisorMetrics:
         self.running = Gauge(p + "pipeline_processes_running", "Pipeline processes alive now", registry=r)
         self.restarts = Counter(p + "pipeline_restarts", "Pipeline processes that died and were restarted, "
                                 "by whether the record they died on was known", ["cause"], registry=r)
+        for cause in ("record", "unknown"):  # both series from the start: increase() sees the first restart
+            self.restarts.labels(cause)
 
 
 class Supervisor:
@@ -85,6 +87,7 @@ class Supervisor:
         self.stop_reason = ""
         self._body = body
         self._stop_timeout_s = stop_timeout_s
+        self._pid = os.getpid()
         self._listeners = [listener(i) for i in range(processes)]
         self.links = [ChildLink(i, os.getpid()) for i in range(processes)]
         self._deaths: list[float] = []  # times of deaths with no record to blame
@@ -138,6 +141,11 @@ class Supervisor:
             self.exit_code, self.stop_reason = code, reason
         self._stopping.set()
 
+    def close(self) -> None:
+        """Release the status sockets (a second supervisor in this process may then bind them)."""
+        for sock in self._listeners:
+            sock.close()
+
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
@@ -166,6 +174,8 @@ class Supervisor:
         prctl = getattr(load_libc(), "prctl", None)
         if prctl is not None:  # the supervisor killed outright: its children drain and stop too
             prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != self._pid:  # it died before prctl took effect
+            os._exit(ExitCode.OK)
         for fd in self._inherited:
             try:
                 os.close(fd)
@@ -176,15 +186,14 @@ class Supervisor:
                 sock.close()
 
     def _reap(self) -> None:
-        while True:
+        for child in self.children:  # by pid: other children of this process are not ours to reap
+            if not child.pid:
+                continue
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(child.pid, os.WNOHANG)
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            child = next((c for c in self.children if c.pid == pid), None)
-            if child is not None:
+                pid, status = child.pid, 0
+            if pid:
                 child.pid = 0
                 self._died(child, os.waitstatus_to_exitcode(status))
 
