@@ -40,12 +40,12 @@ class Ledger:
         # The hot loop: per record only what must be per record. Metric labels are collected in
         # lists and counted once per chunk (Counter counts a list in C).
         now = time.monotonic()
-        epoch_of = self.tracker.epoch
+        current = self.tracker.current
         add = self.batcher.add
         decoded: list[tuple[str, str]] = []
         transformed: list[tuple[str, str]] = []
         for (m, tp, epoch), o in zip(entries, outcomes):
-            if epoch_of(tp) != epoch:
+            if not current(tp, epoch):
                 continue  # revoked while a worker had it: the next owner reads it again
             if type(o) is Encoded:
                 decoded.append((tp[0], o.format))

@@ -184,32 +184,37 @@ class Delivery:
             METRICS.sender_errors.inc()
             log.exception("sender failed (%d in a row); its %d records are queued again", self.sender_errors,
                           len(fl.records))
-            self.requeue(lane_no, fl.records)
+            self._settle(lane_no, fl.records, None)
             if self.sender_errors >= _MAX_SENDER_ERRORS:
                 self._sender_failing(f"the sender failed {self.sender_errors} times in a row")
             return
         self.sender_errors = 0
-        if result.abandoned:
-            self.requeue(lane_no, result.records)
+        self._settle(lane_no, result.records, None if result.abandoned else result.failures)
+
+    def _settle(self, lane_no: int, records: list[PendingRecord],
+                failures: dict[int, MessageFailure] | None) -> None:
+        """The one place a finished batch's records meet their fate. ``failures`` None: the batch was
+        not resolved (given up on, or its sender raised) — its records of partitions still ours go back
+        to the head of their lane, in order. Else each record AEP accepted is delivered (acknowledged),
+        each it refused for good is dead-lettered. A record of a partition no longer ours is neither
+        re-queued nor dead-lettered; accepted, it is counted delivered but its stale acknowledgement is
+        ignored (``OffsetTracker.current`` decides both)."""
+        current = self.tracker.current
+        if failures is None:
+            keep = [r for r in records if current(r.tp, r.epoch)]
+            self.batcher.requeue_front(lane_no, keep, time.monotonic())
             return
-        failures = result.failures
         if not failures:
-            self._delivered(result.records)
+            self._delivered(records)
             return
-        epoch_of = self.tracker.epoch
         accepted = []
-        for i, rec in enumerate(result.records):
+        for i, rec in enumerate(records):
             failure = failures.get(i)
             if failure is None:
                 accepted.append(rec)
-            elif epoch_of(rec.tp) == rec.epoch:
+            elif current(rec.tp, rec.epoch):
                 self._rejected(rec, failure)
         self._delivered(accepted)
-
-    def requeue(self, lane_no: int, records: list[PendingRecord]) -> None:
-        """Put a batch back at the head of its lane (records of revoked partitions aside)."""
-        keep = [r for r in records if self.tracker.epoch(r.tp) == r.epoch]
-        self.batcher.requeue_front(lane_no, keep, time.monotonic())
 
     def touching(self, tps: set[TopicPartition] | None) -> list[InFlight]:
         return [fl for fl in self.inflight.values() if tps is None or fl.tps & tps]

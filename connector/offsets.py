@@ -54,9 +54,15 @@ class OffsetTracker:
             self._pending -= len(state.received)
         self._epochs[tp] = self._epochs.get(tp, 0) + 1
 
-    def epoch(self, tp: TopicPartition) -> int | None:
+    def current(self, tp: TopicPartition, epoch: int) -> bool:
+        """Whether a record of assignment ``epoch`` is still ours: the one test every acknowledgement,
+        re-queue and dead letter passes. A record of an older assignment (revoked since) is left
+        alone — the partition's next owner reads it again."""
+        return self._current(tp, epoch) is not None
+
+    def _current(self, tp: TopicPartition, epoch: int) -> _PartitionState | None:
         state = self._parts.get(tp)
-        return state.epoch if state is not None else None
+        return state if state is not None and state.epoch == epoch else None
 
     def assigned(self) -> list[TopicPartition]:
         return list(self._parts)
@@ -75,8 +81,8 @@ class OffsetTracker:
 
     def ack(self, tp: TopicPartition, epoch: int, offset: int) -> bool:
         """Acknowledge one record; returns False if it belongs to a stale assignment."""
-        state = self._parts.get(tp)
-        if state is None or state.epoch != epoch:
+        state = self._current(tp, epoch)
+        if state is None:
             return False
         received = state.received
         if received and received[0] == offset:

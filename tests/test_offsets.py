@@ -95,3 +95,14 @@ def test_committable_is_always_the_contiguous_acked_prefix(gaps: list[int], rnd:
         expected = offsets[prefix - 1] + 1 if prefix else None
         assert tr.committable(TP) == expected
         assert tr.pending == len(offsets) - prefix
+
+
+def test_a_record_is_current_only_under_the_assignment_it_was_read_in() -> None:
+    tr = OffsetTracker()
+    assert not tr.current(TP, 0)  # never assigned
+    first = tr.assign(TP)
+    assert tr.current(TP, first)
+    tr.revoke(TP)
+    assert not tr.current(TP, first)
+    second = tr.assign(TP)
+    assert tr.current(TP, second) and not tr.current(TP, first)
