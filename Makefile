@@ -47,7 +47,8 @@ demo: install
 
 ## lint: ruff over the tree and mypy (strict) over the core stages, as CI runs them
 MYPY_CORE := connector/process.py connector/processing.py connector/delivery.py connector/offsets.py connector/acknowledge.py \
-             connector/housekeeping.py connector/heap.py connector/errors.py connector/batch.py connector/pipeline.py
+             connector/housekeeping.py connector/heap.py connector/errors.py connector/batch.py connector/pipeline.py \
+             connector/rebalance.py connector/backpressure.py connector/assembly.py connector/app.py connector/runtime
 lint: install
 	$(VENV)/bin/ruff check connector tests bench scripts
 	$(VENV)/bin/mypy $(MYPY_CORE)

@@ -163,7 +163,7 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
         if time.monotonic() > deadline:
             raise RuntimeError("pipeline pass did not finish")
     # drain what is still lingering in lanes
-    while p.batcher.queued() or p.inflight:
+    while p.batcher.queued() or p.delivery.inflight:
         dispatch(time.monotonic(), flush=True)
         collect()
         p._store()

@@ -40,9 +40,9 @@ from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, ResourceType
 from pydantic_settings import SettingsError
 
-from connector.auth import TokenProvider
+from connector import assembly
 from connector.config import ConfigError, DecodeConfig, Settings, load_settings, strip_userinfo
-from connector.egress import aep_client, describe_http_error
+from connector.egress import describe_http_error
 from connector.errors import AuthFailure, TransientError
 from connector.governor import share
 from connector.logs import redact, register_secret, register_settings_secrets
@@ -76,7 +76,7 @@ def run_checks(config: str | None, timeout: float = 10.0) -> list[Result]:
     results = [Result("config", "pass", f"{config or '(environment only)'} is valid")]
     results += _kafka(settings, timeout)
     results.append(_registry(settings.decode, timeout))
-    with aep_client(settings.aep.http, timeout=timeout) as client:
+    with assembly.aep_http(settings, timeout=timeout) as client:
         token_result, token = _ims(settings, client)
         results.append(token_result)
         results.append(_inlet(settings, client, token, token_result.status == "fail"))
@@ -316,12 +316,12 @@ def _registry(decode: DecodeConfig, timeout: float) -> Result:
 
 
 def _ims(s: Settings, client: httpx.Client) -> tuple[Result, str | None]:
-    ims = s.aep.ims
-    if not s.aep.authentication_required:
+    ims, tokens = s.aep.ims, assembly.token_provider(s, client)  # the pipeline's provider, as it will run
+    if tokens is None:
         return Result("ims", "skip", "aep.authentication_required is false"), None
     who = f"client_id {ims.client_id} (client_secret {MASK})"
     try:
-        token = TokenProvider(ims, client).token()
+        token = tokens.token()
     except AuthFailure as exc:
         return Result("ims", "fail", f"{exc} for {who}"), None
     except TransientError as exc:

@@ -18,21 +18,19 @@ from typing import Any
 from connector.errors import Stage
 from connector.metrics import METRICS
 from connector.offsets import TopicPartition
-from connector.process import Outcome, ProcessorSpec, RecordProcessor, Rejected
+from connector.process import Outcome, RecordProcessor, Rejected
 from connector.runtime.crash_marker import STRIKES, CrashMarker, Key, SuspectBoard
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[Any, TopicPartition, int]  # (consumed message, its partition, the partition's epoch)
 OnOutcomes = Callable[[list[Entry], list[Outcome]], None]
-# schema id → writer schema text, ForeignSchema (not Avro) or None (connector.registry)
-SchemaLookup = Callable[[int], Any]
 
 
 class Processing:
-    def __init__(self, spec: ProcessorSpec, registry_lookup: SchemaLookup | None, on_outcomes: OnOutcomes,
-                 marker: CrashMarker | None = None, suspects: SuspectBoard | None = None) -> None:
-        self.processor = RecordProcessor(spec, registry_lookup)
+    def __init__(self, processor: RecordProcessor, on_outcomes: OnOutcomes, marker: CrashMarker | None = None,
+                 suspects: SuspectBoard | None = None) -> None:
+        self.processor = processor
         self._on_outcomes = on_outcomes
         self._marker = marker
         self._board = suspects

@@ -283,16 +283,12 @@ class _Republisher:
 def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:
     """Deliver letters straight to AEP with the connector's own decode/transform/sink stages."""
 
-    from connector.auth import TokenProvider
+    from connector import assembly
     from connector.batch import PendingRecord
-    from connector.egress import aep_client
-    from connector.process import Encoded, ProcessorSpec, RecordProcessor
-    from connector.registry import RegistryLookup
-    from connector.sink import Sink
+    from connector.process import Encoded
 
     s = settings
-    processor = RecordProcessor(ProcessorSpec.from_settings(s),
-                                RegistryLookup.from_config(s.decode) if s.decode.schema_registry_url else None)
+    processor = assembly.record_processor(s)
 
     def deliver(letters: list[Any]) -> list[bool]:
         ok = [False] * len(letters)
@@ -308,10 +304,8 @@ def direct_delivery(settings: Any) -> Callable[[list[Any]], list[bool]]:
             index.append(i)
         if not records:
             return ok
-        with aep_client(s.aep.http, timeout=s.delivery.request_timeout_s) as client:
-            tokens = TokenProvider(s.aep.ims, client) if s.aep.authentication_required else None
-            sink = Sink(s.aep, s.delivery, client, tokens, coalesce_profiles=s.batch.coalesce_profiles,
-                        max_bytes=s.batch.max_bytes)
+        with assembly.aep_http(s) as client:
+            sink = assembly.sink(s, client, assembly.token_provider(s, client))
             cancel = threading.Event()
             timer = threading.Timer(120, cancel.set)  # give up (and report) rather than hang forever
             timer.start()

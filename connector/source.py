@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connector.config import KafkaConfig
 from connector.kafka_security import security_properties
@@ -84,6 +84,17 @@ def producer_config(cfg: KafkaConfig) -> dict[str, Any]:
         if key.startswith(("security.", "sasl.", "ssl.", "socket.", "client.")):
             conf[key] = value
     return conf
+
+
+def fatal_consumer_error(err: KafkaError) -> str | None:
+    """Why a consumed error stops the pipeline (None: logged, or not an error at all)."""
+    if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+        return None  # EOF is not an error; a regex subscription may match no topic yet
+    if err.fatal() or err.code() == KafkaError._MAX_POLL_EXCEEDED:
+        log.error("fatal consumer error: %s; stopping", err)
+        return f"fatal consumer error: {err.name()}"
+    log.warning("consumer error: %s", err)
+    return None
 
 
 def subscription_matcher(subscription: list[str]) -> Callable[[str], bool]:

@@ -198,6 +198,6 @@ def test_what_the_bench_reports_from_the_lane_series() -> None:
                               "1:records": 10.0, "0": 1.0, "2": 3.0}
     out = lane_report(deltas, 4.0)
     assert out["lane_states"]["idle"] == 0.375 and out["lane_states"]["sending"] == 0.5
-    assert out["lane_blocked"] == [0.25, 0.0]
-    assert out["lane_records_share"] == [0.75, 0.25]
+    assert out["lane_blocked"] == {"0": 0.25, "1": 0.0}
+    assert out["lane_records_share"] == {"0": 0.75, "1": 0.25}
     assert out["inflight_mean"] == 1.5 and out["inflight_dist"] == {0: 0.25, 2: 0.75}

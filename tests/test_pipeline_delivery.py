@@ -54,7 +54,7 @@ def run_until(p: Pipeline, done: Any, rounds: int = 2000) -> None:
     for _ in range(rounds):
         p.run_once()
         p.delivery.dispatch(time.monotonic(), flush=True)  # no waiting for the linger
-        for fl in list(p.inflight.values()):
+        for fl in list(p.delivery.inflight.values()):
             fl.future.exception()  # wait for the sender thread to finish this batch
         if done():
             return
@@ -83,7 +83,7 @@ def test_a_sender_that_raises_once_loses_nothing_and_the_commit_point_moves(tmp_
     assert calls["n"] >= 2 and METRICS.sender_errors._value.get() == before + 1
     assert sorted(delivered) == list(range(30))  # each record once, none lost
     assert delivered == sorted(delivered)  # and in order: the batch went back to the head of its lane
-    assert p.sender_errors == 0 and p.exit_code == 0
+    assert p.delivery.sender_errors == 0 and p.exit_code == 0
 
 
 def test_a_sender_that_keeps_raising_stops_the_process_without_committing(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def test_a_record_holding_the_commit_point_is_named_and_counted(tmp_path: Path, 
     p.sink.deliver = lambda records, _c: BatchResult(records, requests=1)  # type: ignore[method-assign]
     try:
         # every record but the poison delivered; the commit point stays at it
-        run_until(p, lambda: src.stored.get(TP) == 5 and not p.batcher.queued() and not p.inflight
+        run_until(p, lambda: src.stored.get(TP) == 5 and not p.batcher.queued() and not p.delivery.inflight
                   and p.tracker.pending == 15)
         t0 = time.monotonic()
         p.housekeeping.check_stalls(t0)  # the loop calls it every second; here with a chosen clock
@@ -221,7 +221,7 @@ def test_the_loop_counts_the_time_it_found_no_input_unless_it_paused_itself(tmp_
         p.run_once()
         p.run_once()
         assert waited() > before  # nothing left to fetch: each turn counted (≥ the 5 ms it waits)
-        p.paused = True
+        p.membership.paused = True
         before = waited()
         p.run_once()
         assert waited() == before

@@ -80,12 +80,9 @@ class Backfill:
     # -- phases --------------------------------------------------------------------------------
 
     def _processor(self) -> Any:
-        from connector.process import ProcessorSpec, RecordProcessor
-        from connector.registry import RegistryLookup
+        from connector.assembly import record_processor
 
-        d = self.s.decode
-        return RecordProcessor(ProcessorSpec.from_settings(self.s),
-                               RegistryLookup.from_config(d) if d.schema_registry_url else None)
+        return record_processor(self.s)
 
     def _records(self, m: Manifest) -> Any:
         src = m.source
