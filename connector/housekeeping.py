@@ -6,7 +6,6 @@ credentials are fixed and ``/readyz`` stays truthful."""
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Callable
 
@@ -25,16 +24,13 @@ log = logging.getLogger(__name__)
 INTERVAL_S = 1.0
 _ETA_WINDOW_S = 60.0  # the catch-up ETA divides the lag by the acknowledgement rate over this window
 _AUTH_PROBE_INTERVAL_S = 30.0
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class Housekeeping:
-    def __init__(self, tracker: OffsetTracker, delivery: DeliveryConfig, worker_pids: Callable[[], list[int]],
-                 progress_interval_s: float = 60.0) -> None:
+    def __init__(self, tracker: OffsetTracker, delivery: DeliveryConfig, progress_interval_s: float = 60.0) -> None:
         self._tracker = tracker
         self._progress = ProgressLog(progress_interval_s)
         self._stall_after = delivery.stall_warning_s
-        self._worker_pids = worker_pids
         self._next = 0.0
         self._stall_logged: dict[TopicPartition, float] = {}
         self._ack_samples: deque[tuple[float, int]] = deque()  # (time, acknowledged so far), last minute
@@ -49,9 +45,6 @@ class Housekeeping:
         self._progress(now)
         self.check_stalls(now)
         self._catchup_eta(now)
-        pids = self._worker_pids()
-        if pids:
-            METRICS.worker_memory.set(sum(map(rss_bytes, pids)))
 
     def check_stalls(self, now: float) -> None:
         """Name every partition whose commit point is held by one record while later ones are
@@ -114,11 +107,3 @@ class AuthProbe:
             if idle:
                 self._credentials.accepted()
 
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process (Linux /proc; 0 where it cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0

@@ -108,9 +108,6 @@ class Metrics:
         if registry is None:  # the process's own: standard process_* (RSS, CPU, fds) and python_info
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
-        self.worker_memory = Gauge(
-            p + "worker_resident_memory_bytes", "Resident memory of the transform worker processes together",
-            registry=r)
         self.records_consumed = Counter(p + "records_consumed_total", "Kafka records consumed", ["topic"], registry=r)
         self.records_decoded = Counter(p + "records_decoded_total", "Records decoded", ["topic", "format"], registry=r)
         # XDM messages, not Kafka records (an event makes ~1.5: its ExperienceEvent and, for some types, a

@@ -78,7 +78,7 @@ class Pipeline:
         self.backpressure = Backpressure(self.tracker, self.batcher, s.delivery, self.membership)
         self._on_assign, self._on_revoke, self._on_lost = (self.membership.assigned, self.membership.revoked,
                                                            self.membership.lost)
-        self.housekeeping = Housekeeping(self.tracker, s.delivery, lambda: [], s.log.progress_interval_s)
+        self.housekeeping = Housekeeping(self.tracker, s.delivery, s.log.progress_interval_s)
         self.auth_probe = AuthProbe(self.tokens, self.sink, time.monotonic)
         self._source_factory = source_factory
         self.source: Any = None
