@@ -63,7 +63,7 @@ def test_readyz_reports_rejected_credentials(broker, emulator, prefix, tmp_path:
     assert status == 503
     assert doc["checks"]["credentials_accepted"] is False and doc["checks"]["token_valid"] is False
     assert _get(c.metrics_port, "/healthz")[0] == 200
-    assert c.metric("capillary_aep_auth_failed") == 1
+    assert c.metric("capillary_aep_auth_failed") >= 1  # one per pipeline process
     assert c.metric("capillary_aep_paused_partitions") == c.metric("capillary_aep_assigned_partitions") > 0
     assert c.stop() == 0
     assert "not-the-Secret-31" not in c.proc.log_text()

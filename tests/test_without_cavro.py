@@ -1,7 +1,7 @@
 """Where cavro has no wheel (arm64, Python 3.13) it is not installed and fastavro reads every
-record. This runs the Avro decode tests, and the worker processes that decode, once more in a
+record. This runs the Avro decode tests, and the forked pipeline processes that decode, once more in a
 child pytest with `import cavro` failing (tests/no_cavro first on PYTHONPATH, inherited by the
-workers): the fallback is exercised on every CI run without a second full suite."""
+pipeline processes): the fallback is exercised on every CI run without a second full suite."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def test_cavro_is_really_hidden_in_the_child() -> None:
 
 def test_decode_and_worker_tests_pass_without_cavro() -> None:
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_decode_fast.py",
-                        "tests/test_schemas.py", "tests/test_workers.py", "tests/test_decode_guard.py",
-                        "tests/test_decode_fuzz.py", "tests/test_process_guard.py", "tests/test_isolation.py"],
+                        "tests/test_schemas.py", "tests/test_decode_guard.py",
+                        "tests/test_decode_fuzz.py", "tests/test_process_guard.py", "tests/test_supervisor.py"],
                        env=HIDDEN, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout.splitlines()[-1] and "skipped" not in r.stdout.splitlines()[-1]

@@ -161,7 +161,8 @@ class Supervisor:
                 self._become_child(child.index)
                 code = self._body(child.index, child.marker, self.board, self._listeners[child.index])
             except BaseException:
-                logging.getLogger("connector").exception("pipeline process %d failed", child.index)
+                logging.getLogger("connector").exception("unexpected error in pipeline process %d; exiting with code %d",
+                                                         child.index, code)
             finally:
                 logging.shutdown()
                 os._exit(int(code))
