@@ -46,9 +46,8 @@ demo: install
 	$(PY) -m connector demo
 
 ## lint: ruff over the tree and mypy (strict) over the core stages, as CI runs them
-MYPY_CORE := connector/process.py connector/processing.py connector/delivery.py connector/offsets.py connector/acknowledge.py \
-             connector/housekeeping.py connector/heap.py connector/errors.py connector/batch.py connector/pipeline.py \
-             connector/rebalance.py connector/backpressure.py connector/assembly.py connector/app.py connector/runtime
+MYPY_CORE := connector/processing connector/pipeline connector/runtime connector/delivery/lanes.py \
+             connector/delivery/batch.py connector/errors.py
 lint: install
 	$(VENV)/bin/ruff check connector tests bench scripts
 	$(VENV)/bin/mypy $(MYPY_CORE)

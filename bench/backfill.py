@@ -46,7 +46,7 @@ from connector.dev.emulator import config as em
 from connector.dev.procs import ROOT, ManagedProcess, cpu_seconds, free_port, python_module, scrape, start_broker, wait_until
 from connector.dev.produce import customer_key, ensure_topics
 from connector.dev.samples import generate_events
-from connector.topics import all_topics, topic_for
+from connector.kafka.topics import all_topics, topic_for
 
 
 def produce(bootstrap: str, prefix: str, values: list[tuple[bytes | None, bytes]]) -> None:

@@ -39,7 +39,7 @@ _CONSUMER = r"""
 import sys, time, orjson
 from confluent_kafka import Consumer
 from connector.config import KafkaConfig
-from connector.source import consumer_config
+from connector.kafka.source import consumer_config
 bootstrap, n, fetch_wait, prefix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 c = Consumer(consumer_config(KafkaConfig(bootstrap_servers=bootstrap, group_id="broker-latency", session_timeout_ms=6000,
                                          extra={"fetch.wait.max.ms": fetch_wait, "enable.auto.commit": False})))

@@ -3,7 +3,7 @@ batch → offsets) with the HTTP send disabled.
 
     python bench/ceiling.py --config connector.toml --events N [--timeout S]
 
-It runs :class:`connector.pipeline.Pipeline` unchanged except that ``Sink.deliver`` builds the
+It runs :class:`connector.pipeline.loop.Pipeline` unchanged except that ``Sink.deliver`` builds the
 request body (``encode_body``, as the real sink does) and reports every record accepted, without a
 network round trip. It stops by itself once ``N`` records are acknowledged and prints one JSON line
 with monotonic timestamps (comparable with the parent's), CPU seconds and peak memory (PSS) of the
@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import MemoryPeak, cpu_seconds
 
-from connector.batch import encode_body
 from connector.config import load_settings
-from connector.metrics import METRICS
-from connector.pipeline import Pipeline
-from connector.sink import BatchResult
+from connector.delivery.batch import encode_body
+from connector.delivery.sink import BatchResult
+from connector.pipeline.loop import Pipeline
+from connector.telemetry.metrics import METRICS
 
 
 def acknowledged() -> float:

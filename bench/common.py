@@ -44,7 +44,7 @@ from connector.dev.procs import (  # noqa: E402
     thread_cpu_seconds,
     wait_until,
 )
-from connector.topics import all_topics, topic_for  # noqa: E402
+from connector.kafka.topics import all_topics, topic_for  # noqa: E402
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -256,7 +256,7 @@ class EventFactory:
     """
 
     def __init__(self, registry_url: str, pool: int, seed: int = 7, json_share: float = 0.5) -> None:
-        from connector.avro_schemas import LocalSchemas
+        from connector.decode.avro_schemas import LocalSchemas
         from connector.dev.produce import SampleEncoder, customer_key
         from connector.dev.samples import generate_events
 
@@ -664,7 +664,7 @@ def lane_report(deltas: dict[str, float], span: float) -> dict[str, Any]:
     return out
 
 
-# The consumer process's threads by their OS names (connector.thread_names; librdkafka names its own).
+# The consumer process's threads by their OS names (connector.runtime.thread_names; librdkafka names its own).
 _THREAD_GROUPS = (("sender", "senders"), ("rdk:", "librdkafka"))
 
 

@@ -65,12 +65,12 @@ from harness import ConnectorProc, committed, dlq_topic, end_offsets, new_group,
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from support import ManagedProcess, free_port, python_module, start_broker, wait_until  # noqa: E402
 
-from connector.avro_schemas import LocalSchemas  # noqa: E402
+from connector.decode.avro_schemas import LocalSchemas  # noqa: E402
 from connector.dev.emulator import config as em_config  # noqa: E402
 from connector.dev.emulator.profiles import primary_key  # noqa: E402
 from connector.dev.produce import SampleEncoder, customer_key, ensure_topics  # noqa: E402
 from connector.dev.samples import generate_events  # noqa: E402
-from connector.topics import all_topics, topic_for  # noqa: E402
+from connector.kafka.topics import all_topics, topic_for  # noqa: E402
 
 MB = 1024 * 1024
 OURS_CODE: list[Path | None] = [None]  # --ours-code: connectors run an exported older tree

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from connector.dev.procs import cpu_seconds as _cpu  # noqa: E402
 from connector.dev.procs import free_port, port_open, wait_until  # noqa: E402
 from connector.dev.samples import generate_events  # noqa: E402
-from connector.topics import all_topics  # noqa: E402
+from connector.kafka.topics import all_topics  # noqa: E402
 
 TOKEN = "bench-token-0123456789-0123456789abcdef"
 PATH = "/capillary/events"

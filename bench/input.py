@@ -5,7 +5,7 @@
 Issue 17: input must never be what limits a backlog drain. This starts tansu and the emulator (the
 event factory registers its Avro schemas there), pre-produces the bench's realistic event mix, then
 drains it once per configuration with a bare confluent-kafka consumer in its own process, configured
-by the connector's own ``connector.source.consumer_config`` (so the defaults under test are the
+by the connector's own ``connector.kafka.source.consumer_config`` (so the defaults under test are the
 shipped ones) plus each ``--extra`` override, reading as the pipeline does (``Source.consume``) and
 doing nothing with the records. It prints events/s, MB/s, the consumer's CPU share and peak RSS for
 each: the rate the pipeline could be fed at, to compare with the rate it drains at (``bench/run.py``).
@@ -28,7 +28,7 @@ from common import PY, Emulator, EventFactory, Procs, busy_box, produce_backlog,
 _CONSUMER = r"""
 import sys, time, orjson
 from connector.config import KafkaConfig
-from connector.source import Source
+from connector.kafka.source import Source
 bootstrap, n, prefix, group, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], orjson.loads(sys.argv[5])
 cfg = KafkaConfig(bootstrap_servers=bootstrap, group_id=group, topics=["^" + prefix.replace(".", "\\.") + ".*"],
                   session_timeout_ms=6000, extra=extra)

@@ -45,7 +45,7 @@ senders, librdkafka, other), broker, emulator and the box; per pipeline the frac
 its loop found nothing fetched (input idle: ``capillary_aep_input_wait_seconds_total``) and was held
 on full buffers (``capillary_aep_input_held_seconds_total``); what bounds the rate ("bound by":
 the CPU when the box, or the CPUs the connector is pinned to, are ≥ 90 % busy, else per pipeline
-input, delivery or its own core); and the request lanes (connector/delivery.py) by pipeline: the
+input, delivery or its own core); and the request lanes (connector/delivery/lanes.py) by pipeline: the
 mean fraction of the drain a lane was idle, filling, sending (its request in flight), blocked (its
 request in flight and a batch ready behind it), each lane's blocked fraction and share of the
 records, and the batches in flight per pipeline (time-weighted mean and distribution).
@@ -97,7 +97,7 @@ from common import (
 )
 
 from connector.dev.procs import scrape
-from connector.topics import all_topics
+from connector.kafka.topics import all_topics
 
 MODES = ("all", "rate", "peer", "latency", "steady", "ceiling", "drain", "emulator", "smoke")
 MB = 1_000_000

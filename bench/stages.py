@@ -36,13 +36,13 @@ from common import EventFactory, busy_box
 from support import FakeMessage as Msg
 from support import FakeSource
 
-from connector.avro_schemas import LocalSchemas
-from connector.batch import encode_body
 from connector.config import load_settings
-from connector.decode import Decoder
+from connector.decode.avro_schemas import LocalSchemas
+from connector.decode.decoder import Decoder
+from connector.delivery.batch import encode_body
+from connector.delivery.sink import BatchResult
 from connector.dev.emulator import config as em
-from connector.sink import BatchResult
-from connector.topics import TOPIC_PREFIX
+from connector.kafka.topics import TOPIC_PREFIX
 
 
 class _Registry:
@@ -103,14 +103,14 @@ def run_pipeline(s: Any, msgs: list[Msg], registry: _Registry, stub: dict[str, A
     """Process time of one full pipeline pass over ``msgs`` (fresh Pipeline each time)."""
     from fastavro import parse_schema
 
-    from connector.pipeline import Pipeline
+    from connector.pipeline.loop import Pipeline
 
     src = FakeSource(msgs, s.kafka.consume_batch, idle_sleep_s=0.001)
     p = Pipeline(s, source_factory=src.factory)
-    # The registry's answer is the schema text, as connector.registry returns it; the decoder's
+    # The registry's answer is the schema text, as connector.decode.registry returns it; the decoder's
     # per-process caches (by text) make a fresh pipeline's first record of each schema id cheap,
     # as in a long-running process. Revisions before those caches get parsed schemas instead.
-    import connector.decode as decode_module
+    import connector.decode.decoder as decode_module
 
     if hasattr(decode_module, "_compiled"):
         texts = dict(enumerate(registry.schemas, start=1))

@@ -24,7 +24,7 @@ from connector.config import ConfigError, Settings, load_settings
 from connector.errors import Stage
 
 if TYPE_CHECKING:
-    from connector.replay import ReplayReport
+    from connector.tools.replay import ReplayReport
 
 
 def _dev_tooling(what: str) -> None:
@@ -66,8 +66,8 @@ def run(config: str | None) -> None:
     import logging
     import os
 
-    from connector.app import run_connector
     from connector.errors import ExitCode
+    from connector.runtime.app import run_connector
 
     settings = _load(config)
     try:
@@ -93,7 +93,7 @@ def run(config: str | None) -> None:
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each dependency.")
 def check(config: str | None, timeout: float) -> None:
     """Validate the config and reach Kafka, the Schema Registry, IMS and the inlet (exit 0: all good)."""
-    from connector.check import render, run_checks
+    from connector.tools.check import render, run_checks
 
     report, code = render(run_checks(config, timeout))
     click.echo(report)
@@ -166,8 +166,8 @@ def transform(file: object, config: str | None) -> None:
     """Dry run: print the XDM envelopes FILE's events would become (a JSON document, an array, JSON
     lines or Avro; - for stdin). Exit 1 when a record would be dead-lettered, 2 on a bad config."""
     from connector.config import BatchConfig, DecodeConfig, OfflineSettings
-    from connector.dryrun import dry_run, placeholder_xdm_config
-    from connector.process import ProcessorSpec, RecordProcessor
+    from connector.processing.record import ProcessorSpec, RecordProcessor
+    from connector.tools.dryrun import dry_run, placeholder_xdm_config
 
     if config:
         try:
@@ -231,10 +231,10 @@ def provision(config: str | None, dry_run: bool, write_to: str | None, prefix: s
     Exit codes: 0 done (or planned, with --dry-run); 2 invalid configuration; 8 a Platform API call
     failed, or an object under provision's name is not what provision makes (the message says what differs)."""
     from connector.config import ProvisionSettings, strip_userinfo
-    from connector.logs import redact, register_secret, register_settings_secrets
     from connector.provision.artifacts import Names
     from connector.provision.plan import Provisioner, Request, config_snippet, render_steps
     from connector.provision.platform import Platform, PlatformError
+    from connector.telemetry.logs import redact, register_secret, register_settings_secrets
 
     try:
         settings = load_settings(config, ProvisionSettings)
@@ -403,14 +403,14 @@ def replay(config: str | None, reason: tuple[str, ...], stage: tuple[str, ...], 
     again (they stay in the dead-letter topic; progress is not committed past them); 2 invalid
     configuration or option; 4 the dead-letter topic cannot be read (Kafka unreachable,
     authorization)."""
-    from connector.replay import ReplayError, ReplayFilter, direct_delivery
-    from connector.replay import replay as run_replay
+    from connector.tools.replay import ReplayError, ReplayFilter, direct_delivery
+    from connector.tools.replay import replay as run_replay
 
     if since is not None and until is not None and until <= since:
         click.echo("error: --until must be later than --since", err=True)
         sys.exit(2)
     settings = _load(config)
-    from connector.logs import register_settings_secrets
+    from connector.telemetry.logs import register_settings_secrets
 
     register_settings_secrets(settings)  # librdkafka and HTTP errors may be logged
     flt = ReplayFilter(frozenset(reason), frozenset(stage), since, until)
@@ -491,7 +491,7 @@ def backfill(config: str | None, work_dir: Path, files: tuple[str, ...], since: 
     refused (the group is running, or already has other committed offsets)."""
     from connector.backfill.progress import Progress
     from connector.backfill.run import Backfill, Options
-    from connector.logs import register_settings_secrets, setup_logging
+    from connector.telemetry.logs import register_settings_secrets, setup_logging
 
     settings = _load(config)
     setup_logging(settings.log.level, settings.log.format)

@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
-from connector.egress import AepHttpConfig
+from connector.delivery.egress import AepHttpConfig
 from connector.errors import ConnectorError
-from connector.kafka_security import KafkaSecurityConfig, is_secret_property, load_secret_file
-from connector.topics import DEFAULT_DLQ_TOPIC, DEFAULT_SUBSCRIPTION
+from connector.kafka.security import KafkaSecurityConfig, is_secret_property, load_secret_file
+from connector.kafka.topics import DEFAULT_DLQ_TOPIC, DEFAULT_SUBSCRIPTION
 
 ENV_PREFIX = "CAPILLARY_AEP__"
 
@@ -96,7 +96,7 @@ class KafkaConfig(_Section):
     dlq_topic: str = DEFAULT_DLQ_TOPIC  # outside the default subscription
     # Raw librdkafka properties merged last into the consumer and producer configs.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    # TLS / SASL for every Kafka client (connector/kafka_security.py).
+    # TLS / SASL for every Kafka client (connector/kafka/security.py).
     security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
 
     @field_validator("extra")
@@ -152,7 +152,7 @@ class DecodeConfig(_Section):
     schema_registry_ca_file: str = ""
     schema_registry_cert_file: str = ""
     schema_registry_key_file: str = ""
-    # Decode limits (connector/avro_guard.py): items one Avro array may declare, and the estimated
+    # Decode limits (connector/decode/avro_guard.py): items one Avro array may declare, and the estimated
     # size of a record's decoded objects per byte of the record (at least 1 MiB). Over: dead-lettered.
     max_array_items: int = Field(100_000, ge=1)
     max_decoded_ratio: int = Field(100, ge=1)
@@ -227,7 +227,7 @@ class AepConfig(_Section):
     source_name: str = "capillary-aep-connector"
     authentication_required: bool = True
     ims: ImsConfig = Field(default_factory=ImsConfig)
-    # Proxy, CA bundle and client certificate towards IMS and the inlet (connector/egress.py).
+    # Proxy, CA bundle and client certificate towards IMS and the inlet (connector/delivery/egress.py).
     http: AepHttpConfig = Field(default_factory=AepHttpConfig)
     # With authentication, plain-http IMS and inlet URLs are refused unless this is set (an emulator).
     allow_insecure_http: bool = False
@@ -309,7 +309,7 @@ class BatchConfig(_Section):
     # does not hold back the rest of the lane (issue 35; docs/operations.md, Sizing).
     max_inflight_per_lane: int = Field(4, ge=1, le=16)
     # Send one profile record per customer and route per request, merging its updates in offset
-    # order (connector/coalesce.py): AEP does not apply a request's profile records in order.
+    # order (connector/delivery/coalesce.py): AEP does not apply a request's profile records in order.
     coalesce_profiles: bool = True
 
     @property
@@ -320,7 +320,7 @@ class BatchConfig(_Section):
     @property
     def max_record_size(self) -> int:
         """A record whose messages take more than this can never fit in a request."""
-        from connector.batch import WRAPPER_BYTES  # here: batch imports this module
+        from connector.delivery.batch import WRAPPER_BYTES  # here: batch imports this module
 
         return self.max_bytes - WRAPPER_BYTES
 
@@ -348,7 +348,7 @@ class DeliveryConfig(_Section):
     # Log and count (capillary_aep_stalled_partitions) a partition whose commit point has not moved
     # for this long while later records of it are acknowledged.
     stall_warning_s: float = Field(60.0, gt=0)
-    # AEP capacity (connector/governor.py): messages per second the whole consumer group may send
+    # AEP capacity (connector/delivery/governor.py): messages per second the whole consumer group may send
     # (each replica takes its share of the partitions' share), and a separate budget for profile
     # records (the org's Profile streaming capacity, 1,500/s by default). 0 = no limit.
     max_messages_per_s: float = Field(0.0, ge=0)

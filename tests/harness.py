@@ -16,7 +16,7 @@ from support import ManagedProcess, free_port, python_module, wait_until
 from connector.config import XdmConfig
 from connector.dev.demo import connector_toml
 from connector.dev.emulator import config as em
-from connector.topics import all_topics
+from connector.kafka.topics import all_topics
 from connector.transform import Transformer
 
 
@@ -169,7 +169,7 @@ def diff_paths(a: object, b: object, path: str = "") -> list[str]:
 def expected_ids(events: list[dict]) -> Counter[str]:
     """The ExperienceEvent `_id`s the inlet must accept for ``events``, one each. Profile updates
     are checked per profile (``missing_profiles``, ``expected_profiles``): a customer's updates in
-    one request travel merged into one record (``connector.coalesce``) with the `_id` of the last
+    one request travel merged into one record (``connector.delivery.coalesce``) with the `_id` of the last
     one in that request, and which one that is depends on how topics interleave."""
     t = transformer()
     return Counter(m.envelope["body"]["xdmEntity"]["_id"] for ev in events for m in t.transform(ev)

@@ -33,9 +33,9 @@ from connector.dev.emulator import config as em
 from connector.dev.emulator.profiles import primary_key
 from connector.dev.produce import ensure_topics
 from connector.dev.samples import generate_events
-from connector.dlq import H_REASON
 from connector.errors import ExitCode
-from connector.topics import all_topics, topic_for
+from connector.kafka.dlq import H_REASON
+from connector.kafka.topics import all_topics, topic_for
 
 pytestmark = pytest.mark.integration
 

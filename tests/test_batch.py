@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from connector.batch import WRAPPER_BYTES, Batcher, PendingRecord, encode_body
+from connector.delivery.batch import WRAPPER_BYTES, Batcher, PendingRecord, encode_body
 
 
 def rec(tp: tuple[str, int], offset: int, size: int = 100) -> PendingRecord:

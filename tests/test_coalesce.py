@@ -1,4 +1,4 @@
-"""Coalescing a customer's profile updates (connector.coalesce): the merged record has the effect of
+"""Coalescing a customer's profile updates (connector.delivery.coalesce): the merged record has the effect of
 its sources applied in order, identities unioned, nothing null or empty, and it stands for each
 source record it merged."""
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.coalesce import coalesce, merge_entities, primary_identity
+from connector.delivery.coalesce import coalesce, merge_entities, primary_identity
 from connector.dev.emulator.profiles import apply
 
 leaf = st.one_of(st.integers(-5, 5), st.text("ab", min_size=1, max_size=2), st.booleans(),

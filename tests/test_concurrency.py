@@ -1,4 +1,4 @@
-"""The AIMD limit on requests in flight (connector.concurrency), with a fake clock."""
+"""The AIMD limit on requests in flight (connector.delivery.concurrency), with a fake clock."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from connector.concurrency import AdaptiveLimit
-from connector.metrics import METRICS
+from connector.delivery.concurrency import AdaptiveLimit
+from connector.telemetry.metrics import METRICS
 
 
 class Clock:

@@ -14,13 +14,13 @@ import orjson
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from connector import decode
-from connector.avro_schemas import LocalSchemas
-from connector.decode import Decoder
+from connector.decode import decoder as decode
+from connector.decode.avro_schemas import LocalSchemas
+from connector.decode.decoder import Decoder
+from connector.decode.registry import RegistryLookup
 from connector.dev.produce import SampleEncoder
 from connector.dev.samples import generate_events
 from connector.errors import DecodeError, RegistryUnavailable
-from connector.registry import RegistryLookup
 from connector.transform import EVENT_NAMES
 
 NOW_MS = 1_760_000_000_000
@@ -125,7 +125,7 @@ def test_the_registry_lookup_may_return_text_json_or_a_parsed_schema(
 def test_registry_lookup_returns_the_schema_text_or_the_type_of_a_foreign_one() -> None:
     from confluent_kafka.schema_registry import Schema
 
-    from connector.avro_guard import ForeignSchema
+    from connector.decode.avro_guard import ForeignSchema
 
     text = '{"type": "record", "name": "r", "fields": []}'
     served = {7: Schema(text, "AVRO"), 8: Schema(text, None), 9: Schema('{"type": "object"}', "JSON"),

@@ -15,7 +15,7 @@ import orjson
 from fastavro import parse_schema, schemaless_writer
 from support import zigzag
 
-from connector.decode import Decoder
+from connector.decode.decoder import Decoder
 from connector.errors import DecodeError
 
 CASES = 2000

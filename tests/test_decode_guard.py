@@ -1,4 +1,4 @@
-"""Decode refuses what it should not read (connector/avro_guard.py): registry schemas that are not
+"""Decode refuses what it should not read (connector/decode/avro_guard.py): registry schemas that are not
 Avro or do not parse, recursive and too deep schemas, and records whose declared counts the bytes
 cannot back or whose decoded objects would dwarf them. Each is a DecodeError with its reason, in
 bounded time and memory; a record within the limits decodes as fastavro reads it."""
@@ -15,9 +15,9 @@ import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from support import zigzag
 
-from connector.avro_guard import SCAN_ABOVE, ForeignSchema, Limits, scan, shape
-from connector.avro_schemas import LocalSchemas
-from connector.decode import Decoder
+from connector.decode.avro_guard import SCAN_ABOVE, ForeignSchema, Limits, scan, shape
+from connector.decode.avro_schemas import LocalSchemas
+from connector.decode.decoder import Decoder
 from connector.dev.produce import SampleEncoder
 from connector.dev.samples import generate_events
 from connector.errors import DecodeError
@@ -149,7 +149,7 @@ def test_limits_reach_the_decoder_from_the_configuration(tmp_path: Any) -> None:
     from harness import write_config
 
     from connector.config import load_settings
-    from connector.process import ProcessorSpec, RecordProcessor, Rejected
+    from connector.processing.record import ProcessorSpec, RecordProcessor, Rejected
 
     path = write_config(tmp_path / "c.toml", bootstrap="127.0.0.1:9", emulator_url="http://127.0.0.1:9",
                         prefix="g.", group="g", metrics_port=9, extra="")

@@ -29,10 +29,10 @@ from harness import (
 )
 from support import wait_until
 
-from connector.backpressure import PAUSE_FACTOR
 from connector.dev.produce import ensure_topics, produce_events
 from connector.dev.samples import generate_events
-from connector.topics import all_topics
+from connector.kafka.topics import all_topics
+from connector.pipeline.backpressure import PAUSE_FACTOR
 
 pytestmark = pytest.mark.integration
 
@@ -205,8 +205,8 @@ def test_an_oversized_record_is_dead_lettered_truncated_and_its_partition_moves_
         broker, emulator, prefix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from confluent_kafka import Producer
 
-    from connector.dlq import H_OFFSET, H_ORIGINAL_SHA256, H_ORIGINAL_SIZE, H_REASON, H_TRUNCATED
-    from connector.topics import topic_for
+    from connector.kafka.dlq import H_OFFSET, H_ORIGINAL_SHA256, H_ORIGINAL_SIZE, H_REASON, H_TRUNCATED
+    from connector.kafka.topics import topic_for
 
     ensure_topics(broker, all_topics(prefix), 1)  # one partition: the big record sits among the good ones
     good = [e for e in generate_events(400, seed=16) if e["eventName"] == "customerAdded"][:40]
@@ -241,7 +241,7 @@ def test_an_oversized_record_is_dead_lettered_truncated_and_its_partition_moves_
     # dlq replay does not re-publish a partial value: it names the source offset to re-read.
     from connector.config import load_settings
     from connector.dev.emulator import config as em_config
-    from connector.replay import ReplayFilter, replay
+    from connector.tools.replay import ReplayFilter, replay
 
     monkeypatch.setenv("CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET", em_config.DEMO_CLIENT_SECRET)
     report = replay(load_settings(c.config), ReplayFilter(), idle_s=0.5)

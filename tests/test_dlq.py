@@ -1,5 +1,5 @@
 """The dead-letter writer against a fake producer: letters that always fit, permanent errors that
-stop instead of spinning, transient ones retried with a bound (connector.dlq)."""
+stop instead of spinning, transient ones retried with a bound (connector.kafka.dlq)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from connector.dlq import (
+from connector.kafka.dlq import (
     H_OFFSET,
     H_ORIGINAL_SHA256,
     H_ORIGINAL_SIZE,

@@ -11,11 +11,11 @@ import orjson
 from fastavro import parse_schema, writer
 from support import python_module
 
-from connector.avro_schemas import LocalSchemas
 from connector.config import DecodeConfig
+from connector.decode.avro_schemas import LocalSchemas
 from connector.dev.samples import generate_events, sample_xdm_config
-from connector.dryrun import dry_run
-from connector.process import ProcessorSpec, RecordProcessor
+from connector.processing.record import ProcessorSpec, RecordProcessor
+from connector.tools.dryrun import dry_run
 from connector.transform import Transformer
 
 

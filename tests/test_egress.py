@@ -17,9 +17,9 @@ from test_kafka_security import GOOD
 from tls_support import ConnectProxy, make_tls_files, start_https_emulator
 
 from connector.config import ConfigError, load_settings
+from connector.delivery.egress import AepHttpConfig, client_options
 from connector.dev.demo import connector_toml
 from connector.dev.emulator import config as em
-from connector.egress import AepHttpConfig, client_options
 
 PROXY_PASSWORD = "Pr0xy-pass-n0t-for-logs"
 
@@ -150,8 +150,8 @@ def test_the_connector_delivers_over_mutual_tls_through_the_proxy(broker, prefix
     ("http://no-such-host.invalid", "ConnectError:", "check the URL, DNS, or whether egress needs aep.http.proxy"),
 ])
 def test_an_unreachable_ims_keeps_httpxs_cause_in_the_error(url: str, cause: str, hint: str | None) -> None:
-    from connector.auth import TokenProvider
     from connector.config import ImsConfig
+    from connector.delivery.auth import TokenProvider
     from connector.errors import TransientError
 
     secret = "never-in-the-message-0042"
@@ -168,7 +168,7 @@ def test_a_certificate_error_hints_at_the_proxys_ca(tmp_path: Path) -> None:
     tls = make_tls_files(tmp_path / "tls")
     url, proc = start_https_emulator(tmp_path, tls)
     try:
-        from connector.egress import describe_http_error
+        from connector.delivery.egress import describe_http_error
 
         with httpx.Client(timeout=5) as client, pytest.raises(httpx.HTTPError) as info:
             client.get(url + "/__emulator/health")  # the private CA is not trusted

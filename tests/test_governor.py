@@ -1,4 +1,4 @@
-"""The send budget (connector.governor): token bucket with a fake clock, shares that add up."""
+"""The send budget (connector.delivery.governor): token bucket with a fake clock, shares that add up."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.governor import Governor, TokenBucket, share
-from connector.metrics import METRICS
+from connector.delivery.governor import Governor, TokenBucket, share
+from connector.telemetry.metrics import METRICS
 
 
 class Clock:

@@ -14,7 +14,7 @@ from support import wait_until
 
 from connector.dev.produce import ensure_topics, produce_events
 from connector.dev.samples import generate_events
-from connector.topics import all_topics
+from connector.kafka.topics import all_topics
 
 pytestmark = pytest.mark.integration
 

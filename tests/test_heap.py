@@ -1,10 +1,10 @@
-"""connector.heap: the glibc heap is trimmed at most once per interval, on both sides of the hand-off."""
+"""connector.runtime.heap: the glibc heap is trimmed at most once per interval, on both sides of the hand-off."""
 
 from __future__ import annotations
 
 import pytest
 
-from connector import heap
+from connector.runtime import heap
 
 
 def test_the_heap_is_trimmed_once_per_interval_and_not_more(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,7 +67,7 @@ def test_the_worker_outcome_carries_the_reasons_to_the_pipeline() -> None:
     import orjson
 
     from connector.config import DecodeConfig, XdmConfig
-    from connector.process import Encoded, ProcessorSpec, RecordProcessor
+    from connector.processing.record import Encoded, ProcessorSpec, RecordProcessor
 
     xdm = XdmConfig.model_validate({"event": {"dataset_id": "e", "schema_id": "https://ns.adobe.com/capillary/schemas/e"},
                                     "profile": {"dataset_id": "p", "schema_id": "https://ns.adobe.com/capillary/schemas/p"}})

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import ManagedProcess, free_port, python_module, wait_until
 
 from connector.dev.samples import ENVELOPES, generate_events, wrap
-from connector.topics import all_topics, topic_for
+from connector.kafka.topics import all_topics, topic_for
 
 pytestmark = pytest.mark.integration
 

@@ -31,7 +31,7 @@ from support import free_port, start_broker, wait_until
 from test_ingest import TOKEN, Ingress, event_id_of, expected_key, start_ingress
 
 from connector.dev.samples import generate_events
-from connector.topics import all_topics
+from connector.kafka.topics import all_topics
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from connector.dev.samples import ENVELOPES, generate_events, wrap
 from connector.ingest.auth import Authenticator
 from connector.ingest.config import IngestConfig, IngestSettings
 from connector.ingest.validate import Door, Rejected
-from connector.topics import topic_for
+from connector.kafka.topics import topic_for
 
 TOKEN = "tok-0123456789abcdef-0123456789abcdef"
 

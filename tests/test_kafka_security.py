@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from connector import kafka_security
 from connector.config import ConfigError, KafkaConfig, load_settings
 from connector.ingest.config import IngestSettings
-from connector.kafka_security import KafkaSecurityConfig, security_properties
-from connector.logs import JsonFormatter, _RedactFilter, register_settings_secrets
-from connector.source import consumer_config, producer_config
+from connector.kafka import security as kafka_security
+from connector.kafka.security import KafkaSecurityConfig, security_properties
+from connector.kafka.source import consumer_config, producer_config
+from connector.telemetry.logs import JsonFormatter, _RedactFilter, register_settings_secrets
 
 PASSWORD = "Sasl-Pa55word-do-not-print"
 GOOD = """
@@ -196,7 +196,7 @@ def test_every_kafka_client_gets_the_security_settings(monkeypatch: pytest.Monke
     assert producer["socket.keepalive.enable"] is True and "fetch.min.bytes" not in producer
 
     # dlq replay's consumer (it used to drop kafka.extra and could not reach a secured cluster).
-    from connector import replay as replay_mod
+    from connector.tools import replay as replay_mod
 
     seen: list[dict[str, Any]] = []
 
@@ -242,7 +242,7 @@ def test_loading_settings_registers_the_ims_secret_for_every_command(
 
 
 def test_dead_letter_headers_mask_a_registered_secret(tmp_path: Path) -> None:
-    from connector.dlq import DeadLetter
+    from connector.kafka.dlq import DeadLetter
 
     s = load_settings(_write(tmp_path, GOOD + SCRAM + f"password = '{PASSWORD}'\n"))
     register_settings_secrets(s)

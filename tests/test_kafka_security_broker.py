@@ -23,7 +23,7 @@ from confluent_kafka import Producer
 from support import ManagedProcess, broker_binary, free_port, port_open, python_module, wait_until
 
 from connector.dev.demo import connector_toml
-from connector.kafka_security import KafkaSecurityConfig, security_properties
+from connector.kafka.security import KafkaSecurityConfig, security_properties
 
 pytestmark = pytest.mark.integration
 PASSWORD = "Scram-Pa55-never-printed"

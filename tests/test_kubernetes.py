@@ -20,8 +20,8 @@ from tls_support import make_tls_files
 
 from connector.config import DeliveryConfig, Settings, load_settings
 from connector.ingest.config import IngestSettings
+from connector.kafka.topics import all_topics
 from connector.runtime.supervisor import STOP_MARGIN_S
-from connector.topics import all_topics
 
 SECRETS_DIR = "/var/run/secrets/capillary/"
 # Partitions of each topic as docs/going-live.md creates them: KEDA's maxReplicaCount follows from it.

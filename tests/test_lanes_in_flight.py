@@ -8,10 +8,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from connector.batch import Batcher, PendingRecord
-from connector.delivery import Delivery
-from connector.offsets import OffsetTracker
-from connector.sink import BatchResult
+from connector.delivery.batch import Batcher, PendingRecord
+from connector.delivery.lanes import Delivery
+from connector.delivery.sink import BatchResult
+from connector.pipeline.offsets import OffsetTracker
 
 TP = ("t", 0)
 

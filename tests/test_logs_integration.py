@@ -85,7 +85,7 @@ def test_a_taken_metrics_port_is_a_config_error_and_an_unexpected_one_exit_11_in
         taken.close()
     # An exception nobody foresaw (here: the pipeline cannot be built) is one JSON line, exit 11.
     crash = tmp_path / "crash.py"
-    crash.write_text("import sys\nimport connector.pipeline as p\n"
+    crash.write_text("import sys\nimport connector.pipeline.loop as p\n"
                      "class Boom(Exception): pass\n"
                      "def broken(*a, **k):\n    raise Boom('cannot build')\n"
                      "p.Pipeline.__init__ = broken\n"

@@ -1,4 +1,4 @@
-"""``BatchHistogram`` (connector/metrics.py) is our own histogram type on prometheus_client's public
+"""``BatchHistogram`` (connector/telemetry/metrics.py) is our own histogram type on prometheus_client's public
 collector API. It must expose exactly what ``prometheus_client.Histogram`` exposes for the same
 observations: if the library changes its histogram format (bucket labels, sample names, types),
 these comparisons fail instead of the dashboard's quantiles silently breaking."""
@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from connector.metrics import _DELIVERY_BUCKETS, BatchHistogram, Metrics, observe_many
+from connector.telemetry.metrics import _DELIVERY_BUCKETS, BatchHistogram, Metrics, observe_many
 
 NAME, HELP = "capillary_aep_test_latency_seconds", "Test latency"
 

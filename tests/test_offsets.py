@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.offsets import OffsetTracker
+from connector.pipeline.offsets import OffsetTracker
 
 TP = ("t", 0)
 

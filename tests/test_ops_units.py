@@ -18,18 +18,19 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from support import ROOT, free_port
 
-from connector import check, logs
-from connector.acknowledge import _event_type_label
-from connector.avro_schemas import default_schemas
 from connector.cli import main
 from connector.config import load_settings
-from connector.decode import format_of as _format_of
+from connector.decode.avro_schemas import default_schemas
+from connector.decode.decoder import format_of as _format_of
 from connector.dev.demo import connector_toml
 from connector.dev.emulator import config as em
 from connector.dev.produce import SampleEncoder
-from connector.health import serve_health
-from connector.metrics import Metrics
+from connector.pipeline.acknowledge import _event_type_label
+from connector.runtime.health import serve_health
 from connector.runtime.supervisor import SupervisorMetrics
+from connector.telemetry import logs
+from connector.telemetry.metrics import Metrics
+from connector.tools import check
 
 _BOUNDED_LABELS = {"topic", "partition", "format", "kind", "event_type", "stage", "reason", "endpoint", "status",
                    "outcome", "error", "retriable",
@@ -386,9 +387,9 @@ def test_the_runtime_never_imports_the_development_tooling() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, connector.app, connector.cli, connector.ingest.app, connector.pipeline, connector.check, "
-            "connector.replay, connector.dryrun, connector.provision.plan, connector.runtime.supervisor, "
-            "connector.runtime.link\n"
+    code = ("import sys, connector.runtime.app, connector.cli, connector.ingest.app, connector.pipeline.loop, "
+            "connector.tools.check, connector.tools.replay, connector.tools.dryrun, connector.provision.plan, "
+            "connector.runtime.supervisor, connector.runtime.link\n"
             "print(sorted(m for m in sys.modules if m.startswith('connector.dev') or m.split('.')[0] == 'jsonschema'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr

@@ -1,6 +1,6 @@
 """The pipeline's delivery bookkeeping in-process (no Kafka, no HTTP): a failing sender never
 loses a batch nor stalls silently, a stuck record is named, an unusable dead-letter topic stops
-the process with exit code 6 (connector.pipeline)."""
+the process with exit code 6 (connector.pipeline.loop)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from support import FakeMessage
 from support import FakeSource as Source
 
 from connector.config import load_settings
+from connector.delivery.sink import BatchResult
 from connector.dev.samples import generate_events
-from connector.dlq import DeadLetterWriter
 from connector.errors import ExitCode
-from connector.metrics import METRICS
-from connector.pipeline import Pipeline
-from connector.sink import BatchResult
+from connector.kafka.dlq import DeadLetterWriter
+from connector.pipeline.loop import Pipeline
+from connector.telemetry.metrics import METRICS
 
 TP = ("w.points", 0)
 
@@ -137,7 +137,7 @@ def test_a_record_holding_the_commit_point_is_named_and_counted(tmp_path: Path, 
         p.housekeeping.check_stalls(t0)  # the loop calls it every second; here with a chosen clock
         p.housekeeping.check_stalls(t0 + 29)
         assert METRICS.stalled_partitions._value.get() == 0
-        with caplog.at_level(logging.WARNING, logger="connector.housekeeping"):
+        with caplog.at_level(logging.WARNING, logger="connector.pipeline.housekeeping"):
             p.housekeeping.check_stalls(t0 + 31)
             p.housekeeping.check_stalls(t0 + 32)  # logged once per stall_warning_s, not every check
         assert METRICS.stalled_partitions._value.get() == 1
@@ -195,7 +195,7 @@ def test_identities_aep_would_skip_are_counted_and_the_record_still_delivered(tm
     p.sink.deliver = deliver  # type: ignore[method-assign]
     before = METRICS.identities_dropped.labels("too_long")._value.get()
     try:
-        with caplog.at_level(logging.WARNING, logger="connector.pipeline"):
+        with caplog.at_level(logging.WARNING, logger="connector.pipeline.loop"):
             run_until(p, lambda: src.stored.get(TP) == 6)
     finally:
         close(p)
@@ -234,7 +234,7 @@ def test_full_buffers_hold_reading_and_keep_what_was_fetched_pausing_only_past_t
     """At delivery.max_buffered_records the loop stops reading (librdkafka keeps its prefetched queue;
     a pause would discard it); it pauses only when the reads that serve callbacks while holding have
     taken the buffer past 1.5 × the bound (a long outage)."""
-    import connector.pipeline as pipeline_module
+    import connector.pipeline.loop as pipeline_module
 
     src = Source(events(300), batch=50)
     p = pipeline(tmp_path, src, extra="max_buffered_records = 100\n")  # appended to [delivery]

@@ -28,8 +28,8 @@ from connector.dev.emulator import config as em
 from connector.dev.emulator.profiles import primary_key
 from connector.dev.produce import ensure_topics, produce_events
 from connector.dev.samples import generate_events
-from connector.dlq import H_OFFSET, H_REASON, H_STAGE
-from connector.topics import all_topics, topic_for
+from connector.kafka.dlq import H_OFFSET, H_REASON, H_STAGE
+from connector.kafka.topics import all_topics, topic_for
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from support import wait_until
 
 from connector.dev.produce import ensure_topics, produce_events
 from connector.dev.samples import generate_events
-from connector.topics import all_topics
+from connector.kafka.topics import all_topics
 
 
 def test_a_pipeline_process_killed_mid_stream_loses_nothing(broker, emulator, prefix, tmp_path: Path) -> None:

@@ -28,8 +28,8 @@ from support import zigzag
 
 from connector.dev.produce import ensure_topics, produce_events
 from connector.dev.samples import generate_events
-from connector.dlq import H_AEP_MESSAGE, H_DETAIL, H_ERROR_CLASS, H_HTTP_STATUS, H_REASON, H_STAGE, H_XACTION_ID
-from connector.topics import all_topics, topic_for
+from connector.kafka.dlq import H_AEP_MESSAGE, H_DETAIL, H_ERROR_CLASS, H_HTTP_STATUS, H_REASON, H_STAGE, H_XACTION_ID
+from connector.kafka.topics import all_topics, topic_for
 
 pytestmark = pytest.mark.integration
 

@@ -12,13 +12,13 @@ import orjson
 import pytest
 from harness import write_config
 
-from connector.avro_guard import ForeignSchema
-from connector.avro_schemas import LocalSchemas
 from connector.config import load_settings
+from connector.decode.avro_guard import ForeignSchema
+from connector.decode.avro_schemas import LocalSchemas
 from connector.dev.produce import SampleEncoder
 from connector.dev.samples import generate_events
 from connector.errors import RegistryUnavailable
-from connector.process import Encoded, ProcessorSpec, RecordProcessor, Rejected
+from connector.processing.record import Encoded, ProcessorSpec, RecordProcessor, Rejected
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_an_exception_in_decode_or_transform_costs_one_record(spec: ProcessorSpe
 
     processor.decoder.decode = decode  # type: ignore[method-assign]
     processor.transformer.transform = transform  # type: ignore[method-assign]
-    with caplog.at_level(logging.ERROR, logger="connector.process"):
+    with caplog.at_level(logging.ERROR, logger="connector.processing.record"):
         out = processor.run(values + [values[1]])
     assert [type(o) for o in out] == [Encoded, Rejected, Encoded, Rejected, Encoded, Encoded, Rejected]
     assert out[1][:3] == ("decode", "ValueError", "unexpected_error") and "a reader bug" in out[1].detail

@@ -6,12 +6,12 @@ import logging
 
 import pytest
 
-from connector.metrics import METRICS
-from connector.progress import ProgressLog
+from connector.telemetry.metrics import METRICS
+from connector.telemetry.progress import ProgressLog
 
 
 def test_a_line_per_interval_while_records_move_and_none_while_idle(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="connector.progress")
+    caplog.set_level(logging.INFO, logger="connector.telemetry.progress")
     progress = ProgressLog(60.0)
     progress(1000.0)  # the first call starts the clock
     METRICS.records_consumed.labels("t").inc(120)
@@ -27,7 +27,7 @@ def test_a_line_per_interval_while_records_move_and_none_while_idle(caplog: pyte
 
 
 def test_no_line_when_turned_off(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="connector.progress")
+    caplog.set_level(logging.INFO, logger="connector.telemetry.progress")
     progress = ProgressLog(0)
     METRICS.records_acknowledged.labels("t").inc(5)
     for now in (0.0, 100.0, 200.0):

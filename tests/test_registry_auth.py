@@ -15,10 +15,10 @@ from conftest import start_emulator
 from pydantic import ValidationError
 from tls_support import make_tls_files, start_https_emulator
 
-from connector.check import _registry
 from connector.config import ConfigError, DecodeConfig, bearer_token_supported, load_settings, strip_userinfo
+from connector.decode.registry import RegistryLookup, client_config
 from connector.errors import RegistryUnavailable
-from connector.registry import RegistryLookup, client_config
+from connector.tools.check import _registry
 
 USER, PASSWORD, TOKEN = "sr-key", "Sr-Secret-n0t-for-logs", "sr-Bearer-t0ken-n0t-for-logs"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

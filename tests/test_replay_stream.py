@@ -21,8 +21,8 @@ from connector.cli import _parse_time, _Progress, main
 from connector.config import KafkaConfig
 from connector.dev.demo import connector_toml
 from connector.dev.produce import ensure_topics
-from connector.dlq import H_REASON, H_STAGE, H_TIME, H_TOPIC
-from connector.replay import ReplayFilter, ReplayReport, replay
+from connector.kafka.dlq import H_REASON, H_STAGE, H_TIME, H_TOPIC
+from connector.tools.replay import ReplayFilter, ReplayReport, replay
 
 LETTERS = 2400
 VALUE_BYTES = 8 * 1024  # 2,400 x 8 KiB: ~19 MiB of letters

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from fastavro.validation import validate
 
-from connector.avro_schemas import LocalSchemas
+from connector.decode.avro_schemas import LocalSchemas
 from connector.dev.samples import CUSTOMER_POOL, ENVELOPES, MIX, generate_events, wrap
 from connector.transform import EVENT_NAMES, normalize
 

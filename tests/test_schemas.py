@@ -12,7 +12,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import validate
 
-from connector.avro_schemas import DEFAULT_DIR, LocalSchemas, SchemaLoadError, encode_single_object
+from connector.decode.avro_schemas import DEFAULT_DIR, LocalSchemas, SchemaLoadError, encode_single_object
 from connector.dev.samples import generate_events
 from connector.transform import EVENT_NAMES
 
@@ -209,7 +209,7 @@ def test_records_written_with_a_newer_schema_decode_with_the_current_one(schemas
 
 
 def test_the_decoder_reads_single_object_records(schemas: LocalSchemas, samples: list[dict[str, Any]]) -> None:
-    decode = pytest.importorskip("connector.decode")
+    decode = pytest.importorskip("connector.decode.decoder")
     decoder = decode.Decoder(schemas)
     event = samples[1]
     [record] = decoder.decode(schemas.encode_single_object(event["eventName"], event))

@@ -9,13 +9,13 @@ from typing import Any
 
 from support import FakeMessage
 
-from connector.acknowledge import Ledger
-from connector.batch import Batcher, PendingRecord
-from connector.delivery import Delivery
+from connector.delivery.batch import Batcher, PendingRecord
+from connector.delivery.lanes import Delivery
+from connector.delivery.sink import BatchResult, MessageFailure
 from connector.errors import Stage
-from connector.offsets import OffsetTracker
-from connector.process import Encoded, Rejected
-from connector.sink import BatchResult, MessageFailure
+from connector.pipeline.acknowledge import Ledger
+from connector.pipeline.offsets import OffsetTracker
+from connector.processing.record import Encoded, Rejected
 
 A, B = ("t", 0), ("t", 1)
 

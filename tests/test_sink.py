@@ -9,13 +9,10 @@ import httpx
 import orjson
 import pytest
 
-from connector.auth import TokenProvider
-from connector.batch import PendingRecord
 from connector.config import AepConfig, DeliveryConfig, ImsConfig
-from connector.errors import AuthFailure
-from connector.housekeeping import AuthProbe
-from connector.metrics import METRICS
-from connector.sink import (
+from connector.delivery.auth import TokenProvider
+from connector.delivery.batch import PendingRecord
+from connector.delivery.sink import (
     Accepted,
     BadRequest,
     BatchResult,
@@ -26,6 +23,9 @@ from connector.sink import (
     TooLarge,
     _retry_after,
 )
+from connector.errors import AuthFailure
+from connector.pipeline.housekeeping import AuthProbe
+from connector.telemetry.metrics import METRICS
 
 AEP = AepConfig(dcs_url="http://aep", inlet_id="inlet", org_id="O@AdobeOrg", authentication_required=True,
                 allow_insecure_http=True, ims=ImsConfig(url="http://ims", client_id="c", client_secret="s"))
@@ -327,7 +327,7 @@ def test_a_failed_experience_event_is_resent_alone() -> None:
 
 
 def test_rounds_that_make_progress_retry_promptly_and_only_stuck_rounds_back_off(monkeypatch) -> None:
-    monkeypatch.setattr("connector.sink.random.uniform", lambda _a, b: b)  # the pause is its cap
+    monkeypatch.setattr("connector.delivery.sink.random.uniform", lambda _a, b: b)  # the pause is its cap
     delivery = DeliveryConfig(backoff_initial_s=0.1, backoff_max_s=30, max_message_retries=0)
     rounds = {"n": 0}
 

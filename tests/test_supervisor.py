@@ -25,12 +25,11 @@ from harness import write_config
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector import app
 from connector.config import Settings, load_settings
 from connector.errors import ExitCode
-from connector.process import Encoded, ProcessorSpec, RecordProcessor, Rejected
-from connector.processing import Entry, Processing
-from connector.runtime import cpus, crash_marker, supervisor
+from connector.processing.record import Encoded, ProcessorSpec, RecordProcessor, Rejected
+from connector.processing.stage import Entry, Processing
+from connector.runtime import app, cpus, crash_marker, supervisor
 from connector.runtime.crash_marker import CrashMarker, Key, SuspectBoard
 from connector.runtime.link import ChildLink, MergedMetrics, Status, listener, serve_status
 from connector.runtime.supervisor import Supervisor
@@ -118,7 +117,7 @@ def spec(settings: Settings) -> ProcessorSpec:
 
 
 def _values(n: int) -> list[bytes | None]:
-    from connector.avro_schemas import LocalSchemas
+    from connector.decode.avro_schemas import LocalSchemas
     from connector.dev.produce import SampleEncoder
     from connector.dev.samples import generate_events
 

@@ -1,4 +1,4 @@
-"""Threads carry their names down to the OS (connector.thread_names), so top -H, ps -L and the bench
+"""Threads carry their names down to the OS (connector.runtime.thread_names), so top -H, ps -L and the bench
 tell the consumer loop, the senders, librdkafka's threads and the transform workers apart."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.thread_names import name_os_thread
+from connector.runtime.thread_names import name_os_thread
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names are read from /proc")
 
@@ -37,8 +37,8 @@ def test_a_thread_gets_its_python_name_cut_to_what_the_kernel_keeps() -> None:
 def test_the_delivery_stage_names_its_sender_threads() -> None:
     from concurrent.futures import wait
 
-    from connector.batch import Batcher
-    from connector.delivery import Delivery
+    from connector.delivery.batch import Batcher
+    from connector.delivery.lanes import Delivery
 
     delivery = Delivery(Batcher(2, 10, 1000, 0.05), None, None,  # type: ignore[arg-type] # no request is made
                         delivered=lambda _r: None, rejected=lambda _r, _f: None, sender_failing=lambda _m: None)

@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from connector.avro_schemas import LocalSchemas
-from connector.decode import Decoder
+from connector.decode.avro_schemas import LocalSchemas
+from connector.decode.decoder import Decoder
 from connector.dev.produce import SampleEncoder
 from connector.dev.samples import generate_events, sample_xdm_config, wrap
 from connector.transform import EVENT_NAMES, Transformer, TransformError

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from fastavro import schemaless_reader, schemaless_writer
 
-from connector.avro_schemas import LocalSchemas
+from connector.decode.avro_schemas import LocalSchemas
 from connector.dev.samples import generate_events, sample_xdm_config
 from connector.transform import REASONS, Transformer, TransformError, XdmMessage
 from connector.transform import events as event_specs

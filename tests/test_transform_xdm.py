@@ -269,7 +269,7 @@ def test_compact_schemas_are_in_sync_with_the_build_script(tmp_path: Path) -> No
 
 def test_coalesced_profile_updates_are_valid_against_the_official_schema(
         official: dict[str, Any], compact: XdmValidator, entities: list) -> None:
-    from connector.coalesce import merge_entities, primary_identity
+    from connector.delivery.coalesce import merge_entities, primary_identity
 
     by_customer: dict[Any, list[dict[str, Any]]] = {}
     for kind, _name, entity in entities:

@@ -16,7 +16,7 @@ HIDDEN = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "
 
 
 def test_cavro_is_really_hidden_in_the_child() -> None:
-    probe = subprocess.run([sys.executable, "-c", "import connector.decode as d; print(d.HAVE_CAVRO)"],
+    probe = subprocess.run([sys.executable, "-c", "import connector.decode.decoder as d; print(d.HAVE_CAVRO)"],
                            env=HIDDEN, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "False", probe.stderr
 

@@ -6,8 +6,8 @@
     POST  …/batches/{id}?action=COMPLETE                                   safe to repeat
     GET   /data/foundation/catalog/batches/{id}                            {id: {status, errors, …}}
 
-The client is the connector's (connector.egress: proxy, CA bundle, client certificate) with its IMS
-tokens (connector.auth). Transport errors, 429 and 5xx are retried with backoff, at most
+The client is the connector's (connector.delivery.egress: proxy, CA bundle, client certificate) with its IMS
+tokens (connector.delivery.auth). Transport errors, 429 and 5xx are retried with backoff, at most
 ``attempts`` times, each retry logged and counted (:attr:`BatchClient.retries`); a 401 gets one fresh
 token. Anything else is a :class:`PlatformError` with AEP's words (secrets masked by the logger and
 never put in the message).
@@ -25,9 +25,9 @@ from urllib.parse import quote
 
 import httpx
 
-from connector.auth import TokenProvider
 from connector.config import AepConfig
-from connector.egress import aep_client, describe_http_error
+from connector.delivery.auth import TokenProvider
+from connector.delivery.egress import aep_client, describe_http_error
 from connector.errors import AuthFailure, TransientError
 from connector.provision.platform import PlatformError, _detail
 

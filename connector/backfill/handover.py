@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 
 from connector.backfill.source import split_key, tp_key
 from connector.config import Settings
-from connector.source import producer_config
+from connector.kafka.source import producer_config
 
 
 class HandoverRefused(Exception):

@@ -3,9 +3,9 @@
 Batch ingestion promises no order among the records it loads, so a customer with several updates in
 a load could end with an old value on top. Each customer's updates (same dataset and primary
 identity) are merged here in the order they were read — with the stream's own merge
-(:func:`connector.coalesce.merge_entities`: later values win leaf by leaf, arrays replaced,
+(:func:`connector.delivery.coalesce.merge_entities`: later values win leaf by leaf, arrays replaced,
 ``identityMap`` the union) held to Identity Service's per-record guardrails
-(:func:`connector.coalesce.guard_identities`) — so every customer appears once in the whole load.
+(:func:`connector.delivery.coalesce.guard_identities`) — so every customer appears once in the whole load.
 
 Staged buckets hold a customer's updates in one file (by a hash of the identity), so memory holds one
 bucket's customers at a time. The merged record keeps the last update's ``_id``. Updates without a
@@ -23,7 +23,7 @@ import orjson
 
 from connector.backfill.manifest import UploadFile
 from connector.backfill.stage import BUCKETS
-from connector.coalesce import by_recency, guard_identities, merge_entities, primary_identity
+from connector.delivery.coalesce import by_recency, guard_identities, merge_entities, primary_identity
 
 OUT = "upload/profiles"
 

@@ -80,7 +80,7 @@ class Backfill:
     # -- phases --------------------------------------------------------------------------------
 
     def _processor(self) -> Any:
-        from connector.assembly import record_processor
+        from connector.pipeline.assembly import record_processor
 
         return record_processor(self.s)
 
@@ -91,8 +91,8 @@ class Backfill:
         return read_kafka(self.s, src["stop"], m.position, batch=self.s.kafka.consume_batch)
 
     def _read(self, m: Manifest) -> None:
-        from connector.dlq import DeadLetterWriter
-        from connector.source import producer_config
+        from connector.kafka.dlq import DeadLetterWriter
+        from connector.kafka.source import producer_config
 
         writer = DeadLetterWriter(self.s.kafka.dlq_topic, producer_config(self.s.kafka))
         stager = Stager(self.o.workdir, m, self._processor(), writer, file_bytes=self.o.file_bytes,
@@ -262,7 +262,7 @@ class _SampleSink:
         self.rejected = 0
 
     def take(self, _record: Any, outcome: Any) -> None:
-        from connector.process import Encoded
+        from connector.processing.record import Encoded
 
         if type(outcome) is not Encoded:
             self.rejected += type(outcome).__name__ == "Rejected"
@@ -275,7 +275,7 @@ class _SampleSink:
 
 
 def _hint(body: bytes) -> Any:
-    from connector.coalesce import identity_hint
+    from connector.delivery.coalesce import identity_hint
 
     return identity_hint(body)
 

@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from connector.config import Settings
-from connector.source import consumer_config, subscription_matcher
+from connector.kafka.source import consumer_config, subscription_matcher
 
 log = logging.getLogger(__name__)
 

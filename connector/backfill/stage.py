@@ -1,12 +1,12 @@
 """Reading stage: records → the stream's decode → transform → encode → staged files, checkpointed.
 
-Every record goes through :class:`connector.process.RecordProcessor`, as in the stream:
+Every record goes through :class:`connector.processing.record.RecordProcessor`, as in the stream:
 
 * an ExperienceEvent's entity is appended (one JSON object per line) to its dataset's current upload
   file, a new file begun past ``file_bytes``;
 * a profile update goes to a bucket file chosen by its customer (dataset and primary identity), for
   profiles.py to merge once everything is read;
-* a record that can never become XDM is dead-lettered as the stream does (connector.dlq), with
+* a record that can never become XDM is dead-lettered as the stream does (connector.kafka.dlq), with
   the same stage and reason; ``Empty`` records are only counted.
 
 A checkpoint flushes and fsyncs the staged files, waits until the broker confirmed every dead letter
@@ -30,10 +30,10 @@ import orjson
 
 from connector.backfill.manifest import Manifest
 from connector.backfill.source import Record
-from connector.coalesce import primary_identity
-from connector.dlq import DeadLetter, DeadLetterWriter
+from connector.delivery.coalesce import primary_identity
 from connector.errors import TransientError
-from connector.process import Empty, Encoded, RecordProcessor, Rejected
+from connector.kafka.dlq import DeadLetter, DeadLetterWriter
+from connector.processing.record import Empty, Encoded, RecordProcessor, Rejected
 
 log = logging.getLogger(__name__)
 

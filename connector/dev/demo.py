@@ -189,7 +189,7 @@ def provision_emulator(emulator_url: str) -> dict[str, Any]:
 def run_demo(count: int, workdir: Path, timeout: float) -> int:
     from connector.dev.produce import ensure_topics, produce_events
     from connector.dev.samples import generate_events
-    from connector.topics import all_topics
+    from connector.kafka.topics import all_topics
 
     workdir.mkdir(parents=True, exist_ok=True)
     started_procs: list[ManagedProcess] = []

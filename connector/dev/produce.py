@@ -19,8 +19,8 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from fastavro import schemaless_writer
 
-from connector.avro_schemas import LocalSchemas
-from connector.topics import TOPIC_PREFIX, all_topics, topic_for
+from connector.decode.avro_schemas import LocalSchemas
+from connector.kafka.topics import TOPIC_PREFIX, all_topics, topic_for
 
 ENCODINGS = ("avro-registry", "avro-single", "json", "mixed")
 

@@ -515,6 +515,6 @@ def wrap(event: dict[str, Any], style: str) -> dict[str, Any]:
 
 def sample_xdm_config(**overrides: Any) -> Any:
     """An ``XdmConfig`` with placeholder routes (tenant ``capillary``), for tests, benchmarks and demos."""
-    from connector.dryrun import placeholder_xdm_config
+    from connector.tools.dryrun import placeholder_xdm_config
 
     return placeholder_xdm_config(**overrides)

@@ -28,13 +28,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from connector.asgi import GracefulServer
 from connector.ingest.auth import Authenticator
 from connector.ingest.config import IngestSettings
 from connector.ingest.metrics import THROTTLE_CAPS, IngestMetrics
 from connector.ingest.producer import DeliveryFailed, ProducerBridge
 from connector.ingest.signature import FULL, Signatures
 from connector.ingest.validate import Door, Record, Rejected
+from connector.runtime.asgi import GracefulServer
 
 log = logging.getLogger(__name__)
 EVENTS_PATH = "/capillary/events"
@@ -489,14 +489,14 @@ def run_ingest(settings: IngestSettings) -> int:
     """Process wiring for ``capillary-aep ingest``: logging with the secrets masked, then serve."""
     from prometheus_client import disable_created_metrics
 
-    from connector.logs import register_secret, setup_logging
+    from connector.telemetry.logs import register_secret, setup_logging
 
     disable_created_metrics()  # process-wide: *_created series only double the scrape
     setup_logging(settings.log.level, settings.log.format)
     register_secret(settings.ingest.auth_token.get_secret_value())
     register_secret(settings.ingest.basic_password.get_secret_value())
     register_secret(settings.ingest.signing_secret.get_secret_value())
-    from connector.kafka_security import secret_values
+    from connector.kafka.security import secret_values
 
     for value in secret_values(settings.kafka.security):
         register_secret(value)

@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from connector.config import ENV_PREFIX, FileSettings, KafkaConfig, LogConfig, _Section
-from connector.kafka_security import security_properties
-from connector.topics import TOPIC_PREFIX
+from connector.kafka.security import security_properties
+from connector.kafka.topics import TOPIC_PREFIX
 
 # librdkafka properties the ingress owns: weakening them would make a 200 a lie.
 PROTECTED_PRODUCER_KEYS = frozenset({

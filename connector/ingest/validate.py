@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from connector.ingest.config import IngestConfig
-from connector.topics import FAMILIES, topic_for
+from connector.kafka.topics import FAMILIES, topic_for
 from connector.transform.envelope import normalize
 from connector.transform.errors import TransformError
 from connector.transform.times import to_ms

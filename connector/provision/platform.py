@@ -18,9 +18,9 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
-from connector.auth import TokenProvider
 from connector.config import ImsConfig
-from connector.egress import AepHttpConfig, aep_client, describe_http_error
+from connector.delivery.auth import TokenProvider
+from connector.delivery.egress import AepHttpConfig, aep_client, describe_http_error
 from connector.errors import AuthFailure, ConnectorError, TransientError
 
 SCHEMA_REGISTRY = "/data/foundation/schemaregistry"

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from connector.thread_names import name_os_thread
+from connector.runtime.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
 

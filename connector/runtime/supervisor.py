@@ -1,7 +1,7 @@
 """One replica, N pipelines: the supervisor forks one process per pipeline and watches them.
 
 The parent has imported everything and frozen it out of the GC before it forks (the children share
-those pages copy-on-write); each child builds a whole pipeline of its own (connector.pipeline): its own
+those pages copy-on-write); each child builds a whole pipeline of its own (connector.pipeline.loop): its own
 consumer-group member, lanes, buffers and share of the send budget. The supervisor
 
 1. forks the children, each with its index, a crash marker (connector.runtime.crash_marker) and the
@@ -34,8 +34,8 @@ from socket import socket
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from connector.errors import ExitCode
-from connector.heap import load_libc
 from connector.runtime.crash_marker import STRIKES, CrashMarker, SuspectBoard
+from connector.runtime.heap import load_libc
 from connector.runtime.link import ChildLink, listener
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from connector.asgi import GracefulServer
 from connector.dev.emulator.batches import BatchApi
 from connector.dev.emulator.config import EmulatorConfig
 from connector.dev.emulator.control import control_routes
@@ -28,6 +27,7 @@ from connector.dev.emulator.platform import PlatformApi
 from connector.dev.emulator.registry import Registry
 from connector.dev.emulator.store import Store
 from connector.dev.emulator.validation import AsyncValidator
+from connector.runtime.asgi import GracefulServer
 
 IMS_ERRORS = {400: "invalid_request", 401: "invalid_client", 403: "access_denied", 429: "too_many_requests"}
 

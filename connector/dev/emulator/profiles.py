@@ -3,7 +3,7 @@
 Each accepted record of a profile dataset is applied, in acceptance order, to the profile of its
 primary identity: objects merge field by field, anything else (arrays included) is replaced by
 the newer value, and ``identityMap`` gathers every identity seen. Written independently of the
-connector's coalescing (``connector/coalesce.py``) so that tests can hold one against the other.
+connector's coalescing (``connector/delivery/coalesce.py``) so that tests can hold one against the other.
 
 Identity Service's per-record guardrails (Experience League, *Identity Service guardrails*) hold
 before a record reaches a profile: a record with more than 20 identities, or whose primary identity

@@ -1,0 +1,1 @@
+"""Bytes to Capillary events: Schema Registry and single-object Avro, JSON; hostile input refused."""

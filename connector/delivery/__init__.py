@@ -1,0 +1,1 @@
+"""XDM messages to AEP: batches per lane, profile coalescing, the sink's requests, the send budget."""

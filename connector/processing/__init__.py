@@ -1,0 +1,1 @@
+"""One record's decode → transform → encode (record) and the pipeline's processing stage."""

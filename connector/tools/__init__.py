@@ -1,0 +1,1 @@
+"""Operator commands besides run: check, dlq replay, the dry run."""
