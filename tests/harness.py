@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import Counter
@@ -18,6 +19,12 @@ from connector.dev.demo import connector_toml
 from connector.dev.emulator import config as em
 from connector.kafka.topics import all_topics
 from connector.transform import Transformer
+
+# One pipeline process per connector unless a test asks for more (its env, or os.environ as the
+# ``processes`` fixtures of the fault tests set it): tansu cannot finish a rebalance whose leader
+# left during it, which a multi-process replica leaving a group that is reused next does at random
+# (Apache Kafka elects a new leader). Tests of several processes per replica say so explicitly.
+PROCESSES_ENV = "CAPILLARY_AEP__PROCESSING__PROCESSES"
 
 
 class ConnectorProc:
@@ -88,7 +95,7 @@ def start_connector(tmp_path: Path, *, bootstrap: str, emulator_url: str, prefix
     cfg = write_config(tmp_path / f"{name}-{port}.toml", bootstrap=bootstrap, emulator_url=emulator_url,
                        prefix=prefix, group=group, metrics_port=port, extra=extra, provisioned=provisioned)
     full_env = {"CAPILLARY_AEP__AEP__IMS__CLIENT_SECRET": em.DEMO_CLIENT_SECRET, "CAPILLARY_AEP__LOG__FORMAT": "text",
-                **(env or {})}
+                **({} if PROCESSES_ENV in os.environ else {PROCESSES_ENV: "1"}), **(env or {})}
     proc = ManagedProcess(python_module("connector", "run", "--config", str(cfg)), env=full_env,
                           log_path=tmp_path / f"{name}-{port}.log")
     c = ConnectorProc(proc, port, cfg)

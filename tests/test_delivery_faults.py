@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 from harness import (
+    PROCESSES_ENV,
     assert_committed_to_end,
     committed,
     dlq_topic,
@@ -35,6 +36,13 @@ from connector.kafka.topics import all_topics
 from connector.pipeline.backpressure import PAUSE_FACTOR
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, params=[1, 2], ids=["1-process", "2-processes"])
+def processes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Every fault here, with one pipeline process per replica and with two."""
+    monkeypatch.setenv(PROCESSES_ENV, str(request.param))
+    return int(request.param)
 
 
 

@@ -22,6 +22,7 @@ FAST_GROUP = {"CAPILLARY_AEP__KAFKA__SESSION_TIMEOUT_MS": "3000"}
 # Three members rebalancing on a busy 2-core box: a 3 s session is too tight (members get evicted
 # while starved of CPU, and the group keeps rebalancing); 6 s keeps joins quick and the group stable.
 GROUP = {"CAPILLARY_AEP__KAFKA__SESSION_TIMEOUT_MS": "6000"}
+# Members here are replicas of one process each (tests/harness.py: tansu and departing leaders).
 
 
 class Producer(threading.Thread):

@@ -137,7 +137,10 @@ def _chunked_upload(ingress: Ingress, nbytes: int) -> socket.socket:
     body = b"[" + b" " * (nbytes - 1)
     for start in range(0, nbytes, 16 * 1024):
         chunk = body[start:start + 16 * 1024]
-        sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        try:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except (BrokenPipeError, ConnectionResetError):
+            break  # the server answered and closed mid-upload (refused): its answer is read next
     return sock
 
 
