@@ -24,6 +24,7 @@ import pytest
 from harness import write_config
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support import FakeMessage
 
 from connector.config import Settings, load_settings
 from connector.errors import ExitCode
@@ -74,23 +75,9 @@ def suspects_json(board: SuspectBoard) -> str:
     return json.dumps(sorted([*k, n, how] for k, (n, how) in suspects.items()))
 
 
-class Msg:
+def Msg(value: bytes | None, offset: int, topic: str = "t", partition: int = 0) -> FakeMessage:
     """What the processing stage reads of a consumed record."""
-
-    def __init__(self, value: bytes | None, offset: int, topic: str = "t", partition: int = 0) -> None:
-        self._value, self._offset, self._topic, self._partition = value, offset, topic, partition
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
+    return FakeMessage(topic, partition, offset, None, value)
 
 
 def entries_of(values: list[bytes | None], topic: str = "t", partition: int = 0) -> list[Entry]:
