@@ -1,4 +1,4 @@
 from connector.cli import main
 
-if __name__ == "__main__":  # not when a spawned worker process imports it
+if __name__ == "__main__":  # not when another process imports it
     main(prog_name="capillary-aep")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import httpx
 
 # httpx is imported where a client or URL is made, not here: connector.config imports this module,
-# and the transform workers, which never talk HTTP, should not carry httpx (and its CLI's imports).
+# and the commands that never talk HTTP should not carry httpx (and its CLI's imports).
 
 
 class AepHttpConfig(BaseModel):

@@ -113,7 +113,7 @@ class ManagedProcess:
 
 
 def process_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (the connector's transform workers are its children)."""
+    """``pid`` and its live descendants (the connector's pipeline processes are its children)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()

@@ -1,12 +1,10 @@
 """Decode → transform → encode: one record's bytes to the JSON bodies of its XDM messages, or the
-reason it can never become any. The one implementation, used by the transform workers (and the
-consumer thread when there are none), ``capillary-aep transform`` and ``dlq replay --direct``.
+reason it can never become any. The one implementation, used by every pipeline process's processing
+stage, ``capillary-aep transform``, ``dlq replay --direct`` and ``backfill``.
 
-No I/O: writer schemas come through ``registry_lookup``, the caller's (the pipeline's registry
-client, or the schemas shipped to a worker with its chunks).
+No I/O: writer schemas come through ``registry_lookup``, the caller's (the pipeline's registry client).
 
-Outcomes are small typed records (NamedTuples: as cheap to build and pickle across the worker
-pipes as plain tuples, and read by name).
+Outcomes are small typed records (NamedTuples: as cheap to build as plain tuples, and read by name).
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Tests of crash isolation only: a record whose value contains this marker ends the process that
 # processes it (exit code 86, or the signal named by the second variable), as a crash in a C
-# extension would. Read by ProcessorSpec.from_settings, so worker processes get it with their spec.
+# extension would. Read by ProcessorSpec.from_settings.
 CRASH_ON_ENV = "CAPILLARY_AEP_TEST_CRASH_ON"
 CRASH_SIGNAL_ENV = "CAPILLARY_AEP_TEST_CRASH_SIGNAL"
 CRASH_EXIT_CODE = 86
@@ -90,8 +88,8 @@ class RecordProcessor:
     """Values → outcomes. Raises :class:`RegistryUnavailable` (transient: nothing may be decided)."""
 
     def __init__(self, cfg: ProcessorSpec, registry_lookup: Callable[[int], Any] | None = None) -> None:
-        # Imported here, not at the top: the consumer process with workers never decodes, and the
-        # Avro libraries (cavro brings numpy) would cost it ~15 MB. The forkserver preloads them.
+        # Imported here, not at the top: commands that never decode (check, provision) should not
+        # pay for the Avro libraries (cavro brings numpy, ~15 MB). The supervisor preloads them.
         from connector.decode.avro_guard import Limits
         from connector.decode.avro_schemas import LocalSchemas
         from connector.decode.decoder import Decoder, format_of

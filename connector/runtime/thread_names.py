@@ -1,6 +1,6 @@
 """The OS sees our threads by name: ``top -H``, ``ps -L`` and /proc/<pid>/task/*/comm then tell the
-consumer loop, the sender threads, librdkafka's threads (it names its own, ``rdk:…``) and the
-transform workers apart, and the bench splits the consumer process's CPU by them. CPython (before
+pipeline loop, the sender threads and librdkafka's threads (it names its own, ``rdk:…``) apart,
+and the bench splits each pipeline process's CPU by them. CPython (before
 3.14) leaves every thread named after the executable. Linux with glibc; elsewhere a no-op."""
 
 from __future__ import annotations
