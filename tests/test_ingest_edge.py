@@ -168,6 +168,8 @@ def test_slow_chunked_uploads_hold_only_what_they_sent(broker: str, tmp_path: Pa
         wait_until(lambda: ingress.metrics()["capillary_ingest_inflight_requests"] == 6, 10, what="admitted")
         assert ingress.metrics()["capillary_ingest_inflight_bytes"] <= 6 * 64 * 1024
         assert _post(ingress).status_code == 200
+        # Its charge is released after its answer is sent: wait for it, or the budget below is short.
+        wait_until(lambda: ingress.metrics()["capillary_ingest_inflight_requests"] == 6, 10, what="released")
 
         for _ in range(3):  # 3 x 180 KiB received (charged 192 KiB each) + the six small ones: 960 KiB
             held.append(_chunked_upload(ingress, 180 * 1024))
