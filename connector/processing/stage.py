@@ -41,21 +41,19 @@ class Processing:
         board = self._board
         if board is not None and board.version != self._seen and (published := board.read()) is not None:
             self._seen, self._suspects = published
-        if self._suspects:
-            self._on_outcomes(entries, self._screened(entries))
-        elif self._marker is None:
-            self._on_outcomes(entries, self.processor.run([e[0].value() for e in entries]))
-        else:
-            self._on_outcomes(entries, self._marked(entries))
+        self._on_outcomes(entries, self._screened(entries) if self._suspects else self._process(entries))
 
-    def _marked(self, entries: list[Entry]) -> list[Outcome]:
-        marker = self._marker
-        assert marker is not None
-        if not marker.begin([(m.topic(), m.partition(), m.offset()) for m, _, _ in entries]):
+    def _process(self, entries: list[Entry]) -> list[Outcome]:
+        if self._marker is None:
+            return self.processor.run([e[0].value() for e in entries])
+        return self._marked(self._marker, entries)
+
+    def _marked(self, marker: CrashMarker, entries: list[Entry]) -> list[Outcome]:
+        if not marker.begin([(tp[0], tp[1], m.offset()) for m, tp, _ in entries]):
             if len(entries) == 1:  # cannot happen with Kafka's names; unmarked rather than never
                 return self.processor.run([entries[0][0].value()])
             half = len(entries) // 2
-            return self._marked(entries[:half]) + self._marked(entries[half:])
+            return self._marked(marker, entries[:half]) + self._marked(marker, entries[half:])
         try:
             return self.processor.run([e[0].value() for e in entries], marker.slot)
         finally:
@@ -66,17 +64,16 @@ class Processing:
         out: list[Outcome | None] = []
         rest: list[Entry] = []
         for e in entries:
-            m = e[0]
-            deaths, how = self._suspects.get((m.topic(), m.partition(), m.offset()), (0, ""))
+            key = (*e[1], e[0].offset())
+            deaths, how = self._suspects.get(key, (0, ""))
             if deaths >= STRIKES:
                 log.error("%s[%d]@%d killed %d pipeline processes (last: %s): dead-lettering it as crashed_processing",
-                          m.topic(), m.partition(), m.offset(), deaths, how)
+                          *key, deaths, how)
                 METRICS.records_crashed.inc()
                 out.append(Rejected(Stage.PROCESS, "ProcessCrashed", "crashed_processing",
                                     f"the process processing it died ({how})"))
             else:
                 out.append(None)
                 rest.append(e)
-        done = iter(self._marked(rest) if self._marker is not None and rest
-                    else self.processor.run([e[0].value() for e in rest]))
+        done = iter(self._process(rest))
         return [o if o is not None else next(done) for o in out]

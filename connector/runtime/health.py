@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -42,7 +41,8 @@ def serve_health(
                 checks = (liveness if path == "/healthz" else readiness)()
                 ok = all(checks.values())
                 doc: dict[str, object] = {"ok": ok, "checks": checks}
-                why = detail() if detail is not None and path == "/readyz" else ""
+                # Only a process that is not ready has a reason (the supervisor asks its children for it).
+                why = detail() if detail is not None and path == "/readyz" and not ok else ""
                 if why:
                     doc["detail"] = why
                 self._send(200 if ok else 503, orjson.dumps(doc), "application/json")
@@ -78,6 +78,3 @@ def start_serving(server: ThreadingHTTPServer) -> None:
     host, port = server.server_address[:2]
     log.info("metrics and health on http://%s:%s/metrics", host, port)
 
-
-def loop_alive(last_loop: Callable[[], float], max_age_s: float) -> Check:
-    return lambda: {"loop_running": time.monotonic() - last_loop() < max_age_s}

@@ -36,13 +36,13 @@ def listener(index: int) -> socket.socket:
     """The socket child ``index`` answers on; made by the supervisor, inherited by every child it forks
     for that index."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(_address(index))
+    sock.bind(_address(os.getpid(), index))
     sock.listen(8)
     return sock
 
 
-def _address(index: int) -> str:
-    return f"\0capillary-aep-{os.getpid()}-{index}"  # the supervisor's pid: one namespace per replica
+def _address(supervisor_pid: int, index: int) -> str:
+    return f"\0capillary-aep-{supervisor_pid}-{index}"  # abstract (nothing on disk), one namespace per replica
 
 
 def serve_status(sock: socket.socket, status: Callable[[], Status]) -> None:
@@ -70,7 +70,7 @@ class ChildLink:
 
     def __init__(self, index: int, supervisor_pid: int) -> None:
         self.index = index
-        self._address = f"\0capillary-aep-{supervisor_pid}-{index}"
+        self._address = _address(supervisor_pid, index)
 
     def status(self, timeout: float = ANSWER_TIMEOUT_S) -> Status | None:
         try:

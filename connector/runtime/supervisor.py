@@ -214,12 +214,12 @@ class Supervisor:
         now = time.monotonic()
         if culprit is not None:
             deaths = self.board.strike(culprit, how)
-            self.metrics.restarts.labels("record").inc()
             log.error("pipeline process %d died (%s) processing %s[%d]@%d (%d time%s): restarting it; %s", child.index,
                       how, *culprit, deaths, "" if deaths == 1 else "s",
                       "the record is dead-lettered as crashed_processing" if deaths >= STRIKES else
                       "the record is processed once more, and dead-lettered if it kills again")
             if deaths <= STRIKES + 1:  # a record dead-lettered on its next reading cannot kill again
+                self.metrics.restarts.labels("record").inc()
                 child.restart_at = now
                 return
         self.metrics.restarts.labels("unknown").inc()
