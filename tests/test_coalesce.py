@@ -178,3 +178,55 @@ def test_records_within_the_guardrails_merge_untouched() -> None:
     dropped: list[str] = []
     out = coalesce([envelope(u) for u in updates], ["a", "a"], max_size=1_000_000, dropped=dropped)
     assert dropped == [] and orjson.loads(out[0][0])["body"]["xdmEntity"] == merge_entities(updates)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast path", "generic path"])
+def test_the_transforms_own_envelopes_merge_as_their_parsed_bodies_do(fast: bool) -> None:
+    """The sender merges the envelopes the transform built instead of parsing their bodies (issue 31):
+    same records, same members, same identities left out as a merge of the parsed bodies — over the
+    sample mix as JSON and as decoded Avro and mutated events of every type — and consuming them
+    changes nothing the transformer keeps (its next outputs are those of one whose envelopes were
+    never merged)."""
+    from test_transform_compiled import NOW_MS, avro, mutated
+
+    from connector.delivery.coalesce import identity_hint
+    from connector.dev.samples import generate_events, sample_xdm_config
+    from connector.transform import Transformer, TransformError
+
+    def make() -> Transformer:
+        return Transformer(sample_xdm_config(), org_id="0A1B2C3D4E5F@AdobeOrg", source_name="c",
+                           now=lambda: NOW_MS / 1000, fast=fast)
+
+    def encoded(transformer: Transformer, event: Any) -> list[Any]:
+        try:
+            return [(m.kind, orjson.dumps(m.envelope), m.envelope) for m in transformer.transform(event)]
+        except TransformError as exc:
+            return [("refused", exc.reason, None)]
+        except TypeError as exc:  # a value JSON cannot carry: the record is dead-lettered (processing.record)
+            return [("unencodable", str(exc), None)]
+
+    events = generate_events(3000, seed=41, now_ms=NOW_MS)
+    events += avro(events[:600]) + mutated(3000, seed=42)
+    transformer, untouched = make(), make()
+    bodies: list[bytes] = []
+    envelopes: list[dict[str, Any]] = []
+    for event in events:
+        out = encoded(transformer, event)
+        assert [m[:2] for m in out] == [m[:2] for m in encoded(untouched, event)]
+        for kind, body, envelope in out:
+            if kind == "profile":
+                bodies.append(body)
+                envelopes.append(envelope)
+    merged_sources = 0
+    for start in range(0, len(bodies), 300):
+        chunk, parsed = bodies[start:start + 300], envelopes[start:start + 300]
+        hints = [identity_hint(b) for b in chunk]
+        by_parse: list[str] = []
+        by_envelope: list[str] = []
+        want = coalesce(chunk, hints, 1_000_000, by_parse)
+        assert coalesce(chunk, hints, 1_000_000, by_envelope, parsed) == want
+        assert by_envelope == by_parse
+        merged_sources += len(chunk) - len(want)
+    assert merged_sources > len(bodies) // 4  # the test means nothing without merges
+    for event in events:  # what the merges consumed was the transformer's alone
+        assert [m[:2] for m in encoded(transformer, event)] == [m[:2] for m in encoded(untouched, event)]
