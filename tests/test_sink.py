@@ -421,23 +421,6 @@ def test_a_customers_profile_updates_go_as_one_merged_record() -> None:
     assert sent[0][1]["loyalty"] == {"points": 3, "tier": "Gold"}
 
 
-def test_the_merge_reads_the_records_envelopes_once_and_parses_the_bodies_after() -> None:
-    """A record carries its profile updates as the transform built them: the first request merges
-    those (no parse) and lets go of them; a record sent again merges its bodies, parsed."""
-    recs = customer_profiles([("a", {"loyalty": {"points": 1}}), ("a", {"loyalty": {"points": 2}})])
-    for rec in recs:
-        envelope = orjson.loads(rec.messages[0])
-        envelope["body"]["xdmEntity"]["loyalty"]["from"] = "envelope"  # tells which one was merged
-        rec.parsed = [envelope]
-    sent: list[list[dict]] = []
-    sink, _ = make_sink(lambda r: (sent.append(entities(r)), ok_207(r))[1])
-    assert sink.deliver(recs, threading.Event()).failures == {}
-    assert [rec.parsed for rec in recs] == [None, None]
-    assert sink.deliver(recs, threading.Event()).failures == {}
-    assert [e["loyalty"] for e in sent[0]] == [{"points": 2, "from": "envelope"}]
-    assert [e["loyalty"] for e in sent[1]] == [{"points": 2}]
-
-
 def test_a_merged_record_rejected_for_good_fails_every_record_it_stands_for() -> None:
     sink, _ = make_sink(lambda r: ok_207(r, {"id2": 400}))
     recs = customer_profiles([("a", {"loyalty": {"points": 1}}), ("b", {"loyalty": {"points": 7}}),

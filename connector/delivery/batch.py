@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from connector.pipeline.offsets import TopicPartition
 
@@ -43,10 +42,6 @@ class PendingRecord:
     messages: list[bytes]  # encoded envelopes
     labels: list[tuple[str, str]]  # (kind, event_type) per message, for metrics
     size: int  # bytes the messages add to a request body, commas included
-    # The profile updates' envelopes as the transform built them (None per ExperienceEvent), for the
-    # sender's coalescing to merge without parsing the bodies again; taken (set to None) by the
-    # first request built from the record, so a record re-sent parses its bodies.
-    parsed: list[Any] | None = None
 
     @staticmethod
     def body_size(messages: list[bytes]) -> int:

@@ -202,7 +202,6 @@ def guard_identities(entity: dict[str, Any], recency: Sequence[tuple[str, Any]])
 
 def coalesce(
     messages: Sequence[bytes], hints: Sequence[Any], max_size: int, dropped: list[str] | None = None,
-    parsed: Sequence[dict[str, Any] | None] | None = None,
 ) -> list[tuple[bytes, list[int]]]:
     """Merge the profile records (``messages``, in offset order) that describe the same profile.
 
@@ -211,8 +210,6 @@ def coalesce(
     order of each group's last member (everything else stays where it was). A merged record
     larger than ``max_size`` bytes is not made: its sources go as they are. The reason of every
     identity a merged record had to leave out (:func:`guard_identities`) is appended to ``dropped``.
-    ``parsed[i]``, when given and not None, is message i as a dict (what it was encoded from): read
-    instead of parsing the message, and consumed — the merge moves and changes its objects.
     """
     candidates: dict[Any, list[int]] = {}
     for i, hint in enumerate(hints):
@@ -226,9 +223,7 @@ def coalesce(
             continue
         groups: dict[Any, list[tuple[int, Any]]] = {}
         for i in members:
-            envelope = parsed[i] if parsed is not None else None
-            if envelope is None:
-                envelope = orjson.loads(messages[i])
+            envelope = orjson.loads(messages[i])
             key = _route_and_identity(envelope)
             if key is not None:
                 groups.setdefault(key, []).append((i, envelope))

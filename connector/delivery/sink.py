@@ -272,14 +272,10 @@ class Sink:
         # time-stamped facts.
         items: list[_Item] = []
         profiles: list[int] = []
-        envelopes: list[Any] = []  # per profile update, as the transform built it (or None)
         for ri, rec in enumerate(records):
-            parsed = rec.parsed
-            rec.parsed = None  # taken: the merge consumes them (a re-sent record parses its bodies)
-            for mi, (msg, label) in enumerate(zip(rec.messages, rec.labels)):
+            for msg, label in zip(rec.messages, rec.labels):
                 if label[0] == "profile":
                     profiles.append(len(items))
-                    envelopes.append(parsed[mi] if parsed is not None else None)
                     items.append((ri, msg, identity_hint(msg) or (rec.tp, rec.key), ()))
                 else:
                     items.append((ri, msg, None, ()))
@@ -288,7 +284,7 @@ class Sink:
         if self._coalesce and len(profiles) > 1:
             left_out: list[str] = []
             merged = coalesce([items[k][1] for k in profiles], [items[k][2] for k in profiles],
-                              self._max_message_bytes, left_out, envelopes)
+                              self._max_message_bytes, left_out)
             for reason in left_out:
                 METRICS.identities_dropped.labels(reason).inc()
             if len(merged) < len(profiles):

@@ -51,7 +51,7 @@ class Ledger:
                 decoded.append((tp[0], o.format))
                 transformed += o.labels
                 add(PendingRecord(tp, m.offset(), epoch, m.timestamp()[1], m.key(), m.value(), m.headers(),
-                                  o.bodies, o.labels, o.size, o.parsed), now)
+                                  o.bodies, o.labels, o.size), now)
                 if o.dropped:
                     self._identities_dropped(tp, m.offset(), o.dropped)
                 if o.declined:  # the records went out all the same: counted, not logged

@@ -41,10 +41,6 @@ class Encoded(NamedTuple):
     size: int  # bytes the bodies take in a batch request
     dropped: tuple[str, ...] = ()  # identities left out by AEP's guardrails, one reason each
     declined: tuple[str, ...] = ()  # event types the transform's fast path handed to the generic path
-    # Per body, its envelope as the transform built it when the body is a profile update (None for
-    # an ExperienceEvent); None when the record has no profile update. What the sender's coalescing
-    # merges instead of parsing the body again (connector.delivery.coalesce).
-    parsed: list[Any] | None = None
 
 
 class Empty(NamedTuple):
@@ -79,16 +75,13 @@ class ProcessorSpec:
     log_level: str = "INFO"
     log_format: str = "auto"
     crash_on: tuple[bytes, int] | None = None  # tests only: (marker, signal or 0), see CRASH_ON_ENV
-    # Encoded.parsed: hand the sender the profile updates' envelopes to merge (when it coalesces
-    # them: a streaming run); ~3× a profile body's bytes held per buffered update, to save parsing it.
-    carry_profiles: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings | OfflineSettings) -> ProcessorSpec:
         marker = os.environb.get(CRASH_ON_ENV.encode())
         crash_on = (marker, int(os.environ.get(CRASH_SIGNAL_ENV) or 0)) if marker else None
         return cls(s.decode, s.xdm, s.aep.org_id, s.aep.source_name, s.batch.max_record_size, s.log.level,
-                   s.log.format, crash_on, carry_profiles=s.batch.coalesce_profiles and isinstance(s, Settings))
+                   s.log.format, crash_on)
 
 
 class RecordProcessor:
@@ -106,7 +99,6 @@ class RecordProcessor:
         self.decoder = Decoder(LocalSchemas.load(cfg.decode.schemas_dir or None), registry_lookup, limits)
         self.transformer = Transformer(cfg.xdm, org_id=cfg.org_id, source_name=cfg.source_name)
         self.max_record_size = cfg.max_record_size
-        self._carry_profiles = cfg.carry_profiles
         self._format_of = format_of
         self._logged: set[tuple[str, str]] = set()  # (stage, exception type) whose traceback was logged
         if cfg.crash_on:
@@ -180,11 +172,7 @@ class RecordProcessor:
                             f"{size} bytes of XDM exceed the {self.max_record_size}-byte request limit", 413, fmt)
         declined = () if transformer.declined_total == declined_before else tuple(
             str(ev.get("eventName") or "other") for ev in events)
-        labels = [(x.kind, x.event_type) for x in msgs]
-        parsed = None
-        if self._carry_profiles and any(kind == "profile" for kind, _ in labels):
-            parsed = [x.envelope if x.kind == "profile" else None for x in msgs]
-        return Encoded(fmt, bodies, labels, size, tuple(dropped), declined, parsed)
+        return Encoded(fmt, bodies, [(x.kind, x.event_type) for x in msgs], size, tuple(dropped), declined)
 
 
 def _crashing(decode: Callable[[bytes | None], Any], marker: bytes, signum: int) -> Callable[[bytes | None], Any]:
