@@ -37,6 +37,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, assert_never
 
@@ -337,12 +338,15 @@ class Sink:
                 return Cancelled()
             start = time.perf_counter()
             result.requests += 1
+            headers["Content-Length"] = str(len(body))
+            content = _Body(body)
             try:
-                resp = self._client.post(self._url, content=body, headers=headers)
+                resp = self._client.post(self._url, content=content, headers=headers)
             except httpx.HTTPError as exc:
                 METRICS.http_requests.labels("dcs", "error").inc()
                 return Retry(describe_http_error(exc))
             finally:
+                content.release()
                 self.limit.release()
                 METRICS.http_request_seconds.labels("dcs").observe(time.perf_counter() - start)
             status = resp.status_code
@@ -454,6 +458,26 @@ class Sink:
     def _note_success(self) -> None:
         self.failing_since = None
         METRICS.last_delivery_timestamp.set(time.time())
+
+
+class _Body:
+    """A request body httpx reads once and lets go of after the exchange. httpx's and httpcore's
+    request and response objects reference each other (cycles, measured with httpx 0.28): a
+    ``bytes`` body lived until the cyclic GC's next full collection, ~750 KB per request — 120 MB
+    more at the bench's peak once collections were rarer. With this, the cycles hold an empty
+    wrapper; the body is freed when the exchange ends. The caller sets Content-Length (an iterable
+    body would otherwise go chunked)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+
+    def release(self) -> None:
+        self.data = b""
 
 
 def _fail(result: BatchResult, item: _Item, failure: MessageFailure) -> None:
