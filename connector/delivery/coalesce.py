@@ -223,6 +223,9 @@ def coalesce(
             continue
         groups: dict[Any, list[tuple[int, Any]]] = {}
         for i in members:
+            # Parsed here, not carried from the transform: a buffered record holding its profile
+            # updates' dicts (~3x the body's bytes) made the pipeline slower, not faster (issue 31,
+            # docs/benchmarks.md 2026-12-07): the parse is ~2.4 µs, the dicts cost the allocator and GC more.
             envelope = orjson.loads(messages[i])
             key = _route_and_identity(envelope)
             if key is not None:

@@ -54,7 +54,8 @@ _SWITCH_INTERVAL_S = 0.001
 # containers that reference counting frees within the record, but each allocation counts toward
 # the young generation: at the default 700 a young collection ran every few events and an older
 # one, walking everything buffered, every ~70. 50,000 (as the emulator and the ingress use): the
-# pipeline's CPU per event 0.95x (bench/stages.py, docs/benchmarks.md); cyclic garbage waits longer.
+# tree's CPU per event 0.96-0.97x in bench/run.py (docs/benchmarks.md, 2026-12-07). Cyclic garbage
+# waits longer, so nothing large may live in a cycle (see delivery.sink._Body: request bodies did).
 GC_THRESHOLDS = (50_000, 20, 10)
 _CLOSE_TIMEOUT_S = 5.0  # consumer close (leave the group, final commit): part of the shutdown bound
 # What stops the pipeline on its own, by the exception that says so.
