@@ -453,11 +453,11 @@ def test_coalescing_can_be_turned_off() -> None:
     assert sent == [["id0", "id1"]]
 
 
-def test_a_request_body_is_freed_when_its_exchange_ends() -> None:
-    """httpx's request and response objects sit in reference cycles: a bytes body would live until
-    the cyclic GC's next full collection (~750 KB per request; 120 MB more at the bench's peak). The
-    sink's body is let go of when the exchange ends — measured over real loopback HTTP with the
-    cyclic GC off, so only reference counting frees anything."""
+def test_a_request_body_and_its_answer_are_freed_when_the_exchange_ends() -> None:
+    """httpx's request and response objects sit in reference cycles: a bytes body, or an answer
+    cached on its response, would live until the cyclic GC's next full collection (~750 KB per
+    request; 120 MB more at the bench's peak). The sink lets go of both when the exchange ends —
+    measured over real loopback HTTP with the cyclic GC off, so only reference counting frees anything."""
     import gc
     import tracemalloc
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -468,7 +468,8 @@ def test_a_request_body_is_freed_when_its_exchange_ends() -> None:
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             doc = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
             received.append(len(doc["messages"]))
-            answer = orjson.dumps({"responses": [{"xactionId": f"b:{i}"} for i in range(len(doc["messages"]))]})
+            answer = orjson.dumps({"responses": [{"xactionId": f"b:{i}"} for i in range(len(doc["messages"]))],
+                                   "note": "x" * 300_000})  # an answer big enough to see
             self.send_response(207)
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
@@ -503,4 +504,4 @@ def test_a_request_body_is_freed_when_its_exchange_ends() -> None:
         client.close()
         server.shutdown()
     assert received == [40] * 8
-    assert held < 1_500_000, held  # eight bodies of ~800 KB would be 6.4 MB
+    assert held < 1_500_000, held  # eight bodies of ~800 KB would be 6.4 MB, eight answers 2.4 MB
