@@ -22,7 +22,6 @@ Figures from a busy box are inflated; compare runs made back to back.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import time
 from pathlib import Path
@@ -198,10 +197,6 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.ab:
         return ab(args)
-    import connector.pipeline.loop as loop_module
-
-    # Every row under the cyclic GC's setting of a pipeline process (Pipeline.run; before it, the default).
-    gc.set_threshold(*getattr(loop_module, "GC_THRESHOLDS", (700, 10, 10)))
     if not args.pipeline_only:
         print(f"box: {busy_box()}", flush=True)
     msgs, registry = build(args.events)

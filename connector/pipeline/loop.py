@@ -50,13 +50,6 @@ from connector.telemetry.progress import ProgressLog
 log = logging.getLogger(__name__)
 
 _SWITCH_INTERVAL_S = 0.001
-# The cyclic GC's thresholds in a pipeline process. A record's decode and transform allocate ~100
-# containers that reference counting frees within the record, but each allocation counts toward
-# the young generation: at the default 700 a young collection ran every few events and an older
-# one, walking everything buffered, every ~70. 50,000 (as the emulator and the ingress use): the
-# tree's CPU per event 0.96-0.97x in bench/run.py (docs/benchmarks.md, 2026-12-07). Cyclic garbage
-# waits longer, so nothing large may live in a cycle (see delivery.sink._Body: request bodies did).
-GC_THRESHOLDS = (50_000, 20, 10)
 _CLOSE_TIMEOUT_S = 5.0  # consumer close (leave the group, final commit): part of the shutdown bound
 # What stops the pipeline on its own, by the exception that says so.
 _FATAL_CODES: dict[type[Exception], ExitCode] = {RegistryUnavailable: ExitCode.REGISTRY}
@@ -129,7 +122,6 @@ class Pipeline:
         # What was built so far lives as long as the process: keep it out of the cyclic GC's full
         # collections, which otherwise walk it all (pauses of ~100 ms, seen as p99.9 latency).
         gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
         log.info("consuming %s as group %s", self.settings.kafka.topics, self.settings.kafka.group_id)
         try:
             while not self.stop_event.is_set():
