@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import orjson
@@ -465,7 +466,7 @@ def test_a_request_body_and_its_answer_are_freed_when_the_exchange_ends() -> Non
     received: list[int] = []
 
     class Inlet(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             doc = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
             received.append(len(doc["messages"]))
             answer = orjson.dumps({"responses": [{"xactionId": f"b:{i}"} for i in range(len(doc["messages"]))],
