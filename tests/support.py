@@ -3,8 +3,14 @@ and the benchmarks), and fake consumed records for tests and benches that run wi
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from connector.dev.procs import (
     ROOT,
@@ -17,8 +23,8 @@ from connector.dev.procs import (
     wait_until,
 )
 
-__all__ = ["ROOT", "FakeMessage", "FakeSource", "ManagedProcess", "broker_binary", "free_port",
-           "port_open", "python_module", "start_broker", "wait_until", "zigzag"]
+__all__ = ["ROOT", "FakeMessage", "FakeSource", "ManagedProcess", "broker_binary", "free_port", "held_without_gc",
+           "loopback_http", "port_open", "python_module", "start_broker", "wait_until", "zigzag"]
 
 
 class FakeMessage:
@@ -113,3 +119,50 @@ def zigzag(n: int) -> bytes:
             out.append(b)
             return bytes(out)
         out.append(b | 0x80)
+
+
+# An HTTP answer for a loopback server: (method, path, request body) → (status, answer body).
+Answer = Callable[[str, str, bytes], "tuple[int, bytes]"]
+
+
+@contextmanager
+def loopback_http(answer: Answer) -> Iterator[str]:
+    """A real HTTP/1.1 server on a free loopback port (its base URL), answering with ``answer``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _any(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, out = answer(self.command, self.path, body)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        do_GET = do_POST = do_PUT = do_PATCH = _any  # noqa: N815 - http.server's names
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def held_without_gc(work: Callable[[], None]) -> int:
+    """Bytes still allocated after ``work`` with the cyclic GC off: what reference counting alone
+    did not free (objects kept only by reference cycles count)."""
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        gc.enable()

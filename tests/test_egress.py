@@ -176,3 +176,32 @@ def test_a_certificate_error_hints_at_the_proxys_ca(tmp_path: Path) -> None:
         assert "CERTIFICATE_VERIFY_FAILED" in message and "set aep.http.ca_file" in message
     finally:
         proc.stop()
+
+
+def test_a_batch_ingestion_upload_is_freed_when_its_exchange_ends(tmp_path: Path) -> None:
+    """The backfill's file and chunk uploads go as OneShotBody, as the inlet's requests do: httpx's
+    request objects sit in reference cycles, and a bytes body would live (a whole file, a 64 MB
+    chunk) until the cyclic GC's next full collection. Real loopback HTTP, the cyclic GC off."""
+    from support import held_without_gc, loopback_http
+
+    from connector.backfill.aep import BatchClient
+    from connector.config import AepConfig, ImsConfig
+
+    got: list[tuple[str, int]] = []
+
+    def platform(method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if path.startswith("/ims/token/v3"):
+            return 200, b'{"access_token": "t", "expires_in": 86399}'
+        got.append((method, len(body)))
+        return 200, b"{}"
+
+    data = tmp_path / "part.json"
+    data.write_bytes(b"x" * 3_000_000)
+    with loopback_http(platform) as url, httpx.Client() as http:
+        aep = AepConfig(dcs_url=url, platform_url=url, inlet_id="i", org_id="O@AdobeOrg", allow_insecure_http=True,
+                        ims=ImsConfig(url=url, client_id="c", client_secret="s"))
+        batches = BatchClient(aep, client=http)
+        held = held_without_gc(lambda: [batches.upload("b", "d", f"f{n}.json", data, small_limit=1_000_000,
+                                                       chunk_bytes=1_000_000) for n in range(3)])
+    assert got == [("POST", 0), ("PATCH", 1_000_000), ("PATCH", 1_000_000), ("PATCH", 1_000_000), ("POST", 0)] * 3
+    assert held < 1_500_000, held  # nine chunks of 1 MB would be 9 MB

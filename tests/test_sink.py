@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import orjson
 import pytest
+from support import held_without_gc, loopback_http
 
 from connector.config import AepConfig, DeliveryConfig, ImsConfig
 from connector.delivery.auth import TokenProvider
@@ -459,37 +459,17 @@ def test_a_request_body_and_its_answer_are_freed_when_the_exchange_ends() -> Non
     cached on its response, would live until the cyclic GC's next full collection (~750 KB per
     request; 120 MB more at the bench's peak). The sink lets go of both when the exchange ends —
     measured over real loopback HTTP with the cyclic GC off, so only reference counting frees anything."""
-    import gc
-    import tracemalloc
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     received: list[int] = []
 
-    class Inlet(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            doc = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            received.append(len(doc["messages"]))
-            answer = orjson.dumps({"responses": [{"xactionId": f"b:{i}"} for i in range(len(doc["messages"]))],
-                                   "note": "x" * 300_000})  # an answer big enough to see
-            self.send_response(207)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+    def inlet(_method: str, _path: str, body: bytes) -> tuple[int, bytes]:
+        messages = orjson.loads(body)["messages"]
+        received.append(len(messages))
+        return 207, orjson.dumps({"responses": [{"xactionId": f"b:{i}"} for i in range(len(messages))],
+                                  "note": "x" * 300_000})  # an answer big enough to see
 
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Inlet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    client = httpx.Client()
-    sink = Sink(AepConfig(dcs_url=f"http://127.0.0.1:{server.server_port}", inlet_id="i", org_id="O@AdobeOrg",
-                          authentication_required=False), FAST, client, None)
     filler = "x" * 20_000
-    try:
-        gc.collect()
-        gc.disable()
-        tracemalloc.start()
+
+    def deliver_eight(sink: Sink) -> None:
         for n in range(8):
             batch = []
             for i in range(40):  # ~800 KB a request
@@ -497,12 +477,10 @@ def test_a_request_body_and_its_answer_are_freed_when_the_exchange_ends() -> Non
                 batch.append(PendingRecord(("t", 0), i, 1, 0, None, b"v", None, [body], [("event", "e")],
                                            len(body) + 1))
             assert sink.deliver(batch, threading.Event()).failures == {}
-            del batch, body
-        held, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        gc.enable()
-        client.close()
-        server.shutdown()
+
+    with loopback_http(inlet) as url, httpx.Client() as client:
+        sink = Sink(AepConfig(dcs_url=url, inlet_id="i", org_id="O@AdobeOrg", authentication_required=False),
+                    FAST, client, None)
+        held = held_without_gc(lambda: deliver_eight(sink))
     assert received == [40] * 8
     assert held < 1_500_000, held  # eight bodies of ~800 KB would be 6.4 MB, eight answers 2.4 MB

@@ -27,7 +27,7 @@ import httpx
 
 from connector.config import AepConfig
 from connector.delivery.auth import TokenProvider
-from connector.delivery.egress import aep_client, describe_http_error
+from connector.delivery.egress import OneShotBody, aep_client, describe_http_error
 from connector.errors import AuthFailure, TransientError
 from connector.provision.platform import PlatformError, _detail
 
@@ -70,8 +70,12 @@ class BatchClient:
                 problem: str = str(exc)
             else:
                 h = {**self._headers, "Authorization": f"Bearer {token}", **(headers or {})}
+                body = None
+                if content is not None:
+                    h["Content-Length"] = str(len(content))
+                    body = OneShotBody(content)
                 try:
-                    resp = self._http.request(method, self._base + path, json=json, content=content, headers=h,
+                    resp = self._http.request(method, self._base + path, json=json, content=body, headers=h,
                                               params=params)
                 except httpx.HTTPError as exc:
                     problem = describe_http_error(exc)
@@ -87,6 +91,9 @@ class BatchClient:
                     if resp.status_code != 429 and resp.status_code < 500:
                         raise PlatformError(what, resp.status_code, _detail(resp))
                     problem = f"HTTP {resp.status_code} {_detail(resp)}".strip()
+                finally:
+                    if body is not None:
+                        body.release()  # the file or chunk is not kept by httpx's reference cycles
             if attempt == self.attempts:
                 raise PlatformError(what, None, f"still failing after {attempt} attempts: {problem}")
             delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)

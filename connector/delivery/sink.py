@@ -37,7 +37,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, assert_never
 
@@ -49,7 +48,7 @@ from connector.delivery.auth import TokenProvider
 from connector.delivery.batch import WRAPPER_BYTES, PendingRecord, encode_body
 from connector.delivery.coalesce import coalesce, identity_hint
 from connector.delivery.concurrency import AdaptiveLimit
-from connector.delivery.egress import describe_http_error
+from connector.delivery.egress import OneShotBody, describe_http_error
 from connector.delivery.governor import Governor
 from connector.errors import AuthFailure, TransientError
 from connector.telemetry.logs import RateLimitedLog
@@ -339,10 +338,10 @@ class Sink:
             start = time.perf_counter()
             result.requests += 1
             headers["Content-Length"] = str(len(body))
-            content = _Body(body)
+            content = OneShotBody(body)
             try:
                 # Streamed: the answer is read into ``answer`` rather than cached on the response,
-                # which httpx keeps in reference cycles (see _Body) until the cyclic GC comes by.
+                # which httpx keeps in reference cycles (see OneShotBody) until the cyclic GC comes by.
                 with self._client.stream("POST", self._url, content=content, headers=headers) as resp:
                     answer = b"".join(resp.iter_bytes())
             except httpx.HTTPError as exc:
@@ -461,27 +460,6 @@ class Sink:
     def _note_success(self) -> None:
         self.failing_since = None
         METRICS.last_delivery_timestamp.set(time.time())
-
-
-class _Body:
-    """A request body httpx reads once and lets go of after the exchange. httpx's and httpcore's
-    request and response objects reference each other (cycles, measured with httpx 0.28): a
-    ``bytes`` body lived until the cyclic GC's next full collection, ~750 KB per request — 120 MB
-    more at the bench's peak once collections were rarer. With this, the cycles hold an empty
-    wrapper; the body is freed when the exchange ends (and the answer, read by the caller rather
-    than cached on the response, when the caller drops it). The caller sets Content-Length (an
-    iterable body would otherwise go chunked)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield self.data
-
-    def release(self) -> None:
-        self.data = b""
 
 
 def _fail(result: BatchResult, item: _Item, failure: MessageFailure) -> None:
